@@ -1,0 +1,44 @@
+//! Even splits of element ranges: blocks per rank, pieces per pipeline chunk, shares per
+//! channel. Parts differ in size by at most one element, larger ones first.
+
+/// Offset and length of part `i` of `n` elements split into `parts` parts.
+pub fn split(n: u64, parts: u64, i: u64) -> (u64, u64) {
+    debug_assert!(parts > 0 && i < parts);
+    let base = n / parts;
+    let extra = n % parts;
+    let off = i * base + i.min(extra);
+    let len = base + u64::from(i < extra);
+    (off, len)
+}
+
+/// The pieces of the range `[off, off + len)` cut into `k` parts, as (offset, length).
+pub fn pieces(off: u64, len: u64, k: u32) -> impl Iterator<Item = (u64, u64)> {
+    let k = k.max(1) as u64;
+    (0..k).map(move |j| {
+        let (o, l) = split(len, k, j);
+        (off + o, l)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cover_exactly() {
+        for n in 0..50u64 {
+            for parts in 1..9u64 {
+                let mut next = 0;
+                for i in 0..parts {
+                    let (o, l) = split(n, parts, i);
+                    assert_eq!(o, next);
+                    assert!(l == n / parts || l == n / parts + 1);
+                    next = o + l;
+                }
+                assert_eq!(next, n);
+            }
+        }
+        let v: Vec<_> = pieces(10, 7, 3).collect();
+        assert_eq!(v, vec![(10, 3), (13, 2), (15, 2)]);
+    }
+}
