@@ -11,7 +11,7 @@ use topoccl_plan::{
     Hierarchy, Placement, PlanParams, ReduceOp,
 };
 
-use crate::units::{parse_bandwidth, parse_duration};
+use crate::units::{parse_bandwidth, parse_bytes, parse_duration};
 use crate::CliError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,8 +52,12 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 0)]
     root: u32,
     /// Pipeline pieces per block.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "chunk_size")]
     chunks: u32,
+    /// Pipeline piece size instead of --chunks (e.g. 512KiB, 4MiB): each rank's share of
+    /// the buffer is cut into pieces of at most this size.
+    #[arg(long)]
+    chunk_size: Option<String>,
     /// Channels the data is split across.
     #[arg(long, default_value_t = 1)]
     channels: u16,
@@ -210,9 +214,12 @@ pub fn run(args: PlanArgs) -> Result<(), CliError> {
     let world = args.ranks.expect("clap requires --ranks without --list");
     let spec = spec(&args, collective, world)?;
     let algorithm = algorithm(&args, collective, world)?;
-    let params = PlanParams::default()
+    let mut params = PlanParams::default()
         .with_chunks(args.chunks)
         .with_channels(args.channels);
+    if let Some(size) = &args.chunk_size {
+        params = params.with_chunk_bytes(&spec, parse_bytes(size).map_err(CliError::usage)?);
+    }
     let plan = build(spec, algorithm, params)?;
 
     if args.verify {

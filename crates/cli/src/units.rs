@@ -44,6 +44,30 @@ pub fn parse_bandwidth(s: &str) -> Result<f64, String> {
     Ok(num * scale)
 }
 
+/// Bytes from a size such as `4096`, `512KiB`, `4MiB`, `1GB`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (num, unit) = split_number(s)?;
+    let scale: f64 = match unit {
+        "" | "B" => 1.0,
+        "K" | "KiB" => 1024.0,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => {
+            return Err(format!(
+                "unknown size unit '{unit}' in '{s}'; use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
+    };
+    let bytes = num * scale;
+    if bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size '{s}' must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
 fn split_number(s: &str) -> Result<(f64, &str), String> {
     let s = s.trim();
     let end = s
@@ -73,6 +97,9 @@ mod tests {
         assert!(close(parse_duration("2.8ms").unwrap(), 2.8e-3));
         assert!(close(parse_bandwidth("100Gbps").unwrap(), 12.5e9));
         assert!(close(parse_bandwidth("12.5GB/s").unwrap(), 12.5e9));
+        assert_eq!(parse_bytes("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("0").is_err());
         assert!(parse_bandwidth("10 furlongs")
             .unwrap_err()
             .contains("unknown"));

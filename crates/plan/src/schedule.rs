@@ -76,6 +76,17 @@ impl PlanParams {
         self
     }
 
+    /// Sets `chunks` so that pieces are about `bytes` long: a rank's share of the buffer
+    /// (its block, for algorithms that split data per rank) cut into pieces of at most
+    /// `bytes`, as NCCL's chunk size does.
+    pub fn with_chunk_bytes(mut self, spec: &CollectiveSpec, bytes: u64) -> Self {
+        let share = spec.count.div_ceil(spec.world.max(1) as u64) * spec.dtype.size() as u64;
+        self.chunks = share
+            .div_ceil(bytes.max(1))
+            .clamp(1, Self::MAX_CHUNKS as u64) as u32;
+        self
+    }
+
     pub fn with_channels(mut self, channels: u16) -> Self {
         self.channels = channels;
         self

@@ -10,8 +10,8 @@ use crate::ir::{Buf, Emitter, Op, Rank, Slice};
 use crate::schedule::{PlanParams, Schedule};
 use crate::spec::{Collective, CollectiveSpec};
 
-use super::barrier::{back, fwd};
 use super::partition::pieces;
+use super::partition::{back, fwd};
 
 /// Pairwise all-to-all or all-to-all-v, by `spec.collective`.
 pub fn pairwise(

@@ -6,28 +6,10 @@
 use std::sync::Arc;
 
 use crate::ir::{Emitter, Op, Rank};
+
+use super::partition::{back, ceil_log2, fwd};
 use crate::schedule::Schedule;
 use crate::spec::CollectiveSpec;
-
-/// `⌈lg p⌉`, the rounds of the log-round algorithms (0 for `p ≤ 1`).
-pub(crate) fn ceil_log2(p: u32) -> u32 {
-    if p <= 1 {
-        0
-    } else {
-        32 - (p - 1).leading_zeros()
-    }
-}
-
-/// `(rank + k) mod p` without overflow for any world size.
-pub(crate) fn fwd(rank: Rank, k: u64, p: u32) -> Rank {
-    ((rank as u64 + k) % p as u64) as Rank
-}
-
-/// `(rank − k) mod p` without overflow for any world size.
-pub(crate) fn back(rank: Rank, k: u64, p: u32) -> Rank {
-    let p = p as u64;
-    ((rank as u64 + p - k % p) % p) as Rank
-}
 
 #[derive(Debug)]
 struct Dissemination {

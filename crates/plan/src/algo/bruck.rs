@@ -9,8 +9,8 @@ use crate::ir::{Buf, Emitter, Op, Rank, Slice};
 use crate::schedule::{PlanParams, Schedule};
 use crate::spec::{Collective, CollectiveSpec};
 
-use super::barrier::{back, ceil_log2, fwd};
 use super::partition::pieces;
+use super::partition::{back, ceil_log2, fwd};
 
 /// Bruck all-gather or all-to-all, by `spec.collective`.
 pub fn bruck(

@@ -1,5 +1,8 @@
-//! Even splits of element ranges: blocks per rank, pieces per pipeline chunk, shares per
-//! channel. Parts differ in size by at most one element, larger ones first.
+//! Arithmetic the generators share: even splits of element ranges (blocks per rank,
+//! pieces per pipeline chunk, shares per channel; parts differ by at most one element,
+//! larger ones first) and rank arithmetic modulo the world size.
+
+use crate::ir::Rank;
 
 /// Offset and length of part `i` of `n` elements split into `parts` parts.
 pub fn split(n: u64, parts: u64, i: u64) -> (u64, u64) {
@@ -18,6 +21,26 @@ pub fn pieces(off: u64, len: u64, k: u32) -> impl Iterator<Item = (u64, u64)> {
         let (o, l) = split(len, k, j);
         (off + o, l)
     })
+}
+
+/// `⌈lg p⌉`, the rounds of the log-round algorithms (0 for `p ≤ 1`).
+pub(crate) fn ceil_log2(p: u32) -> u32 {
+    if p <= 1 {
+        0
+    } else {
+        32 - (p - 1).leading_zeros()
+    }
+}
+
+/// `(rank + k) mod p` without overflow for any world size.
+pub(crate) fn fwd(rank: Rank, k: u64, p: u32) -> Rank {
+    ((rank as u64 + k) % p as u64) as Rank
+}
+
+/// `(rank − k) mod p` without overflow for any world size.
+pub(crate) fn back(rank: Rank, k: u64, p: u32) -> Rank {
+    let p = p as u64;
+    ((rank as u64 + p - k % p) % p) as Rank
 }
 
 #[cfg(test)]

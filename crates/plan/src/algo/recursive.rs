@@ -173,33 +173,47 @@ impl Recursive {
         }
     }
 
-    /// Reduce-scatter round `k` halves the distance (`p'/2, …, 1`), so that active rank `v`
-    /// ends owning block `v`; all-gather round `k` doubles it back (`1, …, p'/2`).
+    /// The range of blocks (first block, number of blocks) active rank `v` works on before
+    /// reduce-scatter round `k`: bit `j` of `v` chose the upper or lower half in round `j`.
+    fn range_before(&self, v: u32, k: u32) -> (u32, u32) {
+        let lo = (0..k)
+            .filter(|j| (v >> j) & 1 == 1)
+            .map(|j| self.active >> (j + 1))
+            .sum();
+        (lo, self.active >> k)
+    }
+
+    /// Reduce-scatter round `k` exchanges with the partner at distance `2^k` (1, 2, 4, …)
+    /// the half of the current range that bit `k` gives away, so the largest halves travel
+    /// between neighbouring ranks — usually the fastest links — and every partial sum covers
+    /// an aligned, contiguous group of ranks. Active rank `v` ends owning block
+    /// `bit-reverse(v)`. The all-gather replays the rounds backwards.
     fn emit_halving_doubling(&self, rank: Rank, v: u32, k: u32, e: &mut Emitter<'_>) {
         let lg = self.lg();
+        let step = if k < lg { k } else { 2 * lg - 1 - k };
+        let peer = self.real(v ^ (1 << step));
+        let (lo, size) = self.range_before(v, step);
+        let half = size / 2;
+        let upper = (v >> step) & 1;
+        let mine = lo + upper * half;
+        let theirs = lo + (1 - upper) * half;
         if k < lg {
-            let mask = self.active >> (k + 1);
-            let peer = self.real(v ^ mask);
-            let keep = v & !(mask - 1);
             let cur = if k == 0 {
                 self.start_buf(rank)
             } else {
                 Buf::Output
             };
-            for (o, l) in self.pieces(self.span(keep ^ mask, mask)) {
+            for (o, l) in self.pieces(self.span(theirs, half)) {
                 e.send(peer, Slice::new(cur, o, l));
             }
-            for (o, l) in self.pieces(self.span(keep, mask)) {
+            for (o, l) in self.pieces(self.span(mine, half)) {
                 e.recv_reduce(peer, Slice::new(cur, o, l), Slice::new(Buf::Output, o, l));
             }
         } else {
-            let mask = 1 << (k - lg);
-            let peer = self.real(v ^ mask);
-            let own = v & !(mask - 1);
-            for (o, l) in self.pieces(self.span(own, mask)) {
+            for (o, l) in self.pieces(self.span(mine, half)) {
                 e.send(peer, Slice::new(Buf::Output, o, l));
             }
-            for (o, l) in self.pieces(self.span(own ^ mask, mask)) {
+            for (o, l) in self.pieces(self.span(theirs, half)) {
                 e.recv(peer, Slice::new(Buf::Output, o, l));
             }
         }

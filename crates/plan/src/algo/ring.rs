@@ -9,15 +9,10 @@ use crate::ir::{Buf, Emitter, Op, Rank, Slice};
 use crate::schedule::{PlanParams, Schedule};
 use crate::spec::CollectiveSpec;
 
-use super::partition::{pieces, split};
+use super::partition::{back, fwd, pieces, split};
 
 fn ring_neighbours(rank: Rank, p: u32) -> (Rank, Rank) {
-    ((rank + 1) % p, (rank + p - 1) % p)
-}
-
-/// `(rank − k) mod p` for any `k`.
-fn back(rank: Rank, k: u32, p: u32) -> u32 {
-    ((rank as u64 + p as u64 * 2 - (k as u64 % p as u64)) % p as u64) as u32
+    (fwd(rank, 1, p), back(rank, 1, p))
 }
 
 /// Ring all-reduce over a partition of the buffer into `p` blocks.
@@ -73,12 +68,12 @@ impl Schedule for RingAllReduce {
         let mut e = Emitter::new(out, round);
         if round < p - 1 {
             let k = round;
-            let (so, sl) = self.block(back(rank, k, p));
+            let (so, sl) = self.block(back(rank, k as u64, p));
             let from = if k == 0 { Buf::Input } else { Buf::Output };
             for (o, l) in pieces(so, sl, self.chunks) {
                 e.send(next, Slice::new(from, o, l));
             }
-            let (ro, rl) = self.block(back(rank, k + 1, p));
+            let (ro, rl) = self.block(back(rank, (k + 1) as u64, p));
             for (o, l) in pieces(ro, rl, self.chunks) {
                 e.recv_reduce(
                     prev,
@@ -88,11 +83,11 @@ impl Schedule for RingAllReduce {
             }
         } else {
             let k = round - (p - 1);
-            let (so, sl) = self.block(back(rank + 1, k, p));
+            let (so, sl) = self.block(back(rank + 1, k as u64, p));
             for (o, l) in pieces(so, sl, self.chunks) {
                 e.send(next, Slice::new(Buf::Output, o, l));
             }
-            let (ro, rl) = self.block(back(rank, k, p));
+            let (ro, rl) = self.block(back(rank, k as u64, p));
             for (o, l) in pieces(ro, rl, self.chunks) {
                 e.recv(prev, Slice::new(Buf::Output, o, l));
             }
@@ -145,7 +140,7 @@ impl Schedule for RingAllGather {
                 Slice::new(Buf::Output, rank as u64 * c, c),
             );
         }
-        let sb = back(rank, k, p) as u64;
+        let sb = back(rank, k as u64, p) as u64;
         for (o, l) in pieces(0, c, self.chunks) {
             let src = if k == 0 {
                 Slice::new(Buf::Input, o, l)
@@ -154,7 +149,7 @@ impl Schedule for RingAllGather {
             };
             e.send(next, src);
         }
-        let rb = back(rank, k + 1, p) as u64;
+        let rb = back(rank, (k + 1) as u64, p) as u64;
         for (o, l) in pieces(0, c, self.chunks) {
             e.recv(prev, Slice::new(Buf::Output, rb * c + o, l));
         }
@@ -199,7 +194,7 @@ impl Schedule for RingReduceScatter {
         let (next, prev) = ring_neighbours(rank, p);
         let mut e = Emitter::new(out, round);
         let k = round;
-        let sb = back(rank, k + 1, p) as u64;
+        let sb = back(rank, (k + 1) as u64, p) as u64;
         for (o, l) in pieces(0, c, self.chunks) {
             let src = if k == 0 {
                 Slice::new(Buf::Input, sb * c + o, l)
@@ -208,7 +203,7 @@ impl Schedule for RingReduceScatter {
             };
             e.send(next, src);
         }
-        let rb = back(rank, k + 2, p) as u64;
+        let rb = back(rank, (k + 2) as u64, p) as u64;
         let last = k == p - 2;
         for (o, l) in pieces(0, c, self.chunks) {
             let dst = if last {
