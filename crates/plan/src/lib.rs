@@ -16,6 +16,7 @@ pub mod error;
 pub mod exec;
 pub mod hazard;
 pub mod ir;
+pub mod machine;
 pub mod msccl;
 pub mod schedule;
 pub mod spec;
