@@ -6,7 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod internal_cmd;
+mod job;
 mod plan_cmd;
+mod run_cmd;
+mod selftest_cmd;
+mod store_cmd;
 mod units;
 
 #[derive(Parser, Debug)]
@@ -20,10 +25,22 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build a collective's schedule; print it as text, JSON or MSCCL XML.
     Plan(plan_cmd::PlanArgs),
+    /// Start N local ranks of a program and supervise them (rank-prefixed output; the
+    /// first failure stops the job).
+    Run(run_cmd::RunArgs),
+    /// Check the runtime: every collective × algorithm × dtype × size across N ranks,
+    /// compared bit for bit with the reference executor.
+    Selftest(selftest_cmd::SelftestArgs),
+    /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
+    Store(store_cmd::StoreArgs),
+    #[command(hide = true)]
+    Internal(internal_cmd::InternalArgs),
 }
 
 /// A failure the user can act on: a usage problem (exit 2) or a failed operation (exit 1).
@@ -64,10 +81,14 @@ impl From<topoccl_plan::PlanError> for CliError {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Plan(args) => plan_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run_cmd::run(args),
+        Command::Selftest(args) => selftest_cmd::run(args),
+        Command::Store(args) => store_cmd::run(args),
+        Command::Internal(args) => internal_cmd::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.code)

@@ -1,9 +1,11 @@
 //! Analytical cost of a plan on a uniform network: every message pays a latency α, every
 //! byte crosses a link of bandwidth B, every reduced byte costs γ.
 //!
-//! Rounds run one after the other. A round costs α (if it moves anything), plus its
-//! busiest rank's traffic — the larger of bytes sent and bytes received, links being full
-//! duplex — over B, plus its busiest rank's reduced bytes times γ. For the textbook
+//! Rounds run one after the other. A round costs α for each peer its busiest sender sends
+//! to (messages to one peer in one round go back to back; overheads of different peers
+//! are paid one after the other), plus its busiest rank's
+//! traffic — the larger of bytes sent and bytes received, links being full duplex — over
+//! B, plus its busiest rank's reduced bytes times γ. For the textbook
 //! algorithms this gives the textbook formulas (ring all-reduce:
 //! 2(p−1)α + 2(p−1)/p·n/B + (p−1)/p·n·γ). Local copies are free. Rounds of equal class
 //! ([`crate::Schedule::round_class`]) are priced once.
@@ -51,7 +53,8 @@ pub struct Cost {
 
 #[derive(Clone, Copy, Default)]
 struct RoundCost {
-    moves: bool,
+    /// Peers of the rank that sends to the most peers in the round.
+    messages: u64,
     bytes: f64,
     reduced_bytes: f64,
 }
@@ -63,6 +66,8 @@ pub fn uniform_cost(plan: &Plan, net: &UniformNetwork) -> Cost {
     let mut sent = vec![0u64; p];
     let mut recv = vec![0u64; p];
     let mut reduced = vec![0u64; p];
+    let mut messages = vec![0u64; p];
+    let mut peers: Vec<u32> = Vec::new();
     let mut ops = Vec::new();
     let mut seen: HashMap<u64, RoundCost> = HashMap::new();
     let mut cost = Cost::default();
@@ -74,16 +79,20 @@ pub fn uniform_cost(plan: &Plan, net: &UniformNetwork) -> Cost {
                 sent.fill(0);
                 recv.fill(0);
                 reduced.fill(0);
-                let mut messages = 0u64;
+                messages.fill(0);
                 for rank in 0..plan.world() {
                     ops.clear();
                     plan.emit(rank, round, &mut ops);
+                    peers.clear();
                     for op in &ops {
                         let r = rank as usize;
                         match op.kind {
-                            OpKind::Send { src, .. } => {
+                            OpKind::Send { peer, src } => {
                                 sent[r] += src.len;
-                                messages += 1;
+                                if !peers.contains(&peer) {
+                                    peers.push(peer);
+                                    messages[r] += 1;
+                                }
                             }
                             OpKind::Recv { dst, .. } | OpKind::RecvReduce { dst, .. } => {
                                 recv[r] += dst.len
@@ -96,7 +105,7 @@ pub fn uniform_cost(plan: &Plan, net: &UniformNetwork) -> Cost {
                 let busiest = (0..p).map(|r| sent[r].max(recv[r])).max().unwrap_or(0);
                 let rc = RoundCost {
                     // Zero-length messages (barrier tokens) still pay the latency.
-                    moves: messages > 0,
+                    messages: messages.iter().copied().max().unwrap_or(0),
                     bytes: busiest as f64 * size,
                     reduced_bytes: reduced.iter().copied().max().unwrap_or(0) as f64 * size,
                 };
@@ -104,9 +113,9 @@ pub fn uniform_cost(plan: &Plan, net: &UniformNetwork) -> Cost {
                 rc
             }
         };
-        if rc.moves {
+        if rc.messages > 0 {
             cost.rounds_with_traffic += 1;
-            cost.latency_s += net.alpha_s;
+            cost.latency_s += net.alpha_s * rc.messages as f64;
         }
         cost.critical_bytes += rc.bytes;
         cost.bandwidth_s += rc.bytes / net.bandwidth_bytes_per_s;

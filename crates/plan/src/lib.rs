@@ -21,6 +21,7 @@ pub mod msccl;
 pub mod schedule;
 pub mod spec;
 pub mod text;
+pub mod units;
 pub mod verify;
 
 pub use algo::{available, build, Algorithm, Hierarchy, Tree};

@@ -21,6 +21,8 @@ pub trait Element: Copy + Send + Sync + PartialEq + Debug + Default + 'static {
     fn div_world(self, world: u32) -> Self;
     /// Converts a small integer (test data).
     fn from_i64(v: i64) -> Self;
+    /// Converts a float, rounding (and for integers truncating and wrapping).
+    fn from_f64(v: f64) -> Self;
     /// Converts to f64 (comparisons with tolerance).
     fn to_f64(self) -> f64;
 }
@@ -43,6 +45,9 @@ macro_rules! float_element {
                 self / world as $t
             }
             fn from_i64(v: i64) -> Self {
+                v as $t
+            }
+            fn from_f64(v: f64) -> Self {
                 v as $t
             }
             fn to_f64(self) -> f64 {
@@ -68,6 +73,9 @@ macro_rules! half_element {
             }
             fn from_i64(v: i64) -> Self {
                 <$t>::from_f32(v as f32)
+            }
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_f64(v)
             }
             fn to_f64(self) -> f64 {
                 self.to_f64()
@@ -97,6 +105,9 @@ macro_rules! int_element {
             }
             fn from_i64(v: i64) -> Self {
                 v as $t
+            }
+            fn from_f64(v: f64) -> Self {
+                (v as i64) as $t
             }
             fn to_f64(self) -> f64 {
                 self as f64

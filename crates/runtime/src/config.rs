@@ -1,0 +1,122 @@
+//! Settings of a communicator, with the environment variables that override them.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `TOPOCCL_TIMEOUT` | deadline of every call (`30s`, `500ms`) | 60 s |
+//! | `TOPOCCL_INIT_TIMEOUT` | deadline of communicator creation | 120 s |
+//! | `TOPOCCL_STREAMS` | TCP connections per peer for data | 1 |
+//! | `TOPOCCL_SOCKET_IFNAME` | network interface to listen on | the one that reaches the store |
+//! | `TOPOCCL_SECRET` | shared secret (else one is generated and shared through the store) | |
+//! | `TOPOCCL_ALGO` | algorithm per collective, `allreduce:rhd;allgather:bruck` | chosen by cost |
+//! | `TOPOCCL_RULES` | JSON file of selection rules | |
+//! | `TOPOCCL_PROBE` | `0` skips the link probe at creation | on |
+
+use std::time::Duration;
+
+use topoccl_plan::units::parse_duration;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub timeout: Duration,
+    pub init_timeout: Duration,
+    pub streams: u16,
+    pub ifname: Option<String>,
+    pub secret: Option<String>,
+    pub algo: Option<String>,
+    pub rules: Option<String>,
+    pub probe: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timeout: Duration::from_secs(60),
+            init_timeout: Duration::from_secs(120),
+            streams: 1,
+            ifname: None,
+            secret: None,
+            algo: None,
+            rules: None,
+            probe: true,
+        }
+    }
+}
+
+/// The largest number of data connections per peer.
+pub const MAX_STREAMS: u16 = 16;
+
+fn duration(key: &str, v: &str) -> Result<Duration> {
+    let s = parse_duration(v).map_err(|e| Error::Config(format!("{key}: {e}")))?;
+    if s <= 0.0 || s > 86_400.0 * 7.0 {
+        return Err(Error::Config(format!(
+            "{key}={v} must be positive and at most a week"
+        )));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+impl Config {
+    /// Defaults overridden by the `TOPOCCL_*` environment variables.
+    pub fn from_env() -> Result<Config> {
+        Self::from_lookup(&|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut c = Config::default();
+        if let Some(v) = lookup("TOPOCCL_TIMEOUT") {
+            c.timeout = duration("TOPOCCL_TIMEOUT", &v)?;
+        }
+        if let Some(v) = lookup("TOPOCCL_INIT_TIMEOUT") {
+            c.init_timeout = duration("TOPOCCL_INIT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = lookup("TOPOCCL_STREAMS") {
+            c.streams = v
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|s| (1..=MAX_STREAMS).contains(s))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "TOPOCCL_STREAMS={v} must be a number from 1 to {MAX_STREAMS}"
+                    ))
+                })?;
+        }
+        c.ifname = lookup("TOPOCCL_SOCKET_IFNAME").filter(|s| !s.is_empty());
+        c.secret = lookup("TOPOCCL_SECRET").filter(|s| !s.is_empty());
+        c.algo = lookup("TOPOCCL_ALGO").filter(|s| !s.is_empty());
+        c.rules = lookup("TOPOCCL_RULES").filter(|s| !s.is_empty());
+        if let Some(v) = lookup("TOPOCCL_PROBE") {
+            c.probe = !matches!(v.trim(), "0" | "false" | "off" | "no");
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_and_errors() {
+        let c = Config::from_lookup(&|k| match k {
+            "TOPOCCL_TIMEOUT" => Some("3s".into()),
+            "TOPOCCL_STREAMS" => Some("4".into()),
+            "TOPOCCL_PROBE" => Some("0".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        assert_eq!(c.streams, 4);
+        assert!(!c.probe);
+        let e = Config::from_lookup(&|k| (k == "TOPOCCL_TIMEOUT").then(|| "soon".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TOPOCCL_TIMEOUT"), "{e}");
+        let e = Config::from_lookup(&|k| (k == "TOPOCCL_STREAMS").then(|| "99".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 to 16"), "{e}");
+    }
+}

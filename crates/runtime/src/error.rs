@@ -1,0 +1,111 @@
+//! Errors of the runtime. Each names the rank, peer or setting at fault and, where it can,
+//! what to do.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use topoccl_plan::{PlanError, Rank, VerifyError};
+
+use crate::store::StoreError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// A required setting is missing or invalid (environment, arguments).
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// The rendezvous did not complete.
+    #[error("rendezvous failed: {0}")]
+    Rendezvous(String),
+
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("cannot plan the collective: {0}")]
+    Plan(#[from] PlanError),
+
+    /// A plan failed verification (only for plans loaded from outside).
+    #[error("the plan is invalid: {0}")]
+    InvalidPlan(String),
+
+    /// A buffer does not have the size the collective needs.
+    #[error("{what} has {got} elements; {needed} are needed: {hint}")]
+    BufferSize {
+        what: &'static str,
+        got: usize,
+        needed: u64,
+        hint: &'static str,
+    },
+
+    /// The operation did not finish within its deadline.
+    #[error("{op} timed out after {:.1} s: {waiting}", after.as_secs_f64())]
+    Timeout {
+        op: String,
+        after: Duration,
+        /// What this rank was waiting for, naming the ranks.
+        waiting: String,
+        /// The ranks this rank was waiting on.
+        ranks: Vec<Rank>,
+    },
+
+    /// A peer died, closed its connection, or sent something unreadable.
+    #[error("{op}: rank {rank} failed: {reason}")]
+    PeerFailed {
+        op: String,
+        rank: Rank,
+        reason: String,
+    },
+
+    /// Another rank aborted the communicator; `culprit` is the rank it blames.
+    #[error("{op}: rank {origin} aborted the communicator{}: {reason}",
+        culprit.map(|c| format!(" because of rank {c}")).unwrap_or_default())]
+    Aborted {
+        op: String,
+        origin: Rank,
+        culprit: Option<Rank>,
+        reason: String,
+    },
+
+    /// Ranks called different collectives (or the same one with other arguments).
+    #[error("mismatched collectives: {0}")]
+    Mismatch(String),
+
+    /// A connection was refused during its handshake.
+    #[error("handshake with rank {rank} failed: {reason}")]
+    Handshake { rank: Rank, reason: String },
+
+    /// This communicator was aborted locally (`abort`) or broken by an earlier failure.
+    #[error("the communicator is aborted: {0}")]
+    CommAborted(String),
+
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl Error {
+    /// The ranks this error blames, if any (dead, refusing or mismatching peers).
+    pub fn culprits(&self) -> Vec<Rank> {
+        match self {
+            Error::PeerFailed { rank, .. } | Error::Handshake { rank, .. } => vec![*rank],
+            Error::Aborted {
+                culprit: Some(c), ..
+            } => vec![*c],
+            Error::Timeout { ranks, .. } => ranks.clone(),
+            _ => vec![],
+        }
+    }
+}
+
+impl From<VerifyError> for Error {
+    fn from(e: VerifyError) -> Self {
+        Error::InvalidPlan(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}

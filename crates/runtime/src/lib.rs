@@ -1,0 +1,27 @@
+//! topoccl: collectives between real processes over TCP.
+//!
+//! A [`Communicator`] is created by rendezvous (from the environment of `topoccl run`,
+//! torchrun, Open MPI or Slurm, see [`env`]) and runs every collective of
+//! `topoccl-plan`'s IR by executing the verified plan for its rank: the runtime carries no
+//! algorithm of its own. Every call has a deadline; a dead, stuck, refusing or mismatched
+//! peer ends it with an error naming the rank.
+
+pub mod comm;
+pub mod config;
+pub mod env;
+pub mod error;
+mod exec;
+mod probe;
+pub mod select;
+pub mod selftest;
+pub mod store;
+pub mod transport;
+pub mod wire;
+
+pub use comm::Communicator;
+pub use config::Config;
+pub use env::LaunchInfo;
+pub use error::{Error, Result};
+pub use exec::Dtype;
+pub use topoccl_plan::{Collective, CollectiveSpec, CountMatrix, DType, ReduceOp};
+pub use transport::AbortHandle;

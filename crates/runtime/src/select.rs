@@ -1,0 +1,277 @@
+//! Choosing an algorithm per call: by the analytical cost of each candidate plan on the
+//! network the probe measured, unless the user says otherwise.
+//!
+//! Overrides, strongest first:
+//! * `TOPOCCL_RULES=FILE`: a JSON list of rules, the first that matches wins —
+//!   `[{"collective": "allreduce", "min_bytes": 0, "max_bytes": 65536, "algo": "rd"},
+//!     {"collective": "allreduce", "min_bytes": 65536, "algo": "ring", "chunk_bytes": 1048576}]`
+//! * `TOPOCCL_ALGO`: `allreduce:rhd;allgather:bruck` (per collective, in the style of
+//!   `NCCL_ALGO`), or one name for every collective that has it (`ring`).
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use topoccl_plan::cost::{uniform_cost, UniformNetwork};
+use topoccl_plan::{algo, build, Algorithm, Collective, CollectiveSpec, Plan, PlanParams};
+
+use crate::error::{Error, Result};
+
+/// A selection rule from `TOPOCCL_RULES`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub collective: String,
+    #[serde(default)]
+    pub min_bytes: u64,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Rule applies to these world sizes only (all when absent).
+    #[serde(default)]
+    pub min_ranks: Option<u32>,
+    #[serde(default)]
+    pub max_ranks: Option<u32>,
+    pub algo: String,
+    #[serde(default)]
+    pub chunk_bytes: Option<u64>,
+    #[serde(default)]
+    pub channels: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+struct ParsedRule {
+    collective: Collective,
+    rule: Rule,
+    algo: Algorithm,
+}
+
+/// Picks plans for calls.
+#[derive(Clone, Debug)]
+pub struct Selector {
+    pub net: UniformNetwork,
+    streams: u16,
+    per_collective: HashMap<Collective, Algorithm>,
+    everywhere: Option<Algorithm>,
+    rules: Vec<ParsedRule>,
+}
+
+/// Pipeline piece sizes the selector tries for large messages.
+const PIECES: [u64; 2] = [1 << 20, 256 << 10];
+
+impl Selector {
+    pub fn new(net: UniformNetwork, streams: u16) -> Selector {
+        Selector {
+            net,
+            streams,
+            per_collective: HashMap::new(),
+            everywhere: None,
+            rules: Vec::new(),
+        }
+    }
+
+    /// Applies `TOPOCCL_ALGO` (see the module doc).
+    pub fn with_algo_env(mut self, spec: &str) -> Result<Selector> {
+        for part in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            match part.split_once(':') {
+                Some((c, a)) => {
+                    let c: Collective = c.trim().parse()?;
+                    let a: Algorithm = a.trim().parse()?;
+                    if !a.serves(c) {
+                        return Err(Error::Config(format!(
+                            "TOPOCCL_ALGO: '{}' is not available for {c}; available: {}",
+                            a.name(),
+                            algo::available(c).join(", ")
+                        )));
+                    }
+                    self.per_collective.insert(c, a);
+                }
+                None => self.everywhere = Some(part.parse()?),
+            }
+        }
+        Ok(self)
+    }
+
+    /// Applies the rules of a `TOPOCCL_RULES` file's contents.
+    pub fn with_rules_json(mut self, json: &str, origin: &str) -> Result<Selector> {
+        let rules: Vec<Rule> = serde_json::from_str(json)
+            .map_err(|e| Error::Config(format!("{origin}: not a list of rules: {e}")))?;
+        for (i, rule) in rules.into_iter().enumerate() {
+            let bad = |m: String| Error::Config(format!("{origin}: rule {i}: {m}"));
+            let collective: Collective =
+                rule.collective.parse().map_err(|e| bad(format!("{e}")))?;
+            let algo: Algorithm = rule.algo.parse().map_err(|e| bad(format!("{e}")))?;
+            if !algo.serves(collective) {
+                return Err(bad(format!(
+                    "'{}' is not available for {collective}",
+                    algo.name()
+                )));
+            }
+            self.rules.push(ParsedRule {
+                collective,
+                rule,
+                algo,
+            });
+        }
+        Ok(self)
+    }
+
+    fn rule_for(&self, spec: &CollectiveSpec, bytes: u64) -> Option<&ParsedRule> {
+        self.rules.iter().find(|r| {
+            r.collective == spec.collective
+                && bytes >= r.rule.min_bytes
+                && r.rule.max_bytes.is_none_or(|m| bytes < m)
+                && r.rule.min_ranks.is_none_or(|m| spec.world >= m)
+                && r.rule.max_ranks.is_none_or(|m| spec.world <= m)
+        })
+    }
+
+    /// The candidate parameters for an algorithm: no pipelining, pieces of each size, and
+    /// channels over the data streams for large messages.
+    fn param_options(&self, spec: &CollectiveSpec, bytes: u64) -> Vec<PlanParams> {
+        let mut out = vec![PlanParams::default()];
+        for piece in PIECES {
+            if bytes > 2 * piece {
+                out.push(PlanParams::default().with_chunk_bytes(spec, piece));
+            }
+        }
+        if self.streams > 1 && bytes >= self.streams as u64 * (1 << 20) {
+            let more: Vec<PlanParams> = out.iter().map(|p| p.with_channels(self.streams)).collect();
+            out.extend(more);
+        }
+        out
+    }
+
+    /// The plan for a call.
+    pub fn plan(&self, spec: &CollectiveSpec) -> Result<Plan> {
+        let bytes = bytes_of(spec);
+        if let Some(r) = self.rule_for(spec, bytes) {
+            let mut params = PlanParams::default();
+            if let Some(b) = r.rule.chunk_bytes {
+                params = params.with_chunk_bytes(spec, b);
+            }
+            if let Some(c) = r.rule.channels {
+                params = params.with_channels(c);
+            }
+            return Ok(build(spec.clone(), r.algo.clone(), params)?);
+        }
+        let forced = self
+            .per_collective
+            .get(&spec.collective)
+            .cloned()
+            .or_else(|| {
+                self.everywhere
+                    .clone()
+                    .filter(|a| a.serves(spec.collective))
+            });
+        let candidates: Vec<Algorithm> = match forced {
+            Some(a) => vec![a],
+            None => algo::available(spec.collective)
+                .into_iter()
+                .filter(|n| !matches!(*n, "parent-tree" | "hier"))
+                // Direct sends p−1 messages at once per rank; fine for small worlds only.
+                .filter(|n| *n != "direct" || spec.world <= 16)
+                .map(|n| n.parse().expect("simple algorithm names parse"))
+                .collect(),
+        };
+        let mut best: Option<(f64, Plan)> = None;
+        let mut last_err = None;
+        for a in candidates {
+            for params in self.param_options(spec, bytes) {
+                match build(spec.clone(), a.clone(), params) {
+                    Ok(plan) => {
+                        let t = uniform_cost(&plan, &self.net).total_s;
+                        if best.as_ref().is_none_or(|(bt, _)| t < *bt) {
+                            best = Some((t, plan));
+                        }
+                    }
+                    Err(e) => last_err = Some(e),
+                }
+            }
+        }
+        match (best, last_err) {
+            (Some((_, plan)), _) => Ok(plan),
+            (None, Some(e)) => Err(e.into()),
+            (None, None) => Err(Error::Config(format!(
+                "no algorithm available for {}",
+                spec.collective
+            ))),
+        }
+    }
+}
+
+/// Bytes of the larger user buffer of a rank (the nccl-tests "size").
+pub fn bytes_of(spec: &CollectiveSpec) -> u64 {
+    let elems = match spec.collective {
+        Collective::AllGather
+        | Collective::Gather
+        | Collective::ReduceScatter
+        | Collective::Scatter
+        | Collective::AllToAll => spec.world as u64 * spec.count,
+        _ => spec.count,
+    };
+    elems * spec.dtype.size() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> UniformNetwork {
+        UniformNetwork::new(20e-6, 2e9, 1.0 / 5e9)
+    }
+
+    #[test]
+    fn small_messages_avoid_the_ring_large_ones_use_bandwidth_optimal_plans() {
+        let s = Selector::new(net(), 1);
+        let small = s
+            .plan(&CollectiveSpec::new(Collective::AllReduce, 8, 2))
+            .unwrap();
+        assert_ne!(small.algorithm().name(), "ring");
+        let large = s
+            .plan(&CollectiveSpec::new(Collective::AllReduce, 8, 16 << 20))
+            .unwrap();
+        assert!(
+            matches!(large.algorithm().name(), "ring" | "rhd"),
+            "{}",
+            large.algorithm().name()
+        );
+    }
+
+    #[test]
+    fn overrides() {
+        let s = Selector::new(net(), 1)
+            .with_algo_env("allreduce:tree; allgather:bruck")
+            .unwrap();
+        let p = s
+            .plan(&CollectiveSpec::new(Collective::AllReduce, 8, 1 << 20))
+            .unwrap();
+        assert_eq!(p.algorithm().name(), "tree");
+        let e = Selector::new(net(), 1)
+            .with_algo_env("allreduce:bruck")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not available for allreduce"), "{e}");
+        let s = Selector::new(net(), 1)
+            .with_rules_json(
+                r#"[{"collective":"allreduce","max_bytes":1024,"algo":"rd"},
+                    {"collective":"allreduce","min_bytes":1024,"algo":"ring","chunk_bytes":65536}]"#,
+                "rules.json",
+            )
+            .unwrap();
+        let p = s
+            .plan(&CollectiveSpec::new(Collective::AllReduce, 4, 8))
+            .unwrap();
+        assert_eq!(p.algorithm().name(), "rd");
+        let p = s
+            .plan(&CollectiveSpec::new(Collective::AllReduce, 4, 1 << 20))
+            .unwrap();
+        assert_eq!((p.algorithm().name(), p.params().chunks), ("ring", 16));
+        let e = Selector::new(net(), 1)
+            .with_rules_json(
+                r#"[{"collective":"allreduce","algo":"ring","speed":9}]"#,
+                "r.json",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.json") && e.contains("speed"), "{e}");
+    }
+}

@@ -1,0 +1,119 @@
+//! Rendezvous: a key/value store the ranks of a job meet in before they have connections
+//! of their own. Ranks publish their listening addresses and the job's secret here, wait
+//! for each other with a deadline, and count arrivals.
+//!
+//! Two implementations: a TCP store (hosted by rank 0, by the launcher, or by a standalone
+//! `topoccl store` process) and a file store (a directory on a shared file system).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+
+mod file;
+mod tcp;
+
+pub use file::FileStore;
+pub use tcp::{TcpStore, TcpStoreServer};
+
+/// Largest key, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Largest value, in bytes.
+pub const MAX_VALUE_LEN: usize = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// The deadline passed with these keys still missing.
+    #[error("timed out waiting for {}", describe_missing(.missing))]
+    Timeout { missing: Vec<String> },
+    /// The store could not be reached (or stopped answering).
+    #[error("cannot reach the store at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// A malformed request or reply, or a limit exceeded.
+    #[error("store protocol error: {0}")]
+    Protocol(String),
+    #[error("store I/O error: {0}")]
+    Io(String),
+}
+
+fn describe_missing(missing: &[String]) -> String {
+    let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
+    let more = missing.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("keys {} and {more} more", shown.join(", "))
+    } else {
+        format!("keys {}", shown.join(", "))
+    }
+}
+
+/// A rendezvous store. All calls are bounded: the waiting ones by their deadline, the
+/// others by the store's own I/O timeout.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Sets `key` to `value` (overwriting).
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// The value of `key`, waiting until it exists or `deadline` passes.
+    fn get(&self, key: &str, deadline: Instant) -> Result<Vec<u8>, StoreError>;
+    /// The value of `key` if it exists now.
+    fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Waits until every key exists; on timeout the error lists the missing ones.
+    fn wait(&self, keys: &[String], deadline: Instant) -> Result<(), StoreError>;
+    /// Adds `delta` to the integer counter `key` (created at 0) and returns the new value.
+    fn add(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
+    /// Removes `key` (no error if it does not exist).
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Where a store lives: `tcp://host:port` or `file:///path/to/dir`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreAddr {
+    Tcp(String),
+    File(PathBuf),
+}
+
+impl FromStr for StoreAddr {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            if rest.is_empty() || !rest.contains(':') {
+                return Err(StoreError::Protocol(format!(
+                    "store address '{s}' needs a host and a port: tcp://HOST:PORT"
+                )));
+            }
+            Ok(StoreAddr::Tcp(rest.to_string()))
+        } else if let Some(rest) = s.strip_prefix("file://") {
+            if rest.is_empty() {
+                return Err(StoreError::Protocol(format!(
+                    "store address '{s}' needs a directory: file:///PATH"
+                )));
+            }
+            Ok(StoreAddr::File(PathBuf::from(rest)))
+        } else {
+            Err(StoreError::Protocol(format!(
+                "store address '{s}' must start with tcp:// or file://"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for StoreAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            StoreAddr::File(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
+impl StoreAddr {
+    /// Connects to (or opens) the store, retrying a store that is not up yet until
+    /// `deadline`.
+    pub fn open(&self, deadline: Instant) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreAddr::Tcp(a) => Arc::new(TcpStore::connect(a, deadline)?),
+            StoreAddr::File(p) => Arc::new(FileStore::new(p.clone())?),
+        })
+    }
+}
