@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use topoccl::LaunchInfo;
 
-use crate::run_cmd::{host_store, job_env, launch, new_job_id};
+use crate::run_cmd::{host_store, job_env, launch, new_job_id, LaunchOptions};
 use crate::CliError;
 
 /// Whether this process is a rank of a job (a launcher set its environment).
@@ -14,14 +14,19 @@ pub fn in_job() -> bool {
     LaunchInfo::from_env().is_ok()
 }
 
-/// Starts `ranks` copies of this very command line as a local job and waits for them.
+/// Starts `ranks` copies of this very command line as a local job and waits for them;
+/// rank 0's stdout (the report) is copied without a rank prefix.
 pub fn relaunch(ranks: u32, timeout: Option<Duration>) -> Result<ExitCode, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find this program's path: {e}")))?;
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let store = host_store()?;
     let env = job_env(Some(store.url()), &new_job_id()?);
-    let outcome = launch(exe.as_os_str(), &args, ranks, &env, timeout)?;
+    let opts = LaunchOptions {
+        timeout,
+        plain_stdout: Some(0),
+    };
+    let outcome = launch(exe.as_os_str(), &args, ranks, &env, &opts)?;
     if let Some(line) = outcome.summary() {
         eprintln!("{line}");
     }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_cmd;
 mod internal_cmd;
 mod job;
 mod plan_cmd;
@@ -34,6 +35,9 @@ enum Command {
     /// Start N local ranks of a program and supervise them (rank-prefixed output; the
     /// first failure stops the job).
     Run(run_cmd::RunArgs),
+    /// Measure collectives across N ranks (nccl-tests layout: size, count, type, redop,
+    /// root, time, algbw, busbw, #wrong out of place and in place).
+    Bench(bench_cmd::BenchArgs),
     /// Check the runtime: every collective × algorithm × dtype × size across N ranks,
     /// compared bit for bit with the reference executor.
     Selftest(selftest_cmd::SelftestArgs),
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_cmd::run(args),
         Command::Selftest(args) => selftest_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::Store(args) => store_cmd::run(args),
         Command::Internal(args) => internal_cmd::run(args),
     };

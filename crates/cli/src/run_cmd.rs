@@ -10,7 +10,8 @@
 //! ```ignore
 //! let store = host_store()?;                       // keep it alive while the ranks run
 //! let env = job_env(Some(store.url()), &new_job_id()?);
-//! let outcome = launch(program, &args, ranks, &env, Some(Duration::from_secs(600)))?;
+//! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0) };
+//! let outcome = launch(program, &args, ranks, &env, &opts)?;
 //! if let Some(line) = outcome.summary() { eprintln!("{line}"); }
 //! std::process::ExitCode::from(outcome.exit_code())
 //! ```
@@ -97,7 +98,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         Some(host_store()?)
     };
     let env = job_env(store.as_ref().map(JobStore::url), &new_job_id()?);
-    let outcome = launch(&args.program, &args.args, args.ranks, &env, timeout)?;
+    let opts = LaunchOptions {
+        timeout,
+        plain_stdout: None,
+    };
+    let outcome = launch(&args.program, &args.args, args.ranks, &env, &opts)?;
     drop(store);
     if let Some(line) = outcome.summary() {
         eprintln!("topoccl run: {line}");
@@ -477,6 +482,16 @@ impl Rank {
     }
 }
 
+/// How [`launch`] runs a job.
+#[derive(Clone, Debug, Default)]
+pub struct LaunchOptions {
+    /// Stop the job after this long.
+    pub timeout: Option<Duration>,
+    /// Copy this rank's stdout without the rank prefix (a report the rank prints for
+    /// the whole job, like a benchmark table).
+    pub plain_stdout: Option<u32>,
+}
+
 /// Starts `ranks` copies of `program args` and supervises them until all are gone.
 ///
 /// Every rank gets `extra_env` (see [`job_env`]) and then `TOPOCCL_RANK`,
@@ -484,7 +499,7 @@ impl Rank {
 /// `/dev/null`; stdout and stderr are copied to the launcher's behind [`rank_prefix`].
 /// Each rank leads its own process group and, on Linux, is killed if the launcher dies.
 ///
-/// The first rank to exit non-zero or die by a signal, the `timeout`, or a SIGINT/SIGTERM
+/// The first rank to exit non-zero or die by a signal, `opts.timeout`, or a SIGINT/SIGTERM
 /// to this process stops the job: the running ranks get SIGTERM (the received signal, when
 /// interrupted) and, [`KILL_GRACE`] later, SIGKILL; a second signal skips the grace.
 ///
@@ -496,8 +511,9 @@ pub fn launch(
     args: &[OsString],
     ranks: u32,
     extra_env: &[(String, String)],
-    timeout: Option<Duration>,
+    opts: &LaunchOptions,
 ) -> Result<LaunchOutcome, CliError> {
+    let timeout = opts.timeout;
     check_ranks(ranks)?;
     let _turn = LAUNCH_LOCK
         .lock()
@@ -508,7 +524,8 @@ pub fn launch(
     let (output_open, output_done) = mpsc::channel::<()>();
     let mut started: Vec<Rank> = Vec::with_capacity(ranks as usize);
     for rank in 0..ranks {
-        match spawn_rank(program, args, rank, ranks, extra_env, &output_open) {
+        let plain = opts.plain_stdout == Some(rank);
+        match spawn_rank(program, args, rank, ranks, extra_env, plain, &output_open) {
             Ok(r) => started.push(r),
             Err(e) => {
                 for r in &started {
@@ -548,6 +565,7 @@ fn spawn_rank(
     rank: u32,
     ranks: u32,
     extra_env: &[(String, String)],
+    plain_stdout: bool,
     output_open: &mpsc::Sender<()>,
 ) -> Result<Rank, CliError> {
     let mut cmd = Command::new(program);
@@ -584,7 +602,12 @@ fn spawn_rank(
         status: None,
     };
     let prefix = rank_prefix(rank, ranks).into_bytes();
-    let readers = start_reader(stdout, prefix.clone(), emit_stdout, output_open.clone())
+    let out_prefix = if plain_stdout {
+        Vec::new()
+    } else {
+        prefix.clone()
+    };
+    let readers = start_reader(stdout, out_prefix, emit_stdout, output_open.clone())
         .and_then(|()| start_reader(stderr, prefix, emit_stderr, output_open.clone()));
     if let Err(e) = readers {
         r.signal(libc::SIGKILL);

@@ -50,8 +50,16 @@ pub struct Communicator {
     p2p_sent: HashMap<Rank, u64>,
     p2p_received: HashMap<Rank, u64>,
     store: Arc<dyn Store>,
-    _server: Option<TcpStoreServer>,
+    /// The store this process hosts (rank 0 of a world), shared with sub-communicators.
+    server: Option<Arc<TcpStoreServer>>,
     namespace: String,
+    /// Hash of the job id, carried in every handshake.
+    job: u64,
+    /// `split` calls so far: every rank makes them in the same order, so the count names
+    /// the split in the store.
+    splits: u64,
+    /// The rank in the world communicator of each rank of this one.
+    world_ranks: Vec<Rank>,
     selector: Selector,
     plans: HashMap<u64, (Plan, u64)>,
     broken: Option<String>,
@@ -192,10 +200,12 @@ impl Communicator {
     }
 
     /// Creates the world communicator.
-    pub fn init(info: LaunchInfo, cfg: Config) -> Result<Communicator> {
+    pub fn init(info: LaunchInfo, mut cfg: Config) -> Result<Communicator> {
+        cfg.spin
+            .get_or_insert(crate::config::default_spin(info.local_world));
         let deadline = Instant::now() + cfg.init_timeout;
         let server = if info.host_store {
-            Some(host_store(&info.store)?)
+            Some(Arc::new(host_store(&info.store)?))
         } else {
             None
         };
@@ -219,8 +229,10 @@ impl Communicator {
         world: u32,
         job_id: &str,
         name: &str,
-        cfg: Config,
+        mut cfg: Config,
     ) -> Result<Communicator> {
+        // Ranks sharing a store this way are usually threads or processes of one host.
+        cfg.spin.get_or_insert(crate::config::default_spin(world));
         if world == 0 || rank >= world {
             return Err(Error::Config(format!(
                 "rank {rank} is not in a world of {world} ranks"
@@ -242,7 +254,7 @@ impl Communicator {
     #[allow(clippy::too_many_arguments)]
     fn rendezvous(
         store: Arc<dyn Store>,
-        server: Option<TcpStoreServer>,
+        server: Option<Arc<TcpStoreServer>>,
         namespace: String,
         rank: Rank,
         world: u32,
@@ -326,8 +338,11 @@ impl Communicator {
             p2p_sent: HashMap::new(),
             p2p_received: HashMap::new(),
             store,
-            _server: server,
+            server,
             namespace,
+            job,
+            splits: 0,
+            world_ranks: (0..world).collect(),
             selector,
             plans: HashMap::new(),
             broken: None,
@@ -354,6 +369,59 @@ impl Communicator {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The rank in the world communicator (the launcher's) of this communicator's `rank`:
+    /// the identity to look for in logs when an error names a rank of a split.
+    pub fn world_rank(&self, rank: Rank) -> Option<Rank> {
+        self.world_ranks.get(rank as usize).copied()
+    }
+
+    /// Splits the ranks into disjoint communicators, as `MPI_Comm_split` does: every rank
+    /// of this communicator must call it (in the same order as its other calls); ranks
+    /// passing the same `color` form one new communicator, ordered by `key` and then by
+    /// their rank here. `None` (MPI's `MPI_UNDEFINED`) takes part but joins none.
+    ///
+    /// The new communicators meet in this one's store, inherit its settings and measured
+    /// network (no second probe), and have their own connections and deadlines.
+    pub fn split(&mut self, color: Option<u32>, key: u32) -> Result<Option<Communicator>> {
+        self.usable()?;
+        let mine = [color.map_or(-1, i64::from), i64::from(key)];
+        let mut all = vec![0i64; 2 * self.world as usize];
+        self.all_gather(&mine, &mut all)?;
+        self.splits += 1;
+        let Some(color) = color else {
+            return Ok(None);
+        };
+        let mut members: Vec<(i64, Rank)> = (0..self.world)
+            .filter(|&r| all[2 * r as usize] == i64::from(color))
+            .map(|r| (all[2 * r as usize + 1], r))
+            .collect();
+        members.sort_unstable();
+        let rank = members
+            .iter()
+            .position(|&(_, r)| r == self.rank)
+            .expect("this rank passed its own color") as Rank;
+        let namespace = format!("{}/split{}/color{color}", self.namespace, self.splits);
+        let deadline = Instant::now() + self.cfg.init_timeout;
+        let ip = self.tr.local_addr()?.ip();
+        let mut child = Self::rendezvous(
+            self.store.clone(),
+            self.server.clone(),
+            namespace,
+            rank,
+            members.len() as u32,
+            ip,
+            self.job,
+            self.cfg.clone(),
+            deadline,
+        )?;
+        child.selector.net = self.selector.net;
+        child.world_ranks = members
+            .iter()
+            .map(|&(_, r)| self.world_ranks[r as usize])
+            .collect();
+        Ok(Some(child))
     }
 
     /// The network the algorithm choice assumes (measured at creation).
@@ -567,6 +635,7 @@ impl Communicator {
             &mut buffers,
             deadline,
             self.cfg.timeout,
+            self.cfg.spin.unwrap_or_default(),
         );
         let result =
             result.map_err(|e| self.fail(self.diagnose(e, call.seq, &call.name), &call.name));
@@ -940,6 +1009,7 @@ impl Communicator {
             &mut buffers,
             deadline,
             self.cfg.timeout,
+            self.cfg.spin.unwrap_or_default(),
         );
         result.map_err(|e| self.fail(e, &call.name))
     }

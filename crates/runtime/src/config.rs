@@ -10,6 +10,7 @@
 //! | `TOPOCCL_ALGO` | algorithm per collective, `allreduce:rhd;allgather:bruck` | chosen by cost |
 //! | `TOPOCCL_RULES` | JSON file of selection rules | |
 //! | `TOPOCCL_PROBE` | `0` skips the link probe at creation | on |
+//! | `TOPOCCL_SPIN` | how long a waiting call polls before it sleeps (`0` never spins) | 50 µs when this host's ranks fit on its cores, else 0 |
 
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct Config {
     pub algo: Option<String>,
     pub rules: Option<String>,
     pub probe: bool,
+    /// `None`: decided at creation from the ranks per host and the cores.
+    pub spin: Option<Duration>,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             algo: None,
             rules: None,
             probe: true,
+            spin: None,
         }
     }
 }
@@ -55,6 +59,17 @@ fn duration(key: &str, v: &str) -> Result<Duration> {
         )));
     }
     Ok(Duration::from_secs_f64(s))
+}
+
+/// Busy-polling pays off only while every rank of the host has a core of its own: a
+/// spinning rank would otherwise take the core of the rank it waits for.
+pub fn default_spin(local_ranks: u32) -> Duration {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    if local_ranks <= cores {
+        Duration::from_micros(50)
+    } else {
+        Duration::ZERO
+    }
 }
 
 impl Config {
@@ -87,6 +102,15 @@ impl Config {
         c.secret = lookup("TOPOCCL_SECRET").filter(|s| !s.is_empty());
         c.algo = lookup("TOPOCCL_ALGO").filter(|s| !s.is_empty());
         c.rules = lookup("TOPOCCL_RULES").filter(|s| !s.is_empty());
+        if let Some(v) = lookup("TOPOCCL_SPIN") {
+            let s = parse_duration(&v).map_err(|e| Error::Config(format!("TOPOCCL_SPIN: {e}")))?;
+            if s > 0.1 {
+                return Err(Error::Config(format!(
+                    "TOPOCCL_SPIN={v} is more than 100 ms of busy waiting; use a few µs, or 0"
+                )));
+            }
+            c.spin = Some(Duration::from_secs_f64(s));
+        }
         if let Some(v) = lookup("TOPOCCL_PROBE") {
             c.probe = !matches!(v.trim(), "0" | "false" | "off" | "no");
         }

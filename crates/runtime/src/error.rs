@@ -80,6 +80,10 @@ pub enum Error {
     #[error("the communicator is aborted: {0}")]
     CommAborted(String),
 
+    /// Too many nonblocking operations are pending.
+    #[error("busy: {0}")]
+    Busy(String),
+
     #[error("I/O error: {0}")]
     Io(String),
 }

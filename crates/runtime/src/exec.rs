@@ -203,6 +203,7 @@ pub(crate) fn run<T: Dtype>(
     bufs: &mut Buffers<'_, T>,
     deadline: Instant,
     timeout: Duration,
+    spin: Duration,
 ) -> Result<()> {
     let mut ex = Exec {
         call,
@@ -210,6 +211,7 @@ pub(crate) fn run<T: Dtype>(
         recvs: HashMap::new(),
         deadline,
         timeout,
+        spin,
         size: std::mem::size_of::<T>(),
     };
     ex.run(tr, departed, prog, bufs)
@@ -242,6 +244,7 @@ struct Exec<'c> {
     recvs: HashMap<(Rank, u16), RecvLink>,
     deadline: Instant,
     timeout: Duration,
+    spin: Duration,
     size: usize,
 }
 
@@ -331,7 +334,7 @@ impl Exec<'_> {
             if progressed {
                 continue;
             }
-            if !tr.poll(self.deadline)? {
+            if !tr.poll(self.deadline, self.spin)? {
                 return Err(self.timeout_error(tr));
             }
         }
@@ -353,7 +356,7 @@ impl Exec<'_> {
                 }
             }
             let now = Instant::now();
-            if now >= until || tr.poll(until.min(self.deadline)).is_err() {
+            if now >= until || tr.poll(until.min(self.deadline), Duration::ZERO).is_err() {
                 return e;
             }
         }

@@ -4,13 +4,16 @@
 //! torchrun, Open MPI or Slurm, see [`env`]) and runs every collective of
 //! `topoccl-plan`'s IR by executing the verified plan for its rank: the runtime carries no
 //! algorithm of its own. Every call has a deadline; a dead, stuck, refusing or mismatched
-//! peer ends it with an error naming the rank.
+//! peer ends it with an error naming the rank. [`Communicator::into_async`] gives
+//! nonblocking forms (start → [`Work`] → `test` / `wait`); [`Communicator::split`] makes
+//! sub-communicators.
 
 pub mod comm;
 pub mod config;
 pub mod env;
 pub mod error;
 mod exec;
+pub mod nonblocking;
 mod probe;
 pub mod select;
 pub mod selftest;
@@ -23,5 +26,6 @@ pub use config::Config;
 pub use env::LaunchInfo;
 pub use error::{Error, Result};
 pub use exec::Dtype;
+pub use nonblocking::{AsyncCommunicator, Work};
 pub use topoccl_plan::{Collective, CollectiveSpec, CountMatrix, DType, ReduceOp};
 pub use transport::AbortHandle;

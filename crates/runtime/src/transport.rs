@@ -443,15 +443,31 @@ impl Transport {
 
     /// Waits for readiness until `deadline` (or a wake-up): updates the connections'
     /// flags, accepts new connections. Returns false on timeout.
-    pub fn poll(&mut self, deadline: Instant) -> Result<bool> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        match self.poll.poll(&mut self.events, Some(timeout)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
-            Err(e) => return Err(io_err("poll", e)),
-        }
-        if self.events.is_empty() {
-            return Ok(Instant::now() < deadline);
+    ///
+    /// For the first `spin` it polls without sleeping: a message expected within
+    /// microseconds then costs no trip through the scheduler (which dominates small
+    /// messages); longer waits sleep.
+    pub fn poll(&mut self, deadline: Instant, spin: Duration) -> Result<bool> {
+        let spin_until = Instant::now() + spin;
+        loop {
+            let now = Instant::now();
+            let timeout = if now < spin_until {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(now)
+            };
+            match self.poll.poll(&mut self.events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+                Err(e) => return Err(io_err("poll", e)),
+            }
+            if !self.events.is_empty() {
+                break;
+            }
+            if timeout > Duration::ZERO || Instant::now() >= deadline {
+                return Ok(Instant::now() < deadline);
+            }
+            std::hint::spin_loop();
         }
         let mut accept = false;
         for ev in self.events.iter() {

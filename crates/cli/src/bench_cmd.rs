@@ -1,0 +1,516 @@
+//! `topoccl bench`: collective performance in the nccl-tests layout.
+//!
+//! For each size from `-b` to `-e` (multiplied by `-f`), every rank runs `--warmup` calls,
+//! then times `--iters` calls out of place and in place; the time reported is the slowest
+//! rank's average (as nccl-tests does). algbw = size / time; busbw = algbw × the
+//! collective's bus factor: 2(n−1)/n for all-reduce, (n−1)/n for all-gather,
+//! reduce-scatter, all-to-all, gather and scatter, 1 for broadcast and reduce. `size` is
+//! the bytes of the larger user buffer. With `--check`, one more call of each placement
+//! runs on fresh data and every element is compared with the reference executor
+//! (`#wrong` counts the elements that differ, summed over ranks).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use half::{bf16, f16};
+use serde::Serialize;
+use topoccl::{Communicator, Config, Dtype, LaunchInfo};
+use topoccl_plan::exec::execute;
+use topoccl_plan::exec::kernels::Element;
+use topoccl_plan::{Collective, CollectiveSpec, DType, Placement, ReduceOp};
+
+use crate::job;
+use crate::run_cmd::parse_timeout;
+use crate::units::parse_bytes;
+use crate::CliError;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A collective (allreduce, allgather, reducescatter, broadcast, reduce, alltoall,
+    /// gather, scatter) or `all`.
+    collective: String,
+    /// Ranks to launch (ignored under a launcher).
+    #[arg(short = 'n', long, default_value_t = 4)]
+    ranks: u32,
+    /// Smallest size (bytes; K, M, G suffixes are binary).
+    #[arg(short = 'b', long, default_value = "8")]
+    minbytes: String,
+    /// Largest size.
+    #[arg(short = 'e', long, default_value = "64M")]
+    maxbytes: String,
+    /// Size multiplier between rows.
+    #[arg(short = 'f', long, default_value_t = 2)]
+    factor: u64,
+    /// Data type: f32 (float), f64, f16, bf16, i32, i64, u8.
+    #[arg(short = 'd', long, default_value = "f32")]
+    dtype: String,
+    /// Reduction: sum, prod, min, max, avg.
+    #[arg(short = 'o', long, default_value = "sum")]
+    op: String,
+    /// Root of rooted collectives.
+    #[arg(short = 'r', long, default_value_t = 0)]
+    root: u32,
+    /// Force an algorithm (as TOPOCCL_ALGO does); default: chosen by cost per size.
+    #[arg(long)]
+    algo: Option<String>,
+    /// Timed calls per size and placement.
+    #[arg(long, default_value_t = 20)]
+    iters: u32,
+    /// Untimed calls first.
+    #[arg(long, default_value_t = 5)]
+    warmup: u32,
+    /// Check every result against the reference executor.
+    #[arg(long)]
+    check: bool,
+    /// Also write the rows as JSON to this file (rank 0).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Stop the whole job after this long.
+    #[arg(long, default_value = "30m")]
+    timeout: String,
+}
+
+const ALL: [Collective; 8] = [
+    Collective::AllReduce,
+    Collective::AllGather,
+    Collective::ReduceScatter,
+    Collective::Broadcast,
+    Collective::Reduce,
+    Collective::AllToAll,
+    Collective::Gather,
+    Collective::Scatter,
+];
+
+fn nccl_type(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float",
+        DType::F64 => "double",
+        DType::F16 => "half",
+        DType::BF16 => "bfloat16",
+        DType::I32 => "int32",
+        DType::I64 => "int64",
+        DType::U8 => "uint8",
+    }
+}
+
+fn bus_factor(c: Collective, n: u32) -> f64 {
+    let n = n as f64;
+    match c {
+        Collective::AllReduce => 2.0 * (n - 1.0) / n,
+        Collective::Broadcast | Collective::Reduce => 1.0,
+        _ => (n - 1.0) / n,
+    }
+}
+
+/// One placement's measurement.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct Timing {
+    time_us: f64,
+    algbw_gbps: f64,
+    busbw_gbps: f64,
+    /// `None` without `--check`.
+    wrong: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    collective: Collective,
+    size_bytes: u64,
+    count: u64,
+    dtype: DType,
+    op: ReduceOp,
+    root: i64,
+    algorithm: String,
+    ranks: u32,
+    out_of_place: Timing,
+    in_place: Option<Timing>,
+}
+
+/// The spec for a row of `bytes` (the larger user buffer), rounded down to what the
+/// collective can split evenly.
+fn spec_for(
+    c: Collective,
+    world: u32,
+    bytes: u64,
+    dtype: DType,
+    op: ReduceOp,
+    root: u32,
+) -> CollectiveSpec {
+    let elems = bytes / dtype.size() as u64;
+    let per_rank = match c {
+        Collective::AllGather
+        | Collective::Gather
+        | Collective::ReduceScatter
+        | Collective::Scatter
+        | Collective::AllToAll => elems / world as u64,
+        _ => elems,
+    };
+    CollectiveSpec::new(c, world, per_rank)
+        .with_dtype(dtype)
+        .with_op(op)
+        .with_root(root)
+}
+
+fn spec_bytes(s: &CollectiveSpec) -> u64 {
+    topoccl::select::bytes_of(s)
+}
+
+/// Deterministic data: every rank can compute every rank's input for `--check`.
+fn data<T: Element>(spec: &CollectiveSpec, rank: u32, salt: u64) -> Vec<T> {
+    let n = spec.input_len(rank) as usize;
+    (0..n)
+        .map(|i| {
+            let x = (i as u64)
+                .wrapping_mul(2654435761)
+                .wrapping_add(rank as u64 * 97 + salt)
+                % 251;
+            T::from_i64(x as i64 - 125)
+        })
+        .collect()
+}
+
+struct Ctx<'a> {
+    comm: &'a mut Communicator,
+    args: &'a BenchArgs,
+}
+
+impl Ctx<'_> {
+    fn time<T: Dtype>(
+        &mut self,
+        spec: &CollectiveSpec,
+        placement: Placement,
+    ) -> Result<f64, CliError> {
+        let rank = self.comm.rank();
+        let plan = self.comm.plan_for(spec)?;
+        let input: Vec<T> = data(spec, rank, 0);
+        let mut output = vec![T::default(); spec.output_len(rank) as usize];
+        let mut inplace = in_place_buffer(spec, rank, &input);
+        let mut call = |comm: &mut Communicator| -> topoccl::Result<()> {
+            match placement {
+                Placement::OutOfPlace => comm.run_plan(&plan, &input, &mut output),
+                Placement::InPlace => comm.run_plan_in_place(&plan, &mut inplace),
+            }
+        };
+        for _ in 0..self.args.warmup {
+            call(self.comm)?;
+        }
+        self.comm.barrier()?;
+        let t = Instant::now();
+        for _ in 0..self.args.iters.max(1) {
+            call(self.comm)?;
+        }
+        Ok(t.elapsed().as_secs_f64() / self.args.iters.max(1) as f64)
+    }
+
+    /// Elements of this rank's result that differ from the reference executor's.
+    fn wrong<T: Dtype>(
+        &mut self,
+        spec: &CollectiveSpec,
+        placement: Placement,
+    ) -> Result<u64, CliError> {
+        let rank = self.comm.rank();
+        let plan = self.comm.plan_for(spec)?;
+        let inputs: Vec<Vec<T>> = (0..spec.world).map(|r| data(spec, r, 1)).collect();
+        let want = execute(&plan, placement, &inputs)
+            .map_err(|e| CliError::failed(format!("reference executor: {e}")))?;
+        let input = &inputs[rank as usize];
+        let got = match placement {
+            Placement::OutOfPlace => {
+                let mut out = vec![T::default(); spec.output_len(rank) as usize];
+                self.comm.run_plan(&plan, input, &mut out)?;
+                out
+            }
+            Placement::InPlace => {
+                let mut buf = in_place_buffer(spec, rank, input);
+                self.comm.run_plan_in_place(&plan, &mut buf)?;
+                match spec.in_place_alias(rank) {
+                    Some(a) if a.inner == topoccl_plan::Buf::Output => {
+                        let at = a.offset as usize;
+                        buf[at..at + spec.output_len(rank) as usize].to_vec()
+                    }
+                    _ => {
+                        buf.truncate(spec.output_len(rank) as usize);
+                        buf
+                    }
+                }
+            }
+        };
+        Ok(got
+            .iter()
+            .zip(&want[rank as usize])
+            .filter(|(a, b)| bytemuck::bytes_of(*a) != bytemuck::bytes_of(*b))
+            .count() as u64
+            + (got.len() as u64).abs_diff(want[rank as usize].len() as u64))
+    }
+
+    fn row<T: Dtype>(&mut self, spec: &CollectiveSpec) -> Result<Row, CliError> {
+        let p = self.comm.world();
+        let with_in_place = spec.collective.has_in_place();
+        let mut times = vec![self.time::<T>(spec, Placement::OutOfPlace)?];
+        if with_in_place {
+            times.push(self.time::<T>(spec, Placement::InPlace)?);
+        }
+        let mut wrong = vec![0.0f64; times.len()];
+        if self.args.check {
+            wrong[0] = self.wrong::<T>(spec, Placement::OutOfPlace)? as f64;
+            if with_in_place {
+                wrong[1] = self.wrong::<T>(spec, Placement::InPlace)? as f64;
+            }
+        }
+        // The slowest rank's time; wrong elements summed.
+        let mut slowest = vec![0.0f64; times.len()];
+        self.comm.all_reduce(&times, &mut slowest, ReduceOp::Max)?;
+        let mut total_wrong = vec![0.0f64; wrong.len()];
+        self.comm
+            .all_reduce(&wrong, &mut total_wrong, ReduceOp::Sum)?;
+        let bytes = spec_bytes(spec);
+        let timing = |i: usize| {
+            let algbw = bytes as f64 / slowest[i] / 1e9;
+            Timing {
+                time_us: slowest[i] * 1e6,
+                algbw_gbps: algbw,
+                busbw_gbps: algbw * bus_factor(spec.collective, p),
+                wrong: self.args.check.then_some(total_wrong[i] as u64),
+            }
+        };
+        let plan = self.comm.plan_for(spec)?;
+        Ok(Row {
+            collective: spec.collective,
+            size_bytes: bytes,
+            count: bytes / spec.dtype.size() as u64,
+            dtype: spec.dtype,
+            op: spec.op,
+            root: if spec.collective.rooted() {
+                spec.root as i64
+            } else {
+                -1
+            },
+            algorithm: describe_plan(&plan),
+            ranks: p,
+            out_of_place: timing(0),
+            in_place: with_in_place.then(|| timing(1)),
+        })
+    }
+}
+
+fn describe_plan(plan: &topoccl_plan::Plan) -> String {
+    let p = plan.params();
+    let mut s = plan.algorithm().name().to_string();
+    if p.chunks > 1 {
+        s.push_str(&format!("/{}", p.chunks));
+    }
+    if p.channels > 1 {
+        s.push_str(&format!("x{}", p.channels));
+    }
+    s
+}
+
+/// The single user buffer of an in-place call, with this rank's input where the
+/// collective's in-place layout puts it.
+fn in_place_buffer<T: Dtype>(spec: &CollectiveSpec, rank: u32, input: &[T]) -> Vec<T> {
+    match spec.in_place_alias(rank) {
+        Some(a) if a.inner == topoccl_plan::Buf::Input => {
+            let mut buf = vec![T::default(); spec.output_len(rank) as usize];
+            buf[a.offset as usize..a.offset as usize + input.len()].copy_from_slice(input);
+            buf
+        }
+        _ => {
+            let mut buf = input.to_vec();
+            buf.resize(
+                spec.input_len(rank).max(spec.output_len(rank)) as usize,
+                T::default(),
+            );
+            buf
+        }
+    }
+}
+
+fn fmt_timing(t: &Option<Timing>) -> String {
+    match t {
+        None => format!("{:>10} {:>7} {:>7} {:>6}", "-", "-", "-", "-"),
+        Some(t) => format!(
+            "{:>10.2} {:>7.2} {:>7.2} {:>6}",
+            t.time_us,
+            t.algbw_gbps,
+            t.busbw_gbps,
+            t.wrong
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "N/A".into())
+        ),
+    }
+}
+
+fn print_header(c: Collective, world: u32, args: &BenchArgs) {
+    println!(
+        "# topoccl bench {c}: {world} ranks, iters {} warmup {}, algorithm {}",
+        args.iters,
+        args.warmup,
+        args.algo.as_deref().unwrap_or("chosen by cost per size")
+    );
+    println!("#{:>52}   {:^32}   {:^32}", "", "out-of-place", "in-place");
+    println!(
+        "#{:>11} {:>12} {:>8} {:>6} {:>6} {:>10} {:>7} {:>7} {:>6} {:>10} {:>7} {:>7} {:>6}  algo",
+        "size",
+        "count",
+        "type",
+        "redop",
+        "root",
+        "time",
+        "algbw",
+        "busbw",
+        "#wrong",
+        "time",
+        "algbw",
+        "busbw",
+        "#wrong"
+    );
+    println!(
+        "#{:>11} {:>12} {:>8} {:>6} {:>6} {:>10} {:>7} {:>7} {:>6} {:>10} {:>7} {:>7} {:>6}",
+        "(B)",
+        "(elements)",
+        "",
+        "",
+        "",
+        "(us)",
+        "(GB/s)",
+        "(GB/s)",
+        "",
+        "(us)",
+        "(GB/s)",
+        "(GB/s)",
+        ""
+    );
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
+    let collectives: Vec<Collective> = if args.collective == "all" {
+        ALL.to_vec()
+    } else {
+        let c: Collective = args.collective.parse()?;
+        if matches!(c, Collective::Barrier | Collective::AllToAllV) {
+            return Err(CliError::usage(format!(
+                "bench measures collectives with a size; {c} is not one (use one of {} or all)",
+                ALL.map(|c| c.name()).join(", ")
+            )));
+        }
+        vec![c]
+    };
+    let dtype: DType = args.dtype.parse()?;
+    let op: ReduceOp = args.op.parse()?;
+    let min = parse_bytes(&args.minbytes).map_err(CliError::usage)?;
+    let max = parse_bytes(&args.maxbytes).map_err(CliError::usage)?;
+    if min > max || args.factor < 2 {
+        return Err(CliError::usage(format!(
+            "sizes go from -b {min} to -e {max} by -f {}: need -b ≤ -e and -f ≥ 2",
+            args.factor
+        )));
+    }
+    if !job::in_job() {
+        let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
+        return job::relaunch(args.ranks, Some(limit));
+    }
+    let info = LaunchInfo::from_env().map_err(|e| CliError::failed(e.to_string()))?;
+    let mut cfg = Config::from_env().map_err(|e| CliError::usage(e.to_string()))?;
+    if let Some(a) = &args.algo {
+        cfg.algo = Some(a.clone());
+    }
+    let mut comm = Communicator::init(info, cfg)
+        .map_err(|e| CliError::failed(format!("cannot create the communicator: {e}")))?;
+    let world = comm.world();
+    if args.root >= world {
+        return Err(CliError::usage(format!(
+            "root {} is out of range for {world} ranks",
+            args.root
+        )));
+    }
+    let mut sizes = Vec::new();
+    let mut b = min.max(1);
+    while b <= max {
+        sizes.push(b);
+        b = b.saturating_mul(args.factor);
+    }
+    let steps = (collectives.len() * sizes.len()) as u64;
+    let progress = (comm.rank() == 0 && std::io::stderr().is_terminal())
+        .then(|| indicatif::ProgressBar::new(steps).with_message("bench"));
+    let mut rows = Vec::new();
+    for c in collectives {
+        if comm.rank() == 0 {
+            print_header(c, world, &args);
+        }
+        let mut last = None;
+        for &bytes in &sizes {
+            let spec = spec_for(c, world, bytes, dtype, op, args.root);
+            let size = spec_bytes(&spec);
+            if let Some(p) = &progress {
+                p.inc(1);
+            }
+            if last == Some(size) {
+                continue;
+            }
+            last = Some(size);
+            let mut ctx = Ctx {
+                comm: &mut comm,
+                args: &args,
+            };
+            let row = match dtype {
+                DType::F32 => ctx.row::<f32>(&spec),
+                DType::F64 => ctx.row::<f64>(&spec),
+                DType::F16 => ctx.row::<f16>(&spec),
+                DType::BF16 => ctx.row::<bf16>(&spec),
+                DType::I32 => ctx.row::<i32>(&spec),
+                DType::I64 => ctx.row::<i64>(&spec),
+                DType::U8 => ctx.row::<u8>(&spec),
+            }?;
+            if comm.rank() == 0 {
+                let line = format!(
+                    " {:>11} {:>12} {:>8} {:>6} {:>6} {} {}  {}",
+                    row.size_bytes,
+                    row.count,
+                    nccl_type(row.dtype),
+                    row.op.name(),
+                    row.root,
+                    fmt_timing(&Some(row.out_of_place)),
+                    fmt_timing(&row.in_place),
+                    row.algorithm
+                );
+                match &progress {
+                    Some(p) => p.println(line),
+                    None => println!("{line}"),
+                }
+            }
+            rows.push(row);
+        }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    let wrong: u64 = rows
+        .iter()
+        .flat_map(|r| [Some(r.out_of_place), r.in_place])
+        .flatten()
+        .filter_map(|t| t.wrong)
+        .sum();
+    if comm.rank() == 0 {
+        if args.check {
+            println!("# {} wrong elements in total", wrong);
+        }
+        if let Some(path) = &args.json {
+            let text = serde_json::to_string_pretty(&rows).expect("rows serialise");
+            std::fs::write(path, text)
+                .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+        }
+    }
+    Ok(if wrong == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+impl From<topoccl::Error> for CliError {
+    fn from(e: topoccl::Error) -> Self {
+        CliError::failed(e.to_string())
+    }
+}

@@ -1,0 +1,178 @@
+//! `topoccl bench`: the nccl-tests layout, `--check` against the reference executor,
+//! JSON output, running inside another launcher, and clear errors on bad input.
+
+use std::process::{Command, Output};
+
+fn topoccl(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_topoccl"))
+        .args(args)
+        .env_remove("TOPOCCL_ALGO")
+        .env_remove("TOPOCCL_RULES")
+        .output()
+        .expect("run topoccl");
+    eprintln!(
+        "topoccl {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The data rows (not `#` comments) of a bench table, split into columns.
+fn rows(stdout: &[u8]) -> Vec<Vec<String>> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn allreduce_sweep_is_checked_and_written_as_json() {
+    let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-rows-{}.json", std::process::id()));
+    let json_arg = json.to_str().unwrap();
+    let out = topoccl(&[
+        "bench",
+        "allreduce",
+        "-n",
+        "3",
+        "-b",
+        "8",
+        "-e",
+        "1M",
+        "-f",
+        "8",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--check",
+        "--json",
+        json_arg,
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for col in [
+        "size", "count", "type", "redop", "root", "algbw", "busbw", "#wrong",
+    ] {
+        assert!(stdout.contains(col), "missing column {col}");
+    }
+    assert!(stdout.contains("# 0 wrong elements in total"));
+    let rows = rows(&out.stdout);
+    // 8 B, 64 B, 512 B, 4 KiB, 32 KiB, 256 KiB (and 2 MiB > 1 MiB is not run).
+    let sizes: Vec<u64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert_eq!(sizes, [8, 64, 512, 4096, 32768, 262144]);
+    for r in &rows {
+        // size count type redop root | time algbw busbw #wrong | same in place | algo
+        assert_eq!(r.len(), 14, "row {r:?}");
+        assert_eq!(
+            r[1].parse::<u64>().unwrap() * 4,
+            r[0].parse::<u64>().unwrap()
+        );
+        assert_eq!(r[2], "float");
+        assert_eq!(r[3], "sum");
+        assert_eq!(r[4], "-1");
+        assert_eq!(r[8], "0");
+        assert_eq!(r[12], "0");
+        let time: f64 = r[5].parse().unwrap();
+        let algbw: f64 = r[6].parse().unwrap();
+        let busbw: f64 = r[7].parse().unwrap();
+        assert!(time > 0.0);
+        // All-reduce's bus factor with 3 ranks is 2·2/3 (printed to two decimals).
+        assert!((busbw - algbw * 4.0 / 3.0).abs() <= 0.011, "row {r:?}");
+    }
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let list = parsed.as_array().unwrap();
+    assert_eq!(list.len(), rows.len());
+    assert_eq!(list[0]["ranks"], 3);
+    assert_eq!(list[0]["out_of_place"]["wrong"], 0);
+    let _ = std::fs::remove_file(&json);
+}
+
+#[test]
+fn all_collectives_with_a_forced_dtype_and_root() {
+    let out = topoccl(&[
+        "bench", "all", "-n", "2", "-b", "1K", "-e", "2K", "-d", "bf16", "-o", "max", "-r", "1",
+        "--iters", "1", "--warmup", "0", "--check",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for c in [
+        "allreduce",
+        "allgather",
+        "reducescatter",
+        "broadcast",
+        "reduce",
+        "alltoall",
+        "gather",
+        "scatter",
+    ] {
+        assert!(
+            stdout.contains(&format!("# topoccl bench {c}: 2 ranks")),
+            "no table for {c}"
+        );
+    }
+    let rows = rows(&out.stdout);
+    assert_eq!(rows.len(), 16);
+    assert!(rows.iter().all(|r| r[2] == "bfloat16"));
+    // Rooted collectives print their root; the others -1.
+    assert!(rows.iter().any(|r| r[4] == "1"));
+    assert!(stdout.contains("# 0 wrong elements in total"));
+}
+
+#[test]
+fn runs_inside_an_existing_launcher() {
+    let exe = env!("CARGO_BIN_EXE_topoccl");
+    let out = topoccl(&[
+        "run",
+        "-n",
+        "2",
+        "--",
+        exe,
+        "bench",
+        "broadcast",
+        "-b",
+        "4K",
+        "-e",
+        "4K",
+        "--iters",
+        "2",
+        "--check",
+        "--algo",
+        "broadcast:binomial",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Under `topoccl run` the table comes from rank 0 with its prefix; the world is the
+    // launcher's (2), not bench's default of 4.
+    assert!(stdout.contains("broadcast: 2 ranks"), "{stdout}");
+    assert!(stdout.contains("binomial"));
+    assert!(stdout.contains("0 wrong elements in total"));
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for (args, needle) in [
+        (&["bench", "barrier", "-n", "2"][..], "not one"),
+        (
+            &["bench", "allreduce", "-n", "2", "-b", "1M", "-e", "1K"][..],
+            "-b ≤ -e",
+        ),
+        (&["bench", "allreduce", "-n", "2", "-f", "1"][..], "-f ≥ 2"),
+        (&["bench", "allreduce", "-n", "2", "-d", "f128"][..], "f128"),
+        (&["bench", "frobnicate", "-n", "2"][..], "frobnicate"),
+        (&["bench", "allreduce", "-n", "0"][..], "rank"),
+    ] {
+        let out = topoccl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // A root outside the world is found once the world is known.
+    let out = topoccl(&["bench", "broadcast", "-n", "2", "-r", "5", "-e", "8"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root 5 is out of range"));
+}
