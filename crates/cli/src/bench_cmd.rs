@@ -416,9 +416,23 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     if let Some(a) = &args.algo {
         cfg.algo = Some(a.clone());
     }
+    let started = Instant::now();
     let mut comm = Communicator::init(info, cfg)
         .map_err(|e| CliError::failed(format!("cannot create the communicator: {e}")))?;
+    let mut init_s = [started.elapsed().as_secs_f64()];
+    comm.all_reduce_in_place(&mut init_s, ReduceOp::Max)
+        .map_err(|e| CliError::failed(e.to_string()))?;
     let world = comm.world();
+    if comm.rank() == 0 {
+        let net = comm.network();
+        println!(
+            "# communicator of {world} ranks created in {:.1} ms (slowest rank: rendezvous, connections, probe); \
+             probe: alpha {:.1} us, bandwidth {:.2} GB/s",
+            init_s[0] * 1e3,
+            net.alpha_s * 1e6,
+            net.bandwidth_bytes_per_s / 1e9
+        );
+    }
     if args.root >= world {
         return Err(CliError::usage(format!(
             "root {} is out of range for {world} ranks",
