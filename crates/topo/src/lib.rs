@@ -10,3 +10,9 @@ pub mod model;
 
 pub use error::TopoError;
 pub use model::{Link, LinkId, Node, NodeId, NodeKind, Tier, Topology, TopologyBuilder};
+pub mod cost;
+pub mod plans;
+pub mod route;
+
+pub use cost::{lower_bound, Endpoints, Pricer, TopoCost};
+pub use route::{Route, Router};

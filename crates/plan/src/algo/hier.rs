@@ -256,6 +256,32 @@ impl Schedule for Hierarchical {
         }
     }
 
+    fn round_class(&self, round: u32) -> u64 {
+        // Every group runs the same level round at once, so a round is as alike as the
+        // level rounds it is made of. The phase keeps the two intra halves apart.
+        let (phase, level) = if round < self.intra_half {
+            (0, vec![self.intra.schedule().round_class(round)])
+        } else if round < self.intra_half + self.inter_rounds {
+            let r = round - self.intra_half;
+            let classes = self
+                .inter
+                .values()
+                .map(|s| {
+                    if r < s.rounds() {
+                        s.round_class(r)
+                    } else {
+                        u64::MAX
+                    }
+                })
+                .collect();
+            (1, classes)
+        } else {
+            let r = round - self.inter_rounds;
+            (2, vec![self.intra.schedule().round_class(r)])
+        };
+        level.into_iter().fold(mix(phase), |acc, c| mix(acc ^ c))
+    }
+
     fn scratch_len(&self, rank: Rank) -> u64 {
         let (group, member) = self.place[rank as usize];
         let (_, len) = self.intra.shard(member);
@@ -271,6 +297,14 @@ impl Schedule for Hierarchical {
             .channels()
             .max(self.inter.values().map(|s| s.channels()).max().unwrap_or(1))
     }
+}
+
+/// A 64-bit mixer (splitmix64's finaliser), so combined classes rarely collide.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]

@@ -1,0 +1,442 @@
+//! Plans that fit a topology, built from the core's generic generators: a ring ordered
+//! to keep neighbours close, a tree from a minimum spanning tree over latency, and a
+//! hierarchical all-reduce whose levels are the topology's (host → leaf → zone). The
+//! topology only decides *which* ranks talk; the algorithms stay the core's, so the
+//! verifier that proves them proves these.
+
+use std::collections::BTreeMap;
+
+use topoccl_plan::{
+    build, Algorithm, Collective, CollectiveSpec, Hierarchy, Plan, PlanParams, Rank,
+};
+
+use crate::cost::{Pricer, TopoCost};
+use crate::error::TopoError;
+use crate::route::Router;
+
+/// Exhaustive ring improvement (2-opt) is quadratic per pass; above this many ranks the
+/// locality order is used as is.
+const TWO_OPT_MAX: u32 = 512;
+/// Flat Prim over all rank pairs up to this many ranks; above it, per host then hosts.
+const PRIM_FLAT_MAX: u32 = 1024;
+/// Bytes used to weigh bandwidth against latency when ordering a ring.
+const RING_PROBE_BYTES: f64 = 1_048_576.0;
+
+/// Where each rank is, coarsest last: host, leaf (the fabric node it attaches to), zone.
+#[derive(Clone, Debug)]
+pub struct Locality {
+    pub host: Vec<u32>,
+    pub leaf: Vec<u32>,
+    pub zone: Vec<u32>,
+}
+
+impl Locality {
+    pub fn of(router: &mut Router<'_>) -> Result<Locality, TopoError> {
+        let t = router.topology();
+        let mut ids: [BTreeMap<String, u32>; 3] = Default::default();
+        let mut intern = |level: usize, key: String| {
+            let next = ids[level].len() as u32;
+            *ids[level].entry(key).or_insert(next)
+        };
+        let p = t.world();
+        let mut loc = Locality {
+            host: Vec::with_capacity(p as usize),
+            leaf: Vec::with_capacity(p as usize),
+            zone: Vec::with_capacity(p as usize),
+        };
+        for r in 0..p {
+            let host = t.rank_host(r);
+            let leaf = router
+                .attachment(r)?
+                .map_or_else(|| t.node(host).name.clone(), |n| t.node(n).name.clone());
+            let node = t.node(t.rank_node(r));
+            let zone = node
+                .zone
+                .clone()
+                .or_else(|| t.node(host).zone.clone())
+                .unwrap_or_default();
+            loc.host.push(intern(0, t.node(host).name.clone()));
+            loc.leaf.push(intern(1, leaf));
+            loc.zone.push(intern(2, zone));
+        }
+        Ok(loc)
+    }
+
+    fn key(&self, r: Rank) -> (u32, u32, u32, Rank) {
+        let i = r as usize;
+        (self.zone[i], self.leaf[i], self.host[i], r)
+    }
+}
+
+/// A ring order that keeps zones, leaves and hosts contiguous, then (for small worlds)
+/// improved by 2-opt on the directed cost of each hop (latency + 1 MiB at the path's
+/// bandwidth): a heuristic for the asymmetric travelling-salesman problem.
+pub fn ring_order(router: &mut Router<'_>) -> Result<Vec<Rank>, TopoError> {
+    let loc = Locality::of(router)?;
+    let p = router.topology().world();
+    let mut order: Vec<Rank> = (0..p).collect();
+    order.sort_by_key(|&r| loc.key(r));
+    if p > 3 && p <= TWO_OPT_MAX {
+        let mut cost = vec![0.0; (p * p) as usize];
+        for a in 0..p {
+            for b in 0..p {
+                if a != b {
+                    let route = router.route(a, b)?;
+                    cost[(a * p + b) as usize] =
+                        route.latency + RING_PROBE_BYTES / route.bottleneck;
+                }
+            }
+        }
+        two_opt(&mut order, |a, b| cost[(a * p + b) as usize]);
+    }
+    Ok(order)
+}
+
+/// Reverses segments of the tour while that shortens it (both directions of travel
+/// counted, since the tour is asymmetric); bounded passes.
+fn two_opt(order: &mut [Rank], c: impl Fn(Rank, Rank) -> f64) {
+    let n = order.len();
+    let tour = |o: &[Rank]| (0..n).map(|i| c(o[i], o[(i + 1) % n])).sum::<f64>();
+    let mut best = tour(order);
+    for _pass in 0..8 {
+        let mut improved = false;
+        for i in 1..n - 1 {
+            for j in i + 1..n {
+                order[i..=j].reverse();
+                let t = tour(order);
+                if t < best * (1.0 - 1e-12) {
+                    best = t;
+                    improved = true;
+                } else {
+                    order[i..=j].reverse();
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+}
+
+/// A spanning tree of minimum total latency (Prim), rooted at `root`: each rank's parent.
+/// Ties go to the shallower parent, so equal links give bushy, shallow trees. Large
+/// worlds get a tree per host joined by a tree over the hosts' first ranks.
+pub fn mst_parents(router: &mut Router<'_>, root: Rank) -> Result<Vec<Option<Rank>>, TopoError> {
+    let p = router.topology().world();
+    if root >= p {
+        return Err(TopoError::invalid(format!(
+            "root {root} is not a rank of the {p}-rank topology"
+        )));
+    }
+    let all: Vec<Rank> = (0..p).collect();
+    let mut parents = vec![None; p as usize];
+    if p <= PRIM_FLAT_MAX {
+        prim(router, &all, root, &mut parents)?;
+        return Ok(parents);
+    }
+    let loc = Locality::of(router)?;
+    let mut hosts: BTreeMap<u32, Vec<Rank>> = BTreeMap::new();
+    for r in 0..p {
+        hosts.entry(loc.host[r as usize]).or_default().push(r);
+    }
+    let mut leaders = Vec::new();
+    for members in hosts.values() {
+        let leader = if members.contains(&root) {
+            root
+        } else {
+            members[0]
+        };
+        prim(router, members, leader, &mut parents)?;
+        leaders.push(leader);
+    }
+    prim(router, &leaders, root, &mut parents)?;
+    Ok(parents)
+}
+
+/// Prim over `ranks` from `root`, writing parents (the root's is left alone).
+fn prim(
+    router: &mut Router<'_>,
+    ranks: &[Rank],
+    root: Rank,
+    parents: &mut [Option<Rank>],
+) -> Result<(), TopoError> {
+    let n = ranks.len();
+    let Some(start) = ranks.iter().position(|&r| r == root) else {
+        return Ok(());
+    };
+    let mut done = vec![false; n];
+    let mut depth = vec![0u32; n];
+    // (latency, depth of parent, parent index) of the best edge into the tree.
+    let mut best: Vec<(f64, u32, usize)> = vec![(f64::INFINITY, u32::MAX, start); n];
+    let mut u = start;
+    done[u] = true;
+    for _ in 1..n {
+        for v in 0..n {
+            if !done[v] {
+                let lat = router.latency(ranks[u], ranks[v])?;
+                let cand = (lat, depth[u], u);
+                if (cand.0, cand.1) < (best[v].0, best[v].1) {
+                    best[v] = cand;
+                }
+            }
+        }
+        let next = (0..n)
+            .filter(|&v| !done[v])
+            .min_by(|&a, &b| {
+                (best[a].0, best[a].1)
+                    .partial_cmp(&(best[b].0, best[b].1))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .expect("a rank is left");
+        done[next] = true;
+        depth[next] = depth[best[next].2] + 1;
+        parents[ranks[next] as usize] = Some(ranks[best[next].2]);
+        u = next;
+    }
+    Ok(())
+}
+
+/// The topology's levels as nested groups for a hierarchical all-reduce: ranks by host,
+/// hosts by leaf, leaves by zone. A level is kept when it groups something (more than one
+/// member per group, more than one group) and its groups are of equal size. Members keep
+/// rank order, so member i of every host (GPU i, on rail i) reduces shard i together.
+pub fn levels(loc: &Locality) -> Vec<Vec<Vec<u32>>> {
+    let p = loc.host.len() as u32;
+    let mut out: Vec<Vec<Vec<u32>>> = Vec::new();
+    // Current units (ranks first, then the groups of the previous level), with the rank
+    // that represents each unit's position.
+    let mut units: Vec<Rank> = (0..p).collect();
+    for key in [&loc.host, &loc.leaf, &loc.zone] {
+        let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (i, &rep) in units.iter().enumerate() {
+            groups.entry(key[rep as usize]).or_default().push(i as u32);
+        }
+        let sizes: Vec<usize> = groups.values().map(Vec::len).collect();
+        let equal = sizes.windows(2).all(|w| w[0] == w[1]);
+        if groups.len() > 1 && sizes[0] > 1 && equal {
+            let next_units = groups.values().map(|g| units[g[0] as usize]).collect();
+            out.push(groups.into_values().collect());
+            units = next_units;
+        }
+    }
+    out
+}
+
+/// A hierarchical all-reduce over `levels` (from [`levels`]): `intra` inside the groups of
+/// every level, `top` across the last level's groups.
+pub fn hierarchy(
+    levels: &[Vec<Vec<u32>>],
+    intra: &Algorithm,
+    top: &Algorithm,
+) -> Option<Algorithm> {
+    let mut alg = top.clone();
+    for groups in levels.iter().rev() {
+        alg = Algorithm::Hierarchical(Box::new(Hierarchy {
+            groups: groups.clone(),
+            intra: intra.clone(),
+            inter: alg,
+        }));
+    }
+    (!levels.is_empty()).then_some(alg)
+}
+
+/// A ring all-reduce (or all-gather, reduce-scatter) in a given rank order, as the
+/// one-group hierarchy (its intra-group ring runs in the group's order).
+pub fn ordered_ring(order: Vec<Rank>) -> Algorithm {
+    Algorithm::Hierarchical(Box::new(Hierarchy {
+        groups: vec![order],
+        intra: Algorithm::Ring,
+        inter: Algorithm::Ring,
+    }))
+}
+
+/// A candidate plan with where it came from.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// `ring`, `topo-ring`, `hier(ring|rhd)` …
+    pub label: String,
+    /// Whether the topology shaped it (ordering, tree or levels).
+    pub topology_aware: bool,
+    pub plan: Plan,
+    pub cost: TopoCost,
+}
+
+/// Every plan worth pricing for `spec` on this topology: the flat algorithms in rank order
+/// and the topology-aware ones, each priced. Plans the core refuses are skipped.
+pub fn candidates(
+    pricer: &mut Pricer<'_>,
+    spec: &CollectiveSpec,
+    params: PlanParams,
+) -> Result<Vec<Candidate>, TopoError> {
+    let mut out = Vec::new();
+    let mut add = |pricer: &mut Pricer<'_>,
+                   label: String,
+                   aware: bool,
+                   alg: Algorithm|
+     -> Result<(), TopoError> {
+        if let Ok(plan) = build(spec.clone(), alg, params) {
+            let cost = pricer.cost(&plan)?;
+            out.push(Candidate {
+                label,
+                topology_aware: aware,
+                plan,
+                cost,
+            });
+        }
+        Ok(())
+    };
+    for name in topoccl_plan::available(spec.collective) {
+        if matches!(name, "parent-tree" | "hier" | "direct" | "pairwise") {
+            continue;
+        }
+        if let Ok(alg) = name.parse::<Algorithm>() {
+            add(pricer, name.to_string(), false, alg)?;
+        }
+    }
+    let c = spec.collective;
+    if matches!(c, Collective::AllReduce) {
+        let order = ring_order(pricer.router())?;
+        add(pricer, "topo-ring".into(), true, ordered_ring(order))?;
+    }
+    if matches!(
+        c,
+        Collective::AllReduce | Collective::Broadcast | Collective::Reduce
+    ) {
+        let parents = mst_parents(pricer.router(), spec.root)?;
+        add(
+            pricer,
+            "mst-tree".into(),
+            true,
+            Algorithm::ParentTree { parents },
+        )?;
+    }
+    if c == Collective::AllReduce {
+        let loc = Locality::of(pricer.router())?;
+        let levels = levels(&loc);
+        for intra in [Algorithm::Ring, Algorithm::Direct] {
+            for top in ["ring", "rhd", "tree", "rd"] {
+                let top: Algorithm = top.parse().expect("known algorithm");
+                if let Some(alg) = hierarchy(&levels, &intra, &top) {
+                    let label = format!("hier({}|{})", intra.name(), top.name());
+                    add(pricer, label, true, alg)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The cheapest candidate.
+pub fn best(candidates: &[Candidate]) -> Option<&Candidate> {
+    candidates
+        .iter()
+        .min_by(|a, b| a.cost.total_s.total_cmp(&b.cost.total_s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::Endpoints;
+    use crate::model::{NodeKind, Tier, TopologyBuilder};
+    use crate::Topology;
+
+    /// `racks` leaves under one spine (slow uplinks); `hosts` hosts per rack with `gpus`
+    /// GPUs behind an NVSwitch and a NIC each; ranks placed round-robin over racks (the
+    /// worst order for a ring).
+    fn racks(racks: u32, hosts: u32, gpus: u32, interleave: bool) -> Topology {
+        let mut b = TopologyBuilder::new("racks");
+        let spine = b.switch("spine", Tier::Spine).unwrap();
+        let mut devices = Vec::new();
+        for k in 0..racks {
+            let leaf = b.switch(format!("leaf{k}"), Tier::Leaf).unwrap();
+            b.connect(leaf, spine, 1e9, 2e-6).unwrap();
+            for h in 0..hosts {
+                let host = b.node(format!("r{k}h{h}"), NodeKind::Host).unwrap();
+                b.node_mut(host).zone = Some(format!("rack{k}"));
+                let nvs = b
+                    .device(format!("r{k}h{h}/nvs"), NodeKind::Switch, host)
+                    .unwrap();
+                for g in 0..gpus {
+                    let gpu = b
+                        .device(format!("r{k}h{h}/gpu{g}"), NodeKind::Accelerator, host)
+                        .unwrap();
+                    let nic = b
+                        .device(format!("r{k}h{h}/nic{g}"), NodeKind::Nic, host)
+                        .unwrap();
+                    b.connect(gpu, nvs, 100e9, 0.5e-6).unwrap();
+                    b.connect(gpu, nic, 20e9, 1e-6).unwrap();
+                    b.connect(nic, leaf, 5e9, 1e-6).unwrap();
+                    devices.push((k, h, g, gpu));
+                }
+            }
+        }
+        if interleave {
+            devices.sort_by_key(|&(k, h, g, _)| (g, h, k));
+        }
+        b.place_all(devices.into_iter().map(|d| d.3)).unwrap();
+        b.build().unwrap()
+    }
+
+    fn spec(p: u32) -> CollectiveSpec {
+        CollectiveSpec::new(Collective::AllReduce, p, 1 << 22)
+    }
+
+    #[test]
+    fn levels_follow_hosts_leaves_and_zones() {
+        let t = racks(2, 2, 4, false);
+        let mut r = Router::new(&t);
+        let loc = Locality::of(&mut r).unwrap();
+        let lv = levels(&loc);
+        // ranks by host (4 per host); hosts by leaf (2 per leaf); the zone level would
+        // repeat the leaf grouping, so it is dropped (one group of 2 racks remains).
+        assert_eq!(lv.len(), 2, "{lv:?}");
+        assert_eq!(lv[0][0], vec![0, 1, 2, 3]);
+        assert_eq!(lv[1], vec![vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn topology_aware_plans_verify_and_beat_the_interleaved_ring() {
+        let t = racks(2, 2, 2, true);
+        let mut pricer = Pricer::new(&t, Endpoints::default());
+        let cands = candidates(&mut pricer, &spec(8), PlanParams::default()).unwrap();
+        for c in &cands {
+            topoccl_plan::verify(&c.plan).unwrap_or_else(|e| panic!("{}: {e}", c.label));
+        }
+        let ring = cands.iter().find(|c| c.label == "ring").unwrap();
+        let best = best(&cands).unwrap();
+        assert!(best.topology_aware, "best is {}", best.label);
+        assert!(
+            ring.cost.total_s > 1.5 * best.cost.total_s,
+            "ring {:?} vs {} {:?}",
+            ring.cost,
+            best.label,
+            best.cost
+        );
+        let topo_ring = cands.iter().find(|c| c.label == "topo-ring").unwrap();
+        assert!(topo_ring.cost.total_s < ring.cost.total_s);
+    }
+
+    #[test]
+    fn ring_order_keeps_hosts_together() {
+        let t = racks(2, 2, 2, true);
+        let mut r = Router::new(&t);
+        let order = ring_order(&mut r).unwrap();
+        let host_changes = (0..order.len())
+            .filter(|&i| t.rank_host(order[i]) != t.rank_host(order[(i + 1) % order.len()]))
+            .count();
+        assert_eq!(host_changes, 4, "{order:?}");
+    }
+
+    #[test]
+    fn mst_is_a_tree_rooted_where_asked() {
+        let t = racks(2, 2, 2, false);
+        let mut r = Router::new(&t);
+        for root in [0, 5] {
+            let parents = mst_parents(&mut r, root).unwrap();
+            assert_eq!(parents[root as usize], None);
+            assert_eq!(parents.iter().filter(|p| p.is_none()).count(), 1);
+            topoccl_plan::Tree::from_parents(parents, 8).unwrap();
+        }
+        assert!(mst_parents(&mut r, 8).is_err());
+    }
+}

@@ -1,0 +1,593 @@
+//! Routes between ranks: shortest paths by latency (ties by hops), with equal-cost
+//! multipath (ECMP) splitting traffic evenly at every switch that has several equally short
+//! next hops, as hash-based ECMP does on average.
+//!
+//! Clusters are hosts hanging off a fabric, so the work is split the same way: each host's
+//! devices are searched on their own (a few dozen nodes), and the fabric — the nodes in no
+//! host — gets one distance table between its nodes, computed once. A route between ranks
+//! on different hosts leaves its host through one of its exits, crosses the fabric and
+//! enters the other host; the cheapest combination wins. This keeps a 16,384-GPU cluster's
+//! routing to a few thousand small searches instead of one large search per rank pair.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use crate::error::TopoError;
+use crate::model::{LinkId, NodeId, NodeKind, Topology};
+
+/// Costs within this relative tolerance are equal (ECMP ties).
+const TIE: f64 = 1e-9;
+
+/// The links a transfer uses and the share of its bytes on each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// (link, fraction of the bytes); fractions along a path sum to 1 at each cut.
+    pub links: Vec<(LinkId, f64)>,
+    /// One-way latency of the path (seconds).
+    pub latency: f64,
+    /// The smallest bandwidth on the path (bytes/s), as if the transfer were alone.
+    pub bottleneck: f64,
+    /// Links on the path (hops).
+    pub hops: u32,
+}
+
+/// Path cost: latency first, then hops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Dist {
+    lat: f64,
+    hops: u32,
+}
+
+impl Dist {
+    const ZERO: Dist = Dist { lat: 0.0, hops: 0 };
+    const INF: Dist = Dist {
+        lat: f64::INFINITY,
+        hops: u32::MAX,
+    };
+
+    fn plus(self, lat: f64) -> Dist {
+        Dist {
+            lat: self.lat + lat,
+            hops: self.hops.saturating_add(1),
+        }
+    }
+
+    fn cmp(&self, other: &Dist) -> Ordering {
+        if (self.lat - other.lat).abs() <= TIE * self.lat.abs().max(other.lat.abs()).max(1e-12) {
+            self.hops.cmp(&other.hops)
+        } else {
+            self.lat.total_cmp(&other.lat)
+        }
+    }
+
+    fn eq(&self, other: &Dist) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+#[derive(PartialEq)]
+struct Item(Dist, u32);
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Min-heap on distance.
+        other.0.cmp(&self.0).then(other.1.cmp(&self.1))
+    }
+}
+
+/// Where a node lives: in a host (by host index) or in the fabric (by fabric index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Host(u32),
+    Fabric(u32),
+}
+
+/// Routes between the ranks of one topology, computed on demand and cached.
+pub struct Router<'t> {
+    t: &'t Topology,
+    place: Vec<Place>,
+    /// Fabric node ids, by fabric index.
+    fabric: Vec<NodeId>,
+    /// Distances between fabric nodes through fabric links only: `dist[a * F + b]`.
+    dist: Vec<Dist>,
+    /// Links from a host's nodes into the fabric, and from the fabric into them.
+    exits: Vec<Vec<LinkId>>,
+    entries: Vec<Vec<LinkId>>,
+    /// Incoming links per node.
+    into: Vec<Vec<LinkId>>,
+    cache: HashMap<(u32, u32), Route>,
+    /// Per rank: its ways into and out of the fabric, and distances inside its host.
+    ways: HashMap<u32, RankWays>,
+}
+
+/// What latency queries need about one rank, computed once.
+struct RankWays {
+    out: Vec<(NodeId, Dist)>,
+    into: Vec<(NodeId, Dist)>,
+    local: HashMap<NodeId, Dist>,
+}
+
+impl<'t> Router<'t> {
+    pub fn new(t: &'t Topology) -> Router<'t> {
+        let n = t.nodes().len();
+        let mut host_index: HashMap<NodeId, u32> = HashMap::new();
+        let mut fabric = Vec::new();
+        let mut place = vec![Place::Fabric(0); n];
+        for (id, node) in t.nodes().iter().enumerate() {
+            let owner = match (node.host, node.kind) {
+                (Some(h), _) => Some(h),
+                (None, NodeKind::Host) => Some(id as NodeId),
+                _ => None,
+            };
+            place[id] = match owner {
+                Some(h) => {
+                    let next = host_index.len() as u32;
+                    Place::Host(*host_index.entry(h).or_insert(next))
+                }
+                None => {
+                    fabric.push(id as NodeId);
+                    Place::Fabric(fabric.len() as u32 - 1)
+                }
+            };
+        }
+        let mut exits = vec![Vec::new(); host_index.len()];
+        let mut entries = vec![Vec::new(); host_index.len()];
+        let mut into = vec![Vec::new(); n];
+        for (i, l) in t.links().iter().enumerate() {
+            into[l.to as usize].push(i as LinkId);
+            match (place[l.from as usize], place[l.to as usize]) {
+                (Place::Host(h), Place::Fabric(_)) => exits[h as usize].push(i as LinkId),
+                (Place::Fabric(_), Place::Host(h)) => entries[h as usize].push(i as LinkId),
+                _ => {}
+            }
+        }
+        let mut r = Router {
+            t,
+            place,
+            fabric,
+            dist: Vec::new(),
+            exits,
+            entries,
+            into,
+            cache: HashMap::new(),
+            ways: HashMap::new(),
+        };
+        r.dist = r.fabric_distances();
+        r
+    }
+
+    pub fn topology(&self) -> &'t Topology {
+        self.t
+    }
+
+    /// Distances between all fabric nodes over fabric links (one search per fabric node).
+    fn fabric_distances(&self) -> Vec<Dist> {
+        let f = self.fabric.len();
+        let mut dist = vec![Dist::INF; f * f];
+        for (a, &src) in self.fabric.iter().enumerate() {
+            let row = self.search(src, |p| matches!(p, Place::Fabric(_)), true);
+            for (node, d) in row {
+                if let Place::Fabric(b) = self.place[node as usize] {
+                    dist[a * f + b as usize] = d;
+                }
+            }
+        }
+        dist
+    }
+
+    /// Dijkstra from `src` over links whose ends both satisfy `inside`; forward or
+    /// backward (distances *to* `src`). Returns the reached nodes with their distances.
+    fn search(
+        &self,
+        src: NodeId,
+        inside: impl Fn(Place) -> bool,
+        forward: bool,
+    ) -> HashMap<NodeId, Dist> {
+        let mut best: HashMap<NodeId, Dist> = HashMap::new();
+        let mut heap = BinaryHeap::new();
+        best.insert(src, Dist::ZERO);
+        heap.push(Item(Dist::ZERO, src));
+        while let Some(Item(d, u)) = heap.pop() {
+            if best.get(&u).is_some_and(|b| b.cmp(&d) == Ordering::Less) {
+                continue;
+            }
+            let links = if forward {
+                self.t.out_links(u)
+            } else {
+                &self.into[u as usize]
+            };
+            for &l in links {
+                let link = self.t.link(l);
+                let v = if forward { link.to } else { link.from };
+                if !inside(self.place[v as usize]) {
+                    continue;
+                }
+                let nd = d.plus(link.latency);
+                if best.get(&v).is_none_or(|b| nd.cmp(b) == Ordering::Less) {
+                    best.insert(v, nd);
+                    heap.push(Item(nd, v));
+                }
+            }
+        }
+        best
+    }
+
+    fn fabric_dist(&self, a: NodeId, b: NodeId) -> Dist {
+        match (self.place[a as usize], self.place[b as usize]) {
+            (Place::Fabric(i), Place::Fabric(j)) => {
+                self.dist[i as usize * self.fabric.len() + j as usize]
+            }
+            _ => Dist::INF,
+        }
+    }
+
+    /// The route from rank `a` to rank `b` (cached).
+    pub fn route(&mut self, a: u32, b: u32) -> Result<&Route, TopoError> {
+        if !self.cache.contains_key(&(a, b)) {
+            let r = self.compute(a, b)?;
+            self.cache.insert((a, b), r);
+        }
+        Ok(&self.cache[&(a, b)])
+    }
+
+    fn ways(&mut self, rank: u32) -> Result<&RankWays, TopoError> {
+        if !self.ways.contains_key(&rank) {
+            let node = self.t.rank_node(rank);
+            let strip = |v: Vec<(NodeId, Dist, Vec<LinkId>)>| {
+                v.into_iter().map(|(n, d, _)| (n, d)).collect()
+            };
+            let local = match self.place[node as usize] {
+                Place::Host(h) => self.search(node, |p| p == Place::Host(h), true),
+                Place::Fabric(_) => HashMap::new(),
+            };
+            let w = RankWays {
+                out: strip(self.leg_out(node)?),
+                into: strip(self.leg_in(node)?),
+                local,
+            };
+            self.ways.insert(rank, w);
+        }
+        Ok(&self.ways[&rank])
+    }
+
+    /// The latency of the route from rank `a` to rank `b`, without working out the
+    /// route's links (cheap enough for all pairs of a few hundred ranks).
+    pub fn latency(&mut self, a: u32, b: u32) -> Result<f64, TopoError> {
+        if a == b {
+            return Ok(0.0);
+        }
+        self.ways(a)?;
+        self.ways(b)?;
+        let (wa, wb) = (&self.ways[&a], &self.ways[&b]);
+        let mut best = wa
+            .local
+            .get(&self.t.rank_node(b))
+            .map_or(f64::INFINITY, |d| d.lat);
+        for &(fo, d_out) in &wa.out {
+            for &(fi, d_in) in &wb.into {
+                best = best.min(d_out.lat + self.fabric_dist(fo, fi).lat + d_in.lat);
+            }
+        }
+        if best.is_infinite() {
+            return Err(TopoError::invalid(format!(
+                "no path from rank {a} to rank {b}"
+            )));
+        }
+        Ok(best)
+    }
+
+    /// The fabric node closest to rank `r` on its way out (its leaf switch, usually);
+    /// `None` for a rank with no way out of its host.
+    pub fn attachment(&mut self, r: u32) -> Result<Option<NodeId>, TopoError> {
+        let w = self.ways(r)?;
+        Ok(w.out
+            .iter()
+            .min_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)))
+            .map(|&(n, _)| n))
+    }
+
+    /// The route between two nodes (not cached).
+    pub fn route_nodes(&self, src: NodeId, dst: NodeId) -> Result<Route, TopoError> {
+        if src == dst {
+            return Ok(Route {
+                links: Vec::new(),
+                latency: 0.0,
+                bottleneck: f64::INFINITY,
+                hops: 0,
+            });
+        }
+        let mut flows: HashMap<LinkId, f64> = HashMap::new();
+        let d = self.flow(src, dst, 1.0, &mut flows)?;
+        let mut links: Vec<(LinkId, f64)> = flows.into_iter().collect();
+        links.sort_by_key(|&(l, _)| l);
+        let bottleneck = links
+            .iter()
+            .map(|&(l, _)| self.t.link(l).bandwidth)
+            .fold(f64::INFINITY, f64::min);
+        Ok(Route {
+            links,
+            latency: d.lat,
+            bottleneck,
+            hops: d.hops,
+        })
+    }
+
+    fn compute(&self, a: u32, b: u32) -> Result<Route, TopoError> {
+        if a >= self.t.world() || b >= self.t.world() {
+            return Err(TopoError::invalid(format!(
+                "route from rank {a} to rank {b}: the topology has {} ranks",
+                self.t.world()
+            )));
+        }
+        self.route_nodes(self.t.rank_node(a), self.t.rank_node(b))
+    }
+
+    /// Adds `share` of a transfer from `src` to `dst` to `flows`, split over equal-cost
+    /// paths; returns the path cost.
+    fn flow(
+        &self,
+        src: NodeId,
+        dst: NodeId,
+        share: f64,
+        flows: &mut HashMap<LinkId, f64>,
+    ) -> Result<Dist, TopoError> {
+        let (ps, pd) = (self.place[src as usize], self.place[dst as usize]);
+        // Inside one host: the host's own links, unless the fabric is shorter.
+        let mut best: Option<(Dist, Leg)> = None;
+        if let (Place::Host(h1), Place::Host(h2)) = (ps, pd) {
+            if h1 == h2 {
+                let d = self.search(src, |p| p == Place::Host(h1), true);
+                if let Some(&dd) = d.get(&dst) {
+                    best = Some((dd, Leg::Local));
+                }
+            }
+        }
+        // Through the fabric: out of src's host by an exit, into dst's host by an entry.
+        let outs = self.leg_out(src)?;
+        let ins = self.leg_in(dst)?;
+        for &(fo, d_out, ref pre) in &outs {
+            for &(fi, d_in, ref post) in &ins {
+                let mid = self.fabric_dist(fo, fi);
+                if mid.lat.is_infinite() {
+                    continue;
+                }
+                let total = Dist {
+                    lat: d_out.lat + mid.lat + d_in.lat,
+                    hops: d_out.hops + mid.hops + d_in.hops,
+                };
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| total.cmp(b) == Ordering::Less)
+                {
+                    best = Some((total, Leg::Fabric(pre.clone(), fo, fi, post.clone())));
+                }
+            }
+        }
+        let Some((d, leg)) = best else {
+            return Err(TopoError::invalid(format!(
+                "no path from '{}' to '{}'",
+                self.t.node(src).name,
+                self.t.node(dst).name
+            )));
+        };
+        match leg {
+            Leg::Local => {
+                for l in self.local_path(src, dst) {
+                    *flows.entry(l).or_default() += share;
+                }
+            }
+            Leg::Fabric(pre, fo, fi, post) => {
+                for l in pre.into_iter().chain(post) {
+                    *flows.entry(l).or_default() += share;
+                }
+                self.ecmp(fo, fi, share, flows);
+            }
+        }
+        Ok(d)
+    }
+
+    /// Ways from `src` into the fabric: (fabric node, cost, links used). A fabric node is
+    /// its own way in.
+    fn leg_out(&self, src: NodeId) -> Result<Vec<(NodeId, Dist, Vec<LinkId>)>, TopoError> {
+        match self.place[src as usize] {
+            Place::Fabric(_) => Ok(vec![(src, Dist::ZERO, Vec::new())]),
+            Place::Host(h) => {
+                let d = self.search(src, |p| p == Place::Host(h), true);
+                let mut out = Vec::new();
+                for &l in &self.exits[h as usize] {
+                    let link = self.t.link(l);
+                    if let Some(&dd) = d.get(&link.from) {
+                        let mut path = self.local_path(src, link.from);
+                        path.push(l);
+                        out.push((link.to, dd.plus(link.latency), path));
+                    }
+                }
+                Ok(keep_best(out))
+            }
+        }
+    }
+
+    /// Ways from the fabric to `dst`: (fabric node, cost, links used).
+    fn leg_in(&self, dst: NodeId) -> Result<Vec<(NodeId, Dist, Vec<LinkId>)>, TopoError> {
+        match self.place[dst as usize] {
+            Place::Fabric(_) => Ok(vec![(dst, Dist::ZERO, Vec::new())]),
+            Place::Host(h) => {
+                let d = self.search(dst, |p| p == Place::Host(h), false);
+                let mut out = Vec::new();
+                for &l in &self.entries[h as usize] {
+                    let link = self.t.link(l);
+                    if let Some(&dd) = d.get(&link.to) {
+                        let mut path = vec![l];
+                        path.extend(self.local_path(link.to, dst));
+                        out.push((link.from, dd.plus(link.latency), path));
+                    }
+                }
+                Ok(keep_best(out))
+            }
+        }
+    }
+
+    /// One shortest path between two nodes of the same host, as links.
+    fn local_path(&self, src: NodeId, dst: NodeId) -> Vec<LinkId> {
+        if src == dst {
+            return Vec::new();
+        }
+        let Place::Host(h) = self.place[src as usize] else {
+            return Vec::new();
+        };
+        let to_dst = self.search(dst, |p| p == Place::Host(h), false);
+        let mut path = Vec::new();
+        let mut u = src;
+        while u != dst {
+            let Some(du) = to_dst.get(&u).copied() else {
+                return path;
+            };
+            let next = self.t.out_links(u).iter().copied().find(|&l| {
+                let link = self.t.link(l);
+                to_dst
+                    .get(&link.to)
+                    .is_some_and(|dv| dv.plus(link.latency).eq(&du))
+            });
+            let Some(l) = next else { return path };
+            path.push(l);
+            u = self.t.link(l).to;
+        }
+        path
+    }
+
+    /// Spreads `share` from fabric node `a` to fabric node `b` over every equal-cost path,
+    /// splitting evenly among the next hops at each node.
+    fn ecmp(&self, a: NodeId, b: NodeId, share: f64, flows: &mut HashMap<LinkId, f64>) {
+        // Nodes in order of decreasing distance to b, each forwarding what reached it.
+        let mut pending: HashMap<NodeId, f64> = HashMap::new();
+        pending.insert(a, share);
+        let mut frontier = vec![a];
+        while !frontier.is_empty() {
+            let mut next_frontier = Vec::new();
+            for u in frontier {
+                let Some(amount) = pending.remove(&u) else {
+                    continue;
+                };
+                if u == b {
+                    continue;
+                }
+                let du = self.fabric_dist(u, b);
+                let hops: Vec<LinkId> = self
+                    .t
+                    .out_links(u)
+                    .iter()
+                    .copied()
+                    .filter(|&l| {
+                        let link = self.t.link(l);
+                        matches!(self.place[link.to as usize], Place::Fabric(_))
+                            && self.fabric_dist(link.to, b).plus(link.latency).eq(&du)
+                    })
+                    .collect();
+                let each = amount / hops.len().max(1) as f64;
+                for l in hops {
+                    *flows.entry(l).or_default() += each;
+                    let v = self.t.link(l).to;
+                    let slot = pending.entry(v).or_default();
+                    if *slot == 0.0 {
+                        next_frontier.push(v);
+                    }
+                    *slot += each;
+                }
+            }
+            frontier = next_frontier;
+        }
+    }
+}
+
+enum Leg {
+    Local,
+    Fabric(Vec<LinkId>, NodeId, NodeId, Vec<LinkId>),
+}
+
+/// Keeps the cheapest way per fabric node.
+fn keep_best(ways: Vec<(NodeId, Dist, Vec<LinkId>)>) -> Vec<(NodeId, Dist, Vec<LinkId>)> {
+    let mut best: HashMap<NodeId, (Dist, Vec<LinkId>)> = HashMap::new();
+    for (n, d, p) in ways {
+        if best.get(&n).is_none_or(|(b, _)| d.cmp(b) == Ordering::Less) {
+            best.insert(n, (d, p));
+        }
+    }
+    let mut out: Vec<_> = best.into_iter().map(|(n, (d, p))| (n, d, p)).collect();
+    out.sort_by_key(|w| w.0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Tier, TopologyBuilder};
+
+    /// Two leaves under two spines; two hosts per leaf, one GPU + NIC per host.
+    fn leaf_spine() -> Topology {
+        let mut b = TopologyBuilder::new("ls");
+        let leaves: Vec<_> = (0..2)
+            .map(|i| b.switch(format!("leaf{i}"), Tier::Leaf).unwrap())
+            .collect();
+        for s in 0..2 {
+            let sp = b.switch(format!("spine{s}"), Tier::Spine).unwrap();
+            for &l in &leaves {
+                b.connect(l, sp, 10e9, 1e-6).unwrap();
+            }
+        }
+        for h in 0..4 {
+            let host = b.node(format!("h{h}"), NodeKind::Host).unwrap();
+            let gpu = b
+                .device(format!("h{h}/gpu0"), NodeKind::Accelerator, host)
+                .unwrap();
+            let nic = b.device(format!("h{h}/nic0"), NodeKind::Nic, host).unwrap();
+            b.connect(gpu, nic, 20e9, 0.5e-6).unwrap();
+            b.connect(nic, leaves[h / 2], 10e9, 1e-6).unwrap();
+            b.place(h as u32, gpu).unwrap();
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn same_leaf_and_across_spines() {
+        let t = leaf_spine();
+        let mut r = Router::new(&t);
+        let near = r.route(0, 1).unwrap().clone();
+        // gpu -> nic -> leaf -> nic -> gpu
+        assert_eq!(near.hops, 4);
+        assert!((near.latency - 3e-6).abs() < 1e-12);
+        assert!(near.links.iter().all(|&(_, f)| (f - 1.0).abs() < 1e-12));
+        let far = r.route(0, 2).unwrap().clone();
+        assert_eq!(far.hops, 6);
+        assert!((far.latency - 5e-6).abs() < 1e-12);
+        // Two spines: the leaf-to-spine and spine-to-leaf links carry half each.
+        let halves = far
+            .links
+            .iter()
+            .filter(|&&(_, f)| (f - 0.5).abs() < 1e-12)
+            .count();
+        assert_eq!(halves, 4);
+        assert_eq!(far.bottleneck, 10e9);
+    }
+
+    #[test]
+    fn ranks_on_fabric_nodes() {
+        let mut b = TopologyBuilder::new("sw");
+        let sw = b.switch("sw", Tier::Leaf).unwrap();
+        for i in 0..3 {
+            let h = b.node(format!("h{i}"), NodeKind::Host).unwrap();
+            b.connect(h, sw, 1e9, 5e-6).unwrap();
+            b.place(i, h).unwrap();
+        }
+        let t = b.build().unwrap();
+        let mut r = Router::new(&t);
+        let route = r.route(2, 0).unwrap();
+        assert_eq!(route.hops, 2);
+        assert!((route.latency - 10e-6).abs() < 1e-12);
+        assert!(r.route(0, 9).is_err());
+    }
+}
