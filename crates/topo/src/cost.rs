@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use topoccl_plan::{Collective, Plan, TransferInfo};
 
 use crate::error::TopoError;
-use crate::model::{LinkId, Topology};
+use crate::model::{LinkId, NodeId, Topology};
 use crate::route::Router;
 
 /// Costs of the endpoints, on top of the links.
@@ -137,22 +137,30 @@ impl<'t> Pricer<'t> {
         elem: f64,
     ) -> Result<RoundCost, TopoError> {
         let mut load: HashMap<LinkId, f64> = HashMap::new();
+        // Fabric crossings are summed first and spread once each: many transfers of a
+        // round share their leaf pair.
+        let mut crossings: HashMap<(NodeId, NodeId), f64> = HashMap::new();
         let mut latency: f64 = 0.0;
-        let mut traffic = false;
         for tr in transfers {
-            traffic = true;
             let bytes = tr.len as f64 * elem;
-            let route = self.router.route(tr.src, tr.dst)?;
-            latency = latency.max(route.latency);
-            for &(l, share) in &route.links {
-                *load.entry(l).or_default() += bytes * share;
+            let parts = self.router.parts(tr.src, tr.dst)?;
+            latency = latency.max(parts.latency);
+            for &l in &parts.local {
+                *load.entry(l).or_default() += bytes;
             }
+            if let Some(f) = parts.fabric {
+                *crossings.entry(f).or_default() += bytes;
+            }
+        }
+        for ((fo, fi), bytes) in crossings {
+            self.router.spread(fo, fi, bytes, &mut load);
         }
         let t = self.router.topology();
         let hottest = load
             .iter()
             .map(|(&l, &bytes)| (l, bytes / t.link(l).bandwidth))
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let traffic = !transfers.is_empty();
         Ok(RoundCost {
             latency: if traffic {
                 latency + self.endpoints.overhead_s

@@ -10,7 +10,9 @@ pub mod model;
 
 pub use error::TopoError;
 pub use model::{Link, LinkId, Node, NodeId, NodeKind, Tier, Topology, TopologyBuilder};
+pub mod compare;
 pub mod cost;
+pub mod matrix;
 pub mod plans;
 pub mod route;
 

@@ -100,16 +100,31 @@ pub struct Router<'t> {
     entries: Vec<Vec<LinkId>>,
     /// Incoming links per node.
     into: Vec<Vec<LinkId>>,
-    cache: HashMap<(u32, u32), Route>,
+    parts: HashMap<(u32, u32), RouteParts>,
     /// Per rank: its ways into and out of the fabric, and distances inside its host.
     ways: HashMap<u32, RankWays>,
 }
 
-/// What latency queries need about one rank, computed once.
+/// A way between a rank and the fabric: the fabric node, the cost, the links.
+type Way = (NodeId, Dist, Vec<LinkId>);
+
+/// What routing needs about one rank, computed once.
 struct RankWays {
-    out: Vec<(NodeId, Dist)>,
-    into: Vec<(NodeId, Dist)>,
+    out: Vec<Way>,
+    into: Vec<Way>,
     local: HashMap<NodeId, Dist>,
+}
+
+/// A route split where traffic of many transfers can be added up: the links outside the
+/// fabric (one path) and the fabric crossing (spread over equal-cost paths).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteParts {
+    /// Links inside the two hosts (or the whole path, inside one host).
+    pub local: Vec<LinkId>,
+    /// Where the route enters and leaves the fabric, if it crosses it.
+    pub fabric: Option<(NodeId, NodeId)>,
+    pub latency: f64,
+    pub hops: u32,
 }
 
 impl<'t> Router<'t> {
@@ -135,6 +150,30 @@ impl<'t> Router<'t> {
                 }
             };
         }
+        // A node with a link straight into another host (measured rank-to-rank links, a
+        // back-to-back cable) is where traffic leaves its host: it routes as fabric.
+        let host_of = |p: Place| match p {
+            Place::Host(h) => Some(h),
+            Place::Fabric(_) => None,
+        };
+        let crossing: Vec<NodeId> = t
+            .links()
+            .iter()
+            .filter(|l| {
+                let (a, b) = (
+                    host_of(place[l.from as usize]),
+                    host_of(place[l.to as usize]),
+                );
+                a.is_some() && b.is_some() && a != b
+            })
+            .flat_map(|l| [l.from, l.to])
+            .collect();
+        for n in crossing {
+            if let Place::Host(_) = place[n as usize] {
+                fabric.push(n);
+                place[n as usize] = Place::Fabric(fabric.len() as u32 - 1);
+            }
+        }
         let mut exits = vec![Vec::new(); host_index.len()];
         let mut entries = vec![Vec::new(); host_index.len()];
         let mut into = vec![Vec::new(); n];
@@ -154,7 +193,7 @@ impl<'t> Router<'t> {
             exits,
             entries,
             into,
-            cache: HashMap::new(),
+            parts: HashMap::new(),
             ways: HashMap::new(),
         };
         r.dist = r.fabric_distances();
@@ -226,83 +265,13 @@ impl<'t> Router<'t> {
         }
     }
 
-    /// The route from rank `a` to rank `b` (cached).
-    pub fn route(&mut self, a: u32, b: u32) -> Result<&Route, TopoError> {
-        if !self.cache.contains_key(&(a, b)) {
-            let r = self.compute(a, b)?;
-            self.cache.insert((a, b), r);
+    /// The route from rank `a` to rank `b`, with every link's share.
+    pub fn route(&mut self, a: u32, b: u32) -> Result<Route, TopoError> {
+        let parts = self.parts(a, b)?.clone();
+        let mut flows: HashMap<LinkId, f64> = parts.local.iter().map(|&l| (l, 1.0)).collect();
+        if let Some((fo, fi)) = parts.fabric {
+            self.spread(fo, fi, 1.0, &mut flows);
         }
-        Ok(&self.cache[&(a, b)])
-    }
-
-    fn ways(&mut self, rank: u32) -> Result<&RankWays, TopoError> {
-        if !self.ways.contains_key(&rank) {
-            let node = self.t.rank_node(rank);
-            let strip = |v: Vec<(NodeId, Dist, Vec<LinkId>)>| {
-                v.into_iter().map(|(n, d, _)| (n, d)).collect()
-            };
-            let local = match self.place[node as usize] {
-                Place::Host(h) => self.search(node, |p| p == Place::Host(h), true),
-                Place::Fabric(_) => HashMap::new(),
-            };
-            let w = RankWays {
-                out: strip(self.leg_out(node)?),
-                into: strip(self.leg_in(node)?),
-                local,
-            };
-            self.ways.insert(rank, w);
-        }
-        Ok(&self.ways[&rank])
-    }
-
-    /// The latency of the route from rank `a` to rank `b`, without working out the
-    /// route's links (cheap enough for all pairs of a few hundred ranks).
-    pub fn latency(&mut self, a: u32, b: u32) -> Result<f64, TopoError> {
-        if a == b {
-            return Ok(0.0);
-        }
-        self.ways(a)?;
-        self.ways(b)?;
-        let (wa, wb) = (&self.ways[&a], &self.ways[&b]);
-        let mut best = wa
-            .local
-            .get(&self.t.rank_node(b))
-            .map_or(f64::INFINITY, |d| d.lat);
-        for &(fo, d_out) in &wa.out {
-            for &(fi, d_in) in &wb.into {
-                best = best.min(d_out.lat + self.fabric_dist(fo, fi).lat + d_in.lat);
-            }
-        }
-        if best.is_infinite() {
-            return Err(TopoError::invalid(format!(
-                "no path from rank {a} to rank {b}"
-            )));
-        }
-        Ok(best)
-    }
-
-    /// The fabric node closest to rank `r` on its way out (its leaf switch, usually);
-    /// `None` for a rank with no way out of its host.
-    pub fn attachment(&mut self, r: u32) -> Result<Option<NodeId>, TopoError> {
-        let w = self.ways(r)?;
-        Ok(w.out
-            .iter()
-            .min_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)))
-            .map(|&(n, _)| n))
-    }
-
-    /// The route between two nodes (not cached).
-    pub fn route_nodes(&self, src: NodeId, dst: NodeId) -> Result<Route, TopoError> {
-        if src == dst {
-            return Ok(Route {
-                links: Vec::new(),
-                latency: 0.0,
-                bottleneck: f64::INFINITY,
-                hops: 0,
-            });
-        }
-        let mut flows: HashMap<LinkId, f64> = HashMap::new();
-        let d = self.flow(src, dst, 1.0, &mut flows)?;
         let mut links: Vec<(LinkId, f64)> = flows.into_iter().collect();
         links.sort_by_key(|&(l, _)| l);
         let bottleneck = links
@@ -311,48 +280,65 @@ impl<'t> Router<'t> {
             .fold(f64::INFINITY, f64::min);
         Ok(Route {
             links,
-            latency: d.lat,
+            latency: parts.latency,
             bottleneck,
-            hops: d.hops,
+            hops: parts.hops,
         })
     }
 
-    fn compute(&self, a: u32, b: u32) -> Result<Route, TopoError> {
-        if a >= self.t.world() || b >= self.t.world() {
+    /// The route from rank `a` to rank `b` in parts (cached): add many transfers' bytes on
+    /// their local links, sum them per fabric crossing, and [`Router::spread`] each sum once.
+    pub fn parts(&mut self, a: u32, b: u32) -> Result<&RouteParts, TopoError> {
+        let p = self.t.world();
+        if a >= p || b >= p {
             return Err(TopoError::invalid(format!(
-                "route from rank {a} to rank {b}: the topology has {} ranks",
-                self.t.world()
+                "route from rank {a} to rank {b}: the topology has {p} ranks"
             )));
         }
-        self.route_nodes(self.t.rank_node(a), self.t.rank_node(b))
+        if !self.parts.contains_key(&(a, b)) {
+            let parts = self.compute_parts(a, b)?;
+            self.parts.insert((a, b), parts);
+        }
+        Ok(&self.parts[&(a, b)])
     }
 
-    /// Adds `share` of a transfer from `src` to `dst` to `flows`, split over equal-cost
-    /// paths; returns the path cost.
-    fn flow(
-        &self,
-        src: NodeId,
-        dst: NodeId,
-        share: f64,
-        flows: &mut HashMap<LinkId, f64>,
-    ) -> Result<Dist, TopoError> {
-        let (ps, pd) = (self.place[src as usize], self.place[dst as usize]);
-        // Inside one host: the host's own links, unless the fabric is shorter.
-        let mut best: Option<(Dist, Leg)> = None;
-        if let (Place::Host(h1), Place::Host(h2)) = (ps, pd) {
-            if h1 == h2 {
-                let d = self.search(src, |p| p == Place::Host(h1), true);
-                if let Some(&dd) = d.get(&dst) {
-                    best = Some((dd, Leg::Local));
-                }
-            }
+    fn ways(&mut self, rank: u32) -> Result<&RankWays, TopoError> {
+        if !self.ways.contains_key(&rank) {
+            let node = self.t.rank_node(rank);
+            let local = match self.place[node as usize] {
+                Place::Host(h) => self.search(node, |p| p == Place::Host(h), true),
+                Place::Fabric(_) => HashMap::new(),
+            };
+            let w = RankWays {
+                out: self.leg_out(node),
+                into: self.leg_in(node),
+                local,
+            };
+            self.ways.insert(rank, w);
         }
-        // Through the fabric: out of src's host by an exit, into dst's host by an entry.
-        let outs = self.leg_out(src)?;
-        let ins = self.leg_in(dst)?;
-        for &(fo, d_out, ref pre) in &outs {
-            for &(fi, d_in, ref post) in &ins {
-                let mid = self.fabric_dist(fo, fi);
+        Ok(&self.ways[&rank])
+    }
+
+    /// The cheapest way from rank `a` to rank `b`: inside their host, or out through one
+    /// of `a`'s ways into the fabric and in through one of `b`'s.
+    fn compute_parts(&mut self, a: u32, b: u32) -> Result<RouteParts, TopoError> {
+        if a == b {
+            return Ok(RouteParts {
+                local: Vec::new(),
+                fabric: None,
+                latency: 0.0,
+                hops: 0,
+            });
+        }
+        self.ways(a)?;
+        self.ways(b)?;
+        let (na, nb) = (self.t.rank_node(a), self.t.rank_node(b));
+        let (wa, wb) = (&self.ways[&a], &self.ways[&b]);
+        let mut best: Option<(Dist, Option<(usize, usize)>)> =
+            wa.local.get(&nb).map(|&d| (d, None));
+        for (i, (fo, d_out, _)) in wa.out.iter().enumerate() {
+            for (j, (fi, d_in, _)) in wb.into.iter().enumerate() {
+                let mid = self.fabric_dist(*fo, *fi);
                 if mid.lat.is_infinite() {
                     continue;
                 }
@@ -362,40 +348,55 @@ impl<'t> Router<'t> {
                 };
                 if best
                     .as_ref()
-                    .is_none_or(|(b, _)| total.cmp(b) == Ordering::Less)
+                    .is_none_or(|(d, _)| total.cmp(d) == Ordering::Less)
                 {
-                    best = Some((total, Leg::Fabric(pre.clone(), fo, fi, post.clone())));
+                    best = Some((total, Some((i, j))));
                 }
             }
         }
-        let Some((d, leg)) = best else {
+        let Some((d, via)) = best else {
             return Err(TopoError::invalid(format!(
-                "no path from '{}' to '{}'",
-                self.t.node(src).name,
-                self.t.node(dst).name
+                "no path from rank {a} ('{}') to rank {b} ('{}')",
+                self.t.node(na).name,
+                self.t.node(nb).name
             )));
         };
-        match leg {
-            Leg::Local => {
-                for l in self.local_path(src, dst) {
-                    *flows.entry(l).or_default() += share;
-                }
+        let (local, fabric) = match via {
+            None => (self.local_path(na, nb), None),
+            Some((i, j)) => {
+                let (fo, _, pre) = &wa.out[i];
+                let (fi, _, post) = &wb.into[j];
+                (pre.iter().chain(post).copied().collect(), Some((*fo, *fi)))
             }
-            Leg::Fabric(pre, fo, fi, post) => {
-                for l in pre.into_iter().chain(post) {
-                    *flows.entry(l).or_default() += share;
-                }
-                self.ecmp(fo, fi, share, flows);
-            }
-        }
-        Ok(d)
+        };
+        Ok(RouteParts {
+            local,
+            fabric,
+            latency: d.lat,
+            hops: d.hops,
+        })
+    }
+
+    /// The latency of the route from rank `a` to rank `b`.
+    pub fn latency(&mut self, a: u32, b: u32) -> Result<f64, TopoError> {
+        Ok(self.parts(a, b)?.latency)
+    }
+
+    /// The fabric node closest to rank `r` on its way out (its leaf switch, usually);
+    /// `None` for a rank with no way out of its host.
+    pub fn attachment(&mut self, r: u32) -> Result<Option<NodeId>, TopoError> {
+        let w = self.ways(r)?;
+        Ok(w.out
+            .iter()
+            .min_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)))
+            .map(|w| w.0))
     }
 
     /// Ways from `src` into the fabric: (fabric node, cost, links used). A fabric node is
     /// its own way in.
-    fn leg_out(&self, src: NodeId) -> Result<Vec<(NodeId, Dist, Vec<LinkId>)>, TopoError> {
+    fn leg_out(&self, src: NodeId) -> Vec<Way> {
         match self.place[src as usize] {
-            Place::Fabric(_) => Ok(vec![(src, Dist::ZERO, Vec::new())]),
+            Place::Fabric(_) => vec![(src, Dist::ZERO, Vec::new())],
             Place::Host(h) => {
                 let d = self.search(src, |p| p == Place::Host(h), true);
                 let mut out = Vec::new();
@@ -407,15 +408,15 @@ impl<'t> Router<'t> {
                         out.push((link.to, dd.plus(link.latency), path));
                     }
                 }
-                Ok(keep_best(out))
+                keep_best(out)
             }
         }
     }
 
     /// Ways from the fabric to `dst`: (fabric node, cost, links used).
-    fn leg_in(&self, dst: NodeId) -> Result<Vec<(NodeId, Dist, Vec<LinkId>)>, TopoError> {
+    fn leg_in(&self, dst: NodeId) -> Vec<Way> {
         match self.place[dst as usize] {
-            Place::Fabric(_) => Ok(vec![(dst, Dist::ZERO, Vec::new())]),
+            Place::Fabric(_) => vec![(dst, Dist::ZERO, Vec::new())],
             Place::Host(h) => {
                 let d = self.search(dst, |p| p == Place::Host(h), false);
                 let mut out = Vec::new();
@@ -427,7 +428,7 @@ impl<'t> Router<'t> {
                         out.push((link.from, dd.plus(link.latency), path));
                     }
                 }
-                Ok(keep_best(out))
+                keep_best(out)
             }
         }
     }
@@ -460,9 +461,9 @@ impl<'t> Router<'t> {
         path
     }
 
-    /// Spreads `share` from fabric node `a` to fabric node `b` over every equal-cost path,
-    /// splitting evenly among the next hops at each node.
-    fn ecmp(&self, a: NodeId, b: NodeId, share: f64, flows: &mut HashMap<LinkId, f64>) {
+    /// Adds `share` bytes from fabric node `a` to fabric node `b` to `flows`, spread over
+    /// every equal-cost path, split evenly among the next hops at each node.
+    pub fn spread(&self, a: NodeId, b: NodeId, share: f64, flows: &mut HashMap<LinkId, f64>) {
         // Nodes in order of decreasing distance to b, each forwarding what reached it.
         let mut pending: HashMap<NodeId, f64> = HashMap::new();
         pending.insert(a, share);
@@ -504,13 +505,8 @@ impl<'t> Router<'t> {
     }
 }
 
-enum Leg {
-    Local,
-    Fabric(Vec<LinkId>, NodeId, NodeId, Vec<LinkId>),
-}
-
 /// Keeps the cheapest way per fabric node.
-fn keep_best(ways: Vec<(NodeId, Dist, Vec<LinkId>)>) -> Vec<(NodeId, Dist, Vec<LinkId>)> {
+fn keep_best(ways: Vec<Way>) -> Vec<Way> {
     let mut best: HashMap<NodeId, (Dist, Vec<LinkId>)> = HashMap::new();
     for (n, d, p) in ways {
         if best.get(&n).is_none_or(|(b, _)| d.cmp(b) == Ordering::Less) {
@@ -556,12 +552,12 @@ mod tests {
     fn same_leaf_and_across_spines() {
         let t = leaf_spine();
         let mut r = Router::new(&t);
-        let near = r.route(0, 1).unwrap().clone();
+        let near = r.route(0, 1).unwrap();
         // gpu -> nic -> leaf -> nic -> gpu
         assert_eq!(near.hops, 4);
         assert!((near.latency - 3e-6).abs() < 1e-12);
         assert!(near.links.iter().all(|&(_, f)| (f - 1.0).abs() < 1e-12));
-        let far = r.route(0, 2).unwrap().clone();
+        let far = r.route(0, 2).unwrap();
         assert_eq!(far.hops, 6);
         assert!((far.latency - 5e-6).abs() < 1e-12);
         // Two spines: the leaf-to-spine and spine-to-leaf links carry half each.
@@ -572,6 +568,37 @@ mod tests {
             .count();
         assert_eq!(halves, 4);
         assert_eq!(far.bottleneck, 10e9);
+    }
+
+    /// Ranks in hosts joined rank to rank (a measured matrix): no switches at all.
+    #[test]
+    fn direct_links_between_hosts() {
+        let mut b = TopologyBuilder::new("mesh");
+        let hosts: Vec<_> = (0..2)
+            .map(|h| b.node(format!("m{h}"), NodeKind::Host).unwrap())
+            .collect();
+        let ranks: Vec<_> = (0..4)
+            .map(|r| {
+                b.device(format!("m{}/r{r}", r / 2), NodeKind::Cpu, hosts[r / 2])
+                    .unwrap()
+            })
+            .collect();
+        for a in 0..4 {
+            for c in 0..4 {
+                if a != c {
+                    let same = a / 2 == c / 2;
+                    let (bw, lat) = if same { (10e9, 1e-6) } else { (1e9, 50e-6) };
+                    b.link(ranks[a], ranks[c], bw, lat).unwrap();
+                }
+            }
+        }
+        b.place_all(ranks.iter().copied()).unwrap();
+        let t = b.build().unwrap();
+        let mut r = Router::new(&t);
+        assert_eq!(r.route(0, 1).unwrap().hops, 1);
+        let far = r.route(0, 3).unwrap();
+        assert_eq!((far.hops, far.bottleneck), (1, 1e9));
+        assert!((r.latency(2, 1).unwrap() - 50e-6).abs() < 1e-12);
     }
 
     #[test]

@@ -1,0 +1,129 @@
+//! `plan compare`: every candidate plan for a collective on a topology, priced, with the
+//! lower bound and the gap to it. Also the rank placements to compare under.
+
+use serde::{Deserialize, Serialize};
+use topoccl_plan::{Collective, CollectiveSpec, DType, PlanParams};
+
+use crate::cost::{lower_bound, Endpoints, Pricer};
+use crate::error::TopoError;
+use crate::model::Topology;
+use crate::plans::candidates;
+
+/// Plans are verified when the world is at most this large (the symbolic verifier's state
+/// grows with p² for rings); larger ones say so.
+pub const VERIFY_MAX_RANKS: u32 = 1024;
+
+/// One line of the comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareRow {
+    pub algorithm: String,
+    pub topology_aware: bool,
+    pub time_s: f64,
+    pub latency_s: f64,
+    pub bandwidth_s: f64,
+    pub reduction_s: f64,
+    pub busbw_gbps: f64,
+    /// Predicted time over the lower bound (1 = optimal).
+    pub gap: f64,
+    /// `Some(true)` verified, `Some(false)` rejected, `None` too large to verify here.
+    pub verified: Option<bool>,
+    pub hottest_link: Option<String>,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub topology: String,
+    pub ranks: u32,
+    pub collective: String,
+    pub bytes: u64,
+    pub dtype: String,
+    pub placement: String,
+    pub lower_bound_s: f64,
+    pub rows: Vec<CompareRow>,
+}
+
+/// The nccl-tests bus bandwidth factor of a collective on p ranks.
+pub fn bus_factor(c: Collective, p: u32) -> f64 {
+    let p = p as f64;
+    match c {
+        Collective::AllReduce => 2.0 * (p - 1.0) / p,
+        Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => (p - 1.0) / p,
+        _ => 1.0,
+    }
+}
+
+/// Prices every candidate for `collective` of `bytes` (the whole buffer, nccl-tests
+/// convention) on `t`, fastest first.
+pub fn compare(
+    t: &Topology,
+    collective: Collective,
+    bytes: u64,
+    dtype: DType,
+    placement: &str,
+    endpoints: Endpoints,
+) -> Result<Comparison, TopoError> {
+    let p = t.world();
+    let elem = dtype.size() as u64;
+    let count = match collective {
+        // Per-rank counts for the collectives whose buffers are per rank.
+        Collective::AllGather | Collective::Gather => (bytes / elem) / p as u64,
+        _ => bytes / elem,
+    };
+    let spec = CollectiveSpec::new(collective, p, count).with_dtype(dtype);
+    let mut pricer = Pricer::new(t, endpoints);
+    let bound = lower_bound(t, collective, bytes as f64);
+    let factor = bus_factor(collective, p);
+    let mut rows: Vec<CompareRow> = candidates(&mut pricer, &spec, PlanParams::default())?
+        .into_iter()
+        .map(|c| {
+            let verified = (p <= VERIFY_MAX_RANKS).then(|| topoccl_plan::verify(&c.plan).is_ok());
+            CompareRow {
+                algorithm: c.label,
+                topology_aware: c.topology_aware,
+                time_s: c.cost.total_s,
+                latency_s: c.cost.latency_s,
+                bandwidth_s: c.cost.bandwidth_s,
+                reduction_s: c.cost.reduction_s,
+                busbw_gbps: bytes as f64 / c.cost.total_s * factor / 1e9,
+                gap: if bound > 0.0 {
+                    c.cost.total_s / bound
+                } else {
+                    1.0
+                },
+                verified,
+                hottest_link: c.cost.hottest_link.map(|(_, name)| name),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.time_s.total_cmp(&b.time_s));
+    Ok(Comparison {
+        topology: t.name().to_string(),
+        ranks: p,
+        collective: collective.to_string(),
+        bytes,
+        dtype: dtype.to_string(),
+        placement: placement.to_string(),
+        lower_bound_s: bound,
+        rows,
+    })
+}
+
+/// The same devices with ranks shuffled (seeded, so a run can be repeated).
+pub fn random_placement(t: &Topology, seed: u64) -> Result<Topology, TopoError> {
+    let mut nodes = t.rank_nodes().to_vec();
+    let mut state = seed;
+    for i in (1..nodes.len()).rev() {
+        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+        nodes.swap(i, j);
+    }
+    t.with_placement(nodes)
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
