@@ -7,12 +7,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod compare_cmd;
 mod internal_cmd;
 mod job;
 mod plan_cmd;
 mod run_cmd;
 mod selftest_cmd;
 mod store_cmd;
+mod topo_file;
 mod units;
 
 #[derive(Parser, Debug)]

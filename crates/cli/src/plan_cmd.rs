@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use topoccl_plan::cost::{uniform_cost, UniformNetwork};
 use topoccl_plan::msccl::{self, MscclOptions};
 use topoccl_plan::{
@@ -22,7 +22,10 @@ pub enum Format {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct PlanArgs {
+    #[command(subcommand)]
+    sub: Option<PlanSub>,
     /// The collective: allreduce, allgather, reducescatter, broadcast, reduce, gather,
     /// scatter, alltoall, alltoallv, barrier.
     #[arg(required_unless_present = "list")]
@@ -99,6 +102,13 @@ pub struct PlanArgs {
     /// Write to this file instead of standard output.
     #[arg(short, long)]
     output: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum PlanSub {
+    /// Price every plan for a collective on a topology file: predicted time, latency and
+    /// bandwidth terms, busbw and gap to the lower bound.
+    Compare(crate::compare_cmd::CompareArgs),
 }
 
 fn list() -> String {
@@ -202,6 +212,9 @@ fn spec(args: &PlanArgs, collective: Collective, world: u32) -> Result<Collectiv
 }
 
 pub fn run(args: PlanArgs) -> Result<(), CliError> {
+    if let Some(PlanSub::Compare(a)) = args.sub {
+        return crate::compare_cmd::run(a);
+    }
     if args.list {
         print!("{}", list());
         return Ok(());

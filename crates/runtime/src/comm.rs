@@ -19,6 +19,8 @@ use topoccl_plan::{
 };
 
 use crate::config::Config;
+use topoccl_topo::matrix::LinkMatrix;
+use topoccl_topo::Topology;
 use crate::env::LaunchInfo;
 use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, CallInfo, Departed, Dtype, OneOp, Storage};
@@ -63,6 +65,8 @@ pub struct Communicator {
     selector: Selector,
     plans: HashMap<u64, (Plan, u64)>,
     broken: Option<String>,
+    /// Measured at creation (world communicators; splits take their share).
+    matrix: Option<Arc<LinkMatrix>>,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -346,17 +350,49 @@ impl Communicator {
             selector,
             plans: HashMap::new(),
             broken: None,
+            matrix: None,
         })
     }
 
     /// Measures the network and agrees on it (see [`crate::probe`]).
     fn tune(&mut self) -> Result<()> {
-        if self.cfg.probe && self.world > 1 {
+        if self.world == 1 {
+            return Ok(());
+        }
+        if self.cfg.probe {
             let net = crate::probe::measure(self)?;
             self.selector.net = net;
-            self.plans.clear();
         }
+        let measure = self
+            .cfg
+            .matrix
+            .unwrap_or(self.world <= crate::config::MATRIX_MAX_RANKS);
+        if measure {
+            let hosts = (0..self.world)
+                .map(|r| self.tr.peer_addr(r).map_or_else(String::new, |a| a.ip().to_string()))
+                .collect();
+            self.matrix = Some(Arc::new(crate::probe::measure_matrix(self, hosts)?));
+        }
+        let topology = match (&self.cfg.topo, &self.matrix) {
+            (Some(path), m) => Some(crate::topology::from_file(path, self.world, m.as_deref())?),
+            (None, Some(m)) => Some(m.to_topology().map_err(|e| {
+                Error::Config(format!("the measured link matrix: {e}"))
+            })?),
+            (None, None) => None,
+        };
+        self.selector.set_topology(topology.map(Arc::new));
+        self.plans.clear();
         Ok(())
+    }
+
+    /// The rank-to-rank latencies and bandwidths measured at creation, if they were.
+    pub fn link_matrix(&self) -> Option<&LinkMatrix> {
+        self.matrix.as_deref()
+    }
+
+    /// The topology the algorithm choice uses, if any (measured or from `TOPOCCL_TOPO`).
+    pub fn topology(&self) -> Option<&Arc<Topology>> {
+        self.selector.topology()
     }
 
     pub fn rank(&self) -> Rank {
@@ -417,6 +453,12 @@ impl Communicator {
             deadline,
         )?;
         child.selector.net = self.selector.net;
+        let mine: Vec<Rank> = members.iter().map(|&(_, r)| r).collect();
+        child.matrix = self.matrix.as_deref().map(|m| Arc::new(m.restrict(&mine)));
+        let topology = self.selector.topology().map(|t| t.restrict(&mine)).transpose();
+        child
+            .selector
+            .set_topology(topology.map_err(|e| Error::Config(format!("topology of the split: {e}")))?.map(Arc::new));
         child.world_ranks = members
             .iter()
             .map(|&(_, r)| self.world_ranks[r as usize])

@@ -10,6 +10,8 @@
 //! | `TOPOCCL_ALGO` | algorithm per collective, `allreduce:rhd;allgather:bruck` | chosen by cost |
 //! | `TOPOCCL_RULES` | JSON file of selection rules | |
 //! | `TOPOCCL_PROBE` | `0` skips the link probe at creation | on |
+//! | `TOPOCCL_TOPO` | topology file (TOML or JSON) placing this job's ranks; refined by the link matrix | the measured matrix |
+//! | `TOPOCCL_MATRIX` | `0` skips measuring the rank-to-rank link matrix at creation (`1` forces it) | on up to 64 ranks |
 //! | `TOPOCCL_SPIN` | how long a waiting call polls before it sleeps (`0` never spins) | 50 µs when this host's ranks fit on its cores, else 0 |
 
 use std::time::Duration;
@@ -30,7 +32,15 @@ pub struct Config {
     pub probe: bool,
     /// `None`: decided at creation from the ranks per host and the cores.
     pub spin: Option<Duration>,
+    /// Topology file of the job (`TOPOCCL_TOPO`).
+    pub topo: Option<String>,
+    /// Measure the link matrix at creation; `None`: when the world is small enough.
+    pub matrix: Option<bool>,
 }
+
+/// Worlds up to this size measure their link matrix by default: it takes p−1 rounds of
+/// pairwise exchanges.
+pub const MATRIX_MAX_RANKS: u32 = 64;
 
 impl Default for Config {
     fn default() -> Self {
@@ -44,6 +54,8 @@ impl Default for Config {
             rules: None,
             probe: true,
             spin: None,
+            topo: None,
+            matrix: None,
         }
     }
 }
@@ -59,6 +71,15 @@ fn duration(key: &str, v: &str) -> Result<Duration> {
         )));
     }
     Ok(Duration::from_secs_f64(s))
+}
+
+/// An on/off setting.
+fn switch(key: &str, v: &str) -> Result<bool> {
+    match v.trim() {
+        "0" | "false" | "off" | "no" => Ok(false),
+        "1" | "true" | "on" | "yes" => Ok(true),
+        _ => Err(Error::Config(format!("{key}={v} must be 0 or 1 (off or on)"))),
+    }
 }
 
 /// Busy-polling pays off only while every rank of the host has a core of its own: a
@@ -112,7 +133,11 @@ impl Config {
             c.spin = Some(Duration::from_secs_f64(s));
         }
         if let Some(v) = lookup("TOPOCCL_PROBE") {
-            c.probe = !matches!(v.trim(), "0" | "false" | "off" | "no");
+            c.probe = switch("TOPOCCL_PROBE", &v)?;
+        }
+        c.topo = lookup("TOPOCCL_TOPO").filter(|s| !s.is_empty());
+        if let Some(v) = lookup("TOPOCCL_MATRIX") {
+            c.matrix = Some(switch("TOPOCCL_MATRIX", &v)?);
         }
         Ok(c)
     }

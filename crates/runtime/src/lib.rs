@@ -15,6 +15,7 @@ pub mod error;
 mod exec;
 pub mod nonblocking;
 mod probe;
+mod topology;
 pub mod select;
 pub mod selftest;
 pub mod store;

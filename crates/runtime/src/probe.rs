@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use topoccl_plan::cost::UniformNetwork;
 use topoccl_plan::exec::kernels::reduce_into;
-use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, PlanParams, ReduceOp};
+use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, PlanParams, Rank, ReduceOp};
+use topoccl_topo::matrix::LinkMatrix;
 
 use crate::comm::Communicator;
 use crate::error::Result;
@@ -88,4 +89,116 @@ pub(crate) fn measure(comm: &mut Communicator) -> Result<UniformNetwork> {
     let plan = build(spec, Algorithm::Ring, PlanParams::default())?;
     comm.run_plan(&plan, &mine, &mut agreed)?;
     Ok(UniformNetwork::new(agreed[0], 1.0 / agreed[1], agreed[2]))
+}
+
+/// Ping-pongs per pair for the latency (the median counts).
+const PINGS: usize = 5;
+/// Bytes each way per pair for the bandwidth: enough to fill a slow link's pipe, small
+/// enough that p−1 rounds stay short.
+const MATRIX_BYTES: usize = 256 << 10;
+
+/// The partner of `rank` in round `round` of a round-robin tournament over `p` ranks (the
+/// circle method; with odd p one rank sits each round out): every pair meets exactly once
+/// in `rounds(p)` rounds, and no rank is in two pairs of a round, so no link is measured
+/// while another measurement loads it from the same rank.
+fn partner(rank: Rank, round: u32, p: u32) -> Option<Rank> {
+    // Ranks 0..n−1 sit on a circle, rank n−1 (a phantom when p is odd) in its centre; in
+    // round k the centre meets k and the others pair across k: r with 2k − r.
+    let n = p + p % 2;
+    let fixed = n - 1;
+    if fixed == 0 {
+        return None;
+    }
+    let k = round % fixed;
+    let q = if rank == fixed {
+        k
+    } else if rank == k {
+        fixed
+    } else {
+        (2 * k + fixed - rank % fixed) % fixed
+    };
+    (q < p && q != rank).then_some(q)
+}
+
+fn rounds(p: u32) -> u32 {
+    p + p % 2 - 1
+}
+
+/// Measures latency and bandwidth between every pair of ranks and shares the matrix, so
+/// every rank holds the same one. The machine of each rank is its listening address.
+pub(crate) fn measure_matrix(comm: &mut Communicator, hosts: Vec<String>) -> Result<LinkMatrix> {
+    let p = comm.world();
+    let me = comm.rank();
+    let mut lat = vec![0.0f64; p as usize];
+    let mut bw = vec![0.0f64; p as usize];
+    let ping = [0u8; 1];
+    let mut pong = [0u8; 1];
+    let big = vec![0u8; MATRIX_BYTES];
+    let mut sink = vec![0u8; MATRIX_BYTES];
+    for round in 0..rounds(p) {
+        let Some(peer) = partner(me, round, p) else {
+            continue;
+        };
+        let lead = me < peer;
+        // Latency: ping-pongs, led by the lower rank; both ends time the round trip.
+        let mut rtts = Vec::with_capacity(PINGS);
+        for _ in 0..PINGS {
+            let t = Instant::now();
+            if lead {
+                comm.send(&ping, peer)?;
+                comm.recv(&mut pong, peer)?;
+            } else {
+                comm.recv(&mut pong, peer)?;
+                comm.send(&ping, peer)?;
+            }
+            rtts.push(t.elapsed().as_secs_f64());
+        }
+        let rtt = median(rtts);
+        lat[peer as usize] = rtt / 2.0;
+        // Bandwidth, one direction at a time: the sender times until the receiver's ack.
+        for sender_leads in [true, false] {
+            if lead == sender_leads {
+                let t = Instant::now();
+                comm.send(&big, peer)?;
+                comm.recv(&mut pong, peer)?;
+                let wire = (t.elapsed().as_secs_f64() - rtt).max(1e-9);
+                bw[peer as usize] = MATRIX_BYTES as f64 / wire;
+            } else {
+                comm.recv(&mut sink, peer)?;
+                comm.send(&ping, peer)?;
+            }
+        }
+    }
+    let mine: Vec<f64> = lat.iter().chain(&bw).copied().collect();
+    let mut all = vec![0.0f64; 2 * (p * p) as usize];
+    comm.all_gather(&mine, &mut all)?;
+    let row = |r: usize, off: usize| all[r * 2 * p as usize + off..][..p as usize].to_vec();
+    Ok(LinkMatrix {
+        hosts,
+        latency: (0..p as usize).map(|r| row(r, 0)).collect(),
+        bandwidth: (0..p as usize).map(|r| row(r, p as usize)).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pair_meets_once() {
+        for p in 1..=17u32 {
+            let mut met = std::collections::HashSet::new();
+            for round in 0..rounds(p) {
+                let mut busy = std::collections::HashSet::new();
+                for r in 0..p {
+                    if let Some(q) = partner(r, round, p) {
+                        assert_eq!(partner(q, round, p), Some(r), "p={p} round={round}");
+                        assert!(busy.insert(r));
+                        met.insert((r.min(q), r.max(q)));
+                    }
+                }
+            }
+            assert_eq!(met.len() as u32, p * (p.saturating_sub(1)) / 2, "p={p}");
+        }
+    }
 }

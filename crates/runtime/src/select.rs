@@ -1,5 +1,8 @@
-//! Choosing an algorithm per call: by the analytical cost of each candidate plan on the
-//! network the probe measured, unless the user says otherwise.
+//! Choosing an algorithm per call: by the cost of each candidate plan on the job's
+//! topology — the link matrix measured at creation, or a topology file refined by it —
+//! including the topology-aware plans (ordered rings, spanning trees, hierarchies), or on
+//! the uniform network the probe measured when there is no topology; unless the user says
+//! otherwise. A topology-aware plan is verified before it is used.
 //!
 //! Overrides, strongest first:
 //! * `TOPOCCL_RULES=FILE`: a JSON list of rules, the first that matches wins —
@@ -9,10 +12,12 @@
 //!   `NCCL_ALGO`), or one name for every collective that has it (`ring`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use topoccl_plan::cost::{uniform_cost, UniformNetwork};
 use topoccl_plan::{algo, build, Algorithm, Collective, CollectiveSpec, Plan, PlanParams};
+use topoccl_topo::{plans, Endpoints, Pricer, Topology};
 
 use crate::error::{Error, Result};
 
@@ -52,7 +57,13 @@ pub struct Selector {
     per_collective: HashMap<Collective, Algorithm>,
     everywhere: Option<Algorithm>,
     rules: Vec<ParsedRule>,
+    topology: Option<Arc<Topology>>,
 }
+
+/// Plans of worlds up to this size are verified before their first use (the check is
+/// quadratic in the world for rings; larger plans come from generators the test suite
+/// verifies).
+const VERIFY_MAX_RANKS: u32 = 64;
 
 /// Pipeline piece sizes the selector tries for large messages.
 const PIECES: [u64; 2] = [1 << 20, 256 << 10];
@@ -65,7 +76,17 @@ impl Selector {
             per_collective: HashMap::new(),
             everywhere: None,
             rules: Vec::new(),
+            topology: None,
         }
+    }
+
+    /// Prices plans on `t` from now on (its ranks are this communicator's).
+    pub fn set_topology(&mut self, t: Option<Arc<Topology>>) {
+        self.topology = t;
+    }
+
+    pub fn topology(&self) -> Option<&Arc<Topology>> {
+        self.topology.as_ref()
     }
 
     /// Applies `TOPOCCL_ALGO` (see the module doc).
@@ -140,6 +161,36 @@ impl Selector {
         out
     }
 
+    /// The cheapest verified candidate on the topology (flat and topology-aware plans,
+    /// with the same pipelining and channel options as on a uniform network).
+    fn plan_on_topology(
+        &self,
+        t: &Topology,
+        spec: &CollectiveSpec,
+        bytes: u64,
+    ) -> Result<Option<Plan>> {
+        let endpoints = Endpoints {
+            overhead_s: 0.0,
+            gamma_s_per_byte: self.net.gamma_s_per_byte,
+        };
+        let mut pricer = Pricer::new(t, endpoints);
+        let mut all = Vec::new();
+        for params in self.param_options(spec, bytes) {
+            all.extend(plans::candidates(&mut pricer, spec, params).map_err(topo_error)?);
+        }
+        all.sort_by(|a, b| a.cost.total_s.total_cmp(&b.cost.total_s));
+        for c in all {
+            if !c.topology_aware || spec.world > VERIFY_MAX_RANKS {
+                return Ok(Some(c.plan));
+            }
+            match topoccl_plan::verify(&c.plan) {
+                Ok(_) => return Ok(Some(c.plan)),
+                Err(e) => tracing::warn!("topology-aware plan {} rejected by the verifier: {e}", c.label),
+            }
+        }
+        Ok(None)
+    }
+
     /// The plan for a call.
     pub fn plan(&self, spec: &CollectiveSpec) -> Result<Plan> {
         let bytes = bytes_of(spec);
@@ -162,6 +213,13 @@ impl Selector {
                     .clone()
                     .filter(|a| a.serves(spec.collective))
             });
+        if forced.is_none() {
+            if let Some(t) = self.topology.clone().filter(|t| t.world() == spec.world) {
+                if let Some(plan) = self.plan_on_topology(&t, spec, bytes)? {
+                    return Ok(plan);
+                }
+            }
+        }
         let candidates: Vec<Algorithm> = match forced {
             Some(a) => vec![a],
             None => algo::available(spec.collective)
@@ -199,7 +257,11 @@ impl Selector {
 }
 
 /// Bytes of the larger user buffer of a rank (the nccl-tests "size").
-pub fn bytes_of(spec: &CollectiveSpec) -> u64 {
+pub fn topo_error(e: topoccl_topo::TopoError) -> Error {
+    Error::Config(format!("topology: {e}"))
+}
+
+fn bytes_of(spec: &CollectiveSpec) -> u64 {
     let elems = match spec.collective {
         Collective::AllGather
         | Collective::Gather

@@ -256,6 +256,11 @@ impl Transport {
         self.addrs = addrs;
     }
 
+    /// The address `peer` listens on (known after the rendezvous).
+    pub fn peer_addr(&self, peer: Rank) -> Option<SocketAddr> {
+        self.addrs.get(peer as usize).copied()
+    }
+
     pub fn abort_handle(&self) -> AbortHandle {
         self.abort.clone()
     }

@@ -8,7 +8,7 @@
 //! once. This is the α-β model made aware of where bytes actually go; with every link
 //! alike it gives the uniform cost back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use topoccl_plan::{Collective, Plan, TransferInfo};
@@ -136,10 +136,12 @@ impl<'t> Pricer<'t> {
         transfers: &[TransferInfo],
         elem: f64,
     ) -> Result<RoundCost, TopoError> {
-        let mut load: HashMap<LinkId, f64> = HashMap::new();
+        // Ordered maps: sums in the same order on every rank, so every rank prices alike
+        // to the last bit and picks the same plan.
+        let mut load: BTreeMap<LinkId, f64> = BTreeMap::new();
         // Fabric crossings are summed first and spread once each: many transfers of a
         // round share their leaf pair.
-        let mut crossings: HashMap<(NodeId, NodeId), f64> = HashMap::new();
+        let mut crossings: BTreeMap<(NodeId, NodeId), f64> = BTreeMap::new();
         let mut latency: f64 = 0.0;
         for tr in transfers {
             let bytes = tr.len as f64 * elem;

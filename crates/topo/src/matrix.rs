@@ -27,6 +27,21 @@ impl LinkMatrix {
         self.hosts.len() as u32
     }
 
+    /// The matrix of a subset of the ranks: rank i of the result is rank `ranks[i]` here.
+    pub fn restrict(&self, ranks: &[u32]) -> LinkMatrix {
+        let pick = |m: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+            ranks
+                .iter()
+                .map(|&i| ranks.iter().map(|&j| m[i as usize][j as usize]).collect())
+                .collect()
+        };
+        LinkMatrix {
+            hosts: ranks.iter().map(|&r| self.hosts[r as usize].clone()).collect(),
+            latency: pick(&self.latency),
+            bandwidth: pick(&self.bandwidth),
+        }
+    }
+
     /// Checks shapes and values, so a matrix read from a file cannot build a broken model.
     pub fn validate(&self) -> Result<(), TopoError> {
         let p = self.hosts.len();

@@ -227,6 +227,20 @@ impl Topology {
         b.build()
     }
 
+    /// The topology of a subset of the ranks (a split communicator): rank i of the result
+    /// is rank `ranks[i]` here.
+    pub fn restrict(&self, ranks: &[u32]) -> Result<Topology, TopoError> {
+        let nodes = ranks
+            .iter()
+            .map(|&r| {
+                self.ranks.get(r as usize).copied().ok_or_else(|| {
+                    TopoError::invalid(format!("rank {r} is not in the topology '{}'", self.name))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_placement(nodes)
+    }
+
     /// The builder holding this topology, to change it.
     pub fn to_builder(&self) -> TopologyBuilder {
         TopologyBuilder::from_topology(self)

@@ -286,7 +286,9 @@ pub fn candidates(
         Ok(())
     };
     for name in topoccl_plan::available(spec.collective) {
-        if matches!(name, "parent-tree" | "hier" | "direct" | "pairwise") {
+        // Trees and hierarchies need arguments (built below); direct posts p−1 messages
+        // at once per rank, sensible for small worlds only.
+        if matches!(name, "parent-tree" | "hier") || (name == "direct" && spec.world > 16) {
             continue;
         }
         if let Ok(alg) = name.parse::<Algorithm>() {

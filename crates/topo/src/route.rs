@@ -10,7 +10,7 @@
 //! routing to a few thousand small searches instead of one large search per rank pair.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::error::TopoError;
 use crate::model::{LinkId, NodeId, NodeKind, Topology};
@@ -268,12 +268,11 @@ impl<'t> Router<'t> {
     /// The route from rank `a` to rank `b`, with every link's share.
     pub fn route(&mut self, a: u32, b: u32) -> Result<Route, TopoError> {
         let parts = self.parts(a, b)?.clone();
-        let mut flows: HashMap<LinkId, f64> = parts.local.iter().map(|&l| (l, 1.0)).collect();
+        let mut flows: BTreeMap<LinkId, f64> = parts.local.iter().map(|&l| (l, 1.0)).collect();
         if let Some((fo, fi)) = parts.fabric {
             self.spread(fo, fi, 1.0, &mut flows);
         }
-        let mut links: Vec<(LinkId, f64)> = flows.into_iter().collect();
-        links.sort_by_key(|&(l, _)| l);
+        let links: Vec<(LinkId, f64)> = flows.into_iter().collect();
         let bottleneck = links
             .iter()
             .map(|&(l, _)| self.t.link(l).bandwidth)
@@ -463,7 +462,7 @@ impl<'t> Router<'t> {
 
     /// Adds `share` bytes from fabric node `a` to fabric node `b` to `flows`, spread over
     /// every equal-cost path, split evenly among the next hops at each node.
-    pub fn spread(&self, a: NodeId, b: NodeId, share: f64, flows: &mut HashMap<LinkId, f64>) {
+    pub fn spread(&self, a: NodeId, b: NodeId, share: f64, flows: &mut BTreeMap<LinkId, f64>) {
         // Nodes in order of decreasing distance to b, each forwarding what reached it.
         let mut pending: HashMap<NodeId, f64> = HashMap::new();
         pending.insert(a, share);

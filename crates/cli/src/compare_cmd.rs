@@ -1,0 +1,129 @@
+//! `topoccl plan compare`: every candidate plan for a collective on a topology file,
+//! priced on that topology — predicted time, its latency and bandwidth terms, busbw, gap
+//! to the lower bound — as a table and, with `--json`, a file.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use topoccl_plan::{Collective, DType};
+use topoccl_topo::compare::{compare, random_placement, Comparison};
+use topoccl_topo::Endpoints;
+
+use crate::units::{parse_bandwidth, parse_bytes, parse_duration};
+use crate::CliError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlacementArg {
+    /// Ranks where the file puts them.
+    AsIs,
+    /// Ranks shuffled over the same devices (seeded).
+    Random,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Topology file (TOML or JSON; see docs/topology-format.md).
+    #[arg(long)]
+    topo: PathBuf,
+    /// The collective.
+    #[arg(long, default_value = "allreduce")]
+    collective: String,
+    /// Bytes of the whole buffer (nccl-tests convention): 16M, 1GiB…
+    #[arg(long, default_value = "16M")]
+    size: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Where the ranks run.
+    #[arg(long, value_enum, default_value = "as-is")]
+    placement: PlacementArg,
+    /// Seed of --placement random.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Software overhead per message on top of the links' latency (e.g. 2us).
+    #[arg(long, default_value = "0s")]
+    overhead: String,
+    /// Reduction throughput of a rank (e.g. 200GB/s).
+    #[arg(long, default_value = "200GB/s")]
+    reduce_rate: String,
+    /// Also write the comparison as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(args: CompareArgs) -> Result<(), CliError> {
+    let collective: Collective = args.collective.parse()?;
+    let dtype: DType = args.dtype.parse()?;
+    let bytes = parse_bytes(&args.size).map_err(|e| CliError::usage(format!("--size: {e}")))?;
+    let overhead =
+        parse_duration(&args.overhead).map_err(|e| CliError::usage(format!("--overhead: {e}")))?;
+    let rate = parse_bandwidth(&args.reduce_rate)
+        .map_err(|e| CliError::usage(format!("--reduce-rate: {e}")))?;
+    let mut t = crate::topo_file::load(&args.topo)?;
+    let placement = match args.placement {
+        PlacementArg::AsIs => "as in the file".to_string(),
+        PlacementArg::Random => {
+            t = random_placement(&t, args.seed).map_err(|e| CliError::failed(e.to_string()))?;
+            format!("random, seed {}", args.seed)
+        }
+    };
+    let endpoints = Endpoints {
+        overhead_s: overhead,
+        gamma_s_per_byte: 1.0 / rate,
+    };
+    let cmp = compare(&t, collective, bytes, dtype, &placement, endpoints)
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.topo.display())))?;
+    print!("{}", table(&cmp));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&cmp).expect("a comparison serializes");
+        std::fs::write(path, json + "\n")
+            .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn table(c: &Comparison) -> String {
+    let mut s = format!(
+        "# {} of {} B ({}) on '{}': {} ranks, placement {}\n# lower bound {:.3} ms \
+         (cuts: each rank's links, each host's and zone's uplinks)\n",
+        c.collective,
+        c.bytes,
+        c.dtype,
+        c.topology,
+        c.ranks,
+        c.placement,
+        c.lower_bound_s * 1e3
+    );
+    s.push_str(&format!(
+        "{:<18} {:>5} {:>12} {:>12} {:>12} {:>10} {:>11} {:>8} {:>8}  {}\n",
+        "algorithm",
+        "aware",
+        "time(ms)",
+        "latency(ms)",
+        "bandw.(ms)",
+        "reduce(ms)",
+        "busbw(GB/s)",
+        "gap",
+        "verified",
+        "hottest link"
+    ));
+    for r in &c.rows {
+        s.push_str(&format!(
+            "{:<18} {:>5} {:>12.3} {:>12.3} {:>12.3} {:>10.3} {:>11.2} {:>8.2} {:>8}  {}\n",
+            r.algorithm,
+            if r.topology_aware { "yes" } else { "no" },
+            r.time_s * 1e3,
+            r.latency_s * 1e3,
+            r.bandwidth_s * 1e3,
+            r.reduction_s * 1e3,
+            r.busbw_gbps,
+            r.gap,
+            match r.verified {
+                Some(true) => "yes",
+                Some(false) => "FAILED",
+                None => "too big",
+            },
+            r.hottest_link.as_deref().unwrap_or("-")
+        ));
+    }
+    s
+}
