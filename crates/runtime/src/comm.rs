@@ -363,10 +363,11 @@ impl Communicator {
             let net = crate::probe::measure(self)?;
             self.selector.net = net;
         }
+        // A topology file is the refined model: measure on top of it only when asked.
         let measure = self
             .cfg
             .matrix
-            .unwrap_or(self.world <= crate::config::MATRIX_MAX_RANKS);
+            .unwrap_or(self.cfg.topo.is_none() && self.world <= crate::config::MATRIX_MAX_RANKS);
         if measure {
             let hosts = (0..self.world)
                 .map(|r| self.tr.peer_addr(r).map_or_else(String::new, |a| a.ip().to_string()))
@@ -380,7 +381,8 @@ impl Communicator {
             })?),
             (None, None) => None,
         };
-        self.selector.set_topology(topology.map(Arc::new));
+        let overhead = self.matrix.as_ref().map_or(0.0, |m| m.min_latency());
+        self.selector.set_topology(topology.map(Arc::new), overhead);
         self.plans.clear();
         Ok(())
     }
@@ -458,7 +460,7 @@ impl Communicator {
         let topology = self.selector.topology().map(|t| t.restrict(&mine)).transpose();
         child
             .selector
-            .set_topology(topology.map_err(|e| Error::Config(format!("topology of the split: {e}")))?.map(Arc::new));
+            .set_topology(topology.map_err(|e| Error::Config(format!("topology of the split: {e}")))?.map(Arc::new), self.selector.overhead());
         child.world_ranks = members
             .iter()
             .map(|&(_, r)| self.world_ranks[r as usize])
@@ -647,6 +649,7 @@ impl Communicator {
             },
             name,
             op: spec.op,
+            p2p_from: None,
         };
         let scratch = Storage::Own(vec![T::default(); plan.scratch_len(r) as usize]);
         let (placement, mut buffers) = match bufs {
@@ -985,6 +988,7 @@ impl Communicator {
             .map(|s| s.len())
             .or(recv.as_ref().map(|r| r.len()))
             .unwrap_or(0) as u64;
+        let recv_from = send.is_none().then_some(peer);
         let (kind, counter) = match send {
             Some(_) => (
                 OpKind::Send {
@@ -1028,6 +1032,7 @@ impl Communicator {
                 root: 0,
             },
             name,
+            p2p_from: recv_from,
             op: ReduceOp::Sum,
         };
         let mut buffers = Buffers {

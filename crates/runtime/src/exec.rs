@@ -85,6 +85,10 @@ pub(crate) struct CallInfo {
     pub header: Header,
     pub name: String,
     pub op: ReduceOp,
+    /// Point-to-point receives: the peer whose send counter `seq` follows. Each ordered
+    /// pair of ranks numbers its messages on its own, so a message from another rank (or
+    /// any message during a send) is not comparable with this call's number.
+    pub p2p_from: Option<Rank>,
 }
 
 /// One physical buffer of the call.
@@ -634,6 +638,9 @@ impl Exec<'_> {
     ) -> std::result::Result<Option<u64>, Fail> {
         let peer = c.peer;
         let call = self.call;
+        if call.kind == Kind::P2p && h.kind == Kind::P2p && call.p2p_from != Some(peer) {
+            return Ok(None);
+        }
         if h.kind != call.kind || h.seq > call.seq {
             // A later call (or another kind of call) — fine unless this call still expects
             // something here.

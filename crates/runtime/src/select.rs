@@ -58,6 +58,8 @@ pub struct Selector {
     everywhere: Option<Algorithm>,
     rules: Vec<ParsedRule>,
     topology: Option<Arc<Topology>>,
+    /// Software cost of each further message a rank sends in one round.
+    overhead_s: f64,
 }
 
 /// Plans of worlds up to this size are verified before their first use (the check is
@@ -77,12 +79,19 @@ impl Selector {
             everywhere: None,
             rules: Vec::new(),
             topology: None,
+            overhead_s: 0.0,
         }
     }
 
-    /// Prices plans on `t` from now on (its ranks are this communicator's).
-    pub fn set_topology(&mut self, t: Option<Arc<Topology>>) {
+    /// Prices plans on `t` from now on (its ranks are this communicator's), charging
+    /// `overhead_s` for each further message a rank sends in a round.
+    pub fn set_topology(&mut self, t: Option<Arc<Topology>>, overhead_s: f64) {
         self.topology = t;
+        self.overhead_s = overhead_s;
+    }
+
+    pub fn overhead(&self) -> f64 {
+        self.overhead_s
     }
 
     pub fn topology(&self) -> Option<&Arc<Topology>> {
@@ -170,7 +179,7 @@ impl Selector {
         bytes: u64,
     ) -> Result<Option<Plan>> {
         let endpoints = Endpoints {
-            overhead_s: 0.0,
+            overhead_s: self.overhead_s,
             gamma_s_per_byte: self.net.gamma_s_per_byte,
         };
         let mut pricer = Pricer::new(t, endpoints);
@@ -256,12 +265,12 @@ impl Selector {
     }
 }
 
-/// Bytes of the larger user buffer of a rank (the nccl-tests "size").
-pub fn topo_error(e: topoccl_topo::TopoError) -> Error {
+fn topo_error(e: topoccl_topo::TopoError) -> Error {
     Error::Config(format!("topology: {e}"))
 }
 
-fn bytes_of(spec: &CollectiveSpec) -> u64 {
+/// Bytes of the larger user buffer of a rank (the nccl-tests "size").
+pub fn bytes_of(spec: &CollectiveSpec) -> u64 {
     let elems = match spec.collective {
         Collective::AllGather
         | Collective::Gather

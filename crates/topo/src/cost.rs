@@ -3,8 +3,9 @@
 //! Rounds run one after the other. In a round, every transfer is routed (ECMP shares
 //! included) and each link carries the sum of its transfers' bytes; the round takes the
 //! most loaded link's load / bandwidth (links shared by several transfers divide their
-//! bandwidth), plus the longest path latency among its transfers (plus a per-message
-//! software overhead), plus the busiest rank's reduction. Rounds of equal class are priced
+//! bandwidth), plus the longest path latency among its transfers (plus a software
+//! overhead for each further peer of the rank that sends to the most), plus the busiest
+//! rank's reduction. Rounds of equal class are priced
 //! once. This is the α-β model made aware of where bytes actually go; with every link
 //! alike it gives the uniform cost back.
 
@@ -20,7 +21,9 @@ use crate::route::Router;
 /// Costs of the endpoints, on top of the links.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Endpoints {
-    /// Seconds of software overhead per message (sender and receiver together).
+    /// Seconds of software overhead per message beyond the first a rank sends in a round
+    /// (the first one's is in the path latency; a rank's messages leave one after the
+    /// other).
     pub overhead_s: f64,
     /// Seconds per byte reduced.
     pub gamma_s_per_byte: f64,
@@ -143,7 +146,12 @@ impl<'t> Pricer<'t> {
         // round share their leaf pair.
         let mut crossings: BTreeMap<(NodeId, NodeId), f64> = BTreeMap::new();
         let mut latency: f64 = 0.0;
+        let mut peers: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for tr in transfers {
+            let mine = peers.entry(tr.src).or_default();
+            if !mine.contains(&tr.dst) {
+                mine.push(tr.dst);
+            }
             let bytes = tr.len as f64 * elem;
             let parts = self.router.parts(tr.src, tr.dst)?;
             latency = latency.max(parts.latency);
@@ -163,12 +171,9 @@ impl<'t> Pricer<'t> {
             .map(|(&l, &bytes)| (l, bytes / t.link(l).bandwidth))
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         let traffic = !transfers.is_empty();
+        let most_peers = peers.values().map(Vec::len).max().unwrap_or(0);
         Ok(RoundCost {
-            latency: if traffic {
-                latency + self.endpoints.overhead_s
-            } else {
-                0.0
-            },
+            latency: latency + self.endpoints.overhead_s * most_peers.saturating_sub(1) as f64,
             bandwidth: hottest.map_or(0.0, |h| h.1),
             reduction: 0.0,
             traffic,

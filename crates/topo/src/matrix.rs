@@ -75,14 +75,19 @@ impl LinkMatrix {
         Ok(())
     }
 
-    /// A topology with one host per machine, one device per rank and a direct link for
-    /// every measured pair: routing then follows the measurements, and hosts give the
-    /// hierarchy its first level.
+    /// A topology with one host per machine and, for each rank, a device and a port: the
+    /// device's link to its port carries everything the rank sends (at the best rate it
+    /// was measured sending) and the link back everything it receives, and a direct link
+    /// joins every pair of ports with the figures measured between them. So routing
+    /// follows the measurements, a rank talking to several peers at once shares its own
+    /// bandwidth, and hosts give the hierarchy its first level.
     pub fn to_topology(&self) -> Result<Topology, TopoError> {
         self.validate()?;
+        let p = self.hosts.len();
         let mut b = TopologyBuilder::new("measured");
         let mut hosts: BTreeMap<&str, u32> = BTreeMap::new();
-        let mut ranks = Vec::with_capacity(self.hosts.len());
+        let mut ranks = Vec::with_capacity(p);
+        let mut ports = Vec::with_capacity(p);
         for (r, h) in self.hosts.iter().enumerate() {
             let host = match hosts.get(h.as_str()) {
                 Some(&id) => id,
@@ -92,10 +97,19 @@ impl LinkMatrix {
                     id
                 }
             };
-            ranks.push(b.device(format!("rank{r}"), NodeKind::Cpu, host)?);
+            let dev = b.device(format!("rank{r}"), NodeKind::Cpu, host)?;
+            let port = b.device(format!("rank{r}/port"), NodeKind::Nic, host)?;
+            let out = (0..p).filter(|&j| j != r).map(|j| self.bandwidth[r][j]).fold(0.0, f64::max);
+            let inn = (0..p).filter(|&j| j != r).map(|j| self.bandwidth[j][r]).fold(0.0, f64::max);
+            if p > 1 {
+                b.link(dev, port, out, 0.0)?;
+                b.link(port, dev, inn, 0.0)?;
+            }
+            ranks.push(dev);
+            ports.push(port);
         }
-        for (i, &a) in ranks.iter().enumerate() {
-            for (j, &c) in ranks.iter().enumerate() {
+        for (i, &a) in ports.iter().enumerate() {
+            for (j, &c) in ports.iter().enumerate() {
                 if i != j {
                     b.link(a, c, self.bandwidth[i][j], self.latency[i][j])?;
                 }
@@ -103,6 +117,16 @@ impl LinkMatrix {
         }
         b.place_all(ranks)?;
         b.build()
+    }
+
+    /// The smallest latency measured between two ranks: what any message costs, the
+    /// software's share of every latency.
+    pub fn min_latency(&self) -> f64 {
+        let p = self.hosts.len();
+        (0..p)
+            .flat_map(|i| (0..p).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| self.latency[i][j])
+            .fold(f64::INFINITY, f64::min)
     }
 }
 

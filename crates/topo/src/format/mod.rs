@@ -21,6 +21,16 @@ pub use nvidia_smi::{read_nvidia_smi_topo, read_nvidia_smi_topo_builder};
 
 use std::collections::{HashMap, VecDeque};
 
+/// Reads a topology file in whichever of topoccl's formats it is: JSON (it starts with
+/// `{`) or TOML.
+pub fn read(text: &str, origin: &str) -> Result<Topology, TopoError> {
+    if text.trim_start().starts_with('{') {
+        read_json(text, origin)
+    } else {
+        read_toml(text, origin)
+    }
+}
+
 use topoccl_plan::units::{parse_bandwidth, parse_duration};
 
 use crate::error::TopoError;
