@@ -13,6 +13,7 @@ mod plan_cmd;
 mod run_cmd;
 mod selftest_cmd;
 mod store_cmd;
+mod topo_cmd;
 mod units;
 
 #[derive(Parser, Debug)]
@@ -43,6 +44,9 @@ enum Command {
     Selftest(selftest_cmd::SelftestArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
+    /// Cluster topologies: generate standard fabrics, discover this machine.
+    #[command(subcommand)]
+    Topo(topo_cmd::TopoCmd),
     #[command(hide = true)]
     Internal(internal_cmd::InternalArgs),
 }
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Selftest(args) => selftest_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Store(args) => store_cmd::run(args),
+        Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Internal(args) => internal_cmd::run(args),
     };
     match result {

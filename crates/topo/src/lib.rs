@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod gen;
 pub mod model;
 
 pub use error::TopoError;
