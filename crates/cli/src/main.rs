@@ -14,6 +14,7 @@ mod plan_cmd;
 mod run_cmd;
 mod selftest_cmd;
 mod store_cmd;
+mod topo_cmd;
 mod topo_file;
 mod units;
 
@@ -45,6 +46,9 @@ enum Command {
     Selftest(selftest_cmd::SelftestArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
+    /// Cluster topologies: generate standard fabrics, discover this machine.
+    #[command(subcommand)]
+    Topo(topo_cmd::TopoCmd),
     #[command(hide = true)]
     Internal(internal_cmd::InternalArgs),
 }
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         Command::Selftest(args) => selftest_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Store(args) => store_cmd::run(args),
+        Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Internal(args) => internal_cmd::run(args),
     };
     match result {

@@ -9,6 +9,7 @@ pub mod compare;
 pub mod cost;
 pub mod error;
 pub mod format;
+pub mod gen;
 pub mod matrix;
 pub mod model;
 pub mod plans;

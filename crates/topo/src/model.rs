@@ -465,6 +465,11 @@ impl TopologyBuilder {
         self.ranks.len()
     }
 
+    /// Forgets where ranks were placed (to place them anew).
+    pub fn clear_placement(&mut self) {
+        self.ranks.clear();
+    }
+
     /// Checks everything and returns the topology.
     pub fn build(self) -> Result<Topology, TopoError> {
         let mut ranks = Vec::with_capacity(self.ranks.len());

@@ -22,6 +22,8 @@ use crate::model::{Node, NodeId, NodeKind, Tier, Topology, TopologyBuilder};
 #[serde(deny_unknown_fields)]
 struct Doc {
     name: Option<String>,
+    /// A generated fabric (see [`crate::gen::Fabric`]) that the entries below add to.
+    generate: Option<Spanned<crate::gen::Fabric>>,
     ranks: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     node: Vec<Spanned<NodeEntry>>,
@@ -102,7 +104,19 @@ impl<'a> Reader<'a> {
     fn read(&self) -> Result<(TopologyBuilder, Vec<usize>), TopoError> {
         let doc: Doc = toml::from_str(self.text).map_err(|e| self.syntax_error(&e))?;
         let name = doc.name.clone().unwrap_or_else(|| stem(self.origin));
-        let mut b = TopologyBuilder::new(name);
+        let mut b = match &doc.generate {
+            Some(fabric) => {
+                let mut b = crate::gen::generate(fabric.get_ref())
+                    .map_err(|e| e.at(self.origin, self.line(fabric.span())))?;
+                b.set_name(name);
+                // Ranks given in the file place the job on the generated devices.
+                if doc.ranks.is_some() || !doc.rank.is_empty() {
+                    b.clear_placement();
+                }
+                b
+            }
+            None => TopologyBuilder::new(name),
+        };
         self.add_nodes(&mut b, &doc.node)?;
         self.add_hosts(&mut b, &doc.node)?;
         for link in &doc.link {

@@ -1,0 +1,92 @@
+//! `topoccl topo`: write descriptions of standard fabrics (`gen`) and describe the local
+//! machine (`discover`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use topoccl_topo::{NodeKind, Tier, Topology};
+
+use crate::CliError;
+
+mod discover;
+mod gen;
+
+#[derive(Subcommand, Debug)]
+pub enum TopoCmd {
+    /// Describe a standard fabric (fat-tree, rail, switch, multi-zone) as a small TOML (or
+    /// JSON) generator description, a one-line summary on stderr.
+    #[command(subcommand)]
+    Gen(gen::GenCmd),
+    /// Find this machine's CPUs, NUMA nodes, NICs, InfiniBand ports and GPUs; print what
+    /// was and was not found, optionally the topology as JSON.
+    Discover(discover::DiscoverArgs),
+}
+
+pub fn run(cmd: TopoCmd) -> Result<ExitCode, CliError> {
+    match cmd {
+        TopoCmd::Gen(cmd) => gen::run(cmd),
+        TopoCmd::Discover(args) => discover::run(args),
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+/// One line: hosts, ranks, switches per tier, links.
+fn summary(t: &Topology) -> String {
+    let count = |kind: NodeKind, tier: Option<Tier>| {
+        t.nodes()
+            .iter()
+            .filter(|n| n.kind == kind && n.tier == tier)
+            .count()
+    };
+    let tiers: Vec<String> = Tier::ALL
+        .into_iter()
+        .map(|tier| (tier, count(NodeKind::Switch, Some(tier))))
+        .filter(|&(_, n)| n > 0)
+        .map(|(tier, n)| format!("{n} {tier}"))
+        .collect();
+    format!(
+        "{}: {}, {}, switches: {}; {} nodes, {} links",
+        t.name(),
+        plural(count(NodeKind::Host, None), "host"),
+        plural(t.world() as usize, "rank"),
+        if tiers.is_empty() {
+            "none".to_string()
+        } else {
+            tiers.join(", ")
+        },
+        t.nodes().len(),
+        t.links().len()
+    )
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Refuses an output path whose directory does not exist, before any work is done.
+fn check_output_dir(path: Option<&Path>) -> Result<(), CliError> {
+    let Some(dir) = path.and_then(Path::parent) else {
+        return Ok(());
+    };
+    if !dir.as_os_str().is_empty() && !dir.is_dir() {
+        return Err(CliError::usage(format!(
+            "-o {}: directory {} does not exist",
+            path.unwrap_or(dir).display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path`, or to standard output.
+fn emit(path: Option<&Path>, text: &str) -> Result<(), CliError> {
+    match path {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display()))),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
