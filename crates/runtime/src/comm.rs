@@ -19,8 +19,6 @@ use topoccl_plan::{
 };
 
 use crate::config::Config;
-use topoccl_topo::matrix::LinkMatrix;
-use topoccl_topo::Topology;
 use crate::env::LaunchInfo;
 use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, CallInfo, Departed, Dtype, OneOp, Storage};
@@ -28,6 +26,8 @@ use crate::select::Selector;
 use crate::store::{Store, StoreAddr, StoreError, TcpStoreServer};
 use crate::transport::{AbortHandle, Identity, Transport};
 use crate::wire::{self, describe_call, Header, Kind, FNV_OFFSET};
+use topoccl_topo::matrix::LinkMatrix;
+use topoccl_topo::Topology;
 
 /// World communicators created by this process so far: their rendezvous keys must differ.
 static WORLDS: AtomicU64 = AtomicU64::new(0);
@@ -370,15 +370,20 @@ impl Communicator {
             .unwrap_or(self.cfg.topo.is_none() && self.world <= crate::config::MATRIX_MAX_RANKS);
         if measure {
             let hosts = (0..self.world)
-                .map(|r| self.tr.peer_addr(r).map_or_else(String::new, |a| a.ip().to_string()))
+                .map(|r| {
+                    self.tr
+                        .peer_addr(r)
+                        .map_or_else(String::new, |a| a.ip().to_string())
+                })
                 .collect();
             self.matrix = Some(Arc::new(crate::probe::measure_matrix(self, hosts)?));
         }
         let topology = match (&self.cfg.topo, &self.matrix) {
             (Some(path), m) => Some(crate::topology::from_file(path, self.world, m.as_deref())?),
-            (None, Some(m)) => Some(m.to_topology().map_err(|e| {
-                Error::Config(format!("the measured link matrix: {e}"))
-            })?),
+            (None, Some(m)) => Some(
+                m.to_topology()
+                    .map_err(|e| Error::Config(format!("the measured link matrix: {e}")))?,
+            ),
             (None, None) => None,
         };
         let overhead = self.matrix.as_ref().map_or(0.0, |m| m.min_latency());
@@ -457,10 +462,17 @@ impl Communicator {
         child.selector.net = self.selector.net;
         let mine: Vec<Rank> = members.iter().map(|&(_, r)| r).collect();
         child.matrix = self.matrix.as_deref().map(|m| Arc::new(m.restrict(&mine)));
-        let topology = self.selector.topology().map(|t| t.restrict(&mine)).transpose();
-        child
+        let topology = self
             .selector
-            .set_topology(topology.map_err(|e| Error::Config(format!("topology of the split: {e}")))?.map(Arc::new), self.selector.overhead());
+            .topology()
+            .map(|t| t.restrict(&mine))
+            .transpose();
+        child.selector.set_topology(
+            topology
+                .map_err(|e| Error::Config(format!("topology of the split: {e}")))?
+                .map(Arc::new),
+            self.selector.overhead(),
+        );
         child.world_ranks = members
             .iter()
             .map(|&(_, r)| self.world_ranks[r as usize])

@@ -78,7 +78,9 @@ fn switch(key: &str, v: &str) -> Result<bool> {
     match v.trim() {
         "0" | "false" | "off" | "no" => Ok(false),
         "1" | "true" | "on" | "yes" => Ok(true),
-        _ => Err(Error::Config(format!("{key}={v} must be 0 or 1 (off or on)"))),
+        _ => Err(Error::Config(format!(
+            "{key}={v} must be 0 or 1 (off or on)"
+        ))),
     }
 }
 

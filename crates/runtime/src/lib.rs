@@ -15,10 +15,10 @@ pub mod error;
 mod exec;
 pub mod nonblocking;
 mod probe;
-mod topology;
 pub mod select;
 pub mod selftest;
 pub mod store;
+mod topology;
 pub mod transport;
 pub mod wire;
 

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use topoccl_plan::cost::UniformNetwork;
 use topoccl_plan::exec::kernels::reduce_into;
-use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, PlanParams, Rank, ReduceOp};
+use topoccl_plan::{
+    build, Algorithm, Collective, CollectiveSpec, DType, PlanParams, Rank, ReduceOp,
+};
 use topoccl_topo::matrix::LinkMatrix;
 
 use crate::comm::Communicator;

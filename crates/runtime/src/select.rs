@@ -194,7 +194,10 @@ impl Selector {
             }
             match topoccl_plan::verify(&c.plan) {
                 Ok(_) => return Ok(Some(c.plan)),
-                Err(e) => tracing::warn!("topology-aware plan {} rejected by the verifier: {e}", c.label),
+                Err(e) => tracing::warn!(
+                    "topology-aware plan {} rejected by the verifier: {e}",
+                    c.label
+                ),
             }
         }
         Ok(None)

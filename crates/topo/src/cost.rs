@@ -66,6 +66,9 @@ struct RoundCost {
 pub struct Pricer<'t> {
     router: Router<'t>,
     pub endpoints: Endpoints,
+    /// Bytes per link in the round being priced, and the links with any.
+    load: Vec<f64>,
+    touched: Vec<LinkId>,
 }
 
 impl<'t> Pricer<'t> {
@@ -73,6 +76,8 @@ impl<'t> Pricer<'t> {
         Pricer {
             router: Router::new(t),
             endpoints,
+            load: vec![0.0; t.links().len()],
+            touched: Vec::new(),
         }
     }
 
@@ -139,12 +144,19 @@ impl<'t> Pricer<'t> {
         transfers: &[TransferInfo],
         elem: f64,
     ) -> Result<RoundCost, TopoError> {
-        // Ordered maps: sums in the same order on every rank, so every rank prices alike
-        // to the last bit and picks the same plan.
-        let mut load: BTreeMap<LinkId, f64> = BTreeMap::new();
-        // Fabric crossings are summed first and spread once each: many transfers of a
-        // round share their leaf pair.
-        let mut crossings: BTreeMap<(NodeId, NodeId), f64> = BTreeMap::new();
+        // Sums in the same order on every rank, so every rank prices alike to the last
+        // bit and picks the same plan: dense per-link loads, crossings grouped by
+        // destination in order.
+        let load = &mut self.load;
+        let touched = &mut self.touched;
+        let mut add = |l: LinkId, bytes: f64| {
+            let slot = &mut load[l as usize];
+            if *slot == 0.0 {
+                touched.push(l);
+            }
+            *slot += bytes;
+        };
+        let mut crossings: BTreeMap<NodeId, BTreeMap<NodeId, f64>> = BTreeMap::new();
         let mut latency: f64 = 0.0;
         let mut peers: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for tr in transfers {
@@ -156,20 +168,26 @@ impl<'t> Pricer<'t> {
             let parts = self.router.parts(tr.src, tr.dst)?;
             latency = latency.max(parts.latency);
             for &l in &parts.local {
-                *load.entry(l).or_default() += bytes;
+                add(l, bytes);
             }
-            if let Some(f) = parts.fabric {
-                *crossings.entry(f).or_default() += bytes;
+            if let Some((fo, fi)) = parts.fabric {
+                *crossings.entry(fi).or_default().entry(fo).or_default() += bytes;
             }
         }
-        for ((fo, fi), bytes) in crossings {
-            self.router.spread(fo, fi, bytes, &mut load);
+        for (fi, sources) in crossings {
+            let sources: Vec<(NodeId, f64)> = sources.into_iter().collect();
+            self.router.spread_to(fi, &sources, &mut add);
         }
         let t = self.router.topology();
-        let hottest = load
-            .iter()
-            .map(|(&l, &bytes)| (l, bytes / t.link(l).bandwidth))
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let mut hottest: Option<(LinkId, f64)> = None;
+        for &l in touched.iter() {
+            let time = load[l as usize] / t.link(l).bandwidth;
+            if hottest.is_none_or(|h| time > h.1 || (time == h.1 && l < h.0)) {
+                hottest = Some((l, time));
+            }
+            load[l as usize] = 0.0;
+        }
+        touched.clear();
         let traffic = !transfers.is_empty();
         let most_peers = peers.values().map(Vec::len).max().unwrap_or(0);
         Ok(RoundCost {

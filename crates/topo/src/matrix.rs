@@ -36,7 +36,10 @@ impl LinkMatrix {
                 .collect()
         };
         LinkMatrix {
-            hosts: ranks.iter().map(|&r| self.hosts[r as usize].clone()).collect(),
+            hosts: ranks
+                .iter()
+                .map(|&r| self.hosts[r as usize].clone())
+                .collect(),
             latency: pick(&self.latency),
             bandwidth: pick(&self.bandwidth),
         }
@@ -99,8 +102,14 @@ impl LinkMatrix {
             };
             let dev = b.device(format!("rank{r}"), NodeKind::Cpu, host)?;
             let port = b.device(format!("rank{r}/port"), NodeKind::Nic, host)?;
-            let out = (0..p).filter(|&j| j != r).map(|j| self.bandwidth[r][j]).fold(0.0, f64::max);
-            let inn = (0..p).filter(|&j| j != r).map(|j| self.bandwidth[j][r]).fold(0.0, f64::max);
+            let out = (0..p)
+                .filter(|&j| j != r)
+                .map(|j| self.bandwidth[r][j])
+                .fold(0.0, f64::max);
+            let inn = (0..p)
+                .filter(|&j| j != r)
+                .map(|j| self.bandwidth[j][r])
+                .fold(0.0, f64::max);
             if p > 1 {
                 b.link(dev, port, out, 0.0)?;
                 b.link(port, dev, inn, 0.0)?;

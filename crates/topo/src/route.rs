@@ -103,6 +103,8 @@ pub struct Router<'t> {
     parts: HashMap<(u32, u32), RouteParts>,
     /// Per rank: its ways into and out of the fabric, and distances inside its host.
     ways: HashMap<u32, RankWays>,
+    /// ECMP next hops toward each destination, by fabric index (filled as needed).
+    next: HashMap<NodeId, Vec<Option<std::rc::Rc<[LinkId]>>>>,
 }
 
 /// A way between a rank and the fabric: the fabric node, the cost, the links.
@@ -195,6 +197,7 @@ impl<'t> Router<'t> {
             into,
             parts: HashMap::new(),
             ways: HashMap::new(),
+            next: HashMap::new(),
         };
         r.dist = r.fabric_distances();
         r
@@ -462,45 +465,97 @@ impl<'t> Router<'t> {
 
     /// Adds `share` bytes from fabric node `a` to fabric node `b` to `flows`, spread over
     /// every equal-cost path, split evenly among the next hops at each node.
-    pub fn spread(&self, a: NodeId, b: NodeId, share: f64, flows: &mut BTreeMap<LinkId, f64>) {
-        // Nodes in order of decreasing distance to b, each forwarding what reached it.
-        let mut pending: HashMap<NodeId, f64> = HashMap::new();
-        pending.insert(a, share);
-        let mut frontier = vec![a];
-        while !frontier.is_empty() {
-            let mut next_frontier = Vec::new();
-            for u in frontier {
-                let Some(amount) = pending.remove(&u) else {
-                    continue;
-                };
-                if u == b {
+    pub fn spread(&mut self, a: NodeId, b: NodeId, share: f64, flows: &mut BTreeMap<LinkId, f64>) {
+        self.spread_to(b, &[(a, share)], &mut |l, x| {
+            *flows.entry(l).or_default() += x
+        });
+    }
+
+    /// Spreads the bytes of several sources (fabric node, bytes) toward one fabric node
+    /// `b` in one pass: ECMP splitting is linear, so traffic meeting on its way to `b` is
+    /// forwarded together. `add(link, bytes)` receives every link's share.
+    pub fn spread_to(
+        &mut self,
+        b: NodeId,
+        sources: &[(NodeId, f64)],
+        add: &mut dyn FnMut(LinkId, f64),
+    ) {
+        let Place::Fabric(bi) = self.place[b as usize] else {
+            return;
+        };
+        let mut pending = vec![0.0f64; self.fabric.len()];
+        // Nodes by their hops to b: every next hop is one hop closer, so one sweep from the
+        // farthest level down forwards everything exactly once.
+        let mut levels: Vec<Vec<usize>> = Vec::new();
+        for &(a, amount) in sources {
+            let Some(ai) = fabric_index(&self.place, a) else {
+                continue;
+            };
+            if ai == bi as usize {
+                continue;
+            }
+            let h = self.fabric_dist(a, b).hops as usize;
+            if h == u32::MAX as usize {
+                continue;
+            }
+            if levels.len() <= h {
+                levels.resize(h + 1, Vec::new());
+            }
+            levels[h].push(ai);
+            pending[ai] += amount;
+        }
+        for h in (1..levels.len()).rev() {
+            let nodes = std::mem::take(&mut levels[h]);
+            for ui in nodes {
+                let amount = std::mem::take(&mut pending[ui]);
+                if amount == 0.0 {
                     continue;
                 }
-                let du = self.fabric_dist(u, b);
-                let hops: Vec<LinkId> = self
-                    .t
-                    .out_links(u)
-                    .iter()
-                    .copied()
-                    .filter(|&l| {
-                        let link = self.t.link(l);
-                        matches!(self.place[link.to as usize], Place::Fabric(_))
-                            && self.fabric_dist(link.to, b).plus(link.latency).eq(&du)
-                    })
-                    .collect();
+                let hops = self.next_hops(ui, b);
                 let each = amount / hops.len().max(1) as f64;
-                for l in hops {
-                    *flows.entry(l).or_default() += each;
-                    let v = self.t.link(l).to;
-                    let slot = pending.entry(v).or_default();
-                    if *slot == 0.0 {
-                        next_frontier.push(v);
+                for &l in hops.iter() {
+                    add(l, each);
+                    let vi = fabric_index(&self.place, self.t.link(l).to)
+                        .expect("next hops stay in the fabric");
+                    if vi != bi as usize {
+                        levels[h - 1].push(vi);
+                        pending[vi] += each;
                     }
-                    *slot += each;
                 }
             }
-            frontier = next_frontier;
         }
+    }
+
+    /// The links from fabric node `ui` (by index) that start a shortest path to `b`
+    /// (cached per destination).
+    fn next_hops(&mut self, ui: usize, b: NodeId) -> std::rc::Rc<[LinkId]> {
+        let f = self.fabric.len();
+        let table = self.next.entry(b).or_insert_with(|| vec![None; f]);
+        if let Some(h) = &table[ui] {
+            return h.clone();
+        }
+        let u = self.fabric[ui];
+        let du = self.fabric_dist(u, b);
+        let hops: std::rc::Rc<[LinkId]> = self
+            .t
+            .out_links(u)
+            .iter()
+            .copied()
+            .filter(|&l| {
+                let link = self.t.link(l);
+                matches!(self.place[link.to as usize], Place::Fabric(_))
+                    && self.fabric_dist(link.to, b).plus(link.latency).eq(&du)
+            })
+            .collect();
+        self.next.get_mut(&b).expect("inserted above")[ui] = Some(hops.clone());
+        hops
+    }
+}
+
+fn fabric_index(place: &[Place], n: NodeId) -> Option<usize> {
+    match place[n as usize] {
+        Place::Fabric(i) => Some(i as usize),
+        Place::Host(_) => None,
     }
 }
 
