@@ -142,14 +142,10 @@ run_job aware TOPOCCL_TOPO="$work/racks.toml"
 read -r flat_us flat_algo < <(row "$work/flat.txt")
 read -r aware_us aware_algo < <(row "$work/aware.txt")
 "$bin" plan compare --topo "$work/racks.toml" --size "$size" --json "$work/compare.json" > "$work/compare.txt"
-read -r pred_ring pred_best best_label < <(python3 - "$work/compare.json" <<'EOF'
-import json, sys
-c = json.load(open(sys.argv[1]))
-rows = {r["algorithm"]: r for r in c["rows"]}
-best = min(c["rows"], key=lambda r: r["time_s"])
-print(rows["ring"]["time_s"] * 1e6, best["time_s"] * 1e6, best["algorithm"])
-EOF
-)
+# The table is sorted fastest first; times in ms.
+read -r pred_ring pred_best best_label < <(awk '
+  !/^#/ && $1 != "algorithm" { if (!best) { best = $3 * 1000; label = $1 } if ($1 == "ring") ring = $3 * 1000 }
+  END { print ring, best, label }' "$work/compare.txt")
 cat "$work/compare.txt"
 awk -v fr="$flat_us" -v ar="$aware_us" -v pr="$pred_ring" -v pb="$pred_best" -v al="$aware_algo" -v bl="$best_label" \
   -v hr="$host_rate" -v ir="$inter_rate" -v sz="$size" 'BEGIN {

@@ -364,10 +364,11 @@ impl Communicator {
             self.selector.net = net;
         }
         // A topology file is the refined model: measure on top of it only when asked.
-        let measure = self
-            .cfg
-            .matrix
-            .unwrap_or(self.cfg.topo.is_none() && self.world <= crate::config::MATRIX_MAX_RANKS);
+        let measure = self.cfg.matrix.unwrap_or(
+            self.cfg.probe
+                && self.cfg.topo.is_none()
+                && self.world <= crate::config::MATRIX_MAX_RANKS,
+        );
         if measure {
             let hosts = (0..self.world)
                 .map(|r| {

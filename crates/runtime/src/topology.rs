@@ -1,5 +1,5 @@
-//! The job's topology from a file (`TOPOCCL_TOPO`), checked against the job and refined
-//! by the measured link matrix.
+//! The job's topology from a file (`TOPOCCL_TOPO`: a topology or a saved link matrix),
+//! checked against the job and, when asked, refined by the measured link matrix.
 
 use topoccl_topo::matrix::{merge, LinkMatrix};
 use topoccl_topo::Topology;
@@ -13,8 +13,12 @@ const MERGE_TOLERANCE: f64 = 0.3;
 pub fn from_file(path: &str, world: u32, matrix: Option<&LinkMatrix>) -> Result<Topology> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("TOPOCCL_TOPO={path}: cannot read it: {e}")))?;
-    let t = topoccl_topo::format::read(&text, path)
-        .map_err(|e| Error::Config(format!("TOPOCCL_TOPO: {e}")))?;
+    // A saved link matrix (`topoccl topo measure -o`) is a topology too.
+    let t = match serde_json::from_str::<LinkMatrix>(&text) {
+        Ok(m) => m.to_topology(),
+        Err(_) => topoccl_topo::format::read(&text, path),
+    }
+    .map_err(|e| Error::Config(format!("TOPOCCL_TOPO: {e}")))?;
     if t.world() != world {
         return Err(Error::Config(format!(
             "TOPOCCL_TOPO={path} places {} ranks but this job has {world}; place exactly the \

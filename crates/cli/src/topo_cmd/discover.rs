@@ -12,7 +12,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde::Serialize;
 use topoccl_topo::gen::HostSpec;
 use topoccl_topo::{NodeId, NodeKind, Tier, TopoError, Topology, TopologyBuilder};
 
@@ -99,7 +98,7 @@ pub fn run(args: DiscoverArgs) -> Result<(), CliError> {
     let topology = topology(&machine)
         .map_err(|e| CliError::failed(format!("cannot model what was found: {e}")))?;
     let report = report(&machine, &topology);
-    let json = write_topology_json(&topology);
+    let json = topoccl_topo::format::to_json(&topology);
     if args.json {
         eprint!("{report}");
         print!("{json}");
@@ -665,61 +664,6 @@ fn nvlink_text(m: &Machine) -> String {
             m.nvlinks.len()
         ),
     }
-}
-
-/// A plain JSON document of the topology: nodes, links by node name, ranks by node name.
-fn write_topology_json(t: &Topology) -> String {
-    #[derive(Serialize)]
-    struct Doc<'a> {
-        name: &'a str,
-        nodes: Vec<NodeDoc<'a>>,
-        links: Vec<LinkDoc<'a>>,
-        ranks: Vec<&'a str>,
-    }
-    #[derive(Serialize)]
-    struct NodeDoc<'a> {
-        name: &'a str,
-        kind: NodeKind,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        tier: Option<Tier>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        host: Option<&'a str>,
-    }
-    #[derive(Serialize)]
-    struct LinkDoc<'a> {
-        from: &'a str,
-        to: &'a str,
-        /// Bytes per second.
-        bandwidth: f64,
-        /// Seconds.
-        latency: f64,
-    }
-    let name = |id: NodeId| t.node(id).name.as_str();
-    let doc = Doc {
-        name: t.name(),
-        nodes: t
-            .nodes()
-            .iter()
-            .map(|n| NodeDoc {
-                name: &n.name,
-                kind: n.kind,
-                tier: n.tier,
-                host: n.host.map(name),
-            })
-            .collect(),
-        links: t
-            .links()
-            .iter()
-            .map(|l| LinkDoc {
-                from: name(l.from),
-                to: name(l.to),
-                bandwidth: l.bandwidth,
-                latency: l.latency,
-            })
-            .collect(),
-        ranks: t.rank_nodes().iter().map(|&n| name(n)).collect(),
-    };
-    serde_json::to_string_pretty(&doc).expect("a topology serialises") + "\n"
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! `topoccl topo`: write descriptions of standard fabrics (`gen`) and describe the local
-//! machine (`discover`).
+//! `topoccl topo`: write descriptions of standard fabrics (`gen`), describe the local
+//! machine (`discover`), check and show topology files (`validate`, `show`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +11,8 @@ use crate::CliError;
 
 mod discover;
 mod gen;
+mod measure;
+mod show;
 
 #[derive(Subcommand, Debug)]
 pub enum TopoCmd {
@@ -21,12 +23,26 @@ pub enum TopoCmd {
     /// Find this machine's CPUs, NUMA nodes, NICs, InfiniBand ports and GPUs; print what
     /// was and was not found, optionally the topology as JSON.
     Discover(discover::DiscoverArgs),
+    /// Measure latency and bandwidth between every pair of N ranks; print the matrix and
+    /// save it as JSON (usable as TOPOCCL_TOPO).
+    Measure(measure::MeasureArgs),
+    /// Read a topology file and say what it holds (and exports it with --format).
+    Show(show::ShowArgs),
+    /// Check a topology file: exit 0 and a summary when it is valid, the file line and
+    /// reason when it is not.
+    Validate(show::ValidateArgs),
 }
 
 pub fn run(cmd: TopoCmd) -> Result<ExitCode, CliError> {
+    if let TopoCmd::Measure(args) = cmd {
+        return measure::run(args);
+    }
     match cmd {
+        TopoCmd::Measure(_) => unreachable!("handled above"),
         TopoCmd::Gen(cmd) => gen::run(cmd),
         TopoCmd::Discover(args) => discover::run(args),
+        TopoCmd::Show(args) => show::show(args),
+        TopoCmd::Validate(args) => show::validate(args),
     }
     .map(|()| ExitCode::SUCCESS)
 }
