@@ -1,23 +1,9 @@
 //! `topoccl bench`: the nccl-tests layout, `--check` against the reference executor,
 //! JSON output, running inside another launcher, and clear errors on bad input.
 
-use std::process::{Command, Output};
+mod common;
 
-fn topoccl(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_topoccl"))
-        .args(args)
-        .env_remove("TOPOCCL_ALGO")
-        .env_remove("TOPOCCL_RULES")
-        .output()
-        .expect("run topoccl");
-    eprintln!(
-        "topoccl {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::topoccl;
 
 /// The data rows (not `#` comments) of a bench table, split into columns.
 fn rows(stdout: &[u8]) -> Vec<Vec<String>> {

@@ -2,26 +2,15 @@
 //! builds; bad arguments exit 2 naming the argument; `discover` works on this machine, on
 //! an empty root, and on a fake sysfs tree with a fake `nvidia-smi`.
 
+mod common;
+
+use common::topoccl;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde::Deserialize;
 use topoccl_topo::gen::{generate, Fabric};
-
-fn topoccl(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_topoccl"))
-        .args(args)
-        .output()
-        .expect("run topoccl");
-    eprintln!(
-        "topoccl {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -2,26 +2,11 @@
 //! 16,384-GPU acceptance case), `topo measure`, and a job that runs topology-aware plans
 //! given by `TOPOCCL_TOPO` and gets right answers.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn topoccl(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_topoccl"))
-        .args(args)
-        .env_remove("TOPOCCL_ALGO")
-        .env_remove("TOPOCCL_RULES")
-        .env_remove("TOPOCCL_TOPO")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run topoccl");
-    eprintln!(
-        "topoccl {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use std::path::{Path, PathBuf};
+
+use common::topoccl_env as topoccl;
 
 fn example(name: &str) -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/topologies/").to_string() + name
