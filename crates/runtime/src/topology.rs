@@ -13,12 +13,8 @@ const MERGE_TOLERANCE: f64 = 0.3;
 pub fn from_file(path: &str, world: u32, matrix: Option<&LinkMatrix>) -> Result<Topology> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("TOPOCCL_TOPO={path}: cannot read it: {e}")))?;
-    // A saved link matrix (`topoccl topo measure -o`) is a topology too.
-    let t = match serde_json::from_str::<LinkMatrix>(&text) {
-        Ok(m) => m.to_topology(),
-        Err(_) => topoccl_topo::format::read(&text, path),
-    }
-    .map_err(|e| Error::Config(format!("TOPOCCL_TOPO: {e}")))?;
+    let t = topoccl_topo::format::read(&text, path)
+        .map_err(|e| Error::Config(format!("TOPOCCL_TOPO: {e}")))?;
     if t.world() != world {
         return Err(Error::Config(format!(
             "TOPOCCL_TOPO={path} places {} ranks but this job has {world}; place exactly the \

@@ -22,12 +22,14 @@ pub use nvidia_smi::{read_nvidia_smi_topo, read_nvidia_smi_topo_builder};
 use std::collections::{HashMap, VecDeque};
 
 /// Reads a topology file in whichever of topoccl's formats it is: JSON (it starts with
-/// `{`) or TOML.
+/// `{`) — a topology, or a link matrix saved by `topoccl topo measure` — or TOML.
 pub fn read(text: &str, origin: &str) -> Result<Topology, TopoError> {
-    if text.trim_start().starts_with('{') {
-        read_json(text, origin)
-    } else {
-        read_toml(text, origin)
+    if !text.trim_start().starts_with('{') {
+        return read_toml(text, origin);
+    }
+    match serde_json::from_str::<crate::matrix::LinkMatrix>(text) {
+        Ok(m) => m.to_topology().map_err(|e| unlocated(origin, e)),
+        Err(_) => read_json(text, origin),
     }
 }
 
