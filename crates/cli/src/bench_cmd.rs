@@ -130,7 +130,7 @@ struct Row {
 
 /// The spec for a row of `bytes` (the larger user buffer), rounded down to what the
 /// collective can split evenly.
-fn spec_for(
+pub(crate) fn spec_for(
     c: Collective,
     world: u32,
     bytes: u64,
@@ -182,26 +182,14 @@ impl Ctx<'_> {
         spec: &CollectiveSpec,
         placement: Placement,
     ) -> Result<f64, CliError> {
-        let rank = self.comm.rank();
         let plan = self.comm.plan_for(spec)?;
-        let input: Vec<T> = data(spec, rank, 0);
-        let mut output = vec![T::default(); spec.output_len(rank) as usize];
-        let mut inplace = in_place_buffer(spec, rank, &input);
-        let mut call = |comm: &mut Communicator| -> topoccl::Result<()> {
-            match placement {
-                Placement::OutOfPlace => comm.run_plan(&plan, &input, &mut output),
-                Placement::InPlace => comm.run_plan_in_place(&plan, &mut inplace),
-            }
-        };
-        for _ in 0..self.args.warmup {
-            call(self.comm)?;
-        }
-        self.comm.barrier()?;
-        let t = Instant::now();
-        for _ in 0..self.args.iters.max(1) {
-            call(self.comm)?;
-        }
-        Ok(t.elapsed().as_secs_f64() / self.args.iters.max(1) as f64)
+        time_plan::<T>(
+            self.comm,
+            &plan,
+            placement,
+            self.args.warmup,
+            self.args.iters,
+        )
     }
 
     /// Elements of this rank's result that differ from the reference executor's.
@@ -295,6 +283,37 @@ impl Ctx<'_> {
     }
 }
 
+/// This rank's mean time of `iters` calls of `plan` (at least one) after `warmup` untimed
+/// ones and a barrier, so that every rank starts the timed calls together.
+pub(crate) fn time_plan<T: Dtype>(
+    comm: &mut Communicator,
+    plan: &topoccl_plan::Plan,
+    placement: Placement,
+    warmup: u32,
+    iters: u32,
+) -> Result<f64, CliError> {
+    let spec = plan.spec();
+    let rank = comm.rank();
+    let input: Vec<T> = data(spec, rank, 0);
+    let mut output = vec![T::default(); spec.output_len(rank) as usize];
+    let mut inplace = in_place_buffer(spec, rank, &input);
+    let mut call = |comm: &mut Communicator| -> topoccl::Result<()> {
+        match placement {
+            Placement::OutOfPlace => comm.run_plan(plan, &input, &mut output),
+            Placement::InPlace => comm.run_plan_in_place(plan, &mut inplace),
+        }
+    };
+    for _ in 0..warmup {
+        call(comm)?;
+    }
+    comm.barrier()?;
+    let t = Instant::now();
+    for _ in 0..iters.max(1) {
+        call(comm)?;
+    }
+    Ok(t.elapsed().as_secs_f64() / iters.max(1) as f64)
+}
+
 fn describe_plan(plan: &topoccl_plan::Plan) -> String {
     let p = plan.params();
     let mut s = plan.algorithm().name().to_string();
@@ -384,6 +403,27 @@ fn print_header(c: Collective, world: u32, args: &BenchArgs) {
     );
 }
 
+/// The sizes of a sweep from `-b` to `-e` by `-f`.
+pub(crate) fn size_list(min: &str, max: &str, factor: u64) -> Result<Vec<u64>, CliError> {
+    let min = parse_bytes(min).map_err(|e| CliError::usage(format!("-b: {e}")))?;
+    let max = parse_bytes(max).map_err(|e| CliError::usage(format!("-e: {e}")))?;
+    if min > max || factor < 2 {
+        return Err(CliError::usage(format!(
+            "sizes go from -b {min} to -e {max} by -f {factor}: need -b ≤ -e and -f ≥ 2"
+        )));
+    }
+    let mut sizes = Vec::new();
+    let mut b = min.max(1);
+    while b <= max {
+        sizes.push(b);
+        b = match b.checked_mul(factor) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    Ok(sizes)
+}
+
 pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let collectives: Vec<Collective> = if args.collective == "all" {
         ALL.to_vec()
@@ -399,14 +439,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     };
     let dtype: DType = args.dtype.parse()?;
     let op: ReduceOp = args.op.parse()?;
-    let min = parse_bytes(&args.minbytes).map_err(CliError::usage)?;
-    let max = parse_bytes(&args.maxbytes).map_err(CliError::usage)?;
-    if min > max || args.factor < 2 {
-        return Err(CliError::usage(format!(
-            "sizes go from -b {min} to -e {max} by -f {}: need -b ≤ -e and -f ≥ 2",
-            args.factor
-        )));
-    }
+    let sizes = size_list(&args.minbytes, &args.maxbytes, args.factor)?;
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
         return job::relaunch(args.ranks, Some(limit));
@@ -438,12 +471,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
             "root {} is out of range for {world} ranks",
             args.root
         )));
-    }
-    let mut sizes = Vec::new();
-    let mut b = min.max(1);
-    while b <= max {
-        sizes.push(b);
-        b = b.saturating_mul(args.factor);
     }
     let steps = (collectives.len() * sizes.len()) as u64;
     let progress = (comm.rank() == 0 && std::io::stderr().is_terminal())

@@ -16,6 +16,7 @@ mod selftest_cmd;
 mod store_cmd;
 mod topo_cmd;
 mod topo_file;
+mod tune_cmd;
 mod units;
 
 #[derive(Parser, Debug)]
@@ -44,6 +45,9 @@ enum Command {
     /// Check the runtime: every collective × algorithm × dtype × size across N ranks,
     /// compared bit for bit with the reference executor.
     Selftest(selftest_cmd::SelftestArgs),
+    /// Grid-search algorithm × pipeline pieces × channels per message size, predicted on
+    /// a topology file (--topo) or measured on N ranks; write a TOPOCCL_RULES table.
+    Tune(tune_cmd::TuneArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
     /// Cluster topologies: generate standard fabrics, discover this machine.
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd::run(args),
         Command::Selftest(args) => selftest_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Tune(args) => tune_cmd::run(args),
         Command::Store(args) => store_cmd::run(args),
         Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Internal(args) => internal_cmd::run(args),

@@ -8,13 +8,20 @@
 //! * `TOPOCCL_RULES=FILE`: a JSON list of rules, the first that matches wins —
 //!   `[{"collective": "allreduce", "min_bytes": 0, "max_bytes": 65536, "algo": "rd"},
 //!     {"collective": "allreduce", "min_bytes": 65536, "algo": "ring", "chunk_bytes": 1048576}]`
+//!
+//!   A rule's `algo` is a plain algorithm name (`ring`, `rhd`, …) or the label of a
+//!   topology-aware candidate (`topo-ring`, `mst-tree`, `hier(ring|rd)`, as `topoccl plan
+//!   compare` prints them): such a rule needs the job's topology (`TOPOCCL_TOPO` or the
+//!   measured link matrix), and a call it matches fails with a configuration error when
+//!   there is none or no candidate has that label. The tables `topoccl tune -o FILE`
+//!   writes are in this format: `TOPOCCL_RULES=FILE` loads them.
 //! * `TOPOCCL_ALGO`: `allreduce:rhd;allgather:bruck` (per collective, in the style of
 //!   `NCCL_ALGO`), or one name for every collective that has it (`ring`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use topoccl_plan::cost::{uniform_cost, UniformNetwork};
 use topoccl_plan::{algo, build, Algorithm, Collective, CollectiveSpec, Plan, PlanParams};
 use topoccl_topo::{plans, Endpoints, Pricer, Topology};
@@ -22,31 +29,66 @@ use topoccl_topo::{plans, Endpoints, Pricer, Topology};
 use crate::error::{Error, Result};
 
 /// A selection rule from `TOPOCCL_RULES`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub collective: String,
     #[serde(default)]
     pub min_bytes: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
     /// Rule applies to these world sizes only (all when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ranks: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ranks: Option<u32>,
+    /// An algorithm name or a topology-aware candidate's label (see the module doc).
     pub algo: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_bytes: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<u16>,
+}
+
+/// What a rule runs.
+#[derive(Clone, Debug)]
+enum Target {
+    Flat(Algorithm),
+    /// A label of `plans::candidates`, resolved on the topology at each call.
+    OnTopology(String),
 }
 
 #[derive(Clone, Debug)]
 struct ParsedRule {
     collective: Collective,
     rule: Rule,
-    algo: Algorithm,
+    target: Target,
+    /// `FILE: rule N`, for errors at use.
+    name: String,
+}
+
+/// Whether `s` is spelled like a topology-aware candidate's label.
+pub fn is_topology_label(s: &str) -> bool {
+    if matches!(s, "topo-ring" | "mst-tree") {
+        return true;
+    }
+    let Some(inner) = s.strip_prefix("hier(").and_then(|r| r.strip_suffix(')')) else {
+        return false;
+    };
+    inner
+        .split_once('|')
+        .is_some_and(|(a, b)| a.parse::<Algorithm>().is_ok() && b.parse::<Algorithm>().is_ok())
+}
+
+/// The flat algorithms worth trying for `spec` without a topology: trees and hierarchies
+/// need arguments; direct sends p−1 messages at once per rank, fine for small worlds only.
+pub fn flat_algorithms(spec: &CollectiveSpec) -> Vec<Algorithm> {
+    algo::available(spec.collective)
+        .into_iter()
+        .filter(|n| !matches!(*n, "parent-tree" | "hier"))
+        .filter(|n| *n != "direct" || spec.world <= 16)
+        .map(|n| n.parse().expect("simple algorithm names parse"))
+        .collect()
 }
 
 /// Picks plans for calls.
@@ -128,17 +170,27 @@ impl Selector {
             let bad = |m: String| Error::Config(format!("{origin}: rule {i}: {m}"));
             let collective: Collective =
                 rule.collective.parse().map_err(|e| bad(format!("{e}")))?;
-            let algo: Algorithm = rule.algo.parse().map_err(|e| bad(format!("{e}")))?;
-            if !algo.serves(collective) {
-                return Err(bad(format!(
-                    "'{}' is not available for {collective}",
-                    algo.name()
-                )));
-            }
+            let target = match rule.algo.parse::<Algorithm>() {
+                Ok(algo) if !algo.serves(collective) => {
+                    return Err(bad(format!(
+                        "'{}' is not available for {collective}",
+                        algo.name()
+                    )))
+                }
+                Ok(algo) => Target::Flat(algo),
+                Err(_) if is_topology_label(&rule.algo) => Target::OnTopology(rule.algo.clone()),
+                Err(e) => {
+                    return Err(bad(format!(
+                        "{e} (nor a topology-aware label such as topo-ring, mst-tree or \
+                         hier(ring|rd))"
+                    )))
+                }
+            };
             self.rules.push(ParsedRule {
                 collective,
                 rule,
-                algo,
+                target,
+                name: format!("{origin}: rule {i}"),
             });
         }
         Ok(self)
@@ -170,6 +222,55 @@ impl Selector {
         out
     }
 
+    fn pricer<'t>(&self, t: &'t Topology) -> Pricer<'t> {
+        Pricer::new(
+            t,
+            Endpoints {
+                overhead_s: self.overhead_s,
+                gamma_s_per_byte: self.net.gamma_s_per_byte,
+            },
+        )
+    }
+
+    /// The plan of a rule that names a topology-aware label: that candidate, built on
+    /// this communicator's topology with the rule's parameters.
+    fn plan_by_label(
+        &self,
+        r: &ParsedRule,
+        label: &str,
+        spec: &CollectiveSpec,
+        params: PlanParams,
+    ) -> Result<Plan> {
+        let Some(t) = self.topology.as_ref().filter(|t| t.world() == spec.world) else {
+            return Err(Error::Config(format!(
+                "{}: '{label}' is a topology-aware plan, but this communicator has no \
+                 topology of its {} ranks (set TOPOCCL_TOPO, or let it measure the link \
+                 matrix)",
+                r.name, spec.world
+            )));
+        };
+        let mut pricer = self.pricer(t);
+        let all = plans::candidates(&mut pricer, spec, params).map_err(topo_error)?;
+        let labels: Vec<&str> = all.iter().map(|c| c.label.as_str()).collect();
+        let Some(c) = all.iter().find(|c| c.label == label) else {
+            return Err(Error::Config(format!(
+                "{}: no '{label}' plan for {} on this topology; there are: {}",
+                r.name,
+                spec.collective,
+                labels.join(", ")
+            )));
+        };
+        if spec.world <= VERIFY_MAX_RANKS {
+            topoccl_plan::verify(&c.plan).map_err(|e| {
+                Error::Config(format!(
+                    "{}: the '{label}' plan fails verification: {e}",
+                    r.name
+                ))
+            })?;
+        }
+        Ok(c.plan.clone())
+    }
+
     /// The cheapest verified candidate on the topology (flat and topology-aware plans,
     /// with the same pipelining and channel options as on a uniform network).
     fn plan_on_topology(
@@ -178,11 +279,7 @@ impl Selector {
         spec: &CollectiveSpec,
         bytes: u64,
     ) -> Result<Option<Plan>> {
-        let endpoints = Endpoints {
-            overhead_s: self.overhead_s,
-            gamma_s_per_byte: self.net.gamma_s_per_byte,
-        };
-        let mut pricer = Pricer::new(t, endpoints);
+        let mut pricer = self.pricer(t);
         let mut all = Vec::new();
         for params in self.param_options(spec, bytes) {
             all.extend(plans::candidates(&mut pricer, spec, params).map_err(topo_error)?);
@@ -214,7 +311,10 @@ impl Selector {
             if let Some(c) = r.rule.channels {
                 params = params.with_channels(c);
             }
-            return Ok(build(spec.clone(), r.algo.clone(), params)?);
+            return match &r.target {
+                Target::Flat(a) => Ok(build(spec.clone(), a.clone(), params)?),
+                Target::OnTopology(label) => self.plan_by_label(r, label, spec, params),
+            };
         }
         let forced = self
             .per_collective
@@ -234,13 +334,7 @@ impl Selector {
         }
         let candidates: Vec<Algorithm> = match forced {
             Some(a) => vec![a],
-            None => algo::available(spec.collective)
-                .into_iter()
-                .filter(|n| !matches!(*n, "parent-tree" | "hier"))
-                // Direct sends p−1 messages at once per rank; fine for small worlds only.
-                .filter(|n| *n != "direct" || spec.world <= 16)
-                .map(|n| n.parse().expect("simple algorithm names parse"))
-                .collect(),
+            None => flat_algorithms(spec),
         };
         let mut best: Option<(f64, Plan)> = None;
         let mut last_err = None;
@@ -347,5 +441,132 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("r.json") && e.contains("speed"), "{e}");
+    }
+
+    /// Four ranks on two hosts of two GPUs each, a slow link between the hosts.
+    fn two_hosts() -> Arc<Topology> {
+        let mut text =
+            String::from("name = \"two-hosts\"\nranks = [\"a/0\", \"b/0\", \"a/1\", \"b/1\"]\n");
+        text.push_str("[[node]]\nname = \"sw\"\nkind = \"switch\"\ntier = \"leaf\"\n");
+        for h in ["a", "b"] {
+            text.push_str(&format!("[[node]]\nname = \"{h}\"\nkind = \"host\"\n"));
+            text.push_str(&format!(
+                "[[node]]\nname = \"{h}/nvs\"\nkind = \"switch\"\ntier = \"host\"\nhost = \"{h}\"\n"
+            ));
+            for g in 0..2 {
+                text.push_str(&format!(
+                    "[[node]]\nname = \"{h}/{g}\"\nkind = \"gpu\"\nhost = \"{h}\"\n\
+                     [[link]]\na = \"{h}/{g}\"\nb = \"{h}/nvs\"\nbandwidth = \"100GB/s\"\nlatency = \"1us\"\n"
+                ));
+            }
+            text.push_str(&format!(
+                "[[link]]\na = \"{h}/nvs\"\nb = \"sw\"\nbandwidth = \"1Gbps\"\nlatency = \"10us\"\n"
+            ));
+        }
+        Arc::new(topoccl_topo::format::read(&text, "two-hosts").unwrap())
+    }
+
+    fn label_rules(algo: &str) -> Selector {
+        Selector::new(net(), 1)
+            .with_rules_json(
+                &format!(r#"[{{"collective":"allreduce","algo":"{algo}","chunk_bytes":65536}}]"#),
+                "t.json",
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn topology_labels_are_checked_when_loaded() {
+        for ok in ["topo-ring", "mst-tree", "hier(ring|rd)", "hier(direct|rhd)"] {
+            assert!(is_topology_label(ok), "{ok}");
+        }
+        for bad in ["topo", "hier(ring)", "hier(ring|warp)", "hier(ring|rd"] {
+            assert!(!is_topology_label(bad), "{bad}");
+            let e = Selector::new(net(), 1)
+                .with_rules_json(
+                    &format!(r#"[{{"collective":"allreduce","algo":"{bad}"}}]"#),
+                    "t.json",
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("t.json: rule 0") && e.contains("topology-aware"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_topology_label_rule_runs_that_candidate_with_the_rule_params() {
+        let spec = CollectiveSpec::new(Collective::AllReduce, 4, 1 << 20);
+        for label in ["topo-ring", "mst-tree", "hier(ring|rd)"] {
+            let mut s = label_rules(label);
+            s.set_topology(Some(two_hosts()), 0.0);
+            let p = s.plan(&spec).unwrap();
+            let mut pricer = s.pricer(s.topology().unwrap());
+            let params = PlanParams::default().with_chunk_bytes(&spec, 65536);
+            let want = plans::candidates(&mut pricer, &spec, params)
+                .unwrap()
+                .into_iter()
+                .find(|c| c.label == label)
+                .unwrap();
+            assert_eq!(p.algorithm(), want.plan.algorithm(), "{label}");
+            assert_eq!(p.params(), want.plan.params(), "{label}");
+        }
+    }
+
+    #[test]
+    fn a_topology_label_rule_fails_clearly_without_a_topology_or_candidate() {
+        let spec = CollectiveSpec::new(Collective::AllReduce, 4, 1 << 10);
+        let e = label_rules("topo-ring")
+            .plan(&spec)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.json: rule 0") && e.contains("'topo-ring'") && e.contains("no topology"),
+            "{e}"
+        );
+        // A topology of another world does not describe this call's ranks.
+        let mut s = label_rules("hier(ring|tree)");
+        s.set_topology(Some(two_hosts()), 0.0);
+        let e = s
+            .plan(&CollectiveSpec::new(Collective::AllReduce, 3, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no topology of its 3 ranks"), "{e}");
+        let mut s = Selector::new(net(), 1)
+            .with_rules_json(
+                r#"[{"collective":"allgather","algo":"topo-ring"}]"#,
+                "t.json",
+            )
+            .unwrap();
+        s.set_topology(Some(two_hosts()), 0.0);
+        let e = s
+            .plan(&CollectiveSpec::new(Collective::AllGather, 4, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no 'topo-ring' plan for allgather") && e.contains("ring"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_round_trip_through_json() {
+        let r = Rule {
+            collective: "allreduce".into(),
+            min_bytes: 0,
+            max_bytes: Some(4096),
+            min_ranks: Some(4),
+            max_ranks: Some(4),
+            algo: "hier(ring|rd)".into(),
+            chunk_bytes: None,
+            channels: Some(2),
+        };
+        let json = serde_json::to_string(&vec![r.clone()]).unwrap();
+        assert!(!json.contains("chunk_bytes"), "{json}");
+        let back: Vec<Rule> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, vec![r]);
+        Selector::new(net(), 1).with_rules_json(&json, "t").unwrap();
     }
 }
