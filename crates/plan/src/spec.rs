@@ -382,6 +382,19 @@ impl CollectiveSpec {
         self
     }
 
+    /// Bytes of a rank's larger user buffer: the "size" of nccl-tests.
+    pub fn size_bytes(&self) -> u64 {
+        let elems = match self.collective {
+            Collective::AllGather
+            | Collective::Gather
+            | Collective::ReduceScatter
+            | Collective::Scatter
+            | Collective::AllToAll => self.world as u64 * self.count,
+            _ => self.count,
+        };
+        elems * self.dtype.size() as u64
+    }
+
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
         self

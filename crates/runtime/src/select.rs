@@ -368,15 +368,7 @@ fn topo_error(e: topoccl_topo::TopoError) -> Error {
 
 /// Bytes of the larger user buffer of a rank (the nccl-tests "size").
 pub fn bytes_of(spec: &CollectiveSpec) -> u64 {
-    let elems = match spec.collective {
-        Collective::AllGather
-        | Collective::Gather
-        | Collective::ReduceScatter
-        | Collective::Scatter
-        | Collective::AllToAll => spec.world as u64 * spec.count,
-        _ => spec.count,
-    };
-    elems * spec.dtype.size() as u64
+    spec.size_bytes()
 }
 
 #[cfg(test)]

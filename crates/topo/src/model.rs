@@ -376,6 +376,17 @@ impl TopologyBuilder {
         &mut self.links
     }
 
+    /// Keeps only the links for which `keep(id, link)` holds (a link that went down).
+    /// Link ids after the removed ones shift.
+    pub fn retain_links(&mut self, mut keep: impl FnMut(LinkId, &Link) -> bool) {
+        let mut id = 0;
+        self.links.retain(|l| {
+            let k = keep(id, l);
+            id += 1;
+            k
+        });
+    }
+
     /// Adds one directed link.
     pub fn link(
         &mut self,

@@ -1,0 +1,179 @@
+//! topoccl's simulator: the plans the runtime runs, executed over a topology of any size.
+//! Pure and deterministic: no I/O, no clock; faults are data and seeds are passed in.
+//!
+//! The flow level ([`flow`]) walks a plan round by round, routing each round's transfers
+//! and sharing link bandwidth max-min fairly among them; rounds of one class are simulated
+//! once. Faults ([`fault`]) change the topology (a link down, degraded or slower) or a
+//! rank (late start, slow reduction) before the run.
+
+#![forbid(unsafe_code)]
+
+pub mod fault;
+pub mod flow;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use topoccl_plan::Plan;
+use topoccl_topo::{lower_bound, Endpoints, TopoError, Topology};
+
+pub use fault::{Fault, LinkRef, Stragglers};
+pub use flow::FlowSim;
+
+#[derive(Debug, Error)]
+pub enum SimError {
+    #[error("{0}")]
+    Fault(String),
+    #[error("{0}")]
+    Topology(#[from] TopoError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Consecutive rounds with the same time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRun {
+    pub first: u32,
+    pub rounds: u32,
+    /// Seconds per round.
+    pub each_s: f64,
+    pub transfer_s: f64,
+    pub latency_s: f64,
+    pub reduction_s: f64,
+}
+
+/// A link's share of the work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkLoad {
+    pub link: String,
+    pub bytes: f64,
+    /// Time the link was busy at full rate over the collective's time.
+    pub utilisation: f64,
+}
+
+/// What a simulation found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimReport {
+    pub topology: String,
+    pub ranks: u32,
+    pub collective: String,
+    pub algorithm: String,
+    pub bytes: u64,
+    pub total_s: f64,
+    pub transfer_s: f64,
+    pub latency_s: f64,
+    pub reduction_s: f64,
+    /// The latest start of a straggling rank, added in front.
+    pub start_delay_s: f64,
+    pub busbw_gbps: f64,
+    pub lower_bound_s: f64,
+    pub gap: f64,
+    pub rounds: Vec<RoundRun>,
+    /// The busiest links, most utilised first.
+    pub hottest: Vec<LinkLoad>,
+    pub faults: Vec<String>,
+}
+
+/// Links listed in a report.
+pub const HOTTEST: usize = 10;
+
+/// Simulates `plan` on `t` after `faults`, at the flow level.
+pub fn simulate(
+    plan: &Plan,
+    t: &Topology,
+    faults: &[Fault],
+    endpoints: Endpoints,
+) -> Result<SimReport, SimError> {
+    if plan.world() != t.world() {
+        return Err(SimError::Invalid(format!(
+            "the plan is for {} ranks but the topology '{}' places {}",
+            plan.world(),
+            t.name(),
+            t.world()
+        )));
+    }
+    let (faulty, stragglers) = fault::apply(t, faults)?;
+    let start_delay = stragglers.late.iter().copied().fold(0.0, f64::max);
+    let mut sim = FlowSim::new(&faulty, endpoints, stragglers);
+    let mut by_class: HashMap<u64, (flow::RoundResult, u32)> = HashMap::new();
+    let mut runs: Vec<RoundRun> = Vec::new();
+    let (mut transfer, mut latency, mut reduction) = (0.0, 0.0, 0.0);
+    for round in 0..plan.rounds() {
+        let class = plan.round_class(round);
+        if !by_class.contains_key(&class) {
+            let r = sim.round(plan, round)?;
+            by_class.insert(class, (r, 0));
+        }
+        let entry = by_class.get_mut(&class).expect("inserted above");
+        entry.1 += 1;
+        let r = &entry.0;
+        transfer += r.transfer_s;
+        latency += r.latency_s;
+        reduction += r.reduction_s;
+        match runs.last_mut() {
+            Some(last) if last.each_s == r.total() && last.first + last.rounds == round => {
+                last.rounds += 1
+            }
+            _ => runs.push(RoundRun {
+                first: round,
+                rounds: 1,
+                each_s: r.total(),
+                transfer_s: r.transfer_s,
+                latency_s: r.latency_s,
+                reduction_s: r.reduction_s,
+            }),
+        }
+    }
+    let total = start_delay + transfer + latency + reduction;
+    let mut per_link: HashMap<u32, f64> = HashMap::new();
+    for (r, count) in by_class.values() {
+        for &(l, b) in &r.bytes {
+            *per_link.entry(l).or_default() += b * *count as f64;
+        }
+    }
+    let mut hottest: Vec<LinkLoad> = per_link
+        .into_iter()
+        .map(|(l, bytes)| LinkLoad {
+            link: faulty.link_name(l),
+            bytes,
+            utilisation: if total > 0.0 {
+                bytes / faulty.link(l).bandwidth / total
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    hottest.sort_by(|a, b| {
+        b.utilisation
+            .total_cmp(&a.utilisation)
+            .then(a.link.cmp(&b.link))
+    });
+    hottest.truncate(HOTTEST);
+    let spec = plan.spec();
+    let bytes = spec.size_bytes();
+    let bound = lower_bound(&faulty, spec.collective, bytes as f64);
+    let factor = topoccl_topo::compare::bus_factor(spec.collective, plan.world());
+    Ok(SimReport {
+        topology: t.name().to_string(),
+        ranks: plan.world(),
+        collective: spec.collective.to_string(),
+        algorithm: plan.algorithm().name().to_string(),
+        bytes,
+        total_s: total,
+        transfer_s: transfer,
+        latency_s: latency,
+        reduction_s: reduction,
+        start_delay_s: start_delay,
+        busbw_gbps: if total > 0.0 {
+            bytes as f64 / total * factor / 1e9
+        } else {
+            0.0
+        },
+        lower_bound_s: bound,
+        gap: if bound > 0.0 { total / bound } else { 1.0 },
+        rounds: runs,
+        hottest,
+        faults: faults.iter().map(|f| f.to_string()).collect(),
+    })
+}
