@@ -101,11 +101,10 @@ pub fn simulate(
     let (mut transfer, mut latency, mut reduction) = (0.0, 0.0, 0.0);
     for round in 0..plan.rounds() {
         let class = plan.round_class(round);
-        if !by_class.contains_key(&class) {
-            let r = sim.round(plan, round)?;
-            by_class.insert(class, (r, 0));
-        }
-        let entry = by_class.get_mut(&class).expect("inserted above");
+        let entry = match by_class.entry(class) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert((sim.round(plan, round)?, 0)),
+        };
         entry.1 += 1;
         let r = &entry.0;
         transfer += r.transfer_s;
