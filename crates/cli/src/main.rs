@@ -13,6 +13,7 @@ mod job;
 mod plan_cmd;
 mod run_cmd;
 mod selftest_cmd;
+mod sim_cmd;
 mod store_cmd;
 mod topo_cmd;
 mod topo_file;
@@ -47,6 +48,9 @@ enum Command {
     Selftest(selftest_cmd::SelftestArgs),
     /// Grid-search algorithm × pipeline pieces × channels per message size, predicted on
     /// a topology file (--topo) or measured on N ranks; write a TOPOCCL_RULES table.
+    /// Simulate a collective on a topology file (flow level: max-min fair link sharing,
+    /// round by round), with faults and stragglers.
+    Sim(sim_cmd::SimArgs),
     Tune(tune_cmd::TuneArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Selftest(args) => selftest_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Tune(args) => tune_cmd::run(args),
+        Command::Sim(args) => sim_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Store(args) => store_cmd::run(args),
         Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Internal(args) => internal_cmd::run(args),

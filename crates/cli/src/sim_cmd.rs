@@ -1,0 +1,180 @@
+//! `topoccl sim`: run a plan over a topology file in the flow-level simulator, with
+//! faults and stragglers, and report where the time goes.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams};
+use topoccl_sim::{simulate, Fault, SimReport};
+use topoccl_topo::compare::random_placement;
+use topoccl_topo::plans::candidates;
+use topoccl_topo::{Endpoints, Pricer, Topology};
+
+use crate::compare_cmd::PlacementArg;
+use crate::units::{parse_bandwidth, parse_bytes, parse_duration};
+use crate::CliError;
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Topology file (TOML or JSON, a [generate] description, or a saved link matrix).
+    #[arg(long)]
+    topo: PathBuf,
+    #[arg(long, default_value = "allreduce")]
+    collective: String,
+    /// Bytes of the whole buffer (nccl-tests convention): 16M, 1G…
+    #[arg(long, default_value = "16M")]
+    size: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// auto (the cheapest plan by the topology cost), hier (the cheapest hierarchical
+    /// one), an algorithm name (ring, rhd, tree, rd, …) or a candidate label from
+    /// `plan compare` (topo-ring, mst-tree, hier(ring|rd)).
+    #[arg(long, default_value = "auto")]
+    algo: String,
+    /// A fault, repeatable: link:ID:down, link:ID:degrade=0.1, link:ID:latency=50us
+    /// (ID: a link number, A->B, or A-B for both directions).
+    #[arg(long)]
+    fault: Vec<String>,
+    /// A straggler, repeatable: rank:R:delay=2ms or rank:R:reduce=0.5.
+    #[arg(long)]
+    straggler: Vec<String>,
+    #[arg(long, value_enum, default_value = "as-is")]
+    placement: PlacementArg,
+    /// Seed of --placement random (printed with the results).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Software overhead per extra message a rank sends in a round.
+    #[arg(long, default_value = "0s")]
+    overhead: String,
+    #[arg(long, default_value = "200GB/s")]
+    reduce_rate: String,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(args: SimArgs) -> Result<(), CliError> {
+    let collective: Collective = args.collective.parse()?;
+    let dtype: DType = args.dtype.parse()?;
+    let bytes = parse_bytes(&args.size).map_err(|e| CliError::usage(format!("--size: {e}")))?;
+    let endpoints = Endpoints {
+        overhead_s: parse_duration(&args.overhead)
+            .map_err(|e| CliError::usage(format!("--overhead: {e}")))?,
+        gamma_s_per_byte: 1.0
+            / parse_bandwidth(&args.reduce_rate)
+                .map_err(|e| CliError::usage(format!("--reduce-rate: {e}")))?,
+    };
+    let faults = args
+        .fault
+        .iter()
+        .chain(&args.straggler)
+        .map(|s| Fault::parse(s).map_err(|e| CliError::usage(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut t = crate::topo_file::load(&args.topo)?;
+    if args.placement == PlacementArg::Random {
+        t = random_placement(&t, args.seed).map_err(|e| CliError::failed(e.to_string()))?;
+        println!("# placement: random, seed {}", args.seed);
+    }
+    let spec = spec(collective, t.world(), bytes, dtype);
+    let (label, plan) = choose(&t, &spec, &args.algo, endpoints)?;
+    let report = simulate(&plan, &t, &faults, endpoints)
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.topo.display())))?;
+    print!("{}", table(&label, &report));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).expect("a report serializes") + "\n";
+        std::fs::write(path, json)
+            .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn spec(c: Collective, p: u32, bytes: u64, dtype: DType) -> CollectiveSpec {
+    let elems = bytes / dtype.size() as u64;
+    let count = match c {
+        Collective::AllGather
+        | Collective::Gather
+        | Collective::ReduceScatter
+        | Collective::Scatter
+        | Collective::AllToAll => elems / p as u64,
+        _ => elems,
+    };
+    CollectiveSpec::new(c, p, count).with_dtype(dtype)
+}
+
+/// The plan `--algo` asks for, with its label.
+fn choose(
+    t: &Topology,
+    spec: &CollectiveSpec,
+    algo: &str,
+    endpoints: Endpoints,
+) -> Result<(String, Plan), CliError> {
+    let plain = algo
+        .parse::<Algorithm>()
+        .ok()
+        .filter(|a| !matches!(a, Algorithm::ParentTree { .. } | Algorithm::Hierarchical(_)));
+    if let Some(a) = plain {
+        let plan = build(spec.clone(), a, PlanParams::default())
+            .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
+        return Ok((algo.to_string(), plan));
+    }
+    let mut pricer = Pricer::new(t, endpoints);
+    let mut all = candidates(&mut pricer, spec, PlanParams::default())
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    all.sort_by(|a, b| a.cost.total_s.total_cmp(&b.cost.total_s));
+    let pick = all.into_iter().find(|c| match algo {
+        "auto" => true,
+        "hier" => c.label.starts_with("hier("),
+        label => c.label == label,
+    });
+    pick.map(|c| (c.label, c.plan)).ok_or_else(|| {
+        CliError::usage(format!(
+            "--algo {algo}: no such plan for {} on this topology; use auto, hier, an \
+             algorithm name or a label from `topoccl plan compare`",
+            spec.collective
+        ))
+    })
+}
+
+fn table(label: &str, r: &SimReport) -> String {
+    let ms = |s: f64| s * 1e3;
+    let mut s = format!(
+        "# {} of {} B on '{}' ({} ranks), plan {label}\n",
+        r.collective, r.bytes, r.topology, r.ranks
+    );
+    for f in &r.faults {
+        s.push_str(&format!("# fault: {f}\n"));
+    }
+    s.push_str(&format!(
+        "time {:.3} ms = transfers {:.3} + latency {:.3} + reduction {:.3} + late start {:.3}\n\
+         busbw {:.2} GB/s; lower bound {:.3} ms, gap {:.2}×\n",
+        ms(r.total_s),
+        ms(r.transfer_s),
+        ms(r.latency_s),
+        ms(r.reduction_s),
+        ms(r.start_delay_s),
+        r.busbw_gbps,
+        ms(r.lower_bound_s),
+        r.gap
+    ));
+    s.push_str(&format!(
+        "rounds ({} runs of equal rounds; first 12):\n",
+        r.rounds.len()
+    ));
+    s.push_str("   first  rounds   each(ms)  transfer(ms)  latency(ms)  reduce(ms)\n");
+    for run in r.rounds.iter().take(12) {
+        s.push_str(&format!(
+            "{:>8} {:>7} {:>10.4} {:>13.4} {:>12.4} {:>11.4}\n",
+            run.first,
+            run.rounds,
+            ms(run.each_s),
+            ms(run.transfer_s),
+            ms(run.latency_s),
+            ms(run.reduction_s)
+        ));
+    }
+    s.push_str("hottest links (busy share of the collective's time):\n");
+    for l in &r.hottest {
+        s.push_str(&format!("  {:>6.1}%  {}\n", l.utilisation * 100.0, l.link));
+    }
+    s
+}

@@ -1,0 +1,88 @@
+//! `topoccl sim`: a plan over a topology file, with faults; bad faults explained.
+
+mod common;
+
+use common::topoccl;
+
+fn example(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/topologies/").to_string() + name
+}
+
+/// The simulated time in ms from the report's `time … ms` line.
+fn time_ms(stdout: &[u8]) -> f64 {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("time "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a time line")
+}
+
+#[test]
+fn faults_change_the_time_and_cuts_are_named() {
+    let topo = example("two-sites.toml");
+    let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sim-report.json");
+    let base = topoccl(&[
+        "sim",
+        "--topo",
+        &topo,
+        "--size",
+        "64M",
+        "--algo",
+        "hier",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(base.status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["ranks"], 64);
+    let slow = topoccl(&[
+        "sim",
+        "--topo",
+        &topo,
+        "--size",
+        "64M",
+        "--algo",
+        "hier",
+        "--fault",
+        "link:zone0/gateway-zone1/gateway:degrade=0.1",
+    ]);
+    assert!(slow.status.success());
+    assert!(time_ms(&slow.stdout) > 5.0 * time_ms(&base.stdout));
+    let late = topoccl(&[
+        "sim",
+        "--topo",
+        &topo,
+        "--size",
+        "64M",
+        "--algo",
+        "hier",
+        "--straggler",
+        "rank:5:delay=3ms",
+    ]);
+    assert!((time_ms(&late.stdout) - time_ms(&base.stdout) - 3.0).abs() < 1e-3);
+    let cut = topoccl(&[
+        "sim",
+        "--topo",
+        &topo,
+        "--fault",
+        "link:zone0/gateway-zone1/gateway:down",
+    ]);
+    assert_eq!(cut.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&cut.stderr).contains("zone0/gateway -> zone1/gateway"));
+    for bad in [
+        "link:zone0/gateway-nowhere:down",
+        "link:0:degrade=3",
+        "rank:x:delay=1ms",
+    ] {
+        let out = topoccl(&["sim", "--topo", &topo, "--fault", bad]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "{bad}"
+        );
+    }
+    let out = topoccl(&["sim", "--topo", &topo, "--algo", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2));
+}
