@@ -76,15 +76,19 @@ impl<'t> FlowSim<'t> {
         let (mut flows, crossings, latency) = self.flows(&transfers, elem)?;
         let transfer_s = share(self.topology(), &mut flows, &crossings);
         let mut bytes: HashMap<LinkId, f64> = HashMap::new();
+        let mut through = vec![0.0; crossings.len()];
         for (tr, f) in transfers.iter().zip(&flows) {
             let b = tr.len as f64 * elem;
             for &l in &f.local {
                 *bytes.entry(l).or_default() += b;
             }
             if let Some(c) = f.crossing {
-                for &(l, w) in &crossings[c] {
-                    *bytes.entry(l).or_default() += b * w;
-                }
+                through[c] += b;
+            }
+        }
+        for (shares, b) in crossings.iter().zip(&through) {
+            for &(l, w) in shares {
+                *bytes.entry(l).or_default() += b * w;
             }
         }
         let mut bytes: Vec<(LinkId, f64)> = bytes.into_iter().collect();
@@ -167,28 +171,43 @@ impl<'t> FlowSim<'t> {
     }
 }
 
+/// Who loads a link: flows that use it whole, and fabric crossings that put a share of
+/// each of their flows on it. Crossings are counted as groups so that 16k flows through a
+/// few hundred leaf pairs cost a few hundred entries per link, not 16k.
+struct Users {
+    link: LinkId,
+    flows: Vec<usize>,
+    crossings: Vec<(usize, f64)>,
+}
+
 /// Runs the flows to completion under max-min fair sharing; returns the time taken.
 fn share(t: &Topology, flows: &mut [Flow], crossings: &[Vec<(LinkId, f64)>]) -> f64 {
-    // Link → (flow, weight) incidence, built once: allocation walks it for every fill.
-    let mut users: HashMap<LinkId, Vec<(usize, f64)>> = HashMap::new();
+    let mut by_link: HashMap<LinkId, Users> = HashMap::new();
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); crossings.len()];
     for (i, f) in flows.iter().enumerate() {
         for &l in &f.local {
-            users.entry(l).or_default().push((i, 1.0));
+            users_of(&mut by_link, l).flows.push(i);
         }
         if let Some(c) = f.crossing {
-            for &(l, w) in &crossings[c] {
-                users.entry(l).or_default().push((i, w));
-            }
+            members[c].push(i);
         }
     }
-    let mut links: Vec<(LinkId, Vec<(usize, f64)>)> = users.into_iter().collect();
-    links.sort_by_key(|l| l.0);
+    for (c, shares) in crossings.iter().enumerate() {
+        if members[c].is_empty() {
+            continue;
+        }
+        for &(l, w) in shares {
+            users_of(&mut by_link, l).crossings.push((c, w));
+        }
+    }
+    let mut links: Vec<Users> = by_link.into_values().collect();
+    links.sort_by_key(|u| u.link);
     let mut elapsed = 0.0;
     for event in 0.. {
         if !flows.iter().any(|f| f.active) {
             break;
         }
-        allocate(t, flows, &links);
+        allocate(t, flows, &links, &members);
         // A flow that crosses no link at all (same node) finishes at once.
         for f in flows.iter_mut().filter(|f| f.active && f.rate <= EPS) {
             if f.local.is_empty() && f.crossing.is_none() {
@@ -224,46 +243,87 @@ fn share(t: &Topology, flows: &mut [Flow], crossings: &[Vec<(LinkId, f64)>]) -> 
     elapsed
 }
 
-/// Max-min fair rates for the active flows (progressive filling).
-fn allocate(t: &Topology, flows: &mut [Flow], links: &[(LinkId, Vec<(usize, f64)>)]) {
+fn users_of(m: &mut HashMap<LinkId, Users>, l: LinkId) -> &mut Users {
+    m.entry(l).or_insert_with(|| Users {
+        link: l,
+        flows: Vec::new(),
+        crossings: Vec::new(),
+    })
+}
+
+/// Max-min fair rates for the active flows (progressive filling): every unfrozen flow
+/// grows alike until a link fills; its flows freeze at the level reached.
+fn allocate(t: &Topology, flows: &mut [Flow], links: &[Users], members: &[Vec<usize>]) {
     let mut frozen: Vec<bool> = flows.iter().map(|f| !f.active).collect();
+    let mut open: Vec<f64> = members
+        .iter()
+        .map(|m| m.iter().filter(|&&i| !frozen[i]).count() as f64)
+        .collect();
+    let mut room: Vec<f64> = links.iter().map(|u| t.link(u.link).bandwidth).collect();
+    let mut level = 0.0;
+    let mut left = frozen.iter().filter(|&&f| !f).count();
     for f in flows.iter_mut() {
         f.rate = 0.0;
     }
-    let mut room: Vec<f64> = links.iter().map(|(l, _)| t.link(*l).bandwidth).collect();
-    loop {
-        // Growth rate of each link's load per unit of common rate increase.
-        let mut best = f64::INFINITY;
-        let mut demand = vec![0.0; links.len()];
-        for (k, (_, us)) in links.iter().enumerate() {
-            let d: f64 = us.iter().filter(|(i, _)| !frozen[*i]).map(|(_, w)| w).sum();
-            demand[k] = d;
-            if d > EPS {
-                best = best.min(room[k] / d);
+    let freeze =
+        |i: usize, frozen: &mut Vec<bool>, open: &mut Vec<f64>, flows: &mut [Flow], level: f64| {
+            if !frozen[i] {
+                frozen[i] = true;
+                flows[i].rate = level;
+                if let Some(c) = flows[i].crossing {
+                    open[c] -= 1.0;
+                }
+                true
+            } else {
+                false
             }
-        }
-        if !best.is_finite() {
+        };
+    while left > 0 {
+        let demand: Vec<f64> = links
+            .iter()
+            .map(|u| {
+                let whole = u.flows.iter().filter(|&&i| !frozen[i]).count() as f64;
+                let shares: f64 = u.crossings.iter().map(|&(c, w)| w * open[c]).sum();
+                whole + shares
+            })
+            .collect();
+        let step = demand
+            .iter()
+            .zip(&room)
+            .filter(|(d, _)| **d > EPS)
+            .map(|(d, r)| r / d)
+            .fold(f64::INFINITY, f64::min);
+        if !step.is_finite() {
             break;
         }
-        for (i, f) in flows.iter_mut().enumerate() {
-            if !frozen[i] {
-                f.rate += best;
+        level += step;
+        let mut saturated = Vec::new();
+        for (k, u) in links.iter().enumerate() {
+            room[k] -= step * demand[k];
+            if demand[k] > EPS && room[k] <= EPS * t.link(u.link).bandwidth.max(1.0) {
+                saturated.push(k);
             }
         }
-        let mut any = false;
-        for (k, (_, us)) in links.iter().enumerate() {
-            room[k] -= best * demand[k];
-            if demand[k] > EPS && room[k] <= EPS * t.link(links[k].0).bandwidth.max(1.0) {
-                for &(i, _) in us {
-                    if !frozen[i] {
-                        frozen[i] = true;
-                        any = true;
+        for k in saturated {
+            let u = &links[k];
+            for &i in &u.flows {
+                if freeze(i, &mut frozen, &mut open, flows, level) {
+                    left -= 1;
+                }
+            }
+            for &(c, _) in &u.crossings {
+                for &i in &members[c] {
+                    if freeze(i, &mut frozen, &mut open, flows, level) {
+                        left -= 1;
                     }
                 }
             }
         }
-        if !any || frozen.iter().all(|&f| f) {
-            break;
+    }
+    // Flows no link limits (none here: every flow crosses a link) keep the last level.
+    for (i, f) in flows.iter_mut().enumerate() {
+        if !frozen[i] {
+            f.rate = level;
         }
     }
 }
