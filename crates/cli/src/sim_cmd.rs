@@ -48,7 +48,11 @@ pub struct SimArgs {
     overhead: String,
     #[arg(long, default_value = "200GB/s")]
     reduce_rate: String,
-    /// Also write the report as JSON here.
+    /// Also run without the faults and stragglers and report the difference (the same
+    /// plan both times).
+    #[arg(long)]
+    what_if: bool,
+    /// Also write the report as JSON here (with --what-if: both reports).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -77,11 +81,32 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     }
     let spec = spec(collective, t.world(), bytes, dtype);
     let (label, plan) = choose(&t, &spec, &args.algo, endpoints)?;
-    let report = simulate(&plan, &t, &faults, endpoints)
-        .map_err(|e| CliError::failed(format!("{}: {e}", args.topo.display())))?;
+    let run = |faults: &[Fault]| {
+        simulate(&plan, &t, faults, endpoints)
+            .map_err(|e| CliError::failed(format!("{}: {e}", args.topo.display())))
+    };
+    let report = run(&faults)?;
     print!("{}", table(&label, &report));
+    let healthy = if args.what_if { Some(run(&[])?) } else { None };
+    if let Some(h) = &healthy {
+        let extra = report.total_s - h.total_s;
+        println!(
+            "what-if: without the faults {:.3} ms; they cost {:+.3} ms ({:+.1}%)",
+            h.total_s * 1e3,
+            extra * 1e3,
+            if h.total_s > 0.0 {
+                extra / h.total_s * 100.0
+            } else {
+                0.0
+            }
+        );
+    }
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).expect("a report serializes") + "\n";
+        let value = match &healthy {
+            Some(h) => serde_json::json!({"with_faults": report, "without_faults": h}),
+            None => serde_json::to_value(&report).expect("a report serializes"),
+        };
+        let json = serde_json::to_string_pretty(&value).expect("a report serializes") + "\n";
         std::fs::write(path, json)
             .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
     }

@@ -50,6 +50,19 @@ fn faults_change_the_time_and_cuts_are_named() {
     ]);
     assert!(slow.status.success());
     assert!(time_ms(&slow.stdout) > 5.0 * time_ms(&base.stdout));
+    let what_if = topoccl(&[
+        "sim",
+        "--topo",
+        &topo,
+        "--size",
+        "64M",
+        "--algo",
+        "hier",
+        "--fault",
+        "link:zone0/gateway-zone1/gateway:degrade=0.1",
+        "--what-if",
+    ]);
+    assert!(String::from_utf8_lossy(&what_if.stdout).contains("what-if: without the faults"));
     let late = topoccl(&[
         "sim",
         "--topo",
