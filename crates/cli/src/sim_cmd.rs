@@ -52,6 +52,10 @@ pub struct SimArgs {
     /// plan both times).
     #[arg(long)]
     what_if: bool,
+    /// Write a Chrome trace (trace-event JSON, for chrome://tracing or Perfetto) of the
+    /// run here.
+    #[arg(long)]
+    trace: Option<PathBuf>,
     /// Also write the report as JSON here (with --what-if: both reports).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -101,16 +105,27 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
             }
         );
     }
+    if let Some(path) = &args.trace {
+        let trace = topoccl_sim::chrome_trace(&report);
+        write(
+            path,
+            &serde_json::to_string(&trace).expect("a trace serializes"),
+        )?;
+    }
     if let Some(path) = &args.json {
         let value = match &healthy {
             Some(h) => serde_json::json!({"with_faults": report, "without_faults": h}),
             None => serde_json::to_value(&report).expect("a report serializes"),
         };
         let json = serde_json::to_string_pretty(&value).expect("a report serializes") + "\n";
-        std::fs::write(path, json)
-            .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+        write(path, &json)?;
     }
     Ok(())
+}
+
+fn write(path: &std::path::Path, text: &str) -> Result<(), CliError> {
+    std::fs::write(path, text)
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
 }
 
 fn spec(c: Collective, p: u32, bytes: u64, dtype: DType) -> CollectiveSpec {

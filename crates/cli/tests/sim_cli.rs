@@ -21,7 +21,8 @@ fn time_ms(stdout: &[u8]) -> f64 {
 #[test]
 fn faults_change_the_time_and_cuts_are_named() {
     let topo = example("two-sites.toml");
-    let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sim-report.json");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (json, trace) = (dir.join("sim-report.json"), dir.join("sim-trace.json"));
     let base = topoccl(&[
         "sim",
         "--topo",
@@ -32,11 +33,23 @@ fn faults_change_the_time_and_cuts_are_named() {
         "hier",
         "--json",
         json.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
     ]);
     assert!(base.status.success());
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    // The round slices tile the whole simulated time.
+    let end = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["tid"] == 1)
+        .map(|e| e["ts"].as_f64().unwrap() + e["dur"].as_f64().unwrap())
+        .fold(0.0, f64::max);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["ranks"], 64);
+    assert!((end / 1e3 - time_ms(&base.stdout)).abs() < 1e-3 * time_ms(&base.stdout));
     let slow = topoccl(&[
         "sim",
         "--topo",

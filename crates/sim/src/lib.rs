@@ -176,3 +176,45 @@ pub fn simulate(
         faults: faults.iter().map(|f| f.to_string()).collect(),
     })
 }
+
+/// The report as a Chrome trace (the trace-event JSON that chrome://tracing and Perfetto
+/// open): a late start, then one slice per run of equal rounds with its terms as
+/// arguments, and the time split of one round of each run on a second track.
+pub fn chrome_trace(r: &SimReport) -> serde_json::Value {
+    let us = |s: f64| s * 1e6;
+    let mut events = vec![serde_json::json!({
+        "name": "process_name", "ph": "M", "pid": 1,
+        "args": {"name": format!("{} {} on {} ({} ranks)", r.collective, r.algorithm, r.topology, r.ranks)}
+    })];
+    let mut t = 0.0;
+    if r.start_delay_s > 0.0 {
+        events.push(serde_json::json!({
+            "name": "late start", "ph": "X", "pid": 1, "tid": 1, "ts": 0.0, "dur": us(r.start_delay_s)
+        }));
+        t += r.start_delay_s;
+    }
+    for run in &r.rounds {
+        let last = run.first + run.rounds - 1;
+        events.push(serde_json::json!({
+            "name": if run.rounds == 1 { format!("round {}", run.first) } else { format!("rounds {}–{last}", run.first) },
+            "ph": "X", "pid": 1, "tid": 1, "ts": us(t), "dur": us(run.each_s * run.rounds as f64),
+            "args": {"rounds": run.rounds, "each_us": us(run.each_s), "transfer_us": us(run.transfer_s),
+                     "latency_us": us(run.latency_s), "reduction_us": us(run.reduction_s)}
+        }));
+        let mut at = t;
+        for (name, d) in [
+            ("transfer", run.transfer_s),
+            ("latency", run.latency_s),
+            ("reduction", run.reduction_s),
+        ] {
+            if d > 0.0 {
+                events.push(serde_json::json!({
+                    "name": name, "ph": "X", "pid": 1, "tid": 2, "ts": us(at), "dur": us(d)
+                }));
+                at += d;
+            }
+        }
+        t += run.each_s * run.rounds as f64;
+    }
+    serde_json::json!({"traceEvents": events, "displayTimeUnit": "ns"})
+}
