@@ -52,6 +52,9 @@ pub struct SimArgs {
     /// plan both times).
     #[arg(long)]
     what_if: bool,
+    /// Refuse runs estimated to need more memory than this.
+    #[arg(long, default_value = "4GiB")]
+    memory_cap: String,
     /// Write a Chrome trace (trace-event JSON, for chrome://tracing or Perfetto) of the
     /// run here.
     #[arg(long)]
@@ -84,7 +87,10 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         println!("# placement: random, seed {}", args.seed);
     }
     let spec = spec(collective, t.world(), bytes, dtype);
+    let cap =
+        parse_bytes(&args.memory_cap).map_err(|e| CliError::usage(format!("--memory-cap: {e}")))?;
     let (label, plan) = choose(&t, &spec, &args.algo, endpoints)?;
+    topoccl_sim::check_memory(&plan, &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
     let run = |faults: &[Fault]| {
         simulate(&plan, &t, faults, endpoints)
             .map_err(|e| CliError::failed(format!("{}: {e}", args.topo.display())))

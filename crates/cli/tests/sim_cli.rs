@@ -109,6 +109,9 @@ fn faults_change_the_time_and_cuts_are_named() {
             "{bad}"
         );
     }
+    let out = topoccl(&["sim", "--topo", &topo, "--memory-cap", "100KiB"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("above the cap of 0.1 MiB"));
     let out = topoccl(&["sim", "--topo", &topo, "--algo", "nonsense"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -218,3 +218,32 @@ pub fn chrome_trace(r: &SimReport) -> serde_json::Value {
     }
     serde_json::json!({"traceEvents": events, "displayTimeUnit": "ns"})
 }
+
+/// A rough upper estimate of the memory a flow-level run of `plan` on `t` takes: the
+/// fabric distance and next-hop tables (quadratic in the switches), the topology, routes
+/// and one round's flows per rank.
+pub fn estimate_memory(plan: &Plan, t: &Topology) -> u64 {
+    let fabric = t
+        .nodes()
+        .iter()
+        .filter(|n| n.host.is_none() && n.kind != topoccl_topo::NodeKind::Host)
+        .count() as u64;
+    let p = plan.world() as u64;
+    fabric * fabric * 24 + t.nodes().len() as u64 * 160 + t.links().len() as u64 * 64 + p * 4096
+}
+
+/// Refuses a run whose estimate is above `cap` bytes, saying by how much and what to do.
+pub fn check_memory(plan: &Plan, t: &Topology, cap: u64) -> Result<(), SimError> {
+    let need = estimate_memory(plan, t);
+    if need > cap {
+        return Err(SimError::Invalid(format!(
+            "simulating {} ranks on '{}' needs about {:.1} MiB, above the cap of {:.1} MiB; \
+             raise --memory-cap or simulate a smaller cluster",
+            plan.world(),
+            t.name(),
+            need as f64 / 1048576.0,
+            cap as f64 / 1048576.0
+        )));
+    }
+    Ok(())
+}
