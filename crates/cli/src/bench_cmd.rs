@@ -138,23 +138,9 @@ pub(crate) fn spec_for(
     op: ReduceOp,
     root: u32,
 ) -> CollectiveSpec {
-    let elems = bytes / dtype.size() as u64;
-    let per_rank = match c {
-        Collective::AllGather
-        | Collective::Gather
-        | Collective::ReduceScatter
-        | Collective::Scatter
-        | Collective::AllToAll => elems / world as u64,
-        _ => elems,
-    };
-    CollectiveSpec::new(c, world, per_rank)
-        .with_dtype(dtype)
+    CollectiveSpec::of_size(c, world, bytes, dtype)
         .with_op(op)
         .with_root(root)
-}
-
-fn spec_bytes(s: &CollectiveSpec) -> u64 {
-    topoccl::select::bytes_of(s)
 }
 
 /// Deterministic data: every rank can compute every rank's input for `--check`.
@@ -253,7 +239,7 @@ impl Ctx<'_> {
         let mut total_wrong = vec![0.0f64; wrong.len()];
         self.comm
             .all_reduce(&wrong, &mut total_wrong, ReduceOp::Sum)?;
-        let bytes = spec_bytes(spec);
+        let bytes = spec.size_bytes();
         let timing = |i: usize| {
             let algbw = bytes as f64 / slowest[i] / 1e9;
             Timing {
@@ -483,7 +469,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         let mut last = None;
         for &bytes in &sizes {
             let spec = spec_for(c, world, bytes, dtype, op, args.root);
-            let size = spec_bytes(&spec);
+            let size = spec.size_bytes();
             if let Some(p) = &progress {
                 p.inc(1);
             }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use topoccl_plan::{Collective, DType};
 use topoccl_topo::compare::{compare, random_placement, Comparison};
-use topoccl_topo::Endpoints;
+use topoccl_topo::{Endpoints, Topology};
 
 use crate::units::{parse_bandwidth, parse_bytes, parse_duration};
 use crate::CliError;
@@ -18,6 +18,49 @@ pub enum PlacementArg {
     AsIs,
     /// Ranks shuffled over the same devices (seeded).
     Random,
+}
+
+/// How a topology file is read and priced: where the ranks run, and the endpoints' costs
+/// (shared by `plan compare` and `sim`).
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Where the ranks run.
+    #[arg(long, value_enum, default_value = "as-is")]
+    placement: PlacementArg,
+    /// Seed of --placement random (printed with the results).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Software overhead per extra message a rank sends in a round (e.g. 2us).
+    #[arg(long, default_value = "0s")]
+    overhead: String,
+    /// Reduction throughput of a rank (e.g. 200GB/s).
+    #[arg(long, default_value = "200GB/s")]
+    reduce_rate: String,
+}
+
+impl ModelArgs {
+    pub fn endpoints(&self) -> Result<Endpoints, CliError> {
+        let overhead = parse_duration(&self.overhead)
+            .map_err(|e| CliError::usage(format!("--overhead: {e}")))?;
+        let rate = parse_bandwidth(&self.reduce_rate)
+            .map_err(|e| CliError::usage(format!("--reduce-rate: {e}")))?;
+        Ok(Endpoints {
+            overhead_s: overhead,
+            gamma_s_per_byte: 1.0 / rate,
+        })
+    }
+
+    /// The topology in `path` with the ranks placed as asked, and how they were placed.
+    pub fn load(&self, path: &std::path::Path) -> Result<(Topology, String), CliError> {
+        let t = crate::topo_file::load(path)?;
+        Ok(match self.placement {
+            PlacementArg::AsIs => (t, "as in the file".to_string()),
+            PlacementArg::Random => (
+                random_placement(&t, self.seed).map_err(|e| CliError::failed(e.to_string()))?,
+                format!("random, seed {}", self.seed),
+            ),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -33,18 +76,8 @@ pub struct CompareArgs {
     size: String,
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Where the ranks run.
-    #[arg(long, value_enum, default_value = "as-is")]
-    placement: PlacementArg,
-    /// Seed of --placement random.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Software overhead per message on top of the links' latency (e.g. 2us).
-    #[arg(long, default_value = "0s")]
-    overhead: String,
-    /// Reduction throughput of a rank (e.g. 200GB/s).
-    #[arg(long, default_value = "200GB/s")]
-    reduce_rate: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Also write the comparison as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -54,22 +87,8 @@ pub fn run(args: CompareArgs) -> Result<(), CliError> {
     let collective: Collective = args.collective.parse()?;
     let dtype: DType = args.dtype.parse()?;
     let bytes = parse_bytes(&args.size).map_err(|e| CliError::usage(format!("--size: {e}")))?;
-    let overhead =
-        parse_duration(&args.overhead).map_err(|e| CliError::usage(format!("--overhead: {e}")))?;
-    let rate = parse_bandwidth(&args.reduce_rate)
-        .map_err(|e| CliError::usage(format!("--reduce-rate: {e}")))?;
-    let mut t = crate::topo_file::load(&args.topo)?;
-    let placement = match args.placement {
-        PlacementArg::AsIs => "as in the file".to_string(),
-        PlacementArg::Random => {
-            t = random_placement(&t, args.seed).map_err(|e| CliError::failed(e.to_string()))?;
-            format!("random, seed {}", args.seed)
-        }
-    };
-    let endpoints = Endpoints {
-        overhead_s: overhead,
-        gamma_s_per_byte: 1.0 / rate,
-    };
+    let endpoints = args.model.endpoints()?;
+    let (t, placement) = args.model.load(&args.topo)?;
     let cmp = compare(&t, collective, bytes, dtype, &placement, endpoints)
         .map_err(|e| CliError::failed(format!("{}: {e}", args.topo.display())))?;
     print!("{}", table(&cmp));

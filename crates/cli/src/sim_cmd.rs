@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use clap::Args;
 use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams};
 use topoccl_sim::{simulate, Fault, SimReport};
-use topoccl_topo::compare::random_placement;
 use topoccl_topo::plans::candidates;
 use topoccl_topo::{Endpoints, Pricer, Topology};
 
-use crate::compare_cmd::PlacementArg;
-use crate::units::{parse_bandwidth, parse_bytes, parse_duration};
+use crate::compare_cmd::ModelArgs;
+use crate::units::parse_bytes;
 use crate::CliError;
 
 #[derive(Args, Debug)]
@@ -38,16 +37,8 @@ pub struct SimArgs {
     /// A straggler, repeatable: rank:R:delay=2ms or rank:R:reduce=0.5.
     #[arg(long)]
     straggler: Vec<String>,
-    #[arg(long, value_enum, default_value = "as-is")]
-    placement: PlacementArg,
-    /// Seed of --placement random (printed with the results).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Software overhead per extra message a rank sends in a round.
-    #[arg(long, default_value = "0s")]
-    overhead: String,
-    #[arg(long, default_value = "200GB/s")]
-    reduce_rate: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Also run without the faults and stragglers and report the difference (the same
     /// plan both times).
     #[arg(long)]
@@ -68,25 +59,16 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     let collective: Collective = args.collective.parse()?;
     let dtype: DType = args.dtype.parse()?;
     let bytes = parse_bytes(&args.size).map_err(|e| CliError::usage(format!("--size: {e}")))?;
-    let endpoints = Endpoints {
-        overhead_s: parse_duration(&args.overhead)
-            .map_err(|e| CliError::usage(format!("--overhead: {e}")))?,
-        gamma_s_per_byte: 1.0
-            / parse_bandwidth(&args.reduce_rate)
-                .map_err(|e| CliError::usage(format!("--reduce-rate: {e}")))?,
-    };
+    let endpoints = args.model.endpoints()?;
     let faults = args
         .fault
         .iter()
         .chain(&args.straggler)
         .map(|s| Fault::parse(s).map_err(|e| CliError::usage(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut t = crate::topo_file::load(&args.topo)?;
-    if args.placement == PlacementArg::Random {
-        t = random_placement(&t, args.seed).map_err(|e| CliError::failed(e.to_string()))?;
-        println!("# placement: random, seed {}", args.seed);
-    }
-    let spec = spec(collective, t.world(), bytes, dtype);
+    let (t, placement) = args.model.load(&args.topo)?;
+    println!("# placement: {placement}");
+    let spec = CollectiveSpec::of_size(collective, t.world(), bytes, dtype);
     let cap =
         parse_bytes(&args.memory_cap).map_err(|e| CliError::usage(format!("--memory-cap: {e}")))?;
     let (label, plan) = choose(&t, &spec, &args.algo, endpoints)?;
@@ -132,19 +114,6 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
 fn write(path: &std::path::Path, text: &str) -> Result<(), CliError> {
     std::fs::write(path, text)
         .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
-}
-
-fn spec(c: Collective, p: u32, bytes: u64, dtype: DType) -> CollectiveSpec {
-    let elems = bytes / dtype.size() as u64;
-    let count = match c {
-        Collective::AllGather
-        | Collective::Gather
-        | Collective::ReduceScatter
-        | Collective::Scatter
-        | Collective::AllToAll => elems / p as u64,
-        _ => elems,
-    };
-    CollectiveSpec::new(c, p, count).with_dtype(dtype)
 }
 
 /// The plan `--algo` asks for, with its label.

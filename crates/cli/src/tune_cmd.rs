@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use half::{bf16, f16};
-use topoccl::select::{bytes_of, flat_algorithms, Rule};
+use topoccl::select::{flat_algorithms, Rule};
 use topoccl::{Communicator, Config, LaunchInfo};
 use topoccl_plan::{
     build, Collective, CollectiveSpec, DType, Placement, Plan, PlanParams, ReduceOp,
@@ -108,7 +108,7 @@ fn pick(bytes: u64, mut trials: Vec<Trial>) -> Option<Pick> {
 /// The parameter grid for `spec`: pieces × channels (up to `max_channels`), duplicates
 /// (pieces larger than the message) dropped.
 fn grid(spec: &CollectiveSpec, max_channels: u16) -> Vec<(Option<u64>, u16, PlanParams)> {
-    let share = bytes_of(spec) / spec.world.max(1) as u64;
+    let share = spec.size_bytes() / spec.world.max(1) as u64;
     let mut pieces = vec![None, Some(BIG_PIECE)];
     if share > 2 * SMALL_PIECE {
         pieces.push(Some(SMALL_PIECE));
@@ -233,7 +233,9 @@ fn specs(c: Collective, world: u32, s: &Setup) -> Vec<CollectiveSpec> {
     let mut out: Vec<CollectiveSpec> = Vec::new();
     for &b in &s.sizes {
         let spec = spec_for(c, world, b, s.dtype, ReduceOp::Sum, 0);
-        let fresh = out.last().is_none_or(|l| bytes_of(l) != bytes_of(&spec));
+        let fresh = out
+            .last()
+            .is_none_or(|l| l.size_bytes() != spec.size_bytes());
         if spec.count > 0 && fresh {
             out.push(spec);
         }
@@ -278,7 +280,7 @@ fn predicted(t: &Topology, s: &Setup, output: &PathBuf) -> Result<(), CliError> 
                     time_s: cand.cost.total_s,
                 }));
             }
-            picks.extend(pick(bytes_of(&spec), trials));
+            picks.extend(pick(spec.size_bytes(), trials));
         }
         print_summary(c, world, "predicted", &picks);
         table.extend(rules(c, world, &picks));
@@ -299,7 +301,7 @@ fn measured(args: &TuneArgs, s: &Setup) -> Result<(), CliError> {
         let mut picks = Vec::new();
         for spec in specs(c, world, s) {
             let trials = measure_size(&mut comm, &spec, streams, args)?;
-            picks.extend(pick(bytes_of(&spec), trials));
+            picks.extend(pick(spec.size_bytes(), trials));
         }
         if comm.rank() == 0 {
             print_summary(c, world, "measured (slowest rank's mean)", &picks);

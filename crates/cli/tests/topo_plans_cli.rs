@@ -153,26 +153,10 @@ fn show_validate_and_their_errors() {
 /// every collective still computes right.
 #[test]
 fn a_job_runs_topology_aware_plans_from_a_file() {
-    let topo = scratch("two-hosts.toml");
-    let mut text =
-        String::from("name = \"two-hosts\"\nranks = [\"a/0\", \"b/0\", \"a/1\", \"b/1\"]\n");
-    text.push_str("[[node]]\nname = \"sw\"\nkind = \"switch\"\ntier = \"leaf\"\n");
-    for h in ["a", "b"] {
-        text.push_str(&format!("[[node]]\nname = \"{h}\"\nkind = \"host\"\n"));
-        text.push_str(&format!(
-            "[[node]]\nname = \"{h}/nvs\"\nkind = \"switch\"\ntier = \"host\"\nhost = \"{h}\"\n"
-        ));
-        for g in 0..2 {
-            text.push_str(&format!(
-                "[[node]]\nname = \"{h}/{g}\"\nkind = \"gpu\"\nhost = \"{h}\"\n"
-            ));
-            text.push_str(&format!("[[link]]\na = \"{h}/{g}\"\nb = \"{h}/nvs\"\nbandwidth = \"100GB/s\"\nlatency = \"1us\"\n"));
-        }
-        text.push_str(&format!(
-            "[[link]]\na = \"{h}/nvs\"\nb = \"sw\"\nbandwidth = \"1Gbps\"\nlatency = \"10us\"\n"
-        ));
-    }
-    std::fs::write(&topo, text).unwrap();
+    let topo = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../topo/tests/fixtures/two_hosts_slow_link.toml"
+    ));
     let out = topoccl(
         &[
             "bench", "all", "-n", "4", "-b", "8", "-e", "1M", "-f", "32", "--iters", "2",

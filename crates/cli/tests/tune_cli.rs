@@ -1,26 +1,11 @@
 //! `topoccl tune`: predicted tables on a topology file, measured tables that a job then
 //! loads through `TOPOCCL_RULES`, topology-aware labels in rules, and bad arguments.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn topoccl(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_topoccl"))
-        .args(args)
-        .env_remove("TOPOCCL_ALGO")
-        .env_remove("TOPOCCL_RULES")
-        .env_remove("TOPOCCL_TOPO")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run topoccl");
-    eprintln!(
-        "topoccl {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use std::path::{Path, PathBuf};
+
+use common::topoccl_env as topoccl;
 
 fn scratch(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tune-{name}-{}", std::process::id()))
@@ -100,27 +85,10 @@ fn a_measured_table_drives_a_checked_bench() {
 
 /// Four ranks on two hosts of two GPUs, a slow link between the hosts.
 fn two_hosts() -> PathBuf {
-    let topo = scratch("two-hosts.toml");
-    let mut text =
-        String::from("name = \"two-hosts\"\nranks = [\"a/0\", \"b/0\", \"a/1\", \"b/1\"]\n");
-    text.push_str("[[node]]\nname = \"sw\"\nkind = \"switch\"\ntier = \"leaf\"\n");
-    for h in ["a", "b"] {
-        text.push_str(&format!("[[node]]\nname = \"{h}\"\nkind = \"host\"\n"));
-        text.push_str(&format!(
-            "[[node]]\nname = \"{h}/nvs\"\nkind = \"switch\"\ntier = \"host\"\nhost = \"{h}\"\n"
-        ));
-        for g in 0..2 {
-            text.push_str(&format!(
-                "[[node]]\nname = \"{h}/{g}\"\nkind = \"gpu\"\nhost = \"{h}\"\n\
-                 [[link]]\na = \"{h}/{g}\"\nb = \"{h}/nvs\"\nbandwidth = \"100GB/s\"\nlatency = \"1us\"\n"
-            ));
-        }
-        text.push_str(&format!(
-            "[[link]]\na = \"{h}/nvs\"\nb = \"sw\"\nbandwidth = \"1Gbps\"\nlatency = \"10us\"\n"
-        ));
-    }
-    std::fs::write(&topo, text).unwrap();
-    topo
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../topo/tests/fixtures/two_hosts_slow_link.toml"
+    ))
 }
 
 #[test]

@@ -84,6 +84,21 @@ impl Collective {
     }
 }
 
+impl Collective {
+    /// Whether a call's count is per block of the larger buffer (one block per rank), as
+    /// in NCCL's all-gather, reduce-scatter, gather, scatter and all-to-all.
+    fn block_sized(self) -> bool {
+        matches!(
+            self,
+            Collective::AllGather
+                | Collective::Gather
+                | Collective::ReduceScatter
+                | Collective::Scatter
+                | Collective::AllToAll
+        )
+    }
+}
+
 impl fmt::Display for Collective {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -384,15 +399,24 @@ impl CollectiveSpec {
 
     /// Bytes of a rank's larger user buffer: the "size" of nccl-tests.
     pub fn size_bytes(&self) -> u64 {
-        let elems = match self.collective {
-            Collective::AllGather
-            | Collective::Gather
-            | Collective::ReduceScatter
-            | Collective::Scatter
-            | Collective::AllToAll => self.world as u64 * self.count,
-            _ => self.count,
+        let blocks = if self.collective.block_sized() {
+            self.world as u64
+        } else {
+            1
         };
-        elems * self.dtype.size() as u64
+        blocks * self.count * self.dtype.size() as u64
+    }
+
+    /// The spec whose [`CollectiveSpec::size_bytes`] is `bytes` (rounded down to whole
+    /// elements and blocks): how nccl-tests and the CLI's `--size` name a call.
+    pub fn of_size(collective: Collective, world: u32, bytes: u64, dtype: DType) -> Self {
+        let elems = bytes / dtype.size() as u64;
+        let count = if collective.block_sized() {
+            elems / world.max(1) as u64
+        } else {
+            elems
+        };
+        CollectiveSpec::new(collective, world, count).with_dtype(dtype)
     }
 
     pub fn with_dtype(mut self, dtype: DType) -> Self {

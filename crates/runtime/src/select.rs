@@ -302,7 +302,7 @@ impl Selector {
 
     /// The plan for a call.
     pub fn plan(&self, spec: &CollectiveSpec) -> Result<Plan> {
-        let bytes = bytes_of(spec);
+        let bytes = spec.size_bytes();
         if let Some(r) = self.rule_for(spec, bytes) {
             let mut params = PlanParams::default();
             if let Some(b) = r.rule.chunk_bytes {
@@ -364,11 +364,6 @@ impl Selector {
 
 fn topo_error(e: topoccl_topo::TopoError) -> Error {
     Error::Config(format!("topology: {e}"))
-}
-
-/// Bytes of the larger user buffer of a rank (the nccl-tests "size").
-pub fn bytes_of(spec: &CollectiveSpec) -> u64 {
-    spec.size_bytes()
 }
 
 #[cfg(test)]
@@ -437,25 +432,8 @@ mod tests {
 
     /// Four ranks on two hosts of two GPUs each, a slow link between the hosts.
     fn two_hosts() -> Arc<Topology> {
-        let mut text =
-            String::from("name = \"two-hosts\"\nranks = [\"a/0\", \"b/0\", \"a/1\", \"b/1\"]\n");
-        text.push_str("[[node]]\nname = \"sw\"\nkind = \"switch\"\ntier = \"leaf\"\n");
-        for h in ["a", "b"] {
-            text.push_str(&format!("[[node]]\nname = \"{h}\"\nkind = \"host\"\n"));
-            text.push_str(&format!(
-                "[[node]]\nname = \"{h}/nvs\"\nkind = \"switch\"\ntier = \"host\"\nhost = \"{h}\"\n"
-            ));
-            for g in 0..2 {
-                text.push_str(&format!(
-                    "[[node]]\nname = \"{h}/{g}\"\nkind = \"gpu\"\nhost = \"{h}\"\n\
-                     [[link]]\na = \"{h}/{g}\"\nb = \"{h}/nvs\"\nbandwidth = \"100GB/s\"\nlatency = \"1us\"\n"
-                ));
-            }
-            text.push_str(&format!(
-                "[[link]]\na = \"{h}/nvs\"\nb = \"sw\"\nbandwidth = \"1Gbps\"\nlatency = \"10us\"\n"
-            ));
-        }
-        Arc::new(topoccl_topo::format::read(&text, "two-hosts").unwrap())
+        let text = include_str!("../../topo/tests/fixtures/two_hosts_slow_link.toml");
+        Arc::new(topoccl_topo::format::read(text, "two-hosts").unwrap())
     }
 
     fn label_rules(algo: &str) -> Selector {

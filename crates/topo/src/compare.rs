@@ -64,13 +64,7 @@ pub fn compare(
     endpoints: Endpoints,
 ) -> Result<Comparison, TopoError> {
     let p = t.world();
-    let elem = dtype.size() as u64;
-    let count = match collective {
-        // Per-rank counts for the collectives whose buffers are per rank.
-        Collective::AllGather | Collective::Gather => (bytes / elem) / p as u64,
-        _ => bytes / elem,
-    };
-    let spec = CollectiveSpec::new(collective, p, count).with_dtype(dtype);
+    let spec = CollectiveSpec::of_size(collective, p, bytes, dtype);
     let mut pricer = Pricer::new(t, endpoints);
     let bound = lower_bound(t, collective, bytes as f64);
     let factor = bus_factor(collective, p);
