@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams};
 use topoccl_sim::{simulate, Fault, SimReport};
-use topoccl_topo::plans::candidates;
-use topoccl_topo::{Endpoints, Pricer, Topology};
+use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms};
+use topoccl_topo::{Endpoints, Pricer, Router, Topology};
 
 use crate::compare_cmd::ModelArgs;
 use crate::units::parse_bytes;
@@ -132,9 +132,25 @@ fn choose(
             .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
         return Ok((algo.to_string(), plan));
     }
+    if algo.starts_with("hier(") {
+        let mut router = Router::new(t);
+        let found = hierarchy_algorithms(&mut router, spec)
+            .map_err(|e| CliError::failed(e.to_string()))?
+            .into_iter()
+            .find(|(label, _)| label == algo);
+        if let Some((label, alg)) = found {
+            let plan = build(spec.clone(), alg, PlanParams::default())
+                .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
+            return Ok((label, plan));
+        }
+    }
     let mut pricer = Pricer::new(t, endpoints);
-    let mut all = candidates(&mut pricer, spec, PlanParams::default())
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    let priced = if algo == "hier" {
+        hierarchies(&mut pricer, spec, PlanParams::default())
+    } else {
+        candidates(&mut pricer, spec, PlanParams::default())
+    };
+    let mut all = priced.map_err(|e| CliError::failed(e.to_string()))?;
     all.sort_by(|a, b| a.cost.total_s.total_cmp(&b.cost.total_s));
     let pick = all.into_iter().find(|c| match algo {
         "auto" => true,

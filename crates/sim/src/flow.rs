@@ -6,9 +6,12 @@
 //! are re-shared, so a round is a sequence of these allocations. The round ends with its
 //! last flow, plus its longest path latency, software overhead for extra peers and the
 //! slowest reduction. Rounds of one class are simulated once.
+//!
+//! Rounds of a 131,072-rank plan hold that many flows over a million links, so a round's
+//! links get dense indices and their users are kept in flat arrays (no per-link maps or
+//! per-flow allocations), and the scratch space is reused from round to round.
 
-use std::collections::HashMap;
-
+use rustc_hash::FxHashMap as HashMap;
 use topoccl_plan::{Op, Plan, TransferInfo};
 use topoccl_topo::{Endpoints, LinkId, NodeId, Router, Topology};
 
@@ -20,15 +23,24 @@ const EPS: f64 = 1e-12;
 /// Re-sharing events per round before the rest is shared once more and finished at those
 /// rates: bounds the work on rounds with many different flow sizes.
 const MAX_EVENTS: usize = 256;
+/// No link index yet in this round.
+const NONE: u32 = u32::MAX;
+/// Link shares of fabric crossings kept across rounds (an rhd plan meets the same leaf
+/// pairs in its reduce-scatter and all-gather halves); past this many the cache starts
+/// over, bounding it near 100 MiB.
+const SPREAD_CACHE: usize = 6 << 20;
+
+/// A fabric crossing's links and the share of its bytes each carries.
+type Shares = Box<[(LinkId, f64)]>;
 
 /// One flow of a round.
 struct Flow {
     left: f64,
     rate: f64,
-    /// Links outside the fabric, each used fully.
-    local: Vec<LinkId>,
+    /// Links outside the fabric, each used fully: `Round::local[local.0..local.1]`.
+    local: (u32, u32),
     /// The fabric crossing's link shares (index into `Round::crossings`).
-    crossing: Option<usize>,
+    crossing: Option<u32>,
     active: bool,
 }
 
@@ -38,7 +50,7 @@ pub struct RoundResult {
     pub transfer_s: f64,
     pub latency_s: f64,
     pub reduction_s: f64,
-    /// Bytes per link.
+    /// Bytes per link, by link.
     pub bytes: Vec<(LinkId, f64)>,
 }
 
@@ -48,11 +60,37 @@ impl RoundResult {
     }
 }
 
+/// One round's flows and the links they load, in flat arrays.
+#[derive(Default)]
+struct Round {
+    flows: Vec<Flow>,
+    local: Vec<LinkId>,
+    /// Per fabric crossing: its (link, share) list, `shares[span.0..span.1]`.
+    crossings: Vec<(u32, u32)>,
+    shares: Vec<(LinkId, f64)>,
+    /// Flows per crossing, `members[member_at[c]..member_at[c + 1]]`.
+    member_at: Vec<u32>,
+    members: Vec<u32>,
+    /// The round's links, densely numbered, and for each the flows that use it whole and
+    /// the crossings that put a share of each of their flows on it (so 16k flows through
+    /// a few hundred leaf pairs cost a few hundred entries per link, not 16k).
+    links: Vec<LinkId>,
+    flow_at: Vec<u32>,
+    flow_users: Vec<u32>,
+    crossing_at: Vec<u32>,
+    crossing_users: Vec<(u32, f64)>,
+}
+
 /// Simulates plans on one topology (routes cached across rounds and plans).
 pub struct FlowSim<'t> {
     router: Router<'t>,
     endpoints: Endpoints,
     stragglers: Stragglers,
+    /// Per link of the topology: its dense index in the current round, or `NONE`.
+    slot: Vec<u32>,
+    round: Round,
+    spreads: HashMap<(NodeId, NodeId), Shares>,
+    spread_entries: usize,
 }
 
 impl<'t> FlowSim<'t> {
@@ -61,6 +99,10 @@ impl<'t> FlowSim<'t> {
             router: Router::new(t),
             endpoints,
             stragglers,
+            slot: vec![NONE; t.links().len()],
+            round: Round::default(),
+            spreads: HashMap::default(),
+            spread_entries: 0,
         }
     }
 
@@ -73,26 +115,32 @@ impl<'t> FlowSim<'t> {
         let elem = plan.spec().dtype.size() as f64;
         let mut transfers = Vec::new();
         plan.transfers(round, &mut transfers);
-        let (mut flows, crossings, latency) = self.flows(&transfers, elem)?;
-        let transfer_s = share(self.topology(), &mut flows, &crossings);
-        let mut bytes: HashMap<LinkId, f64> = HashMap::new();
-        let mut through = vec![0.0; crossings.len()];
-        for (tr, f) in transfers.iter().zip(&flows) {
+        let latency = self.flows(&transfers, elem)?;
+        self.index_links();
+        let t = self.topology();
+        let transfer_s = share(t, &mut self.round);
+        let r = &self.round;
+        let mut bytes = vec![0.0; r.links.len()];
+        for (tr, f) in transfers.iter().zip(&r.flows) {
             let b = tr.len as f64 * elem;
-            for &l in &f.local {
-                *bytes.entry(l).or_default() += b;
-            }
-            if let Some(c) = f.crossing {
-                through[c] += b;
+            for &l in &r.local[f.local.0 as usize..f.local.1 as usize] {
+                bytes[self.slot[l as usize] as usize] += b;
             }
         }
-        for (shares, b) in crossings.iter().zip(&through) {
-            for &(l, w) in shares {
-                *bytes.entry(l).or_default() += b * w;
+        for (c, &(s0, s1)) in r.crossings.iter().enumerate() {
+            let through: f64 = r.members[r.member_at[c] as usize..r.member_at[c + 1] as usize]
+                .iter()
+                .map(|&i| transfers[i as usize].len as f64 * elem)
+                .sum();
+            for &(l, w) in &r.shares[s0 as usize..s1 as usize] {
+                bytes[self.slot[l as usize] as usize] += through * w;
             }
         }
-        let mut bytes: Vec<(LinkId, f64)> = bytes.into_iter().collect();
+        let mut bytes: Vec<(LinkId, f64)> = r.links.iter().copied().zip(bytes).collect();
         bytes.sort_by_key(|b| b.0);
+        for &l in &r.links {
+            self.slot[l as usize] = NONE;
+        }
         Ok(RoundResult {
             transfer_s,
             latency_s: latency,
@@ -101,45 +149,59 @@ impl<'t> FlowSim<'t> {
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn flows(
-        &mut self,
-        transfers: &[TransferInfo],
-        elem: f64,
-    ) -> Result<(Vec<Flow>, Vec<Vec<(LinkId, f64)>>, f64), SimError> {
-        let mut crossing_index: HashMap<(NodeId, NodeId), usize> = HashMap::new();
-        let mut crossings: Vec<Vec<(LinkId, f64)>> = Vec::new();
-        let mut flows = Vec::with_capacity(transfers.len());
+    /// Fills the round's flows and crossings; returns the round's latency (the longest
+    /// path, plus software overhead for each extra peer of the busiest sender).
+    fn flows(&mut self, transfers: &[TransferInfo], elem: f64) -> Result<f64, SimError> {
+        let r = &mut self.round;
+        r.flows.clear();
+        r.local.clear();
+        r.crossings.clear();
+        r.shares.clear();
+        let mut crossing_index: HashMap<(NodeId, NodeId), u32> = HashMap::default();
         let mut latency: f64 = 0.0;
-        let mut peers: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut peers: HashMap<u32, Vec<u32>> = HashMap::default();
         for tr in transfers {
             let mine = peers.entry(tr.src).or_default();
             if !mine.contains(&tr.dst) {
                 mine.push(tr.dst);
             }
-            let parts = self.router.parts(tr.src, tr.dst)?.clone();
+            let parts = self.router.parts(tr.src, tr.dst)?;
             latency = latency.max(parts.latency);
+            let start = r.local.len() as u32;
+            r.local.extend_from_slice(&parts.local);
+            let local = (start, r.local.len() as u32);
             let crossing = match parts.fabric {
                 None => None,
                 Some(key) => Some(match crossing_index.get(&key) {
                     Some(&i) => i,
                     None => {
-                        let mut shares: HashMap<LinkId, f64> = HashMap::new();
-                        self.router.spread_to(key.1, &[(key.0, 1.0)], &mut |l, w| {
-                            *shares.entry(l).or_default() += w
-                        });
-                        let mut shares: Vec<_> = shares.into_iter().collect();
-                        shares.sort_by_key(|s| s.0);
-                        crossings.push(shares);
-                        crossing_index.insert(key, crossings.len() - 1);
-                        crossings.len() - 1
+                        if !self.spreads.contains_key(&key) {
+                            let mut spread: HashMap<LinkId, f64> = HashMap::default();
+                            self.router.spread_to(key.1, &[(key.0, 1.0)], &mut |l, w| {
+                                *spread.entry(l).or_default() += w
+                            });
+                            let mut shares: Vec<(LinkId, f64)> = spread.into_iter().collect();
+                            shares.sort_by_key(|s| s.0);
+                            if self.spread_entries + shares.len() > SPREAD_CACHE {
+                                self.spreads.clear();
+                                self.spread_entries = 0;
+                            }
+                            self.spread_entries += shares.len();
+                            self.spreads.insert(key, shares.into_boxed_slice());
+                        }
+                        let s0 = r.shares.len() as u32;
+                        r.shares.extend_from_slice(&self.spreads[&key]);
+                        r.crossings.push((s0, r.shares.len() as u32));
+                        let i = r.crossings.len() as u32 - 1;
+                        crossing_index.insert(key, i);
+                        i
                     }
                 }),
             };
-            flows.push(Flow {
+            r.flows.push(Flow {
                 left: tr.len as f64 * elem,
                 rate: 0.0,
-                local: parts.local,
+                local,
                 crossing,
                 active: tr.len > 0,
             });
@@ -148,7 +210,89 @@ impl<'t> FlowSim<'t> {
         if !transfers.is_empty() {
             latency += self.endpoints.overhead_s * most_peers.saturating_sub(1) as f64;
         }
-        Ok((flows, crossings, latency))
+        Ok(latency)
+    }
+
+    /// Numbers the round's links and lists their users (counting sort into flat arrays).
+    fn index_links(&mut self) {
+        let r = &mut self.round;
+        let slot = &mut self.slot;
+        r.links.clear();
+        let mut number = |l: LinkId, links: &mut Vec<LinkId>| -> usize {
+            if slot[l as usize] == NONE {
+                slot[l as usize] = links.len() as u32;
+                links.push(l);
+            }
+            slot[l as usize] as usize
+        };
+        // Crossings first learn their members; only crossings with flows load links.
+        let mut member_count = vec![0u32; r.crossings.len() + 1];
+        for f in &r.flows {
+            if let Some(c) = f.crossing {
+                member_count[c as usize + 1] += 1;
+            }
+        }
+        prefix(&mut member_count);
+        r.member_at = member_count.clone();
+        r.members.clear();
+        r.members
+            .resize(member_count[r.crossings.len()] as usize, 0);
+        let mut fill = member_count;
+        for (i, f) in r.flows.iter().enumerate() {
+            if let Some(c) = f.crossing {
+                r.members[fill[c as usize] as usize] = i as u32;
+                fill[c as usize] += 1;
+            }
+        }
+        for &l in &r.local {
+            number(l, &mut r.links);
+        }
+        for &(l, _) in &r.shares {
+            number(l, &mut r.links);
+        }
+        let n = r.links.len();
+        let mut flow_count = vec![0u32; n + 1];
+        for f in &r.flows {
+            for &l in &r.local[f.local.0 as usize..f.local.1 as usize] {
+                flow_count[slot[l as usize] as usize + 1] += 1;
+            }
+        }
+        let mut crossing_count = vec![0u32; n + 1];
+        let used = |c: usize| r.member_at[c + 1] > r.member_at[c];
+        for (c, &(s0, s1)) in r.crossings.iter().enumerate() {
+            if used(c) {
+                for &(l, _) in &r.shares[s0 as usize..s1 as usize] {
+                    crossing_count[slot[l as usize] as usize + 1] += 1;
+                }
+            }
+        }
+        prefix(&mut flow_count);
+        prefix(&mut crossing_count);
+        r.flow_users.clear();
+        r.flow_users.resize(flow_count[n] as usize, 0);
+        r.crossing_users.clear();
+        r.crossing_users
+            .resize(crossing_count[n] as usize, (0, 0.0));
+        let mut fill = flow_count.clone();
+        for (i, f) in r.flows.iter().enumerate() {
+            for &l in &r.local[f.local.0 as usize..f.local.1 as usize] {
+                let k = slot[l as usize] as usize;
+                r.flow_users[fill[k] as usize] = i as u32;
+                fill[k] += 1;
+            }
+        }
+        let mut fill_c = crossing_count.clone();
+        for (c, &(s0, s1)) in r.crossings.iter().enumerate() {
+            if used(c) {
+                for &(l, w) in &r.shares[s0 as usize..s1 as usize] {
+                    let k = slot[l as usize] as usize;
+                    r.crossing_users[fill_c[k] as usize] = (c as u32, w);
+                    fill_c[k] += 1;
+                }
+            }
+        }
+        r.flow_at = flow_count;
+        r.crossing_at = crossing_count;
     }
 
     /// The slowest rank's reduction in this round (stragglers reduce slower).
@@ -171,52 +315,29 @@ impl<'t> FlowSim<'t> {
     }
 }
 
-/// Who loads a link: flows that use it whole, and fabric crossings that put a share of
-/// each of their flows on it. Crossings are counted as groups so that 16k flows through a
-/// few hundred leaf pairs cost a few hundred entries per link, not 16k.
-struct Users {
-    link: LinkId,
-    flows: Vec<usize>,
-    crossings: Vec<(usize, f64)>,
+/// Turns counts at `[k + 1]` into start offsets at `[k]` (and the total at the end).
+fn prefix(v: &mut [u32]) {
+    for k in 1..v.len() {
+        v[k] += v[k - 1];
+    }
 }
 
-/// Runs the flows to completion under max-min fair sharing; returns the time taken.
-fn share(t: &Topology, flows: &mut [Flow], crossings: &[Vec<(LinkId, f64)>]) -> f64 {
-    let mut by_link: HashMap<LinkId, Users> = HashMap::new();
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); crossings.len()];
-    for (i, f) in flows.iter().enumerate() {
-        for &l in &f.local {
-            users_of(&mut by_link, l).flows.push(i);
-        }
-        if let Some(c) = f.crossing {
-            members[c].push(i);
-        }
-    }
-    for (c, shares) in crossings.iter().enumerate() {
-        if members[c].is_empty() {
-            continue;
-        }
-        for &(l, w) in shares {
-            users_of(&mut by_link, l).crossings.push((c, w));
-        }
-    }
-    let mut links: Vec<Users> = by_link.into_values().collect();
-    links.sort_by_key(|u| u.link);
+/// Runs the round's flows to completion under max-min fair sharing; returns the time.
+fn share(t: &Topology, r: &mut Round) -> f64 {
     let mut elapsed = 0.0;
     for event in 0.. {
-        if !flows.iter().any(|f| f.active) {
+        if !r.flows.iter().any(|f| f.active) {
             break;
         }
-        allocate(t, flows, &links, &members);
+        allocate(t, r);
         // A flow that crosses no link at all (same node) finishes at once.
-        for f in flows.iter_mut().filter(|f| f.active && f.rate <= EPS) {
-            if f.local.is_empty() && f.crossing.is_none() {
+        for f in r.flows.iter_mut().filter(|f| f.active && f.rate <= EPS) {
+            if f.local.0 == f.local.1 && f.crossing.is_none() {
                 f.active = false;
             }
         }
-        let next = flows
-            .iter()
-            .filter(|f| f.active && f.rate > EPS)
+        let running = || r.flows.iter().filter(|f| f.active && f.rate > EPS);
+        let next = running()
             .map(|f| f.left / f.rate)
             .fold(f64::INFINITY, f64::min);
         if !next.is_finite() {
@@ -224,16 +345,12 @@ fn share(t: &Topology, flows: &mut [Flow], crossings: &[Vec<(LinkId, f64)>]) -> 
         }
         // After many events, finish everything at the current rates.
         let step = if event >= MAX_EVENTS {
-            flows
-                .iter()
-                .filter(|f| f.active && f.rate > EPS)
-                .map(|f| f.left / f.rate)
-                .fold(0.0, f64::max)
+            running().map(|f| f.left / f.rate).fold(0.0, f64::max)
         } else {
             next
         };
         elapsed += step;
-        for f in flows.iter_mut().filter(|f| f.active) {
+        for f in r.flows.iter_mut().filter(|f| f.active) {
             f.left -= f.rate * step;
             if f.left <= EPS * (1.0 + f.rate * step) {
                 f.active = false;
@@ -243,77 +360,84 @@ fn share(t: &Topology, flows: &mut [Flow], crossings: &[Vec<(LinkId, f64)>]) -> 
     elapsed
 }
 
-fn users_of(m: &mut HashMap<LinkId, Users>, l: LinkId) -> &mut Users {
-    m.entry(l).or_insert_with(|| Users {
-        link: l,
-        flows: Vec::new(),
-        crossings: Vec::new(),
-    })
-}
-
 /// Max-min fair rates for the active flows (progressive filling): every unfrozen flow
 /// grows alike until a link fills; its flows freeze at the level reached.
-fn allocate(t: &Topology, flows: &mut [Flow], links: &[Users], members: &[Vec<usize>]) {
-    let mut frozen: Vec<bool> = flows.iter().map(|f| !f.active).collect();
-    let mut open: Vec<f64> = members
-        .iter()
-        .map(|m| m.iter().filter(|&&i| !frozen[i]).count() as f64)
+fn allocate(t: &Topology, r: &mut Round) {
+    let mut frozen: Vec<bool> = r.flows.iter().map(|f| !f.active).collect();
+    let mut open: Vec<f64> = (0..r.crossings.len())
+        .map(|c| {
+            r.members[r.member_at[c] as usize..r.member_at[c + 1] as usize]
+                .iter()
+                .filter(|&&i| !frozen[i as usize])
+                .count() as f64
+        })
         .collect();
-    let mut room: Vec<f64> = links.iter().map(|u| t.link(u.link).bandwidth).collect();
+    let mut room: Vec<f64> = r.links.iter().map(|&l| t.link(l).bandwidth).collect();
+    let mut demand = vec![0.0; r.links.len()];
     let mut level = 0.0;
     let mut left = frozen.iter().filter(|&&f| !f).count();
-    for f in flows.iter_mut() {
+    for f in r.flows.iter_mut() {
         f.rate = 0.0;
     }
-    let freeze =
-        |i: usize, frozen: &mut Vec<bool>, open: &mut Vec<f64>, flows: &mut [Flow], level: f64| {
-            if !frozen[i] {
-                frozen[i] = true;
-                flows[i].rate = level;
-                if let Some(c) = flows[i].crossing {
-                    open[c] -= 1.0;
-                }
-                true
-            } else {
-                false
-            }
-        };
+    let flows = &mut r.flows;
+    let mut freeze = |i: u32, frozen: &mut Vec<bool>, open: &mut Vec<f64>, level: f64| {
+        let i = i as usize;
+        if frozen[i] {
+            return false;
+        }
+        frozen[i] = true;
+        flows[i].rate = level;
+        if let Some(c) = flows[i].crossing {
+            open[c as usize] -= 1.0;
+        }
+        true
+    };
     while left > 0 {
-        let demand: Vec<f64> = links
-            .iter()
-            .map(|u| {
-                let whole = u.flows.iter().filter(|&&i| !frozen[i]).count() as f64;
-                let shares: f64 = u.crossings.iter().map(|&(c, w)| w * open[c]).sum();
-                whole + shares
-            })
-            .collect();
+        for (k, d) in demand.iter_mut().enumerate() {
+            let whole = r.flow_users[r.flow_at[k] as usize..r.flow_at[k + 1] as usize]
+                .iter()
+                .filter(|&&i| !frozen[i as usize])
+                .count() as f64;
+            let shares: f64 = r.crossing_users
+                [r.crossing_at[k] as usize..r.crossing_at[k + 1] as usize]
+                .iter()
+                .map(|&(c, w)| w * open[c as usize])
+                .sum();
+            *d = whole + shares;
+        }
         let step = demand
             .iter()
             .zip(&room)
             .filter(|(d, _)| **d > EPS)
-            .map(|(d, r)| r / d)
+            .map(|(d, room)| room / d)
             .fold(f64::INFINITY, f64::min);
         if !step.is_finite() {
             break;
         }
         level += step;
         let mut saturated = Vec::new();
-        for (k, u) in links.iter().enumerate() {
+        for (k, &l) in r.links.iter().enumerate() {
             room[k] -= step * demand[k];
-            if demand[k] > EPS && room[k] <= EPS * t.link(u.link).bandwidth.max(1.0) {
+            if demand[k] > EPS && room[k] <= EPS * t.link(l).bandwidth.max(1.0) {
                 saturated.push(k);
             }
         }
         for k in saturated {
-            let u = &links[k];
-            for &i in &u.flows {
-                if freeze(i, &mut frozen, &mut open, flows, level) {
+            for &i in &r.flow_users[r.flow_at[k] as usize..r.flow_at[k + 1] as usize] {
+                if freeze(i, &mut frozen, &mut open, level) {
                     left -= 1;
                 }
             }
-            for &(c, _) in &u.crossings {
-                for &i in &members[c] {
-                    if freeze(i, &mut frozen, &mut open, flows, level) {
+            for &(c, _) in
+                &r.crossing_users[r.crossing_at[k] as usize..r.crossing_at[k + 1] as usize]
+            {
+                let c = c as usize;
+                // Saturated links share crossings: freeze each crossing's flows once.
+                if open[c] < 0.5 {
+                    continue;
+                }
+                for &i in &r.members[r.member_at[c] as usize..r.member_at[c + 1] as usize] {
+                    if freeze(i, &mut frozen, &mut open, level) {
                         left -= 1;
                     }
                 }

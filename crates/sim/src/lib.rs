@@ -11,7 +11,7 @@
 pub mod fault;
 pub mod flow;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -96,7 +96,7 @@ pub fn simulate(
     let (faulty, stragglers) = fault::apply(t, faults)?;
     let start_delay = stragglers.late.iter().copied().fold(0.0, f64::max);
     let mut sim = FlowSim::new(&faulty, endpoints, stragglers);
-    let mut by_class: HashMap<u64, (flow::RoundResult, u32)> = HashMap::new();
+    let mut by_class: HashMap<u64, (flow::RoundResult, u32)> = HashMap::default();
     let mut runs: Vec<RoundRun> = Vec::new();
     let (mut transfer, mut latency, mut reduction) = (0.0, 0.0, 0.0);
     for round in 0..plan.rounds() {
@@ -125,30 +125,43 @@ pub fn simulate(
         }
     }
     let total = start_delay + transfer + latency + reduction;
-    let mut per_link: HashMap<u32, f64> = HashMap::new();
+    let mut per_link = vec![0.0; faulty.links().len()];
     for (r, count) in by_class.values() {
         for &(l, b) in &r.bytes {
-            *per_link.entry(l).or_default() += b * *count as f64;
+            per_link[l as usize] += b * *count as f64;
         }
     }
-    let mut hottest: Vec<LinkLoad> = per_link
+    let busy = |l: u32, bytes: f64| {
+        if total > 0.0 {
+            bytes / faulty.link(l).bandwidth / total
+        } else {
+            0.0
+        }
+    };
+    // A large run touches a million links: rank them by number, name only the few shown.
+    let mut ranked: Vec<(u32, f64)> = (0..)
+        .zip(per_link)
+        .filter(|&(_, bytes)| bytes > 0.0)
+        .collect();
+    let order = |a: &(u32, f64), b: &(u32, f64)| {
+        busy(b.0, b.1)
+            .total_cmp(&busy(a.0, a.1))
+            .then(a.0.cmp(&b.0))
+    };
+    if ranked.len() > HOTTEST {
+        ranked.select_nth_unstable_by(HOTTEST, order);
+        ranked.truncate(HOTTEST);
+    }
+    ranked.sort_by(order);
+    let hottest: Vec<LinkLoad> = ranked
         .into_iter()
+        .take(HOTTEST)
         .map(|(l, bytes)| LinkLoad {
             link: faulty.link_name(l),
             bytes,
-            utilisation: if total > 0.0 {
-                bytes / faulty.link(l).bandwidth / total
-            } else {
-                0.0
-            },
+            utilisation: busy(l, bytes),
         })
         .collect();
-    hottest.sort_by(|a, b| {
-        b.utilisation
-            .total_cmp(&a.utilisation)
-            .then(a.link.cmp(&b.link))
-    });
-    hottest.truncate(HOTTEST);
     let spec = plan.spec();
     let bytes = spec.size_bytes();
     let bound = lower_bound(&faulty, spec.collective, bytes as f64);

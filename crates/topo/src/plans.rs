@@ -274,15 +274,7 @@ pub fn candidates(
                    aware: bool,
                    alg: Algorithm|
      -> Result<(), TopoError> {
-        if let Ok(plan) = build(spec.clone(), alg, params) {
-            let cost = pricer.cost(&plan)?;
-            out.push(Candidate {
-                label,
-                topology_aware: aware,
-                plan,
-                cost,
-            });
-        }
+        out.extend(priced(pricer, spec, params, label, aware, alg)?);
         Ok(())
     };
     for name in topoccl_plan::available(spec.collective) {
@@ -312,20 +304,65 @@ pub fn candidates(
             Algorithm::ParentTree { parents },
         )?;
     }
-    if c == Collective::AllReduce {
-        let loc = Locality::of(pricer.router())?;
-        let levels = levels(&loc);
-        for intra in [Algorithm::Ring, Algorithm::Direct] {
-            for top in ["ring", "rhd", "tree", "rd"] {
-                let top: Algorithm = top.parse().expect("known algorithm");
-                if let Some(alg) = hierarchy(&levels, &intra, &top) {
-                    let label = format!("hier({}|{})", intra.name(), top.name());
-                    add(pricer, label, true, alg)?;
-                }
+    out.extend(hierarchies(pricer, spec, params)?);
+    Ok(out)
+}
+
+/// The hierarchical candidates alone (all-reduce; none for other collectives), priced:
+/// what `--algo hier` needs without pricing every flat plan on a large cluster.
+pub fn hierarchies(
+    pricer: &mut Pricer<'_>,
+    spec: &CollectiveSpec,
+    params: PlanParams,
+) -> Result<Vec<Candidate>, TopoError> {
+    let mut out = Vec::new();
+    for (label, alg) in hierarchy_algorithms(pricer.router(), spec)? {
+        out.extend(priced(pricer, spec, params, label, true, alg)?);
+    }
+    Ok(out)
+}
+
+/// The hierarchies the cluster's levels allow for `spec`, labelled `hier(intra|top)`,
+/// unpriced (all-reduce only).
+pub fn hierarchy_algorithms(
+    router: &mut Router<'_>,
+    spec: &CollectiveSpec,
+) -> Result<Vec<(String, Algorithm)>, TopoError> {
+    let mut out = Vec::new();
+    if spec.collective != Collective::AllReduce {
+        return Ok(out);
+    }
+    let levels = levels(&Locality::of(router)?);
+    for intra in [Algorithm::Ring, Algorithm::Direct] {
+        for top in ["ring", "rhd", "tree", "rd"] {
+            let top: Algorithm = top.parse().expect("known algorithm");
+            if let Some(alg) = hierarchy(&levels, &intra, &top) {
+                out.push((format!("hier({}|{})", intra.name(), top.name()), alg));
             }
         }
     }
     Ok(out)
+}
+
+/// `alg` built for `spec` and priced; `None` where the algorithm cannot serve the spec.
+fn priced(
+    pricer: &mut Pricer<'_>,
+    spec: &CollectiveSpec,
+    params: PlanParams,
+    label: String,
+    topology_aware: bool,
+    alg: Algorithm,
+) -> Result<Option<Candidate>, TopoError> {
+    let Ok(plan) = build(spec.clone(), alg, params) else {
+        return Ok(None);
+    };
+    let cost = pricer.cost(&plan)?;
+    Ok(Some(Candidate {
+        label,
+        topology_aware,
+        plan,
+        cost,
+    }))
 }
 
 /// The cheapest candidate.

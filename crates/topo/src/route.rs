@@ -4,19 +4,28 @@
 //!
 //! Clusters are hosts hanging off a fabric, so the work is split the same way: each host's
 //! devices are searched on their own (a few dozen nodes), and the fabric — the nodes in no
-//! host — gets one distance table between its nodes, computed once. A route between ranks
+//! host — gets distances toward each fabric node that traffic is sent to, computed on first
+//! use (a column per destination leaf, not a table over all switch pairs: at 131,072 ranks
+//! the full table would take seconds and gigabytes for pairs no route asks). A route between ranks
 //! on different hosts leaves its host through one of its exits, crosses the fabric and
 //! enters the other host; the cheapest combination wins. This keeps a 16,384-GPU cluster's
 //! routing to a few thousand small searches instead of one large search per rank pair.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
+
+use rustc_hash::FxHashMap as HashMap;
+use smallvec::SmallVec;
 
 use crate::error::TopoError;
 use crate::model::{LinkId, NodeId, NodeKind, Topology};
 
-/// Costs within this relative tolerance are equal (ECMP ties).
-const TIE: f64 = 1e-9;
+/// Latencies are summed in whole picoseconds: equal-cost paths (ECMP ties) then compare
+/// exactly, whatever order their links were added in, and comparisons in the searches
+/// (millions of them on a 131,072-rank cluster) are integer ones.
+fn picos(seconds: f64) -> u64 {
+    (seconds * 1e12).round() as u64
+}
 
 /// The links a transfer uses and the share of its bytes on each.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,52 +40,47 @@ pub struct Route {
     pub hops: u32,
 }
 
-/// Path cost: latency first, then hops.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Path cost: latency (picoseconds) first, then hops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Dist {
-    lat: f64,
+    ps: u64,
     hops: u32,
 }
 
 impl Dist {
-    const ZERO: Dist = Dist { lat: 0.0, hops: 0 };
+    const ZERO: Dist = Dist { ps: 0, hops: 0 };
     const INF: Dist = Dist {
-        lat: f64::INFINITY,
+        ps: u64::MAX,
         hops: u32::MAX,
     };
 
-    fn plus(self, lat: f64) -> Dist {
+    fn plus(self, latency: f64) -> Dist {
+        self.add_ps(picos(latency))
+    }
+
+    fn add_ps(self, ps: u64) -> Dist {
         Dist {
-            lat: self.lat + lat,
+            ps: self.ps.saturating_add(ps),
             hops: self.hops.saturating_add(1),
         }
     }
 
-    fn cmp(&self, other: &Dist) -> Ordering {
-        if (self.lat - other.lat).abs() <= TIE * self.lat.abs().max(other.lat.abs()).max(1e-12) {
-            self.hops.cmp(&other.hops)
-        } else {
-            self.lat.total_cmp(&other.lat)
-        }
+    fn is_finite(&self) -> bool {
+        self.ps != u64::MAX
     }
 
-    fn eq(&self, other: &Dist) -> bool {
-        self.cmp(other) == Ordering::Equal
+    fn seconds(&self) -> f64 {
+        self.ps as f64 * 1e-12
     }
 }
 
-#[derive(PartialEq)]
-struct Item(Dist, u32);
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Min-heap on distance.
-        other.0.cmp(&self.0).then(other.1.cmp(&self.1))
+/// A search's heap entry, smallest distance first (ties by node, for determinism).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Item(std::cmp::Reverse<(Dist, u32)>);
+
+impl Item {
+    fn new(d: Dist, node: u32) -> Item {
+        Item(std::cmp::Reverse((d, node)))
     }
 }
 
@@ -93,14 +97,23 @@ pub struct Router<'t> {
     place: Vec<Place>,
     /// Fabric node ids, by fabric index.
     fabric: Vec<NodeId>,
-    /// Distances between fabric nodes through fabric links only: `dist[a * F + b]`.
-    dist: Vec<Dist>,
+    /// Distances through fabric links only, per destination fabric index: `cols[b][a]` is
+    /// from `a` to `b` (filled on first use).
+    cols: Vec<Option<Box<[Dist]>>>,
+    /// Fabric links into each fabric node, by fabric index, as (source index, latency):
+    /// `fabric_in[fabric_in_at[b]..fabric_in_at[b + 1]]`, so column searches touch
+    /// nothing but these arrays.
+    fabric_in_at: Vec<u32>,
+    fabric_in: Vec<(u32, u64)>,
     /// Links from a host's nodes into the fabric, and from the fabric into them.
     exits: Vec<Vec<LinkId>>,
     entries: Vec<Vec<LinkId>>,
     /// Incoming links per node.
     into: Vec<Vec<LinkId>>,
-    parts: HashMap<(u32, u32), RouteParts>,
+    /// Routes computed so far, and where each rank pair's is (one hash lookup per hit,
+    /// which matters when a round asks for 131,072 of them).
+    parts: Vec<RouteParts>,
+    part_of: HashMap<(u32, u32), u32>,
     /// Per rank: its ways into and out of the fabric, and distances inside its host.
     ways: HashMap<u32, RankWays>,
     /// ECMP next hops toward each destination, by fabric index (filled as needed).
@@ -109,12 +122,15 @@ pub struct Router<'t> {
 
 /// A way between a rank and the fabric: the fabric node, the cost, the links.
 type Way = (NodeId, Dist, Vec<LinkId>);
+/// A node found by a search: its distance and the link it was reached by.
+type Reached = (Dist, Option<LinkId>);
 
 /// What routing needs about one rank, computed once.
 struct RankWays {
     out: Vec<Way>,
     into: Vec<Way>,
-    local: HashMap<NodeId, Dist>,
+    /// Nodes of its host, found from it (empty for a rank on a fabric node).
+    local: HashMap<NodeId, Reached>,
 }
 
 /// A route split where traffic of many transfers can be added up: the links outside the
@@ -122,7 +138,9 @@ struct RankWays {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteParts {
     /// Links inside the two hosts (or the whole path, inside one host).
-    pub local: Vec<LinkId>,
+    /// Inline up to a typical GPU-NIC-switch path each way: a large cluster keeps millions
+    /// of these, and one allocation each was a tenth of a 131,072-rank simulation.
+    pub local: SmallVec<[LinkId; 6]>,
     /// Where the route enters and leaves the fabric, if it crosses it.
     pub fabric: Option<(NodeId, NodeId)>,
     pub latency: f64,
@@ -132,7 +150,7 @@ pub struct RouteParts {
 impl<'t> Router<'t> {
     pub fn new(t: &'t Topology) -> Router<'t> {
         let n = t.nodes().len();
-        let mut host_index: HashMap<NodeId, u32> = HashMap::new();
+        let mut host_index: HashMap<NodeId, u32> = HashMap::default();
         let mut fabric = Vec::new();
         let mut place = vec![Place::Fabric(0); n];
         for (id, node) in t.nodes().iter().enumerate() {
@@ -191,15 +209,28 @@ impl<'t> Router<'t> {
             t,
             place,
             fabric,
-            dist: Vec::new(),
+            cols: Vec::new(),
+            fabric_in_at: Vec::new(),
+            fabric_in: Vec::new(),
             exits,
             entries,
             into,
-            parts: HashMap::new(),
-            ways: HashMap::new(),
-            next: HashMap::new(),
+            parts: Vec::new(),
+            part_of: HashMap::default(),
+            ways: HashMap::default(),
+            next: HashMap::default(),
         };
-        r.dist = r.fabric_distances();
+        r.cols = vec![None; r.fabric.len()];
+        for &b in &r.fabric {
+            r.fabric_in_at.push(r.fabric_in.len() as u32);
+            for &l in &r.into[b as usize] {
+                let link = t.link(l);
+                if let Place::Fabric(a) = r.place[link.from as usize] {
+                    r.fabric_in.push((a, picos(link.latency)));
+                }
+            }
+        }
+        r.fabric_in_at.push(r.fabric_in.len() as u32);
         r
     }
 
@@ -207,35 +238,52 @@ impl<'t> Router<'t> {
         self.t
     }
 
-    /// Distances between all fabric nodes over fabric links (one search per fabric node).
-    fn fabric_distances(&self) -> Vec<Dist> {
-        let f = self.fabric.len();
-        let mut dist = vec![Dist::INF; f * f];
-        for (a, &src) in self.fabric.iter().enumerate() {
-            let row = self.search(src, |p| matches!(p, Place::Fabric(_)), true);
-            for (node, d) in row {
-                if let Place::Fabric(b) = self.place[node as usize] {
-                    dist[a * f + b as usize] = d;
+    /// Makes sure the distances toward fabric node `bi` (by index) are known: one backward
+    /// search over fabric links, with plain arrays because it may cover thousands of
+    /// switches and run once per destination leaf.
+    fn column(&mut self, bi: usize) -> &[Dist] {
+        if self.cols[bi].is_none() {
+            let f = self.fabric.len();
+            let mut col = vec![Dist::INF; f];
+            let mut heap = BinaryHeap::new();
+            col[bi] = Dist::ZERO;
+            heap.push(Item::new(Dist::ZERO, bi as u32));
+            while let Some(Item(std::cmp::Reverse((d, ui)))) = heap.pop() {
+                if col[ui as usize].cmp(&d) == Ordering::Less {
+                    continue;
+                }
+                let (e0, e1) = (
+                    self.fabric_in_at[ui as usize],
+                    self.fabric_in_at[ui as usize + 1],
+                );
+                for &(vi, ps) in &self.fabric_in[e0 as usize..e1 as usize] {
+                    let nd = d.add_ps(ps);
+                    if nd.cmp(&col[vi as usize]) == Ordering::Less {
+                        col[vi as usize] = nd;
+                        heap.push(Item::new(nd, vi));
+                    }
                 }
             }
+            self.cols[bi] = Some(col.into_boxed_slice());
         }
-        dist
+        self.cols[bi].as_deref().expect("filled above")
     }
 
-    /// Dijkstra from `src` over links whose ends both satisfy `inside`; forward or
-    /// backward (distances *to* `src`). Returns the reached nodes with their distances.
-    fn search(
-        &self,
-        src: NodeId,
-        inside: impl Fn(Place) -> bool,
-        forward: bool,
-    ) -> HashMap<NodeId, Dist> {
-        let mut best: HashMap<NodeId, Dist> = HashMap::new();
+    /// Dijkstra inside one host from `src`, forward or backward (distances *to* `src`).
+    /// Returns the reached nodes with their distances and the link each was reached by
+    /// (its last link going forward, its first going backward), so paths need no second
+    /// search.
+    fn search(&self, src: NodeId, forward: bool) -> HashMap<NodeId, Reached> {
+        let Place::Host(h) = self.place[src as usize] else {
+            return HashMap::default();
+        };
+        let inside = |p: Place| p == Place::Host(h);
+        let mut best: HashMap<NodeId, Reached> = HashMap::default();
         let mut heap = BinaryHeap::new();
-        best.insert(src, Dist::ZERO);
-        heap.push(Item(Dist::ZERO, src));
-        while let Some(Item(d, u)) = heap.pop() {
-            if best.get(&u).is_some_and(|b| b.cmp(&d) == Ordering::Less) {
+        best.insert(src, (Dist::ZERO, None));
+        heap.push(Item::new(Dist::ZERO, src));
+        while let Some(Item(std::cmp::Reverse((d, u)))) = heap.pop() {
+            if best.get(&u).is_some_and(|b| b.0.cmp(&d) == Ordering::Less) {
                 continue;
             }
             let links = if forward {
@@ -250,22 +298,40 @@ impl<'t> Router<'t> {
                     continue;
                 }
                 let nd = d.plus(link.latency);
-                if best.get(&v).is_none_or(|b| nd.cmp(b) == Ordering::Less) {
-                    best.insert(v, nd);
-                    heap.push(Item(nd, v));
+                if best.get(&v).is_none_or(|b| nd.cmp(&b.0) == Ordering::Less) {
+                    best.insert(v, (nd, Some(l)));
+                    heap.push(Item::new(nd, v));
                 }
             }
         }
         best
     }
 
+    /// The fabric distance from `a` to `b`; `b`'s column must have been filled (infinite
+    /// for nodes outside the fabric).
     fn fabric_dist(&self, a: NodeId, b: NodeId) -> Dist {
         match (self.place[a as usize], self.place[b as usize]) {
-            (Place::Fabric(i), Place::Fabric(j)) => {
-                self.dist[i as usize * self.fabric.len() + j as usize]
-            }
+            (Place::Fabric(i), Place::Fabric(j)) => self.cols[j as usize]
+                .as_ref()
+                .expect("column filled before use")[i as usize],
             _ => Dist::INF,
         }
+    }
+
+    /// The path to `to` from a forward search's source, or from `from` to a backward
+    /// search's source, by following the links nodes were reached by.
+    fn path(&self, found: &HashMap<NodeId, Reached>, end: NodeId, forward: bool) -> Vec<LinkId> {
+        let mut path = Vec::new();
+        let mut u = end;
+        while let Some(&(_, Some(l))) = found.get(&u) {
+            path.push(l);
+            let link = self.t.link(l);
+            u = if forward { link.from } else { link.to };
+        }
+        if forward {
+            path.reverse();
+        }
+        path
     }
 
     /// The route from rank `a` to rank `b`, with every link's share.
@@ -297,22 +363,21 @@ impl<'t> Router<'t> {
                 "route from rank {a} to rank {b}: the topology has {p} ranks"
             )));
         }
-        if !self.parts.contains_key(&(a, b)) {
-            let parts = self.compute_parts(a, b)?;
-            self.parts.insert((a, b), parts);
+        if let Some(&i) = self.part_of.get(&(a, b)) {
+            return Ok(&self.parts[i as usize]);
         }
-        Ok(&self.parts[&(a, b)])
+        let parts = self.compute_parts(a, b)?;
+        self.part_of.insert((a, b), self.parts.len() as u32);
+        self.parts.push(parts);
+        Ok(self.parts.last().expect("pushed above"))
     }
 
     fn ways(&mut self, rank: u32) -> Result<&RankWays, TopoError> {
         if !self.ways.contains_key(&rank) {
             let node = self.t.rank_node(rank);
-            let local = match self.place[node as usize] {
-                Place::Host(h) => self.search(node, |p| p == Place::Host(h), true),
-                Place::Fabric(_) => HashMap::new(),
-            };
+            let local = self.search(node, true);
             let w = RankWays {
-                out: self.leg_out(node),
+                out: self.leg_out(node, &local),
                 into: self.leg_in(node),
                 local,
             };
@@ -326,7 +391,7 @@ impl<'t> Router<'t> {
     fn compute_parts(&mut self, a: u32, b: u32) -> Result<RouteParts, TopoError> {
         if a == b {
             return Ok(RouteParts {
-                local: Vec::new(),
+                local: SmallVec::new(),
                 fabric: None,
                 latency: 0.0,
                 hops: 0,
@@ -334,18 +399,23 @@ impl<'t> Router<'t> {
         }
         self.ways(a)?;
         self.ways(b)?;
+        for j in 0..self.ways[&b].into.len() {
+            if let Some(fi) = fabric_index(&self.place, self.ways[&b].into[j].0) {
+                self.column(fi);
+            }
+        }
         let (na, nb) = (self.t.rank_node(a), self.t.rank_node(b));
         let (wa, wb) = (&self.ways[&a], &self.ways[&b]);
         let mut best: Option<(Dist, Option<(usize, usize)>)> =
-            wa.local.get(&nb).map(|&d| (d, None));
+            wa.local.get(&nb).map(|&(d, _)| (d, None));
         for (i, (fo, d_out, _)) in wa.out.iter().enumerate() {
             for (j, (fi, d_in, _)) in wb.into.iter().enumerate() {
                 let mid = self.fabric_dist(*fo, *fi);
-                if mid.lat.is_infinite() {
+                if !mid.is_finite() {
                     continue;
                 }
                 let total = Dist {
-                    lat: d_out.lat + mid.lat + d_in.lat,
+                    ps: d_out.ps + mid.ps + d_in.ps,
                     hops: d_out.hops + mid.hops + d_in.hops,
                 };
                 if best
@@ -364,7 +434,7 @@ impl<'t> Router<'t> {
             )));
         };
         let (local, fabric) = match via {
-            None => (self.local_path(na, nb), None),
+            None => (self.path(&wa.local, nb, true).into(), None),
             Some((i, j)) => {
                 let (fo, _, pre) = &wa.out[i];
                 let (fi, _, post) = &wb.into[j];
@@ -374,7 +444,7 @@ impl<'t> Router<'t> {
         Ok(RouteParts {
             local,
             fabric,
-            latency: d.lat,
+            latency: d.seconds(),
             hops: d.hops,
         })
     }
@@ -394,18 +464,17 @@ impl<'t> Router<'t> {
             .map(|w| w.0))
     }
 
-    /// Ways from `src` into the fabric: (fabric node, cost, links used). A fabric node is
-    /// its own way in.
-    fn leg_out(&self, src: NodeId) -> Vec<Way> {
+    /// Ways from `src` into the fabric: (fabric node, cost, links used), given the search
+    /// from `src` inside its host. A fabric node is its own way in.
+    fn leg_out(&self, src: NodeId, found: &HashMap<NodeId, Reached>) -> Vec<Way> {
         match self.place[src as usize] {
             Place::Fabric(_) => vec![(src, Dist::ZERO, Vec::new())],
             Place::Host(h) => {
-                let d = self.search(src, |p| p == Place::Host(h), true);
                 let mut out = Vec::new();
                 for &l in &self.exits[h as usize] {
                     let link = self.t.link(l);
-                    if let Some(&dd) = d.get(&link.from) {
-                        let mut path = self.local_path(src, link.from);
+                    if let Some(&(dd, _)) = found.get(&link.from) {
+                        let mut path = self.path(found, link.from, true);
                         path.push(l);
                         out.push((link.to, dd.plus(link.latency), path));
                     }
@@ -420,47 +489,19 @@ impl<'t> Router<'t> {
         match self.place[dst as usize] {
             Place::Fabric(_) => vec![(dst, Dist::ZERO, Vec::new())],
             Place::Host(h) => {
-                let d = self.search(dst, |p| p == Place::Host(h), false);
+                let found = self.search(dst, false);
                 let mut out = Vec::new();
                 for &l in &self.entries[h as usize] {
                     let link = self.t.link(l);
-                    if let Some(&dd) = d.get(&link.to) {
+                    if let Some(&(dd, _)) = found.get(&link.to) {
                         let mut path = vec![l];
-                        path.extend(self.local_path(link.to, dst));
+                        path.extend(self.path(&found, link.to, false));
                         out.push((link.from, dd.plus(link.latency), path));
                     }
                 }
                 keep_best(out)
             }
         }
-    }
-
-    /// One shortest path between two nodes of the same host, as links.
-    fn local_path(&self, src: NodeId, dst: NodeId) -> Vec<LinkId> {
-        if src == dst {
-            return Vec::new();
-        }
-        let Place::Host(h) = self.place[src as usize] else {
-            return Vec::new();
-        };
-        let to_dst = self.search(dst, |p| p == Place::Host(h), false);
-        let mut path = Vec::new();
-        let mut u = src;
-        while u != dst {
-            let Some(du) = to_dst.get(&u).copied() else {
-                return path;
-            };
-            let next = self.t.out_links(u).iter().copied().find(|&l| {
-                let link = self.t.link(l);
-                to_dst
-                    .get(&link.to)
-                    .is_some_and(|dv| dv.plus(link.latency).eq(&du))
-            });
-            let Some(l) = next else { return path };
-            path.push(l);
-            u = self.t.link(l).to;
-        }
-        path
     }
 
     /// Adds `share` bytes from fabric node `a` to fabric node `b` to `flows`, spread over
@@ -483,6 +524,7 @@ impl<'t> Router<'t> {
         let Place::Fabric(bi) = self.place[b as usize] else {
             return;
         };
+        self.column(bi as usize);
         let mut pending = vec![0.0f64; self.fabric.len()];
         // Nodes by their hops to b: every next hop is one hop closer, so one sweep from the
         // farthest level down forwards everything exactly once.
@@ -561,7 +603,7 @@ fn fabric_index(place: &[Place], n: NodeId) -> Option<usize> {
 
 /// Keeps the cheapest way per fabric node.
 fn keep_best(ways: Vec<Way>) -> Vec<Way> {
-    let mut best: HashMap<NodeId, (Dist, Vec<LinkId>)> = HashMap::new();
+    let mut best: HashMap<NodeId, (Dist, Vec<LinkId>)> = HashMap::default();
     for (n, d, p) in ways {
         if best.get(&n).is_none_or(|(b, _)| d.cmp(b) == Ordering::Less) {
             best.insert(n, (d, p));
