@@ -27,7 +27,7 @@ pub struct ModelArgs {
     /// Where the ranks run.
     #[arg(long, value_enum, default_value = "as-is")]
     placement: PlacementArg,
-    /// Seed of --placement random (printed with the results).
+    /// Seed of --placement random and of drawn traffic (printed with the results).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Software overhead per extra message a rank sends in a round (e.g. 2us).
@@ -39,6 +39,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     pub fn endpoints(&self) -> Result<Endpoints, CliError> {
         let overhead = parse_duration(&self.overhead)
             .map_err(|e| CliError::usage(format!("--overhead: {e}")))?;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_cmd;
 mod compare_cmd;
+mod failures_cmd;
 mod internal_cmd;
 mod job;
 mod plan_cmd;
@@ -46,11 +47,11 @@ enum Command {
     /// Check the runtime: every collective × algorithm × dtype × size across N ranks,
     /// compared bit for bit with the reference executor.
     Selftest(selftest_cmd::SelftestArgs),
+    /// Simulate a collective on a topology file (flow level: max-min fair link sharing,
+    /// round by round), with faults and stragglers; `sim failures` draws interruptions.
+    Sim(sim_cmd::SimArgs),
     /// Grid-search algorithm × pipeline pieces × channels per message size, predicted on
     /// a topology file (--topo) or measured on N ranks; write a TOPOCCL_RULES table.
-    /// Simulate a collective on a topology file (flow level: max-min fair link sharing,
-    /// round by round), with faults and stragglers.
-    Sim(sim_cmd::SimArgs),
     Tune(tune_cmd::TuneArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),

@@ -1,11 +1,14 @@
 //! `topoccl sim`: run a plan over a topology file in the flow-level simulator, with
-//! faults and stragglers, and report where the time goes.
+//! faults and stragglers, and report where the time goes. All-to-all-v traffic comes from
+//! a matrix file or is drawn skewed; `--algo innet` runs the simulator's in-network
+//! reduction instead of a plan. `topoccl sim failures` draws fail-stop interruptions.
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams};
-use topoccl_sim::{simulate, Fault, SimReport};
+use topoccl_sim::traffic::{self, Skew};
+use topoccl_sim::{innet, simulate, Fault, SimReport};
 use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms};
 use topoccl_topo::{Endpoints, Pricer, Router, Topology};
 
@@ -14,22 +17,35 @@ use crate::units::parse_bytes;
 use crate::CliError;
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct SimArgs {
+    #[command(subcommand)]
+    what: Option<SimCmd>,
     /// Topology file (TOML or JSON, a [generate] description, or a saved link matrix).
-    #[arg(long)]
-    topo: PathBuf,
+    #[arg(long, required = true)]
+    topo: Option<PathBuf>,
     #[arg(long, default_value = "allreduce")]
     collective: String,
-    /// Bytes of the whole buffer (nccl-tests convention): 16M, 1G…
+    /// Bytes of the whole buffer (nccl-tests convention): 16M, 1G…; with --skew, the
+    /// all-to-all-v's bytes in all.
     #[arg(long, default_value = "16M")]
     size: String,
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// auto (the cheapest plan by the topology cost), hier (the cheapest hierarchical
-    /// one), an algorithm name (ring, rhd, tree, rd, …) or a candidate label from
-    /// `plan compare` (topo-ring, mst-tree, hier(ring|rd)).
+    /// auto (the cheapest plan by the topology cost, or innet where it is faster), hier
+    /// (the cheapest hierarchical one), an algorithm name (ring, rhd, tree, rd, …), a
+    /// candidate label from `plan compare` (topo-ring, mst-tree, hier(ring|rd)), or innet
+    /// (in-network reduction by the switches marked in_network_reduction).
     #[arg(long, default_value = "auto")]
     algo: String,
+    /// alltoallv: the traffic matrix, one row per sending rank of its bytes to each rank
+    /// (commas or spaces; units such as 4MiB allowed; # comments).
+    #[arg(long, conflicts_with_all = ["skew", "size"])]
+    traffic: Option<PathBuf>,
+    /// alltoallv: draw the matrix with hot experts, Zipf exponent S (0 = even, 1 = a few
+    /// hot ones), --size bytes in all, seeded by --seed.
+    #[arg(long, allow_negative_numbers = true)]
+    skew: Option<f64>,
     /// A fault, repeatable: link:ID:down, link:ID:degrade=0.1, link:ID:latency=50us
     /// (ID: a link number, A->B, or A-B for both directions).
     #[arg(long)]
@@ -55,7 +71,24 @@ pub struct SimArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Subcommand, Debug)]
+enum SimCmd {
+    /// Draw fail-stop interruptions of a long run: devices failing at a rate per
+    /// device-hour (a Poisson process over the fleet), seeded.
+    Failures(crate::failures_cmd::FailuresArgs),
+}
+
+/// What runs: a plan, or the switches' in-network reduction.
+enum Chosen {
+    Plan(Plan),
+    InNetwork,
+}
+
 pub fn run(args: SimArgs) -> Result<(), CliError> {
+    if let Some(SimCmd::Failures(f)) = args.what {
+        return crate::failures_cmd::run(f);
+    }
+    let topo = args.topo.as_deref().expect("clap requires --topo");
     let collective: Collective = args.collective.parse()?;
     let dtype: DType = args.dtype.parse()?;
     let bytes = parse_bytes(&args.size).map_err(|e| CliError::usage(format!("--size: {e}")))?;
@@ -66,18 +99,41 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         .chain(&args.straggler)
         .map(|s| Fault::parse(s).map_err(|e| CliError::usage(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let (t, placement) = args.model.load(&args.topo)?;
+    let (t, placement) = args.model.load(topo)?;
     println!("# placement: {placement}");
-    let spec = CollectiveSpec::of_size(collective, t.world(), bytes, dtype);
+    let spec = match collective {
+        Collective::AllToAllV => all_to_all_v(&args, t.world(), bytes, dtype)?,
+        _ if args.traffic.is_some() || args.skew.is_some() => {
+            return Err(CliError::usage(
+                "--traffic and --skew give all-to-all-v traffic; add --collective alltoallv",
+            ))
+        }
+        _ => CollectiveSpec::of_size(collective, t.world(), bytes, dtype),
+    };
     let cap =
         parse_bytes(&args.memory_cap).map_err(|e| CliError::usage(format!("--memory-cap: {e}")))?;
-    let (label, plan) = choose(&t, &spec, &args.algo, endpoints)?;
-    topoccl_sim::check_memory(&plan, &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
+    let (label, chosen) = choose(&t, &spec, &args.algo, endpoints)?;
+    if let Chosen::Plan(plan) = &chosen {
+        topoccl_sim::check_memory(plan, &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
+    }
     let run = |faults: &[Fault]| {
-        simulate(&plan, &t, faults, endpoints)
-            .map_err(|e| CliError::failed(format!("{}: {e}", args.topo.display())))
+        match &chosen {
+            Chosen::Plan(plan) => simulate(plan, &t, faults, endpoints),
+            Chosen::InNetwork => innet::simulate(&spec, &t, faults),
+        }
+        .map_err(|e| CliError::failed(format!("{}: {e}", topo.display())))
     };
     let report = run(&faults)?;
+    let label = match chosen {
+        Chosen::Plan(_) => label,
+        Chosen::InNetwork => {
+            println!(
+                "# in-network reduction: the switches reduce and multicast; a traffic \
+                 pattern of the simulator, not a plan"
+            );
+            report.algorithm.clone()
+        }
+    };
     print!("{}", table(&label, &report));
     let healthy = if args.what_if { Some(run(&[])?) } else { None };
     if let Some(h) = &healthy {
@@ -116,13 +172,62 @@ fn write(path: &std::path::Path, text: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
 }
 
-/// The plan `--algo` asks for, with its label.
+/// The all-to-all-v `--traffic` or `--skew` describes, its skew printed.
+fn all_to_all_v(
+    args: &SimArgs,
+    world: u32,
+    bytes: u64,
+    dtype: DType,
+) -> Result<CollectiveSpec, CliError> {
+    let spec = match (&args.traffic, args.skew) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::usage(format!("cannot read --traffic {}: {e}", path.display()))
+            })?;
+            traffic::parse(&text, &path.display().to_string(), world, dtype)
+        }
+        (None, Some(skew)) => {
+            println!("# seed: {}", args.model.seed());
+            traffic::hot_experts(world, bytes, dtype, skew, args.model.seed())
+        }
+        (None, None) => {
+            return Err(CliError::usage(
+                "alltoallv needs its traffic: --traffic FILE (a matrix of bytes) or --skew S \
+                 (hot experts, --size in all)",
+            ))
+        }
+    }
+    .map_err(|e| CliError::usage(e.to_string()))?;
+    let s = Skew::of(&spec);
+    let mib = |b: f64| b / 1048576.0;
+    let (into, from) = (s.busiest_receiver, s.busiest_sender);
+    println!(
+        "# traffic: {:.2} MiB in all, {:.2} MiB per rank on average; busiest receiver rank \
+         {} takes {:.2} MiB ({:.2}× the mean), busiest sender rank {} sends {:.2} MiB \
+         ({:.2}×)",
+        mib(s.total as f64),
+        mib(s.mean),
+        into.0,
+        mib(into.1 as f64),
+        s.ratio(into.1),
+        from.0,
+        mib(from.1 as f64),
+        s.ratio(from.1)
+    );
+    Ok(spec)
+}
+
+/// What `--algo` asks for, with its label.
 fn choose(
     t: &Topology,
     spec: &CollectiveSpec,
     algo: &str,
     endpoints: Endpoints,
-) -> Result<(String, Plan), CliError> {
+) -> Result<(String, Chosen), CliError> {
+    if algo == innet::NAME {
+        innet::simulate(spec, t, &[]).map_err(|e| CliError::usage(format!("--algo innet: {e}")))?;
+        return Ok((algo.to_string(), Chosen::InNetwork));
+    }
     let plain = algo
         .parse::<Algorithm>()
         .ok()
@@ -130,7 +235,7 @@ fn choose(
     if let Some(a) = plain {
         let plan = build(spec.clone(), a, PlanParams::default())
             .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
-        return Ok((algo.to_string(), plan));
+        return Ok((algo.to_string(), Chosen::Plan(plan)));
     }
     if algo.starts_with("hier(") {
         let mut router = Router::new(t);
@@ -141,7 +246,7 @@ fn choose(
         if let Some((label, alg)) = found {
             let plan = build(spec.clone(), alg, PlanParams::default())
                 .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
-            return Ok((label, plan));
+            return Ok((label, Chosen::Plan(plan)));
         }
     }
     let mut pricer = Pricer::new(t, endpoints);
@@ -157,13 +262,22 @@ fn choose(
         "hier" => c.label.starts_with("hier("),
         label => c.label == label,
     });
-    pick.map(|c| (c.label, c.plan)).ok_or_else(|| {
-        CliError::usage(format!(
-            "--algo {algo}: no such plan for {} on this topology; use auto, hier, an \
+    if algo == "auto" && innet::supports(spec.collective) {
+        // The tree's time on the healthy network against the best plan's price there.
+        if let Ok(r) = innet::simulate(spec, t, &[]) {
+            if pick.as_ref().is_none_or(|c| r.total_s < c.cost.total_s) {
+                return Ok((innet::NAME.to_string(), Chosen::InNetwork));
+            }
+        }
+    }
+    let Some(c) = pick else {
+        return Err(CliError::usage(format!(
+            "--algo {algo}: no such plan for {} on this topology; use auto, hier, innet, an \
              algorithm name or a label from `topoccl plan compare`",
             spec.collective
-        ))
-    })
+        )));
+    };
+    Ok((c.label, Chosen::Plan(c.plan)))
 }
 
 fn table(label: &str, r: &SimReport) -> String {

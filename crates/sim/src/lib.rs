@@ -8,8 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod failures;
 pub mod fault;
 pub mod flow;
+pub mod innet;
+pub mod traffic;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -164,7 +167,10 @@ pub fn simulate(
         .collect();
     let spec = plan.spec();
     let bytes = spec.size_bytes();
-    let bound = lower_bound(&faulty, spec.collective, bytes as f64);
+    let bound = match spec.counts {
+        Some(_) => traffic::lower_bound(&faulty, spec),
+        None => lower_bound(&faulty, spec.collective, bytes as f64),
+    };
     let factor = topoccl_topo::compare::bus_factor(spec.collective, plan.world());
     Ok(SimReport {
         topology: t.name().to_string(),

@@ -8,6 +8,7 @@ use crate::cost::{lower_bound, Endpoints, Pricer};
 use crate::error::TopoError;
 use crate::model::Topology;
 use crate::plans::candidates;
+use crate::seeded::SplitMix;
 
 /// Plans are verified when the world is at most this large (the symbolic verifier's state
 /// grows with p² for rings); larger ones say so.
@@ -106,18 +107,6 @@ pub fn compare(
 /// The same devices with ranks shuffled (seeded, so a run can be repeated).
 pub fn random_placement(t: &Topology, seed: u64) -> Result<Topology, TopoError> {
     let mut nodes = t.rank_nodes().to_vec();
-    let mut state = seed;
-    for i in (1..nodes.len()).rev() {
-        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
-        nodes.swap(i, j);
-    }
+    SplitMix::new(seed).shuffle(&mut nodes);
     t.with_placement(nodes)
-}
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

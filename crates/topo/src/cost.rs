@@ -234,6 +234,18 @@ pub fn lower_bound(t: &Topology, collective: Collective, bytes: f64) -> f64 {
         Collective::AllReduce | Collective::Broadcast | Collective::Reduce => bytes,
         _ => bytes * (p - k).min(k) / p,
     };
+    cut_bound(t, |_| through_rank, |ranks| across(ranks.len() as f64))
+}
+
+/// The slowest of the cuts [`lower_bound`] takes, for any traffic: `through_rank(r)` bytes
+/// through rank r's own links, `across(ranks)` bytes over the uplinks of every host and
+/// zone holding those ranks (either way: links are taken to be as fast both ways).
+pub fn cut_bound(
+    t: &Topology,
+    through_rank: impl Fn(u32) -> f64,
+    across: impl Fn(&[u32]) -> f64,
+) -> f64 {
+    let p = t.world() as usize;
     let mut worst: f64 = 0.0;
     for r in 0..t.world() {
         let out: f64 = t
@@ -241,13 +253,13 @@ pub fn lower_bound(t: &Topology, collective: Collective, bytes: f64) -> f64 {
             .iter()
             .map(|&l| t.link(l).bandwidth)
             .sum();
-        worst = worst.max(through_rank / out);
+        worst = worst.max(through_rank(r) / out);
     }
     for cut in [Cut::Host, Cut::Zone] {
-        let mut ranks: HashMap<String, f64> = HashMap::new();
+        let mut ranks: HashMap<String, Vec<u32>> = HashMap::new();
         for r in 0..t.world() {
             if let Some(k) = cut.key(t, t.rank_node(r)) {
-                *ranks.entry(k).or_default() += 1.0;
+                ranks.entry(k).or_default().push(r);
             }
         }
         let mut uplinks: HashMap<String, f64> = HashMap::new();
@@ -257,10 +269,10 @@ pub fn lower_bound(t: &Topology, collective: Collective, bytes: f64) -> f64 {
                 *uplinks.entry(a).or_default() += l.bandwidth;
             }
         }
-        for (k, n) in ranks {
-            if n < p {
+        for (k, inside) in ranks {
+            if inside.len() < p {
                 if let Some(bw) = uplinks.get(&k) {
-                    worst = worst.max(across(n) / bw);
+                    worst = worst.max(across(&inside) / bw);
                 }
             }
         }

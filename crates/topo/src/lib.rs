@@ -14,8 +14,10 @@ pub mod matrix;
 pub mod model;
 pub mod plans;
 pub mod route;
+pub mod seeded;
 
-pub use cost::{lower_bound, Endpoints, Pricer, TopoCost};
+pub use cost::{cut_bound, lower_bound, Endpoints, Pricer, TopoCost};
 pub use error::TopoError;
 pub use model::{Link, LinkId, Node, NodeId, NodeKind, Tier, Topology, TopologyBuilder};
 pub use route::{Route, Router};
+pub use seeded::SplitMix;

@@ -2,9 +2,10 @@
 //! with bandwidth and latency, and where each rank runs.
 //!
 //! A [`Topology`] is only made by [`TopologyBuilder::build`], which checks it: names are
-//! unique, links join known nodes with a positive bandwidth and a non-negative latency,
-//! ranks are `0..n` each placed once on a device of its own, and every rank can reach every
-//! other. Everything downstream (routing, cost, plans) relies on those facts.
+//! unique, only switches reduce in the network, links join known nodes with a positive
+//! bandwidth and a non-negative latency, ranks are `0..n` each placed once on a device of
+//! its own, and every rank can reach every other. Everything downstream (routing, cost,
+//! plans) relies on those facts.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -309,6 +310,13 @@ impl TopologyBuilder {
                 node.name, node.kind
             )));
         }
+        if node.in_network_reduction && node.kind != NodeKind::Switch {
+            return Err(TopoError::invalid(format!(
+                "node '{}' is a {} but reduces in the network; only switches can have \
+                 in_network_reduction",
+                node.name, node.kind
+            )));
+        }
         let id = self.nodes.len() as NodeId;
         self.by_name.insert(node.name.clone(), id);
         self.nodes.push(node);
@@ -354,6 +362,16 @@ impl TopologyBuilder {
             host: Some(host),
             in_network_reduction: false,
         })
+    }
+
+    /// Marks every switch of the fabric (not those inside hosts) as reducing in the
+    /// network, as a cluster whose switches all run SHARP is described.
+    pub fn reduce_in_fabric(&mut self) {
+        for n in &mut self.nodes {
+            if n.kind == NodeKind::Switch && n.host.is_none() && n.tier != Some(Tier::Host) {
+                n.in_network_reduction = true;
+            }
+        }
     }
 
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
@@ -606,6 +624,18 @@ mod tests {
         assert!(e.contains("bandwidth 0"), "{e}");
         let e = b.place(0, 3).unwrap_err().to_string();
         assert!(e.contains("rank 0 is placed twice"), "{e}");
+        let e = b
+            .add_node(Node {
+                name: "reducing-host".into(),
+                in_network_reduction: true,
+                ..b.nodes()[1].clone()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("only switches can have in_network_reduction"),
+            "{e}"
+        );
         let lone = b.node("lone", NodeKind::Host).unwrap();
         b.place(2, lone).unwrap();
         let e = b.build().unwrap_err().to_string();

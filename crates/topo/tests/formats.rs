@@ -473,6 +473,16 @@ fn json_errors() {
     let kind = text.replacen("\"kind\": \"host\"", "\"kind\": \"tpu\"", 1);
     let e = read_json(&kind, "p.json").unwrap_err().to_string();
     assert_has(&e, &["p.json: nodes[0]: unknown node kind 'tpu'"]);
+    let reducing_host = text.replacen(
+        "\"kind\": \"host\"",
+        "\"kind\": \"host\", \"in_network_reduction\": true",
+        1,
+    );
+    let e = read_json(&reducing_host, "p.json").unwrap_err().to_string();
+    assert_has(
+        &e,
+        &["p.json: nodes[0]: node 'h0' is a host", "only switches"],
+    );
 }
 
 // ---------------------------------------------------------------- DOT

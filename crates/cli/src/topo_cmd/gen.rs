@@ -76,6 +76,9 @@ pub struct SwitchArgs {
     /// Latency of each link to the switch.
     #[arg(long, default_value = "1us", value_parser = duration)]
     latency: String,
+    /// The switch reduces in the network (SHARP-style).
+    #[arg(long)]
+    in_network_reduction: bool,
     #[command(flatten)]
     host: HostArgs,
     #[command(flatten)]
@@ -128,6 +131,9 @@ struct NetArgs {
     /// Latency of each network hop (switch and cable).
     #[arg(long, default_value = "1us", value_parser = duration)]
     latency: String,
+    /// Every switch of the fabric reduces in the network (SHARP-style).
+    #[arg(long)]
+    in_network_reduction: bool,
 }
 
 /// The inside of each host; unset options keep the defaults of `HostSpec`.
@@ -232,6 +238,7 @@ impl GenCmd {
                     bandwidth: a.net.bandwidth,
                     latency: a.net.latency,
                     host: a.host.spec(),
+                    in_network_reduction: a.net.in_network_reduction,
                 },
                 a.out,
             ),
@@ -243,6 +250,7 @@ impl GenCmd {
                     bandwidth: a.net.bandwidth,
                     latency: a.net.latency,
                     host: a.host.spec(),
+                    in_network_reduction: a.net.in_network_reduction,
                 },
                 a.out,
             ),
@@ -252,6 +260,7 @@ impl GenCmd {
                     bandwidth: a.bandwidth,
                     latency: a.latency,
                     host: a.host.given().then(|| a.host.spec()),
+                    in_network_reduction: a.in_network_reduction,
                 },
                 a.out,
             ),
@@ -270,6 +279,7 @@ impl GenCmd {
                     inter_bandwidth: a.inter_bandwidth,
                     inter_latency: a.inter_latency,
                     host: a.host.spec(),
+                    in_network_reduction: a.net.in_network_reduction,
                 },
                 a.out,
             ),

@@ -66,6 +66,9 @@ pub enum Fabric {
         latency: String,
         #[serde(default)]
         host: HostSpec,
+        /// Every switch of the fabric reduces in the network (SHARP-style).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_network_reduction: bool,
     },
     /// Rail-optimized: NIC i of every host on a leaf of rail i (one leaf per rail, more per
     /// rail when the hosts exceed a leaf's down ports), every rail leaf on every spine.
@@ -82,6 +85,9 @@ pub enum Fabric {
         latency: String,
         #[serde(default)]
         host: HostSpec,
+        /// Every switch of the fabric reduces in the network (SHARP-style).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_network_reduction: bool,
     },
     /// One switch, uniform links: the textbook network. Without `host`, every host is a
     /// single rank on its host node, linked straight to the switch; with it, hosts have
@@ -95,6 +101,9 @@ pub enum Fabric {
         latency: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<HostSpec>,
+        /// Every switch of the fabric reduces in the network (SHARP-style).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_network_reduction: bool,
     },
     /// Zones (sites, buildings) of `hosts_per_zone` hosts, each a switch or a 2-tier
     /// fat-tree under a gateway; gateways are joined pairwise by slow long links. Every
@@ -122,6 +131,9 @@ pub enum Fabric {
         inter_latency: String,
         #[serde(default)]
         host: HostSpec,
+        /// Every switch of the fabric reduces in the network (SHARP-style).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_network_reduction: bool,
     },
 }
 
@@ -164,6 +176,28 @@ impl Fabric {
             Fabric::MultiZone { .. } => "multi-zone",
         }
     }
+
+    /// Whether every switch of the fabric reduces in the network.
+    pub fn in_network_reduction(&self) -> bool {
+        match self {
+            Fabric::FatTree {
+                in_network_reduction,
+                ..
+            }
+            | Fabric::Rail {
+                in_network_reduction,
+                ..
+            }
+            | Fabric::Switch {
+                in_network_reduction,
+                ..
+            }
+            | Fabric::MultiZone {
+                in_network_reduction,
+                ..
+            } => *in_network_reduction,
+        }
+    }
 }
 
 /// Builds the cluster `f` describes, ranks placed; errors name the argument at fault.
@@ -179,6 +213,7 @@ pub fn generate(f: &Fabric) -> Result<TopologyBuilder, TopoError> {
             bandwidth,
             latency,
             host,
+            ..
         } => fat_tree::generate(
             &mut b,
             &fat_tree::Args {
@@ -199,6 +234,7 @@ pub fn generate(f: &Fabric) -> Result<TopologyBuilder, TopoError> {
             bandwidth,
             latency,
             host,
+            ..
         } => rail::generate(
             &mut b,
             &rail::Args {
@@ -215,6 +251,7 @@ pub fn generate(f: &Fabric) -> Result<TopologyBuilder, TopoError> {
             bandwidth,
             latency,
             host,
+            ..
         } => switch::generate(&mut b, *hosts, bandwidth.as_deref(), latency, host.as_ref()),
         Fabric::MultiZone {
             zones,
@@ -227,6 +264,7 @@ pub fn generate(f: &Fabric) -> Result<TopologyBuilder, TopoError> {
             inter_bandwidth,
             inter_latency,
             host,
+            ..
         } => multi_zone::generate(
             &mut b,
             &multi_zone::Args {
@@ -244,6 +282,9 @@ pub fn generate(f: &Fabric) -> Result<TopologyBuilder, TopoError> {
         ),
     }
     .map_err(|e| TopoError::invalid(format!("{}: {e}", f.kind())))?;
+    if f.in_network_reduction() {
+        b.reduce_in_fabric();
+    }
     b.place_all(ranks)?;
     Ok(b)
 }

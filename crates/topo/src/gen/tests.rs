@@ -11,6 +11,7 @@ fn fat_tree(hosts: u32, gpus: u32, tiers: u32, radix: Option<u32>) -> Fabric {
         bandwidth: None,
         latency: "1us".into(),
         host: HostSpec::with_gpus(gpus),
+        in_network_reduction: false,
     }
 }
 
@@ -174,6 +175,7 @@ fn rail_puts_nic_i_on_rail_i() {
         bandwidth: Some("200Gbps".into()),
         latency: "1us".into(),
         host: HostSpec::with_gpus(4),
+        in_network_reduction: false,
     };
     let t = build(&f);
     assert_eq!(t.world(), 24);
@@ -200,6 +202,7 @@ fn switch_is_the_textbook_network() {
         bandwidth: Some("100Gbps".into()),
         latency: "5us".into(),
         host: None,
+        in_network_reduction: false,
     };
     let t = build(&f);
     assert_eq!(t.world(), 3);
@@ -228,6 +231,7 @@ fn two_zones(zone_fabric: ZoneFabric) -> Fabric {
         inter_bandwidth: "10Gbps".into(),
         inter_latency: "20ms".into(),
         host: HostSpec::with_gpus(2),
+        in_network_reduction: false,
     }
 }
 
@@ -348,4 +352,21 @@ fn serde_form_has_defaults_and_refuses_unknown_fields() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("unknown field `gpus`"), "{e}");
+}
+
+#[test]
+fn in_network_reduction_marks_the_fabric_switches_only() {
+    let plain = build(&fat_tree(4, 2, 2, Some(4)));
+    assert!(plain.nodes().iter().all(|n| !n.in_network_reduction));
+    let f = fabric(
+        r#"{"kind": "fat-tree", "hosts": 4, "radix": 4, "in_network_reduction": true,
+            "host": {"gpus_per_host": 2}}"#,
+    );
+    assert!(f.in_network_reduction());
+    let t = build(&f);
+    for n in t.nodes() {
+        let fabric_switch = n.kind == NodeKind::Switch && n.host.is_none();
+        assert_eq!(n.in_network_reduction, fabric_switch, "{}", n.name);
+    }
+    assert!(switches(&t, Tier::Spine) > 0);
 }
