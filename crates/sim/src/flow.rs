@@ -9,11 +9,12 @@
 
 use std::collections::HashMap;
 
-use topoccl_plan::{Op, Plan, TransferInfo};
-use topoccl_topo::{Endpoints, LinkId, NodeId, Router, Topology};
+use topoccl_plan::Plan;
+use topoccl_topo::{Endpoints, LinkId, Topology};
 
 use crate::fault::Stragglers;
-use crate::SimError;
+use crate::round::{Crossing, RoundResult, Rounds};
+use crate::{RoundEngine, SimError};
 
 /// Rates and remaining bytes below this share count as done (floating-point dust).
 const EPS: f64 = 1e-12;
@@ -22,152 +23,63 @@ const EPS: f64 = 1e-12;
 const MAX_EVENTS: usize = 256;
 
 /// One flow of a round.
-struct Flow {
+struct Flow<'r> {
     left: f64,
     rate: f64,
     /// Links outside the fabric, each used fully.
-    local: Vec<LinkId>,
-    /// The fabric crossing's link shares (index into `Round::crossings`).
+    local: &'r [LinkId],
+    /// The fabric crossing's link shares (index into `crossings`).
     crossing: Option<usize>,
     active: bool,
 }
 
-/// What a simulated round costs and loads.
-#[derive(Clone, Debug, Default)]
-pub struct RoundResult {
-    pub transfer_s: f64,
-    pub latency_s: f64,
-    pub reduction_s: f64,
-    /// Bytes per link.
-    pub bytes: Vec<(LinkId, f64)>,
-}
-
-impl RoundResult {
-    pub fn total(&self) -> f64 {
-        self.transfer_s + self.latency_s + self.reduction_s
-    }
-}
-
 /// Simulates plans on one topology (routes cached across rounds and plans).
 pub struct FlowSim<'t> {
-    router: Router<'t>,
-    endpoints: Endpoints,
-    stragglers: Stragglers,
+    rounds: Rounds<'t>,
 }
 
 impl<'t> FlowSim<'t> {
     pub fn new(t: &'t Topology, endpoints: Endpoints, stragglers: Stragglers) -> FlowSim<'t> {
         FlowSim {
-            router: Router::new(t),
-            endpoints,
-            stragglers,
+            rounds: Rounds::new(t, endpoints, stragglers),
         }
     }
 
     pub fn topology(&self) -> &'t Topology {
-        self.router.topology()
+        self.rounds.topology()
     }
 
     /// One round of `plan`.
     pub fn round(&mut self, plan: &Plan, round: u32) -> Result<RoundResult, SimError> {
-        let elem = plan.spec().dtype.size() as f64;
-        let mut transfers = Vec::new();
-        plan.transfers(round, &mut transfers);
-        let (mut flows, crossings, latency) = self.flows(&transfers, elem)?;
-        let transfer_s = share(self.topology(), &mut flows, &crossings);
+        let routed = self.rounds.route(plan, round)?;
+        let mut flows: Vec<Flow> = routed
+            .transfers
+            .iter()
+            .map(|tr| Flow {
+                left: tr.bytes as f64,
+                rate: 0.0,
+                local: &tr.local,
+                crossing: tr.crossing,
+                active: tr.bytes > 0,
+            })
+            .collect();
         let mut bytes: HashMap<LinkId, f64> = HashMap::new();
-        let mut through = vec![0.0; crossings.len()];
-        for (tr, f) in transfers.iter().zip(&flows) {
-            let b = tr.len as f64 * elem;
-            for &l in &f.local {
-                *bytes.entry(l).or_default() += b;
-            }
-            if let Some(c) = f.crossing {
-                through[c] += b;
-            }
-        }
-        for (shares, b) in crossings.iter().zip(&through) {
-            for &(l, w) in shares {
-                *bytes.entry(l).or_default() += b * w;
-            }
-        }
+        routed.loads(&mut |l, b| *bytes.entry(l).or_default() += b);
+        let transfer_s = share(self.topology(), &mut flows, &routed.crossings);
         let mut bytes: Vec<(LinkId, f64)> = bytes.into_iter().collect();
         bytes.sort_by_key(|b| b.0);
         Ok(RoundResult {
             transfer_s,
-            latency_s: latency,
-            reduction_s: self.reduction(plan, round, elem),
+            latency_s: routed.path_latency_s + routed.overhead_s,
+            reduction_s: self.rounds.reduction(plan, round),
             bytes,
         })
     }
+}
 
-    #[allow(clippy::type_complexity)]
-    fn flows(
-        &mut self,
-        transfers: &[TransferInfo],
-        elem: f64,
-    ) -> Result<(Vec<Flow>, Vec<Vec<(LinkId, f64)>>, f64), SimError> {
-        let mut crossing_index: HashMap<(NodeId, NodeId), usize> = HashMap::new();
-        let mut crossings: Vec<Vec<(LinkId, f64)>> = Vec::new();
-        let mut flows = Vec::with_capacity(transfers.len());
-        let mut latency: f64 = 0.0;
-        let mut peers: HashMap<u32, Vec<u32>> = HashMap::new();
-        for tr in transfers {
-            let mine = peers.entry(tr.src).or_default();
-            if !mine.contains(&tr.dst) {
-                mine.push(tr.dst);
-            }
-            let parts = self.router.parts(tr.src, tr.dst)?.clone();
-            latency = latency.max(parts.latency);
-            let crossing = match parts.fabric {
-                None => None,
-                Some(key) => Some(match crossing_index.get(&key) {
-                    Some(&i) => i,
-                    None => {
-                        let mut shares: HashMap<LinkId, f64> = HashMap::new();
-                        self.router.spread_to(key.1, &[(key.0, 1.0)], &mut |l, w| {
-                            *shares.entry(l).or_default() += w
-                        });
-                        let mut shares: Vec<_> = shares.into_iter().collect();
-                        shares.sort_by_key(|s| s.0);
-                        crossings.push(shares);
-                        crossing_index.insert(key, crossings.len() - 1);
-                        crossings.len() - 1
-                    }
-                }),
-            };
-            flows.push(Flow {
-                left: tr.len as f64 * elem,
-                rate: 0.0,
-                local: parts.local,
-                crossing,
-                active: tr.len > 0,
-            });
-        }
-        let most_peers = peers.values().map(Vec::len).max().unwrap_or(0);
-        if !transfers.is_empty() {
-            latency += self.endpoints.overhead_s * most_peers.saturating_sub(1) as f64;
-        }
-        Ok((flows, crossings, latency))
-    }
-
-    /// The slowest rank's reduction in this round (stragglers reduce slower).
-    fn reduction(&self, plan: &Plan, round: u32, elem: f64) -> f64 {
-        let mut ops: Vec<Op> = Vec::new();
-        (0..plan.world())
-            .map(|r| {
-                ops.clear();
-                plan.emit(r, round, &mut ops);
-                let reduced: u64 = ops.iter().map(|o| o.reduced_len()).sum();
-                let factor = self
-                    .stragglers
-                    .reduce_factor
-                    .get(r as usize)
-                    .copied()
-                    .unwrap_or(1.0);
-                reduced as f64 * elem * self.endpoints.gamma_s_per_byte / factor
-            })
-            .fold(0.0, f64::max)
+impl RoundEngine for FlowSim<'_> {
+    fn round(&mut self, plan: &Plan, round: u32) -> Result<RoundResult, SimError> {
+        FlowSim::round(self, plan, round)
     }
 }
 
@@ -181,22 +93,22 @@ struct Users {
 }
 
 /// Runs the flows to completion under max-min fair sharing; returns the time taken.
-fn share(t: &Topology, flows: &mut [Flow], crossings: &[Vec<(LinkId, f64)>]) -> f64 {
+fn share(t: &Topology, flows: &mut [Flow], crossings: &[Crossing]) -> f64 {
     let mut by_link: HashMap<LinkId, Users> = HashMap::new();
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); crossings.len()];
     for (i, f) in flows.iter().enumerate() {
-        for &l in &f.local {
+        for &l in f.local {
             users_of(&mut by_link, l).flows.push(i);
         }
         if let Some(c) = f.crossing {
             members[c].push(i);
         }
     }
-    for (c, shares) in crossings.iter().enumerate() {
+    for (c, crossing) in crossings.iter().enumerate() {
         if members[c].is_empty() {
             continue;
         }
-        for &(l, w) in shares {
+        for &(l, w) in &crossing.shares {
             users_of(&mut by_link, l).crossings.push((c, w));
         }
     }
