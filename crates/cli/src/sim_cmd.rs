@@ -1,14 +1,15 @@
-//! `topoccl sim`: run a plan over a topology file in the flow-level simulator, with
-//! faults and stragglers, and report where the time goes. All-to-all-v traffic comes from
-//! a matrix file or is drawn skewed; `--algo innet` runs the simulator's in-network
-//! reduction instead of a plan. `topoccl sim failures` draws fail-stop interruptions.
+//! `topoccl sim`: run a plan over a topology file in the simulator (flow level, or chunk
+//! level as its check), with faults and stragglers, and report where the time goes.
+//! All-to-all-v traffic comes from a matrix file or is drawn skewed; `--algo innet` runs
+//! the simulator's in-network reduction instead of a plan. `topoccl sim failures` draws
+//! fail-stop interruptions.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams};
 use topoccl_sim::traffic::{self, Skew};
-use topoccl_sim::{innet, simulate, Fault, SimReport};
+use topoccl_sim::{innet, simulate_with, ChunkParams, Engine, Fault, SimReport};
 use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms};
 use topoccl_topo::{Endpoints, Pricer, Router, Topology};
 
@@ -59,6 +60,15 @@ pub struct SimArgs {
     /// plan both times).
     #[arg(long)]
     what_if: bool,
+    /// Simulate chunk by chunk (store and forward through FIFO links) instead of as flows
+    /// sharing links max-min fairly: slower, for small and medium runs, to check the flow
+    /// level.
+    #[arg(long)]
+    chunk_level: bool,
+    /// Chunk size at the chunk level (default: adaptive, about 256 chunks per transfer
+    /// between 1 KiB and 64 KiB).
+    #[arg(long, requires = "chunk_level")]
+    chunk: Option<String>,
     /// Refuse runs estimated to need more memory than this.
     #[arg(long, default_value = "4GiB")]
     memory_cap: String,
@@ -99,6 +109,22 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         .chain(&args.straggler)
         .map(|s| Fault::parse(s).map_err(|e| CliError::usage(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let engine = if args.chunk_level {
+        let chunk_bytes = match &args.chunk {
+            None => None,
+            Some(c) => match parse_bytes(c) {
+                Ok(0) => return Err(CliError::usage("--chunk: a chunk holds at least one byte")),
+                Ok(b) => Some(b),
+                Err(e) => return Err(CliError::usage(format!("--chunk: {e}"))),
+            },
+        };
+        Engine::Chunk(ChunkParams {
+            chunk_bytes,
+            ..ChunkParams::default()
+        })
+    } else {
+        Engine::Flow
+    };
     let (t, placement) = args.model.load(topo)?;
     println!("# placement: {placement}");
     let spec = match collective {
@@ -118,7 +144,7 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     }
     let run = |faults: &[Fault]| {
         match &chosen {
-            Chosen::Plan(plan) => simulate(plan, &t, faults, endpoints),
+            Chosen::Plan(plan) => simulate_with(plan, &t, faults, endpoints, engine),
             Chosen::InNetwork => innet::simulate(&spec, &t, faults),
         }
         .map_err(|e| CliError::failed(format!("{}: {e}", topo.display())))
@@ -283,8 +309,8 @@ fn choose(
 fn table(label: &str, r: &SimReport) -> String {
     let ms = |s: f64| s * 1e3;
     let mut s = format!(
-        "# {} of {} B on '{}' ({} ranks), plan {label}\n",
-        r.collective, r.bytes, r.topology, r.ranks
+        "# {} of {} B on '{}' ({} ranks), plan {label}, {}\n",
+        r.collective, r.bytes, r.topology, r.ranks, r.level
     );
     for f in &r.faults {
         s.push_str(&format!("# fault: {f}\n"));

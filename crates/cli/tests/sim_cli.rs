@@ -115,3 +115,34 @@ fn faults_change_the_time_and_cuts_are_named() {
     let out = topoccl(&["sim", "--topo", &topo, "--algo", "nonsense"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn chunk_level_checks_the_flow_level() {
+    let topo = example("two-sites.toml");
+    let sim = |extra: &[&str]| {
+        let mut args = vec!["sim", "--topo", &topo, "--size", "16M", "--algo", "hier"];
+        args.extend_from_slice(extra);
+        topoccl(&args)
+    };
+    let flow = sim(&[]);
+    assert!(String::from_utf8_lossy(&flow.stdout).contains(", flow level\n"));
+    let chunk = sim(&["--chunk-level"]);
+    assert!(chunk.status.success());
+    assert!(String::from_utf8_lossy(&chunk.stdout).contains(", chunk level, adaptive chunks\n"));
+    let ratio = time_ms(&chunk.stdout) / time_ms(&flow.stdout);
+    assert!((ratio - 1.0).abs() < 0.05, "{ratio}");
+    let fixed = sim(&["--chunk-level", "--chunk", "256KiB"]);
+    assert!(String::from_utf8_lossy(&fixed.stdout).contains(", chunk level, 256 KiB chunks\n"));
+    let huge = sim(&["--chunk-level", "--chunk", "1"]);
+    assert_eq!(huge.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&huge.stderr);
+    assert!(
+        e.contains("above the limit of 50000000") && e.contains("bigger --chunk size"),
+        "{e}"
+    );
+    assert_eq!(sim(&["--chunk", "64KiB"]).status.code(), Some(2));
+    assert_eq!(
+        sim(&["--chunk-level", "--chunk", "0"]).status.code(),
+        Some(2)
+    );
+}

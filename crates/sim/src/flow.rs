@@ -11,12 +11,12 @@
 //! links get dense indices and their users are kept in flat arrays (no per-link maps or
 //! per-flow allocations), and the scratch space is reused from round to round.
 
-use rustc_hash::FxHashMap as HashMap;
-use topoccl_plan::{Op, Plan, TransferInfo};
-use topoccl_topo::{Endpoints, LinkId, NodeId, Router, Topology};
+use topoccl_plan::Plan;
+use topoccl_topo::{Endpoints, LinkId, Topology};
 
 use crate::fault::Stragglers;
-use crate::SimError;
+use crate::round::{RoundResult, Rounds, RoutedRound};
+use crate::{RoundEngine, SimError};
 
 /// Rates and remaining bytes below this share count as done (floating-point dust).
 const EPS: f64 = 1e-12;
@@ -25,13 +25,6 @@ const EPS: f64 = 1e-12;
 const MAX_EVENTS: usize = 256;
 /// No link index yet in this round.
 const NONE: u32 = u32::MAX;
-/// Link shares of fabric crossings kept across rounds (an rhd plan meets the same leaf
-/// pairs in its reduce-scatter and all-gather halves); past this many the cache starts
-/// over, bounding it near 100 MiB.
-const SPREAD_CACHE: usize = 6 << 20;
-
-/// A fabric crossing's links and the share of its bytes each carries.
-type Shares = Box<[(LinkId, f64)]>;
 
 /// One flow of a round.
 struct Flow {
@@ -42,22 +35,6 @@ struct Flow {
     /// The fabric crossing's link shares (index into `Round::crossings`).
     crossing: Option<u32>,
     active: bool,
-}
-
-/// What a simulated round costs and loads.
-#[derive(Clone, Debug, Default)]
-pub struct RoundResult {
-    pub transfer_s: f64,
-    pub latency_s: f64,
-    pub reduction_s: f64,
-    /// Bytes per link, by link.
-    pub bytes: Vec<(LinkId, f64)>,
-}
-
-impl RoundResult {
-    pub fn total(&self) -> f64 {
-        self.transfer_s + self.latency_s + self.reduction_s
-    }
 }
 
 /// One round's flows and the links they load, in flat arrays.
@@ -83,59 +60,36 @@ struct Round {
 
 /// Simulates plans on one topology (routes cached across rounds and plans).
 pub struct FlowSim<'t> {
-    router: Router<'t>,
-    endpoints: Endpoints,
-    stragglers: Stragglers,
+    rounds: Rounds<'t>,
     /// Per link of the topology: its dense index in the current round, or `NONE`.
     slot: Vec<u32>,
     round: Round,
-    spreads: HashMap<(NodeId, NodeId), Shares>,
-    spread_entries: usize,
 }
 
 impl<'t> FlowSim<'t> {
     pub fn new(t: &'t Topology, endpoints: Endpoints, stragglers: Stragglers) -> FlowSim<'t> {
         FlowSim {
-            router: Router::new(t),
-            endpoints,
-            stragglers,
+            rounds: Rounds::new(t, endpoints, stragglers),
             slot: vec![NONE; t.links().len()],
             round: Round::default(),
-            spreads: HashMap::default(),
-            spread_entries: 0,
         }
     }
 
     pub fn topology(&self) -> &'t Topology {
-        self.router.topology()
+        self.rounds.topology()
     }
 
     /// One round of `plan`.
     pub fn round(&mut self, plan: &Plan, round: u32) -> Result<RoundResult, SimError> {
-        let elem = plan.spec().dtype.size() as f64;
-        let mut transfers = Vec::new();
-        plan.transfers(round, &mut transfers);
-        let latency = self.flows(&transfers, elem)?;
+        let routed = self.rounds.route(plan, round)?;
+        self.flows(&routed);
         self.index_links();
         let t = self.topology();
         let transfer_s = share(t, &mut self.round);
         let r = &self.round;
+        let slot = &self.slot;
         let mut bytes = vec![0.0; r.links.len()];
-        for (tr, f) in transfers.iter().zip(&r.flows) {
-            let b = tr.len as f64 * elem;
-            for &l in &r.local[f.local.0 as usize..f.local.1 as usize] {
-                bytes[self.slot[l as usize] as usize] += b;
-            }
-        }
-        for (c, &(s0, s1)) in r.crossings.iter().enumerate() {
-            let through: f64 = r.members[r.member_at[c] as usize..r.member_at[c + 1] as usize]
-                .iter()
-                .map(|&i| transfers[i as usize].len as f64 * elem)
-                .sum();
-            for &(l, w) in &r.shares[s0 as usize..s1 as usize] {
-                bytes[self.slot[l as usize] as usize] += through * w;
-            }
-        }
+        routed.loads(&mut |l, b| bytes[slot[l as usize] as usize] += b);
         let mut bytes: Vec<(LinkId, f64)> = r.links.iter().copied().zip(bytes).collect();
         bytes.sort_by_key(|b| b.0);
         for &l in &r.links {
@@ -143,74 +97,35 @@ impl<'t> FlowSim<'t> {
         }
         Ok(RoundResult {
             transfer_s,
-            latency_s: latency,
-            reduction_s: self.reduction(plan, round, elem),
+            latency_s: routed.path_latency_s + routed.overhead_s,
+            reduction_s: self.rounds.reduction(plan, round),
             bytes,
         })
     }
 
-    /// Fills the round's flows and crossings; returns the round's latency (the longest
-    /// path, plus software overhead for each extra peer of the busiest sender).
-    fn flows(&mut self, transfers: &[TransferInfo], elem: f64) -> Result<f64, SimError> {
+    /// Lays the routed round's transfers and crossings out flat.
+    fn flows(&mut self, routed: &RoutedRound) {
         let r = &mut self.round;
         r.flows.clear();
         r.local.clear();
         r.crossings.clear();
         r.shares.clear();
-        let mut crossing_index: HashMap<(NodeId, NodeId), u32> = HashMap::default();
-        let mut latency: f64 = 0.0;
-        let mut peers: HashMap<u32, Vec<u32>> = HashMap::default();
-        for tr in transfers {
-            let mine = peers.entry(tr.src).or_default();
-            if !mine.contains(&tr.dst) {
-                mine.push(tr.dst);
-            }
-            let parts = self.router.parts(tr.src, tr.dst)?;
-            latency = latency.max(parts.latency);
+        for c in &routed.crossings {
+            let s0 = r.shares.len() as u32;
+            r.shares.extend_from_slice(&c.shares);
+            r.crossings.push((s0, r.shares.len() as u32));
+        }
+        for tr in &routed.transfers {
             let start = r.local.len() as u32;
-            r.local.extend_from_slice(&parts.local);
-            let local = (start, r.local.len() as u32);
-            let crossing = match parts.fabric {
-                None => None,
-                Some(key) => Some(match crossing_index.get(&key) {
-                    Some(&i) => i,
-                    None => {
-                        if !self.spreads.contains_key(&key) {
-                            let mut spread: HashMap<LinkId, f64> = HashMap::default();
-                            self.router.spread_to(key.1, &[(key.0, 1.0)], &mut |l, w| {
-                                *spread.entry(l).or_default() += w
-                            });
-                            let mut shares: Vec<(LinkId, f64)> = spread.into_iter().collect();
-                            shares.sort_by_key(|s| s.0);
-                            if self.spread_entries + shares.len() > SPREAD_CACHE {
-                                self.spreads.clear();
-                                self.spread_entries = 0;
-                            }
-                            self.spread_entries += shares.len();
-                            self.spreads.insert(key, shares.into_boxed_slice());
-                        }
-                        let s0 = r.shares.len() as u32;
-                        r.shares.extend_from_slice(&self.spreads[&key]);
-                        r.crossings.push((s0, r.shares.len() as u32));
-                        let i = r.crossings.len() as u32 - 1;
-                        crossing_index.insert(key, i);
-                        i
-                    }
-                }),
-            };
+            r.local.extend_from_slice(&tr.local);
             r.flows.push(Flow {
-                left: tr.len as f64 * elem,
+                left: tr.bytes as f64,
                 rate: 0.0,
-                local,
-                crossing,
-                active: tr.len > 0,
+                local: (start, r.local.len() as u32),
+                crossing: tr.crossing.map(|c| c as u32),
+                active: tr.bytes > 0,
             });
         }
-        let most_peers = peers.values().map(Vec::len).max().unwrap_or(0);
-        if !transfers.is_empty() {
-            latency += self.endpoints.overhead_s * most_peers.saturating_sub(1) as f64;
-        }
-        Ok(latency)
     }
 
     /// Numbers the round's links and lists their users (counting sort into flat arrays).
@@ -294,24 +209,11 @@ impl<'t> FlowSim<'t> {
         r.flow_at = flow_count;
         r.crossing_at = crossing_count;
     }
+}
 
-    /// The slowest rank's reduction in this round (stragglers reduce slower).
-    fn reduction(&self, plan: &Plan, round: u32, elem: f64) -> f64 {
-        let mut ops: Vec<Op> = Vec::new();
-        (0..plan.world())
-            .map(|r| {
-                ops.clear();
-                plan.emit(r, round, &mut ops);
-                let reduced: u64 = ops.iter().map(|o| o.reduced_len()).sum();
-                let factor = self
-                    .stragglers
-                    .reduce_factor
-                    .get(r as usize)
-                    .copied()
-                    .unwrap_or(1.0);
-                reduced as f64 * elem * self.endpoints.gamma_s_per_byte / factor
-            })
-            .fold(0.0, f64::max)
+impl RoundEngine for FlowSim<'_> {
+    fn round(&mut self, plan: &Plan, round: u32) -> Result<RoundResult, SimError> {
+        FlowSim::round(self, plan, round)
     }
 }
 

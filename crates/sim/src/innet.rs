@@ -304,6 +304,7 @@ pub fn simulate(
         ranks: spec.world,
         collective: spec.collective.to_string(),
         algorithm: format!("{NAME} (root {})", faulty.node(tree.root).name),
+        level: crate::Engine::Flow.to_string(),
         bytes,
         total_s: total,
         transfer_s: transfer,

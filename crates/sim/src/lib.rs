@@ -1,18 +1,24 @@
 //! topoccl's simulator: the plans the runtime runs, executed over a topology of any size.
 //! Pure and deterministic: no I/O, no clock; faults are data and seeds are passed in.
 //!
-//! The flow level ([`flow`]) walks a plan round by round, routing each round's transfers
-//! and sharing link bandwidth max-min fairly among them; rounds of one class are simulated
-//! once. Faults ([`fault`]) change the topology (a link down, degraded or slower) or a
-//! rank (late start, slow reduction) before the run.
+//! Both engines walk a plan round by round, routing each round's transfers; rounds of one
+//! class are simulated once. The flow level ([`flow`]) shares link bandwidth max-min
+//! fairly among a round's transfers; the chunk level ([`chunk`]) cuts them into chunks
+//! that queue on every link (store and forward), its check on small and medium runs.
+//! Faults ([`fault`]) change the topology (a link down, degraded or slower) or a rank
+//! (late start, slow reduction) before the run.
 
 #![forbid(unsafe_code)]
 
+pub mod chunk;
 pub mod failures;
 pub mod fault;
 pub mod flow;
 pub mod innet;
+mod round;
 pub mod traffic;
+
+use std::fmt;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -21,8 +27,10 @@ use thiserror::Error;
 use topoccl_plan::Plan;
 use topoccl_topo::{lower_bound, Endpoints, TopoError, Topology};
 
+pub use chunk::{ChunkParams, ChunkSim};
 pub use fault::{Fault, LinkRef, Stragglers};
 pub use flow::FlowSim;
+pub use round::RoundResult;
 
 #[derive(Debug, Error)]
 pub enum SimError {
@@ -62,6 +70,9 @@ pub struct SimReport {
     pub ranks: u32,
     pub collective: String,
     pub algorithm: String,
+    /// The engine that ran ([`Engine`]'s description).
+    #[serde(default)]
+    pub level: String,
     pub bytes: u64,
     pub total_s: f64,
     pub transfer_s: f64,
@@ -81,12 +92,58 @@ pub struct SimReport {
 /// Links listed in a report.
 pub const HOTTEST: usize = 10;
 
+/// How bytes move in a run; everything else (routes, terms, classes, the report) is common.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Engine {
+    /// Max-min fair sharing of every link among a round's transfers ([`flow`]).
+    Flow,
+    /// Store-and-forward chunks through FIFO links ([`chunk`]).
+    Chunk(ChunkParams),
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Engine::Flow => write!(f, "flow level"),
+            Engine::Chunk(p) => write!(f, "chunk level, {}", chunk::describe_chunks(p.chunk_bytes)),
+        }
+    }
+}
+
+/// One round's simulation: the part the engines differ in.
+pub(crate) trait RoundEngine {
+    fn round(&mut self, plan: &Plan, round: u32) -> Result<RoundResult, SimError>;
+}
+
 /// Simulates `plan` on `t` after `faults`, at the flow level.
 pub fn simulate(
     plan: &Plan,
     t: &Topology,
     faults: &[Fault],
     endpoints: Endpoints,
+) -> Result<SimReport, SimError> {
+    simulate_with(plan, t, faults, endpoints, Engine::Flow)
+}
+
+/// Simulates `plan` on `t` after `faults`, at the chunk level; refused above
+/// `params.max_events` chunk events.
+pub fn simulate_chunks(
+    plan: &Plan,
+    t: &Topology,
+    faults: &[Fault],
+    endpoints: Endpoints,
+    params: ChunkParams,
+) -> Result<SimReport, SimError> {
+    simulate_with(plan, t, faults, endpoints, Engine::Chunk(params))
+}
+
+/// Simulates `plan` on `t` after `faults` with `engine`.
+pub fn simulate_with(
+    plan: &Plan,
+    t: &Topology,
+    faults: &[Fault],
+    endpoints: Endpoints,
+    engine: Engine,
 ) -> Result<SimReport, SimError> {
     if plan.world() != t.world() {
         return Err(SimError::Invalid(format!(
@@ -98,8 +155,15 @@ pub fn simulate(
     }
     let (faulty, stragglers) = fault::apply(t, faults)?;
     let start_delay = stragglers.late.iter().copied().fold(0.0, f64::max);
-    let mut sim = FlowSim::new(&faulty, endpoints, stragglers);
-    let mut by_class: HashMap<u64, (flow::RoundResult, u32)> = HashMap::default();
+    let mut sim: Box<dyn RoundEngine + '_> = match engine {
+        Engine::Flow => Box::new(FlowSim::new(&faulty, endpoints, stragglers)),
+        Engine::Chunk(params) => {
+            let mut sim = ChunkSim::new(&faulty, endpoints, stragglers, params);
+            sim.check(plan)?;
+            Box::new(sim)
+        }
+    };
+    let mut by_class: HashMap<u64, (RoundResult, u32)> = HashMap::default();
     let mut runs: Vec<RoundRun> = Vec::new();
     let (mut transfer, mut latency, mut reduction) = (0.0, 0.0, 0.0);
     for round in 0..plan.rounds() {
@@ -177,6 +241,7 @@ pub fn simulate(
         ranks: plan.world(),
         collective: spec.collective.to_string(),
         algorithm: plan.algorithm().name().to_string(),
+        level: engine.to_string(),
         bytes,
         total_s: total,
         transfer_s: transfer,
@@ -203,7 +268,7 @@ pub fn chrome_trace(r: &SimReport) -> serde_json::Value {
     let us = |s: f64| s * 1e6;
     let mut events = vec![serde_json::json!({
         "name": "process_name", "ph": "M", "pid": 1,
-        "args": {"name": format!("{} {} on {} ({} ranks)", r.collective, r.algorithm, r.topology, r.ranks)}
+        "args": {"name": format!("{} {} on {} ({} ranks, {})", r.collective, r.algorithm, r.topology, r.ranks, r.level)}
     })];
     let mut t = 0.0;
     if r.start_delay_s > 0.0 {
