@@ -139,6 +139,12 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     let cap =
         parse_bytes(&args.memory_cap).map_err(|e| CliError::usage(format!("--memory-cap: {e}")))?;
     let (label, chosen) = choose(&t, &spec, &args.algo, endpoints)?;
+    if matches!(chosen, Chosen::InNetwork) && args.chunk_level {
+        return Err(CliError::usage(
+            "--chunk-level: in-network reduction is a traffic pattern of the flow level, not a \
+             plan the chunk level can run; drop --chunk-level or pick a plan with --algo",
+        ));
+    }
     if let Chosen::Plan(plan) = &chosen {
         topoccl_sim::check_memory(plan, &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
     }

@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use topoccl_plan::Plan;
-use topoccl_topo::{lower_bound, Endpoints, TopoError, Topology};
+use topoccl_topo::{lower_bound, Endpoints, NodeKind, Tier, TopoError, Topology};
 
 pub use chunk::{ChunkParams, ChunkSim};
 pub use fault::{Fault, LinkRef, Stragglers};
@@ -303,17 +303,24 @@ pub fn chrome_trace(r: &SimReport) -> serde_json::Value {
     serde_json::json!({"traceEvents": events, "displayTimeUnit": "ns"})
 }
 
-/// A rough upper estimate of the memory a flow-level run of `plan` on `t` takes: the
-/// fabric distance and next-hop tables (quadratic in the switches), the topology, routes
-/// and one round's flows per rank.
+/// A rough upper estimate of the memory a flow-level run of `plan` on `t` takes, fitted
+/// to peak resident sizes measured on generated fat-trees (16,384 and 131,072 ranks; see
+/// docs/benchmarks.md): the topology, one column of fabric distances per leaf switch, and
+/// per rank its ways out of and into its host plus a cached route per partner (about
+/// log2 p + 2 partners for the plans here) and its share of a round's flat arrays.
 pub fn estimate_memory(plan: &Plan, t: &Topology) -> u64 {
-    let fabric = t
+    let is_fabric = |n: &topoccl_topo::Node| n.host.is_none() && n.kind != NodeKind::Host;
+    let fabric = t.nodes().iter().filter(|n| is_fabric(n)).count() as u64;
+    let leaves = t
         .nodes()
         .iter()
-        .filter(|n| n.host.is_none() && n.kind != topoccl_topo::NodeKind::Host)
-        .count() as u64;
+        .filter(|n| is_fabric(n) && n.tier == Some(Tier::Leaf))
+        .count()
+        .max(1) as u64;
     let p = plan.world() as u64;
-    fabric * fabric * 24 + t.nodes().len() as u64 * 160 + t.links().len() as u64 * 64 + p * 4096
+    let partners = 64 - p.leading_zeros() as u64 + 2;
+    let topology = t.nodes().len() as u64 * 300 + t.links().len() as u64 * 100;
+    topology + leaves.min(fabric) * fabric * 16 + p * 768 * partners
 }
 
 /// Refuses a run whose estimate is above `cap` bytes, saying by how much and what to do.
