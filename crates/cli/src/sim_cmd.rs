@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams};
 use topoccl_sim::traffic::{self, Skew};
-use topoccl_sim::{innet, simulate_with, ChunkParams, Engine, Fault, SimReport};
+use topoccl_sim::{innet, pipeline, simulate_with, ChunkParams, Engine, Fault, SimReport};
 use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms};
 use topoccl_topo::{Endpoints, Pricer, Router, Topology};
 
@@ -65,6 +65,10 @@ pub struct SimArgs {
     /// level.
     #[arg(long)]
     chunk_level: bool,
+    /// Also time the run with pipelining between rounds: each rank starts a round when
+    /// its own part of the previous one is done, instead of all waiting for the slowest.
+    #[arg(long, conflicts_with = "chunk_level")]
+    pipelined: bool,
     /// Chunk size at the chunk level (default: adaptive, about 256 chunks per transfer
     /// between 1 KiB and 64 KiB).
     #[arg(long, requires = "chunk_level")]
@@ -149,11 +153,17 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         topoccl_sim::check_memory(plan, &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
     }
     let run = |faults: &[Fault]| {
-        match &chosen {
+        let mut report = match &chosen {
             Chosen::Plan(plan) => simulate_with(plan, &t, faults, endpoints, engine),
             Chosen::InNetwork => innet::simulate(&spec, &t, faults),
         }
-        .map_err(|e| CliError::failed(format!("{}: {e}", topo.display())))
+        .map_err(|e| CliError::failed(format!("{}: {e}", topo.display())))?;
+        if let (true, Chosen::Plan(plan)) = (args.pipelined, &chosen) {
+            let s = pipeline::pipelined(plan, &t, faults, endpoints)
+                .map_err(|e| CliError::failed(format!("{}: {e}", topo.display())))?;
+            report.pipelined_s = Some(s);
+        }
+        Ok::<_, CliError>(report)
     };
     let report = run(&faults)?;
     let label = match chosen {
@@ -333,6 +343,18 @@ fn table(label: &str, r: &SimReport) -> String {
         ms(r.lower_bound_s),
         r.gap
     ));
+    if let Some(p) = r.pipelined_s {
+        s.push_str(&format!(
+            "pipelined {:.3} ms (ranks start a round when their own previous one is done; \
+             {:+.1}% against rounds as barriers)\n",
+            ms(p),
+            if r.total_s > 0.0 {
+                (p / r.total_s - 1.0) * 100.0
+            } else {
+                0.0
+            }
+        ));
+    }
     s.push_str(&format!(
         "rounds ({} runs of equal rounds; first 12):\n",
         r.rounds.len()

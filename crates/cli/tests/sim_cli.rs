@@ -146,3 +146,25 @@ fn chunk_level_checks_the_flow_level() {
         Some(2)
     );
 }
+
+#[test]
+fn pipelined_timing_is_reported_beside_the_barrier_time() {
+    let topo = example("fat-tree-1k.toml");
+    let out = topoccl(&["sim", "--topo", &topo, "--algo", "ring", "--pipelined"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let piped: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pipelined "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a pipelined line");
+    // A ring's steps wait only for their neighbour, not for the slowest hop of each step.
+    assert!(piped > 0.0 && piped < time_ms(&out.stdout), "{text}");
+    let both = topoccl(&["sim", "--topo", &topo, "--pipelined", "--chunk-level"]);
+    assert_eq!(both.status.code(), Some(2));
+}

@@ -35,6 +35,17 @@ struct Flow {
     /// The fabric crossing's link shares (index into `Round::crossings`).
     crossing: Option<u32>,
     active: bool,
+    /// When it finished, from the round's start.
+    done: f64,
+}
+
+/// A round's timing per rank (see [`FlowSim::timed`]).
+pub struct RankTiming {
+    /// Per transfer: source, destination, when its last byte left (seconds from the
+    /// round's start) and its path latency.
+    pub sends: Vec<(u32, u32, f64, f64)>,
+    /// Per rank: its reduction and extra-peer overhead in the round.
+    pub own: Vec<f64>,
 }
 
 /// One round's flows and the links they load, in flat arrays.
@@ -82,7 +93,46 @@ impl<'t> FlowSim<'t> {
     /// One round of `plan`.
     pub fn round(&mut self, plan: &Plan, round: u32) -> Result<RoundResult, SimError> {
         let routed = self.rounds.route(plan, round)?;
-        self.flows(&routed);
+        self.run(plan, round, &routed)
+    }
+
+    /// One round of `plan` as each rank sees it: when every transfer finishes sending
+    /// (from the round's start, all starting together) and each rank's own reduction and
+    /// per-peer overhead, for timing ranks that do not wait for one another.
+    pub fn timed(&mut self, plan: &Plan, round: u32) -> Result<RankTiming, SimError> {
+        let routed = self.rounds.route(plan, round)?;
+        self.run(plan, round, &routed)?;
+        let mut own = self.rounds.reductions(plan, round);
+        let mut peers: Vec<(u32, u32)> = routed.transfers.iter().map(|t| (t.src, t.dst)).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let overhead = self.rounds.overhead_per_peer();
+        let mut last = None;
+        for &(src, _) in &peers {
+            // Every peer beyond a rank's first costs it the overhead once.
+            if last == Some(src) {
+                own[src as usize] += overhead;
+            }
+            last = Some(src);
+        }
+        Ok(RankTiming {
+            sends: routed
+                .transfers
+                .iter()
+                .zip(&self.round.flows)
+                .map(|(t, f)| (t.src, t.dst, f.done, t.latency))
+                .collect(),
+            own,
+        })
+    }
+
+    fn run(
+        &mut self,
+        plan: &Plan,
+        round: u32,
+        routed: &RoutedRound,
+    ) -> Result<RoundResult, SimError> {
+        self.flows(routed);
         self.index_links();
         let t = self.topology();
         let transfer_s = share(t, &mut self.round);
@@ -124,6 +174,7 @@ impl<'t> FlowSim<'t> {
                 local: (start, r.local.len() as u32),
                 crossing: tr.crossing.map(|c| c as u32),
                 active: tr.bytes > 0,
+                done: 0.0,
             });
         }
     }
@@ -236,6 +287,7 @@ fn share(t: &Topology, r: &mut Round) -> f64 {
         for f in r.flows.iter_mut().filter(|f| f.active && f.rate <= EPS) {
             if f.local.0 == f.local.1 && f.crossing.is_none() {
                 f.active = false;
+                f.done = elapsed;
             }
         }
         let running = || r.flows.iter().filter(|f| f.active && f.rate > EPS);
@@ -256,6 +308,7 @@ fn share(t: &Topology, r: &mut Round) -> f64 {
             f.left -= f.rate * step;
             if f.left <= EPS * (1.0 + f.rate * step) {
                 f.active = false;
+                f.done = elapsed;
             }
         }
     }

@@ -311,6 +311,7 @@ pub fn simulate(
         latency_s: latency,
         reduction_s: 0.0,
         start_delay_s: start_delay,
+        pipelined_s: None,
         busbw_gbps: if total > 0.0 {
             n / total * bus_factor(spec.collective, spec.world) / 1e9
         } else {

@@ -15,6 +15,7 @@ pub mod failures;
 pub mod fault;
 pub mod flow;
 pub mod innet;
+pub mod pipeline;
 mod round;
 pub mod traffic;
 
@@ -78,6 +79,10 @@ pub struct SimReport {
     pub transfer_s: f64,
     pub latency_s: f64,
     pub reduction_s: f64,
+    /// With pipelining between rounds (each rank starts a round when its own part of the
+    /// previous one is done; [`pipeline`]), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipelined_s: Option<f64>,
     /// The latest start of a straggling rank, added in front.
     pub start_delay_s: f64,
     pub busbw_gbps: f64,
@@ -145,14 +150,7 @@ pub fn simulate_with(
     endpoints: Endpoints,
     engine: Engine,
 ) -> Result<SimReport, SimError> {
-    if plan.world() != t.world() {
-        return Err(SimError::Invalid(format!(
-            "the plan is for {} ranks but the topology '{}' places {}",
-            plan.world(),
-            t.name(),
-            t.world()
-        )));
-    }
+    check_world(plan, t)?;
     let (faulty, stragglers) = fault::apply(t, faults)?;
     let start_delay = stragglers.late.iter().copied().fold(0.0, f64::max);
     let mut sim: Box<dyn RoundEngine + '_> = match engine {
@@ -248,6 +246,7 @@ pub fn simulate_with(
         latency_s: latency,
         reduction_s: reduction,
         start_delay_s: start_delay,
+        pipelined_s: None,
         busbw_gbps: if total > 0.0 {
             bytes as f64 / total * factor / 1e9
         } else {
@@ -321,6 +320,19 @@ pub fn estimate_memory(plan: &Plan, t: &Topology) -> u64 {
     let partners = 64 - p.leading_zeros() as u64 + 2;
     let topology = t.nodes().len() as u64 * 300 + t.links().len() as u64 * 100;
     topology + leaves.min(fabric) * fabric * 16 + p * 768 * partners
+}
+
+/// Refuses a plan made for another number of ranks than `t` places.
+pub(crate) fn check_world(plan: &Plan, t: &Topology) -> Result<(), SimError> {
+    if plan.world() != t.world() {
+        return Err(SimError::Invalid(format!(
+            "the plan is for {} ranks but the topology '{}' places {}",
+            plan.world(),
+            t.name(),
+            t.world()
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a run whose estimate is above `cap` bytes, saying by how much and what to do.

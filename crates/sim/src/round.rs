@@ -31,6 +31,9 @@ impl RoundResult {
 /// One transfer on its route.
 pub(crate) struct Routed {
     pub src: u32,
+    pub dst: u32,
+    /// The path's latency.
+    pub latency: f64,
     pub bytes: u64,
     /// Links outside the fabric: the source host's way out, then the destination host's
     /// way in (or the whole path, inside one host).
@@ -162,6 +165,8 @@ impl<'t> Rounds<'t> {
             };
             routed.push(Routed {
                 src: tr.src,
+                dst: tr.dst,
+                latency: parts.latency,
                 bytes: tr.len * elem,
                 local: parts.local,
                 before_fabric,
@@ -202,6 +207,11 @@ impl<'t> Rounds<'t> {
 
     /// The slowest rank's reduction in this round (stragglers reduce slower).
     pub fn reduction(&self, plan: &Plan, round: u32) -> f64 {
+        self.reductions(plan, round).into_iter().fold(0.0, f64::max)
+    }
+
+    /// Each rank's reduction time in this round.
+    pub fn reductions(&self, plan: &Plan, round: u32) -> Vec<f64> {
         let elem = plan.spec().dtype.size() as f64;
         let mut ops: Vec<Op> = Vec::new();
         (0..plan.world())
@@ -217,6 +227,11 @@ impl<'t> Rounds<'t> {
                     .unwrap_or(1.0);
                 reduced as f64 * elem * self.endpoints.gamma_s_per_byte / factor
             })
-            .fold(0.0, f64::max)
+            .collect()
+    }
+
+    /// Software overhead per extra peer a rank talks to in one round.
+    pub fn overhead_per_peer(&self) -> f64 {
+        self.endpoints.overhead_s
     }
 }
