@@ -72,17 +72,13 @@ pub fn pipelined(
     let mut scratch = Scratch::default();
     for round in 0..plan.rounds() {
         let class = plan.round_class(round);
-        if !classes.contains_key(&class) {
-            let timing = sim.timed(plan, round)?;
-            classes.insert(
-                class,
-                ClassTiming {
-                    timing,
-                    in_step: None,
-                },
-            );
-        }
-        let c = classes.get_mut(&class).expect("inserted above");
+        let c = match classes.entry(class) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(ClassTiming {
+                timing: sim.timed(plan, round)?,
+                in_step: None,
+            }),
+        };
         clock = match clock {
             Clock::InStep(at) => {
                 let step = *c.in_step.get_or_insert_with(|| {
