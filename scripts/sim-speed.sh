@@ -36,7 +36,7 @@ for topo in $topos; do
     stats=$(printf '%s\n' "${walls[@]}" | sort -g | awk '
       { v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
         printf "%.2f (%.2f–%.2f)", m, v[1], v[NR] }')
-    printf '| %s | %s | %s | %d | %s |\n' "$(basename "$topo" .toml)" "$algo" "$stats" \
+    printf '| %s | %s | %s | %d | %s |\n' "$(basename "$topo" .toml)" "${algo//|/\\|}" "$stats" \
       $((rss / 1024)) "$sim"
   done
 done
