@@ -324,15 +324,7 @@ pub fn estimate_memory(plan: &Plan, t: &Topology) -> u64 {
 
 /// Refuses a plan made for another number of ranks than `t` places.
 pub(crate) fn check_world(plan: &Plan, t: &Topology) -> Result<(), SimError> {
-    if plan.world() != t.world() {
-        return Err(SimError::Invalid(format!(
-            "the plan is for {} ranks but the topology '{}' places {}",
-            plan.world(),
-            t.name(),
-            t.world()
-        )));
-    }
-    Ok(())
+    Ok(topoccl_topo::cost::check_world(plan, t)?)
 }
 
 /// Refuses a run whose estimate is above `cap` bytes, saying by how much and what to do.

@@ -92,14 +92,7 @@ impl<'t> Pricer<'t> {
     /// The predicted time of `plan`. The plan's ranks are the topology's ranks.
     pub fn cost(&mut self, plan: &Plan) -> Result<TopoCost, TopoError> {
         let t = self.router.topology();
-        if plan.world() != t.world() {
-            return Err(TopoError::invalid(format!(
-                "the plan is for {} ranks but the topology '{}' places {}",
-                plan.world(),
-                t.name(),
-                t.world()
-            )));
-        }
+        check_world(plan, t)?;
         let elem = plan.spec().dtype.size() as f64;
         let mut seen: HashMap<u64, RoundCost> = HashMap::new();
         let mut hot: HashMap<LinkId, f64> = HashMap::new();
@@ -198,6 +191,19 @@ impl<'t> Pricer<'t> {
             hottest: hottest.map(|h| h.0),
         })
     }
+}
+
+/// Refuses a plan made for another number of ranks than `t` places.
+pub fn check_world(plan: &Plan, t: &Topology) -> Result<(), TopoError> {
+    if plan.world() != t.world() {
+        return Err(TopoError::invalid(format!(
+            "the plan is for {} ranks but the topology '{}' places {}",
+            plan.world(),
+            t.name(),
+            t.world()
+        )));
+    }
+    Ok(())
 }
 
 /// Elements reduced by the busiest rank in `round`.
