@@ -69,6 +69,11 @@ pub struct SimArgs {
     /// its own part of the previous one is done, instead of all waiting for the slowest.
     #[arg(long, conflicts_with = "chunk_level")]
     pipelined: bool,
+    /// Build the plan pipelined, each block cut into this many pieces, as the runtime
+    /// does for large buffers (`topoccl plan --chunks`; the runtime's algorithm column
+    /// shows it after a slash: `parent-tree/16`). Default 1: unpipelined.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pipeline_chunks: u32,
     /// Chunk size at the chunk level (default: adaptive, about 256 chunks per transfer
     /// between 1 KiB and 64 KiB).
     #[arg(long, requires = "chunk_level")]
@@ -142,7 +147,8 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     };
     let cap =
         parse_bytes(&args.memory_cap).map_err(|e| CliError::usage(format!("--memory-cap: {e}")))?;
-    let (label, chosen) = choose(&t, &spec, &args.algo, endpoints)?;
+    let params = PlanParams::default().with_chunks(args.pipeline_chunks);
+    let (label, chosen) = choose(&t, &spec, &args.algo, endpoints, params)?;
     if matches!(chosen, Chosen::InNetwork) && args.chunk_level {
         return Err(CliError::usage(
             "--chunk-level: in-network reduction is a traffic pattern of the flow level, not a \
@@ -265,6 +271,7 @@ fn choose(
     spec: &CollectiveSpec,
     algo: &str,
     endpoints: Endpoints,
+    params: PlanParams,
 ) -> Result<(String, Chosen), CliError> {
     if algo == innet::NAME {
         innet::simulate(spec, t, &[]).map_err(|e| CliError::usage(format!("--algo innet: {e}")))?;
@@ -275,7 +282,7 @@ fn choose(
         .ok()
         .filter(|a| !matches!(a, Algorithm::ParentTree { .. } | Algorithm::Hierarchical(_)));
     if let Some(a) = plain {
-        let plan = build(spec.clone(), a, PlanParams::default())
+        let plan = build(spec.clone(), a, params)
             .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
         return Ok((algo.to_string(), Chosen::Plan(plan)));
     }
@@ -286,16 +293,16 @@ fn choose(
             .into_iter()
             .find(|(label, _)| label == algo);
         if let Some((label, alg)) = found {
-            let plan = build(spec.clone(), alg, PlanParams::default())
+            let plan = build(spec.clone(), alg, params)
                 .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
             return Ok((label, Chosen::Plan(plan)));
         }
     }
     let mut pricer = Pricer::new(t, endpoints);
     let priced = if algo == "hier" {
-        hierarchies(&mut pricer, spec, PlanParams::default())
+        hierarchies(&mut pricer, spec, params)
     } else {
-        candidates(&mut pricer, spec, PlanParams::default())
+        candidates(&mut pricer, spec, params)
     };
     let mut all = priced.map_err(|e| CliError::failed(e.to_string()))?;
     all.sort_by(|a, b| a.cost.total_s.total_cmp(&b.cost.total_s));

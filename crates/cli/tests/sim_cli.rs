@@ -168,3 +168,37 @@ fn pipelined_timing_is_reported_beside_the_barrier_time() {
     let both = topoccl(&["sim", "--topo", &topo, "--pipelined", "--chunk-level"]);
     assert_eq!(both.status.code(), Some(2));
 }
+
+#[test]
+fn plans_can_be_simulated_pipelined_in_pieces() {
+    let topo = example("fat-tree-1k.toml");
+    let run = |chunks: &str| {
+        let out = topoccl(&[
+            "sim",
+            "--topo",
+            &topo,
+            "--collective",
+            "broadcast",
+            "--size",
+            "64M",
+            "--algo",
+            "ring",
+            "--pipeline-chunks",
+            chunks,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        time_ms(&out.stdout)
+    };
+    // A chain moving the whole buffer hop by hop against one cut in 64 pieces.
+    let (whole, pieces) = (run("1"), run("64"));
+    assert!(
+        pieces < whole / 10.0,
+        "whole {whole} ms, in pieces {pieces} ms"
+    );
+    let zero = topoccl(&["sim", "--topo", &topo, "--pipeline-chunks", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+}
