@@ -18,24 +18,26 @@ fn time_ms(stdout: &[u8]) -> f64 {
         .expect("a time line")
 }
 
+/// `topoccl sim` of a 64 MiB all-reduce by the best hierarchy on `topo`, plus `extra`.
+fn sim_hier(topo: &str, extra: &[&str]) -> std::process::Output {
+    let args = ["sim", "--topo", topo, "--size", "64M", "--algo", "hier"];
+    topoccl(&[&args[..], extra].concat())
+}
+
 #[test]
 fn faults_change_the_time_and_cuts_are_named() {
     let topo = example("two-sites.toml");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let (json, trace) = (dir.join("sim-report.json"), dir.join("sim-trace.json"));
-    let base = topoccl(&[
-        "sim",
-        "--topo",
+    let base = sim_hier(
         &topo,
-        "--size",
-        "64M",
-        "--algo",
-        "hier",
-        "--json",
-        json.to_str().unwrap(),
-        "--trace",
-        trace.to_str().unwrap(),
-    ]);
+        &[
+            "--json",
+            json.to_str().unwrap(),
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+    );
     assert!(base.status.success());
     let trace: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
@@ -50,43 +52,22 @@ fn faults_change_the_time_and_cuts_are_named() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["ranks"], 64);
     assert!((end / 1e3 - time_ms(&base.stdout)).abs() < 1e-3 * time_ms(&base.stdout));
-    let slow = topoccl(&[
-        "sim",
-        "--topo",
+    let slow = sim_hier(
         &topo,
-        "--size",
-        "64M",
-        "--algo",
-        "hier",
-        "--fault",
-        "link:zone0/gateway-zone1/gateway:degrade=0.1",
-    ]);
+        &["--fault", "link:zone0/gateway-zone1/gateway:degrade=0.1"],
+    );
     assert!(slow.status.success());
     assert!(time_ms(&slow.stdout) > 5.0 * time_ms(&base.stdout));
-    let what_if = topoccl(&[
-        "sim",
-        "--topo",
+    let what_if = sim_hier(
         &topo,
-        "--size",
-        "64M",
-        "--algo",
-        "hier",
-        "--fault",
-        "link:zone0/gateway-zone1/gateway:degrade=0.1",
-        "--what-if",
-    ]);
+        &[
+            "--fault",
+            "link:zone0/gateway-zone1/gateway:degrade=0.1",
+            "--what-if",
+        ],
+    );
     assert!(String::from_utf8_lossy(&what_if.stdout).contains("what-if: without the faults"));
-    let late = topoccl(&[
-        "sim",
-        "--topo",
-        &topo,
-        "--size",
-        "64M",
-        "--algo",
-        "hier",
-        "--straggler",
-        "rank:5:delay=3ms",
-    ]);
+    let late = sim_hier(&topo, &["--straggler", "rank:5:delay=3ms"]);
     assert!((time_ms(&late.stdout) - time_ms(&base.stdout) - 3.0).abs() < 1e-3);
     let cut = topoccl(&[
         "sim",
