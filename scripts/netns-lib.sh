@@ -74,10 +74,13 @@ netns_up() {
 gbps() { awk -v r="$1" -v f="${2:-1}" 'BEGIN { n = r + 0; u = r; sub(/^[0-9.]+/, "", u);
   m = (u == "gbit") ? 1 : (u == "mbit") ? 1e-3 : (u == "kbit") ? 1e-6 : 1e-9; printf "%gGbps", n * m * f }'; }
 
-# netns_topology FILE HEADER HOST_RATE INTER_RATE [FACTOR]: the topology file of the racks,
-# each cable's bandwidth its tc rate times FACTOR (default 1).
+# netns_topology FILE HEADER HOST_RATE INTER_RATE [FACTOR [HOST_DUPLEX INTER_DUPLEX]]: the
+# topology file of the racks, each cable's bandwidth its tc rate times FACTOR (default 1),
+# and the host and inter-rack cables' `duplex` (default 1: none written).
 netns_topology() {
   local file=$1 header=$2 host_rate=$3 inter_rate=$4 factor=${5:-1} h
+  local host_duplex=${6:-1} inter_duplex=${7:-1}
+  duplex_line() { [ "$1" = 1 ] || echo "duplex = $1"; }
   cat > "$file" <<EOF
 # $header
 name = "netns-racks"
@@ -98,6 +101,7 @@ a = "leaf0"
 b = "leaf1"
 bandwidth = "$(gbps "$inter_rate" "$factor")"
 latency = "20us"
+$(duplex_line "$inter_duplex")
 EOF
   for h in 0 1 2 3; do
     cat >> "$file" <<EOF
@@ -112,6 +116,7 @@ a = "h$h"
 b = "leaf$((h / 2))"
 bandwidth = "$(gbps "$host_rate" "$factor")"
 latency = "20us"
+$(duplex_line "$host_duplex")
 EOF
   done
 }
@@ -124,23 +129,27 @@ netns_store() {
 }
 
 # netns_job NAME SIZE ITERS [ENV...] [-- ENV...]: `topoccl bench allreduce` of SIZE with
-# one rank per host namespace, each with the first ENV; the ENV after `--` is for ranks 1–3
-# only. Rank 0's report goes to WORK/NAME.txt. Returns non-zero when a rank failed (its
-# output is in WORK/NAME.R.txt).
+# one rank per host namespace, each with the first ENV; the ENV after `--` is for ranks
+# other than 0 only. Rank 0's report goes to WORK/NAME.txt. Returns non-zero when a rank
+# failed (its output is in WORK/NAME.R.txt). JOB_HOSTS (rank r on host JOB_HOSTS[r];
+# default: every host, as `hosts` places them) and JOB_COLLECTIVE (default allreduce) pick
+# other jobs.
 netns_job() {
   local name=$1 size=$2 iters=$3; shift 3
   local all=() others=() pids=() r p failed=0
+  local on=("${hosts[@]}") collective=${JOB_COLLECTIVE:-allreduce}
+  [ -z "${JOB_HOSTS:-}" ] || read -r -a on <<< "$JOB_HOSTS"
   while [ $# -gt 0 ] && [ "$1" != -- ]; do all+=("$1"); shift; done
   [ $# -gt 0 ] && shift
   others=("$@")
-  for r in 0 1 2 3; do
+  for r in "${!on[@]}"; do
     local mine=("${all[@]}")
     [ "$r" = 0 ] || mine+=("${others[@]}")
-    ip netns exec "$(ns "h${hosts[$r]}")" env "${mine[@]}" \
+    ip netns exec "$(ns "h${on[$r]}")" env "${mine[@]}" \
       TOPOCCL_STORE=tcp://10.77.0.1:29400 TOPOCCL_JOB_ID="$name-$$" \
-      TOPOCCL_RANK=$r TOPOCCL_WORLD_SIZE=4 TOPOCCL_LOCAL_RANK=0 TOPOCCL_LOCAL_WORLD_SIZE=1 \
-      TOPOCCL_TIMEOUT=120s \
-      "$bin" bench allreduce -b "$size" -e "$size" --iters "$iters" --warmup 1 --check \
+      TOPOCCL_RANK="$r" TOPOCCL_WORLD_SIZE="${#on[@]}" TOPOCCL_LOCAL_RANK=0 \
+      TOPOCCL_LOCAL_WORLD_SIZE=1 TOPOCCL_TIMEOUT=120s \
+      "$bin" bench "$collective" -b "$size" -e "$size" --iters "$iters" --warmup 1 --check \
       > "$work/$name.$r.txt" 2>&1 &
     pids+=($!)
   done

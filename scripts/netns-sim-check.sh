@@ -11,7 +11,13 @@
 # of every measured job are pinned to LABEL that way while rank 0 picks for itself, and the
 # runtime aborts a call whose ranks run different plans (algorithm, pipelining and
 # channels are in every message's fingerprint): a job that completes proves rank 0's own
-# choice is LABEL's plan. LABEL is found by trying `plan compare`'s candidates in order.
+# choice is LABEL's plan. LABEL is found by trying `plan compare`'s candidates in order,
+# and, where the runtime pipelines its choice in N pieces, LABEL/N (`sim --pipeline-chunks
+# N`, a rule's chunk_bytes for the same N).
+#
+# Cables carrying TCP both ways at once lose part of each direction's rate; the script
+# measures that share (a 2-rank broadcast against a 2-rank all-to-all moving the same bytes
+# each way) and gives it to the simulator as each cable's `duplex`.
 #
 # Usage: scripts/netns-sim-check.sh TOPOCCL_BINARY [WORKDIR]
 # Env: SIZES ("4M 16M 64M"), ITERS (5), RUNS (3), HOST_RATE (800mbit), INTER_RATE (200mbit)
@@ -53,34 +59,72 @@ factor=$(awk -v p="$payload" -v f="$frame" 'BEGIN { printf "%.6f", p / f }')
 echo "# MTU $mtus, TCP timestamps $stamps: $payload payload bytes per $frame-byte frame;" \
   "links at $factor × the tbf rate"
 
-netns_topology "$work/racks.toml" \
-  "Written by scripts/netns-sim-check.sh: 2 racks × 2 hosts, tbf-shaped veth cables at their TCP payload rate ($host_rate and $inter_rate × $payload/$frame)." \
-  "$host_rate" "$inter_rate" "$factor"
-# The cables at the tbf rate, as netns-racks.sh describes them: what the framing costs.
-netns_topology "$work/racks-tc.toml" "Written by scripts/netns-sim-check.sh: the tbf rates." \
-  "$host_rate" "$inter_rate"
 netns_store
+
+# median of the numbers on stdin
+median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END {
+  printf "%.1f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# duplex NAME HOST_A HOST_B SIZE TWICE_SIZE: the share of one direction's rate the path
+# between two hosts keeps while it carries data both ways: RUNS jobs of a 2-rank broadcast
+# of SIZE (one way) against RUNS of a 2-rank all-to-all of TWICE_SIZE (SIZE each way, at
+# once), the ratio of the median times, at most 1.
+duplex() {
+  local name=$1 pair="$2 $3" size=$4 twice=$5 run one=() both=() us
+  for run in $(seq "$runs"); do
+    JOB_HOSTS=$pair JOB_COLLECTIVE=broadcast netns_job "duplex-$name-one-$run" "$size" \
+      "$iters" || netns_job_failed "duplex-$name-one-$run"
+    read -r us _ < <(row "$work/duplex-$name-one-$run.txt"); one+=("$us")
+    JOB_HOSTS=$pair JOB_COLLECTIVE=alltoall netns_job "duplex-$name-both-$run" "$twice" \
+      "$iters" || netns_job_failed "duplex-$name-both-$run"
+    read -r us _ < <(row "$work/duplex-$name-both-$run.txt"); both+=("$us")
+  done
+  local m1 m2
+  m1=$(echo "${one[*]}" | median); m2=$(echo "${both[*]}" | median)
+  echo "# duplex of the $name path (h$2 - h$3): broadcast of $size ${one[*]} µs (median $m1)," \
+    "all-to-all of $twice ${both[*]} µs (median $m2)" >&2
+  awk -v a="$m1" -v b="$m2" 'BEGIN { d = a / b; printf "%.3f", (d > 1 ? 1 : d) }'
+}
+# Inside a rack (h0 - leaf0 - h1: host cables only) and across racks (h0 - h2: the
+# inter-rack cable is the slowest link on the way), each moving about 0.7 s of data.
+host_duplex=$(duplex host 0 1 64M 128M)
+inter_duplex=$(duplex inter-rack 0 2 16M 32M)
+echo "# duplex: host cables $host_duplex, inter-rack cable $inter_duplex"
+
+netns_topology "$work/racks.toml" \
+  "Written by scripts/netns-sim-check.sh: 2 racks × 2 hosts, tbf-shaped veth cables at their TCP payload rate ($host_rate and $inter_rate × $payload/$frame), duplex as measured." \
+  "$host_rate" "$inter_rate" "$factor" "$host_duplex" "$inter_duplex"
+# The same cables as full duplex: what the duplex share changes.
+netns_topology "$work/racks-full.toml" \
+  "Written by scripts/netns-sim-check.sh: the payload rates, full duplex." \
+  "$host_rate" "$inter_rate" "$factor"
 
 # The bytes of a SIZE all-reduce as the runtime and the simulator size it (rounded down to
 # what splits evenly): plan compare's first line says it, "# allreduce of N B …".
 bytes() { awk 'NR == 1 { print $4; exit }' "$work/compare.$1.txt"; }
 
-# pin FILE SIZE LABEL: a TOPOCCL_RULES file that runs LABEL, unpipelined, for all-reduces
-# of SIZE only (the runtime's own small all-reduces stay its choice on every rank).
+# pin FILE SIZE LABEL[/N]: a TOPOCCL_RULES file that runs LABEL for all-reduces of SIZE
+# only (the runtime's own small all-reduces stay its choice on every rank): unpipelined, or
+# in N pieces (chunk_bytes: a rank's quarter of the buffer over N).
 pin() {
-  local b; b=$(bytes "$2")
-  printf '[{"collective": "allreduce", "min_bytes": %d, "max_bytes": %d, "algo": "%s"}]\n' \
-    "$b" "$((b + 1))" "$3" > "$1"
+  local b piece='' label=$3; b=$(bytes "$2")
+  if [[ $3 =~ ^(.*)/([0-9]+)$ ]]; then
+    label=${BASH_REMATCH[1]}
+    piece=", \"chunk_bytes\": $((b / 4 / BASH_REMATCH[2]))"
+  fi
+  printf '[{"collective": "allreduce", "min_bytes": %d, "max_bytes": %d, "algo": "%s"%s}]\n' \
+    "$b" "$((b + 1))" "$label" "$piece" > "$1"
 }
 
-# simulated FILE SIZE LABEL: the simulated time (ms) of LABEL, after checking that the
-# simulator ran LABEL.
+# simulated FILE SIZE LABEL[/N]: the simulated time (ms) of LABEL (in N pieces), after
+# checking that the simulator ran it.
 simulated() {
-  local out
+  local out algo=(--algo "$3")
+  [[ $3 =~ ^(.*)/([0-9]+)$ ]] && algo=(--algo "${BASH_REMATCH[1]}" --pipeline-chunks "${BASH_REMATCH[2]}")
   out="$work/sim.$(basename "$1" .toml).$2.$(echo "$3" | tr -c 'a-z0-9\n' '_').json"
-  "$bin" sim --topo "$1" --collective allreduce --size "$2" --algo "$3" --json "$out" \
+  "$bin" sim --topo "$1" --collective allreduce --size "$2" "${algo[@]}" --json "$out" \
     > "$out.txt"
-  grep -qF "plan $3" "$out.txt" || { echo "sim did not run $3:"; cat "$out.txt"; exit 1; }
+  grep -qF "plan $3," "$out.txt" || { echo "sim did not run $3:"; cat "$out.txt"; exit 1; }
   awk '/^  "total_s":/ { gsub(/,/, "", $2); printf "%.1f", $2 * 1000 }' "$out"
 }
 
@@ -98,60 +142,83 @@ measure() {
   fi
 }
 
-median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END {
-  printf "%.1f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 # row SIZE WHAT SIM_LABEL MS...: a table row; SIM_LABEL "-" where the simulator cannot run
 # the plan.
 row_of() {
-  local size=$1 what=$2 plan=$3 med sim=- sim_tc=- err=- tc=- all; shift 3
+  local size=$1 what=$2 plan=$3 med sim=- sim_full=- err=- full=- all; shift 3
   all="$*"
   med=$(echo "$all" | median)
   if [ "$plan" != - ]; then
     sim=$(simulated "$work/racks.toml" "$size" "$plan")
-    sim_tc=$(simulated "$work/racks-tc.toml" "$size" "$plan")
+    sim_full=$(simulated "$work/racks-full.toml" "$size" "$plan")
     err=$(awk -v s="$sim" -v m="$med" 'BEGIN { printf "%+.1f%%", (s / m - 1) * 100 }')
-    tc=$(awk -v s="$sim_tc" -v m="$med" 'BEGIN { printf "%s (%+.1f%%)", s, (s / m - 1) * 100 }')
+    full=$(awk -v s="$sim_full" -v m="$med" 'BEGIN { printf "%s (%+.1f%%)", s, (s / m - 1) * 100 }')
     errors+=("$(awk -v s="$sim" -v m="$med" 'BEGIN { e = (s / m - 1) * 100
       printf "%.1f", e < 0 ? -e : e }') $size $plan")
   fi
-  table+=("| $size | ${what//|/\\|} | $sim | $med | $err | ${all// / / } | $tc |")
+  table+=("| $size | ${what//|/\\|} | $sim | $med | $err | ${all// / / } | $full |")
+}
+
+# attempt NAME SIZE RULES LABEL RANK0_ENV: one job with ranks 1–3 pinned to LABEL and rank
+# 0 free, timed into WORK/NAME.ms; returns 2 when rank 0 picked another plan.
+attempt() {
+  local rc=0
+  pin "$3" "$2" "$4"
+  measure "$1" "$2" "$5" -- TOPOCCL_RULES="$3" > "$work/$1.ms" || rc=$?
+  [ $rc = 0 ] || [ $rc = 2 ] || netns_job_failed "$1"
+  return $rc
+}
+
+# first_of LABEL...: tries each LABEL not tried yet in this run (plan_rows' `tried`), in
+# order, until rank 0 turns out to run it; sets `found` (empty if none) and `name` (the
+# matching job).
+first_of() {
+  local l
+  found=''
+  for l in "$@"; do
+    [ -z "${tried[$l]:-}" ] || continue
+    tried[$l]=1
+    name=$kind-$size-$run-$(echo "$l" | tr -c 'a-z0-9\n' '_')
+    if attempt "$name" "$size" "$rules" "$l" "$env0"; then
+      found=$l
+      return
+    fi
+  done
 }
 
 # plan_rows SIZE KIND WHAT RANK0_ENV LABEL...: RUNS measurements of the plan rank 0 picks
 # with RANK0_ENV, each against the first LABEL it turns out to be, a row per LABEL found.
 # The runtime picks again in every job, from figures its probe measured then, so near
 # ties (hier(ring|rd) against hier(ring|ring)) can go either way from one job to the next.
-# In a job where it is none of them (pipelined or over several channels, which `topoccl sim
-# --algo` cannot build), the runtime's own plan is measured alone, and the first LABEL,
+# In a job where it is none of them, a job of its own says what it runs: pipelined in N
+# pieces, LABEL/N is tried for every LABEL. Where it is still none of them (over several
+# channels, which `topoccl sim` cannot build), that job's time stands, and the first LABEL,
 # pinned on every rank, stands in for it against the simulator.
 plan_rows() {
-  local size=$1 kind=$2 what=$3 env0=$4 l name rc run ms algo found own=() same=() own_algo=''
+  local size=$1 kind=$2 what=$3 env0=$4 l name run ms algo found own=() same=() own_algo=''
   shift 4
-  local labels=("$@") seen=() rules="$work/pin.$size.$kind.json"
+  local labels=("$@") seen=() rules="$work/pin.$size.$kind.json" piped
   local -A times=() algos=() tried=() owns=()
   for run in $(seq "$runs"); do
-    found='' tried=()
-    for l in "${seen[@]}" "${labels[@]}"; do
-      [ -z "${tried[$l]:-}" ] || continue
-      tried[$l]=1
-      name=$kind-$size-$run-$(echo "$l" | tr -c 'a-z0-9\n' '_')
-      pin "$rules" "$size" "$l"
-      rc=0
-      measure "$name" "$size" "$env0" -- TOPOCCL_RULES="$rules" > "$work/$name.ms" || rc=$?
-      [ $rc = 2 ] && continue
-      [ $rc = 0 ] || netns_job_failed "$name"
+    tried=()
+    first_of "${seen[@]}" "${labels[@]}"
+    if [ -z "$found" ]; then
+      name=$kind-$size-$run-own
+      measure "$name" "$size" "$env0" > "$work/$name.ms" || netns_job_failed "$name"
       read -r ms algo < "$work/$name.ms"
-      [ -n "${times[$l]:-}" ] || seen+=("$l")
-      times[$l]="${times[$l]:-} $ms"
-      algos[$l]=$algo
-      found=$l
-      break
-    done
-    [ -n "$found" ] && continue
-    name=$kind-$size-$run-own
-    measure "$name" "$size" "$env0" > "$work/$name.ms" || netns_job_failed "$name"
-    read -r ms algo < "$work/$name.ms"
+      if [[ $algo =~ /([0-9]+)$ ]]; then
+        piped=()
+        for l in "${labels[@]}"; do piped+=("$l/${BASH_REMATCH[1]}"); done
+        first_of "${piped[@]}"
+      fi
+    fi
+    if [ -n "$found" ]; then
+      read -r ms algo < "$work/$name.ms"
+      [ -n "${times[$found]:-}" ] || seen+=("$found")
+      times[$found]="${times[$found]:-} $ms"
+      algos[$found]=$algo
+      continue
+    fi
     own+=("$ms")
     [ -n "${owns[$algo]:-}" ] || own_algo+="${own_algo:+, }$algo"
     owns[$algo]=1
@@ -185,7 +252,7 @@ for size in "${sizes[@]}"; do
 done
 
 echo
-echo "| size | plan | simulated (ms) | measured median (ms) | error | measured runs (ms) | simulated at the tbf rate (ms, error) |"
+echo "| size | plan | simulated (ms) | measured median (ms) | error | measured runs (ms) | simulated with full-duplex cables (ms, error) |"
 echo "|---|---|---:|---:|---:|---|---:|"
 printf '%s\n' "${table[@]}"
 echo

@@ -172,7 +172,11 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         Ok::<_, CliError>(report)
     };
     let report = run(&faults)?;
-    let label = match chosen {
+    let label = match &chosen {
+        // As `topoccl bench` names a pipelined plan.
+        Chosen::Plan(plan) if plan.params().chunks > 1 => {
+            format!("{label}/{}", plan.params().chunks)
+        }
         Chosen::Plan(_) => label,
         Chosen::InNetwork => {
             println!(

@@ -1,6 +1,7 @@
 //! The simulator-against-runtime pipeline on namespaced hosts (scripts/netns-sim-check.sh)
-//! at one size: it measures the flat ring and the runtime's topology-aware choice,
-//! simulates the same plans, and prints the comparison table. This checks that the
+//! at one size: it measures the cables' duplex share, the flat ring and the runtime's
+//! topology-aware choice, simulates the same plans, and prints the comparison table. This
+//! checks that the
 //! pipeline works and that each measured plan is the one simulated (the script proves it
 //! with a job whose ranks disagree unless they are), not how close the times are: timings
 //! on a shared machine are for docs/benchmarks.md. Needs root and iproute2; says SKIP
@@ -37,6 +38,19 @@ fn simulated_and_measured_allreduce_on_namespaced_racks() {
         return;
     }
     assert!(out.status.success(), "the script failed");
+    // The measured duplex shares the simulator is given: fractions in (0, 1].
+    let duplex = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("# duplex: host cables "))
+        .expect("the duplex line");
+    let shares: Vec<f64> = duplex
+        .split(", inter-rack cable ")
+        .map(|v| v.trim().parse().expect("a number"))
+        .collect();
+    assert!(
+        shares.len() == 2 && shares.iter().all(|d| *d > 0.0 && *d <= 1.0),
+        "{duplex}"
+    );
     assert!(
         stdout.contains("| size | plan | simulated (ms) | measured median (ms) | error |"),
         "no table"

@@ -4,7 +4,8 @@
 //! it for size / bandwidth, reaches the far end a link latency after it has left, and then
 //! queues for the next link of its path. A source offers a transfer's next chunk when the
 //! previous one starts on the first link, so chunks to different peers leave a rank
-//! interleaved, as a NIC serving several queues does.
+//! interleaved, as a NIC serving several queues does. A chunk that takes a link while the
+//! opposite link of its cable still holds one holds it for size / (bandwidth × duplex).
 //!
 //! The flow level is the limit of this one as chunks shrink, so the two differ only where
 //! the fluid picture is wrong: pipeline fill across hops, FIFO rather than max-min order,
@@ -202,6 +203,9 @@ pub struct ChunkSim<'t> {
     queue: Vec<VecDeque<Chunk>>,
     carried: Vec<f64>,
     load: Vec<f64>,
+    /// Per link, the opposite link of its cable (`u32::MAX`: none); empty when every link
+    /// of the topology is full duplex.
+    reverse: Vec<LinkId>,
 }
 
 impl<'t> ChunkSim<'t> {
@@ -219,6 +223,13 @@ impl<'t> ChunkSim<'t> {
             queue: vec![VecDeque::new(); links],
             carried: vec![0.0; links],
             load: vec![0.0; links],
+            reverse: if t.has_half_duplex() {
+                (0..links as LinkId)
+                    .map(|l| t.reverse(l).unwrap_or(LinkId::MAX))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -405,7 +416,10 @@ impl<'t> ChunkSim<'t> {
             let size = w.size(chunk.seq) as f64;
             let l = t.link(link);
             let start = chunk.at.max(self.free_at[link as usize]);
-            let hold = size / l.bandwidth;
+            // A cable still carrying a chunk the other way leaves this one its duplex share.
+            let back = self.reverse.get(link as usize).copied();
+            let shared = back.is_some_and(|b| b != LinkId::MAX && self.free_at[b as usize] > start);
+            let hold = size / (l.bandwidth * if shared { l.duplex } else { 1.0 });
             self.free_at[link as usize] = start + hold;
             self.carried[link as usize] += size;
             if matches!(head.stream, Stream::Source) && chunk.seq + 1 < w.chunks {

@@ -5,7 +5,9 @@
 //! grows alike until a link fills, whose flows then freeze); when flows finish, the rest
 //! are re-shared, so a round is a sequence of these allocations. The round ends with its
 //! last flow, plus its longest path latency, software overhead for extra peers and the
-//! slowest reduction. Rounds of one class are simulated once.
+//! slowest reduction. Rounds of one class are simulated once. A link whose cable carries
+//! data the other way at the same moment keeps only its `duplex` share of its bandwidth
+//! (1 for full-duplex cables; TCP through rate-limited cables measures below 1).
 //!
 //! Rounds of a 131,072-rank plan hold that many flows over a million links, so a round's
 //! links get dense indices and their users are kept in flat arrays (no per-link maps or
@@ -67,6 +69,9 @@ struct Round {
     flow_users: Vec<u32>,
     crossing_at: Vec<u32>,
     crossing_users: Vec<(u32, f64)>,
+    /// Per link: the dense index of the opposite link of its cable, or `NONE`; empty when
+    /// every link of the topology is full duplex.
+    opposite: Vec<u32>,
 }
 
 /// Simulates plans on one topology (routes cached across rounds and plans).
@@ -75,6 +80,8 @@ pub struct FlowSim<'t> {
     /// Per link of the topology: its dense index in the current round, or `NONE`.
     slot: Vec<u32>,
     round: Round,
+    /// Some link loses bandwidth to traffic the other way (`Link::duplex` < 1).
+    half_duplex: bool,
 }
 
 impl<'t> FlowSim<'t> {
@@ -83,6 +90,7 @@ impl<'t> FlowSim<'t> {
             rounds: Rounds::new(t, endpoints, stragglers),
             slot: vec![NONE; t.links().len()],
             round: Round::default(),
+            half_duplex: t.has_half_duplex(),
         }
     }
 
@@ -259,6 +267,15 @@ impl<'t> FlowSim<'t> {
         }
         r.flow_at = flow_count;
         r.crossing_at = crossing_count;
+        r.opposite.clear();
+        if self.half_duplex {
+            let t = self.rounds.topology();
+            r.opposite.extend(
+                r.links
+                    .iter()
+                    .map(|&l| t.reverse(l).map_or(NONE, |o| slot[o as usize])),
+            );
+        }
     }
 }
 
@@ -315,6 +332,33 @@ fn share(t: &Topology, r: &mut Round) -> f64 {
     elapsed
 }
 
+/// Who loads each link of a round: flows whole, crossings by a share of each member.
+struct Users<'a> {
+    flow_at: &'a [u32],
+    flow_users: &'a [u32],
+    crossing_at: &'a [u32],
+    crossing_users: &'a [(u32, f64)],
+}
+
+impl Users<'_> {
+    /// Each link's count of unfrozen flows, crossing members weighted by their shares: how
+    /// fast its load grows as the common level rises.
+    fn demands(&self, frozen: &[bool], open: &[f64], demand: &mut [f64]) {
+        for (k, d) in demand.iter_mut().enumerate() {
+            let whole = self.flow_users[self.flow_at[k] as usize..self.flow_at[k + 1] as usize]
+                .iter()
+                .filter(|&&i| !frozen[i as usize])
+                .count() as f64;
+            let shares: f64 = self.crossing_users
+                [self.crossing_at[k] as usize..self.crossing_at[k + 1] as usize]
+                .iter()
+                .map(|&(c, w)| w * open[c as usize])
+                .sum();
+            *d = whole + shares;
+        }
+    }
+}
+
 /// Max-min fair rates for the active flows (progressive filling): every unfrozen flow
 /// grows alike until a link fills; its flows freeze at the level reached.
 fn allocate(t: &Topology, r: &mut Round) {
@@ -329,6 +373,19 @@ fn allocate(t: &Topology, r: &mut Round) {
         .collect();
     let mut room: Vec<f64> = r.links.iter().map(|&l| t.link(l).bandwidth).collect();
     let mut demand = vec![0.0; r.links.len()];
+    let users = Users {
+        flow_at: &r.flow_at,
+        flow_users: &r.flow_users,
+        crossing_at: &r.crossing_at,
+        crossing_users: &r.crossing_users,
+    };
+    users.demands(&frozen, &open, &mut demand);
+    // A link whose cable carries data the other way too keeps its duplex fraction.
+    for (k, &o) in r.opposite.iter().enumerate() {
+        if o != NONE && demand[o as usize] > EPS {
+            room[k] *= t.link(r.links[k]).duplex;
+        }
+    }
     let mut level = 0.0;
     let mut left = frozen.iter().filter(|&&f| !f).count();
     for f in r.flows.iter_mut() {
@@ -347,19 +404,12 @@ fn allocate(t: &Topology, r: &mut Round) {
         }
         true
     };
+    let mut first = true;
     while left > 0 {
-        for (k, d) in demand.iter_mut().enumerate() {
-            let whole = r.flow_users[r.flow_at[k] as usize..r.flow_at[k + 1] as usize]
-                .iter()
-                .filter(|&&i| !frozen[i as usize])
-                .count() as f64;
-            let shares: f64 = r.crossing_users
-                [r.crossing_at[k] as usize..r.crossing_at[k + 1] as usize]
-                .iter()
-                .map(|&(c, w)| w * open[c as usize])
-                .sum();
-            *d = whole + shares;
+        if !first {
+            users.demands(&frozen, &open, &mut demand);
         }
+        first = false;
         let step = demand
             .iter()
             .zip(&room)

@@ -150,6 +150,19 @@ pub struct Link {
     pub bandwidth: f64,
     /// Seconds, one way, including the switch or NIC it enters.
     pub latency: f64,
+    /// The fraction of `bandwidth` this link keeps while the opposite link of its cable
+    /// carries data too: 1 (the default) for full-duplex cables. TCP through rate-limited
+    /// cables loses some of each direction to traffic the other way.
+    #[serde(default = "full_duplex", skip_serializing_if = "is_full_duplex")]
+    pub duplex: f64,
+}
+
+fn full_duplex() -> f64 {
+    1.0
+}
+
+fn is_full_duplex(d: &f64) -> bool {
+    *d == 1.0
 }
 
 /// A checked topology. Build one with [`TopologyBuilder`].
@@ -213,6 +226,20 @@ impl Topology {
     pub fn rank_host(&self, r: u32) -> NodeId {
         let n = self.rank_node(r);
         self.node(n).host.unwrap_or(n)
+    }
+
+    /// The opposite link of `id`'s cable (`b -> a` for `a -> b`), if there is one.
+    pub fn reverse(&self, id: LinkId) -> Option<LinkId> {
+        let l = self.link(id);
+        self.out_links(l.to)
+            .iter()
+            .copied()
+            .find(|&o| self.link(o).to == l.from)
+    }
+
+    /// Whether some link loses bandwidth to traffic the other way ([`Link::duplex`] < 1).
+    pub fn has_half_duplex(&self) -> bool {
+        self.links.iter().any(|l| l.duplex < 1.0)
     }
 
     /// A link's readable name, `a -> b`.
@@ -443,8 +470,38 @@ impl TopologyBuilder {
             to,
             bandwidth,
             latency,
+            duplex: 1.0,
         });
         Ok(id)
+    }
+
+    /// Sets the fraction of its bandwidth link `id` keeps while its opposite link carries
+    /// data too ([`Link::duplex`]).
+    pub fn set_duplex(&mut self, id: LinkId, duplex: f64) -> Result<(), TopoError> {
+        if !(duplex > 0.0 && duplex <= 1.0) {
+            return Err(TopoError::invalid(format!(
+                "link {} has duplex {duplex}; it must be above 0 and at most 1 (1: full \
+                 duplex; 0.9: each direction keeps 90% while the other carries data)",
+                self.link_name(id)
+            )));
+        }
+        let Some(l) = self.links.get_mut(id as usize) else {
+            return Err(TopoError::invalid(format!(
+                "duplex set on link #{id}, which does not exist"
+            )));
+        };
+        l.duplex = duplex;
+        Ok(())
+    }
+
+    fn link_name(&self, id: LinkId) -> String {
+        match self.links.get(id as usize) {
+            Some(l) => format!(
+                "{} -> {}",
+                self.nodes[l.from as usize].name, self.nodes[l.to as usize].name
+            ),
+            None => format!("#{id}"),
+        }
     }
 
     /// A cable: a link each way with the same bandwidth and latency.

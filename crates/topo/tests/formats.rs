@@ -43,7 +43,14 @@ fn assert_same_links_unordered(a: &Topology, b: &Topology) {
         let mut l: Vec<_> = t
             .links()
             .iter()
-            .map(|l| (l.from, l.to, l.bandwidth.to_bits(), l.latency.to_bits()))
+            .map(|l| {
+                let bits = (
+                    l.bandwidth.to_bits(),
+                    l.latency.to_bits(),
+                    l.duplex.to_bits(),
+                );
+                (l.from, l.to, bits)
+            })
             .collect();
         l.sort();
         l
@@ -324,6 +331,25 @@ fn toml_reference_errors() {
         &base_with(20, "b = \"h/g0\""),
         19,
         &["joins a node to itself"],
+    );
+}
+
+#[test]
+fn toml_duplex_reads_and_is_checked() {
+    let t = read_toml(&base_with(22, "latency = \"2us\"\nduplex = 0.9"), "t.toml").unwrap();
+    assert!(t.links().iter().all(|l| l.duplex == 0.9));
+    assert!(write_toml(&t).contains("duplex = 0.9\n"));
+    for value in ["0", "1.5", "-0.2"] {
+        toml_err(
+            &base_with(22, &format!("latency = \"2us\"\nduplex = {value}")),
+            23,
+            &["h/g0 -> h/g1", &format!("duplex {value}"), "at most 1"],
+        );
+    }
+    toml_err(
+        &base_with(22, "latency = \"2us\"\nduplex = \"half\""),
+        23,
+        &["invalid type"],
     );
 }
 
@@ -892,6 +918,7 @@ prop_compose! {
             (any::<usize>(), any::<usize>(), any_bandwidth(), any_latency(), any::<bool>()),
             0..12,
         ),
+        duplex in proptest::collection::vec(proptest::option::of(0.01f64..=1.0), 12),
         odd_names in any::<bool>(),
     ) -> Topology {
         let mut b = TopologyBuilder::new(if odd_names { "a \"b\" \\ ü" } else { "t" });
@@ -913,13 +940,17 @@ prop_compose! {
             b.connect(w[0], w[1], bw, lat).unwrap();
         }
         let n = b.nodes().len();
-        for (x, y, bw, lat, directed) in extra {
+        for ((x, y, bw, lat, directed), duplex) in extra.into_iter().zip(duplex) {
             let (x, y) = ((x % n) as u32, (y % n) as u32);
             if x != y {
-                if directed {
-                    b.link(x, y, bw, lat).unwrap();
+                let ids = if directed {
+                    vec![b.link(x, y, bw, lat).unwrap()]
                 } else {
-                    b.connect(x, y, bw, lat).unwrap();
+                    let (there, back) = b.connect(x, y, bw, lat).unwrap();
+                    vec![there, back]
+                };
+                for id in ids.into_iter().filter(|_| duplex.is_some()) {
+                    b.set_duplex(id, duplex.unwrap_or(1.0)).unwrap();
                 }
             }
         }

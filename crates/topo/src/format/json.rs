@@ -41,6 +41,17 @@ struct JsonLink {
     bandwidth: f64,
     /// Seconds.
     latency: f64,
+    /// See `Link::duplex`; 1 when absent.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    duplex: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(d: &f64) -> bool {
+    *d == 1.0
 }
 
 /// The topology as pretty-printed JSON.
@@ -68,6 +79,7 @@ pub fn to_json(t: &Topology) -> String {
                 to: name(l.to),
                 bandwidth: l.bandwidth,
                 latency: l.latency,
+                duplex: l.duplex,
             })
             .collect(),
         ranks: t.rank_nodes().iter().map(|&n| name(n)).collect(),
@@ -100,8 +112,11 @@ pub fn read_json(text: &str, origin: &str) -> Result<Topology, TopoError> {
     for (i, l) in doc.links.iter().enumerate() {
         let from = find(&b, &l.from, format!("links[{i}].from"))?;
         let to = find(&b, &l.to, format!("links[{i}].to"))?;
-        b.link(from, to, l.bandwidth, l.latency)
+        let id = b
+            .link(from, to, l.bandwidth, l.latency)
             .map_err(|e| unlocated(origin, format!("links[{i}]: {e}")))?;
+        b.set_duplex(id, l.duplex)
+            .map_err(|e| unlocated(origin, format!("links[{i}].duplex: {e}")))?;
     }
     for (r, name) in doc.ranks.iter().enumerate() {
         let node = find(&b, name, format!("ranks[{r}]"))?;

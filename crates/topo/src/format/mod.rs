@@ -36,7 +36,7 @@ pub fn read(text: &str, origin: &str) -> Result<Topology, TopoError> {
 use topoccl_plan::units::{parse_bandwidth, parse_duration};
 
 use crate::error::TopoError;
-use crate::model::{NodeId, Topology};
+use crate::model::{Link, NodeId, Topology};
 
 /// 1-based line numbers of byte offsets in one text, found by binary search so that
 /// locating every entry of a 100,000-rank file stays linear.
@@ -109,24 +109,36 @@ pub(crate) struct Wire {
     pub to: NodeId,
     pub bandwidth: f64,
     pub latency: f64,
+    pub duplex: f64,
     pub cable: bool,
 }
 
 /// The links of `t` as wires: each link is paired with the earliest unpaired opposite link
-/// of equal bandwidth and latency, and the cable takes the place of the first of the two.
+/// of equal bandwidth, latency and duplex, and the cable takes the place of the first of
+/// the two.
 pub(crate) fn wires(t: &Topology) -> Vec<Wire> {
-    type Key = (NodeId, NodeId, u64, u64);
+    type Key = (NodeId, NodeId, u64, u64, u64);
     // `+ 0.0` turns -0.0 into 0.0, which compare equal as links.
-    let key = |from, to, bw: f64, lat: f64| (from, to, bw.to_bits(), (lat + 0.0).to_bits());
+    let key = |from, to, l: &Link| {
+        (
+            from,
+            to,
+            l.bandwidth.to_bits(),
+            (l.latency + 0.0).to_bits(),
+            l.duplex.to_bits(),
+        )
+    };
     let mut open: HashMap<Key, VecDeque<usize>> = HashMap::new();
     let mut out: Vec<Wire> = Vec::with_capacity(t.links().len());
     for l in t.links() {
-        let back = key(l.to, l.from, l.bandwidth, l.latency);
-        if let Some(i) = open.get_mut(&back).and_then(VecDeque::pop_front) {
+        if let Some(i) = open
+            .get_mut(&key(l.to, l.from, l))
+            .and_then(VecDeque::pop_front)
+        {
             out[i].cable = true;
             continue;
         }
-        open.entry(key(l.from, l.to, l.bandwidth, l.latency))
+        open.entry(key(l.from, l.to, l))
             .or_default()
             .push_back(out.len());
         out.push(Wire {
@@ -134,6 +146,7 @@ pub(crate) fn wires(t: &Topology) -> Vec<Wire> {
             to: l.to,
             bandwidth: l.bandwidth,
             latency: l.latency,
+            duplex: l.duplex,
             cable: false,
         });
     }

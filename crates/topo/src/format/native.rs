@@ -53,6 +53,7 @@ struct LinkEntry {
     latency: Spanned<Value>,
     #[serde(default)]
     directed: bool,
+    duplex: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -263,11 +264,19 @@ impl<'a> Reader<'a> {
         let latency = latency_value(l.latency.get_ref())
             .map_err(|m| self.err(l.latency.span(), format!("{wire}: {m}")))?;
         let added = if l.directed {
-            b.link(a, z, bandwidth, latency).map(|_| ())
+            b.link(a, z, bandwidth, latency).map(|id| vec![id])
         } else {
-            b.connect(a, z, bandwidth, latency).map(|_| ())
+            b.connect(a, z, bandwidth, latency)
+                .map(|(there, back)| vec![there, back])
         };
-        added.map_err(|e| e.at(self.origin, self.line(l.a.span())))
+        let ids = added.map_err(|e| e.at(self.origin, self.line(l.a.span())))?;
+        if let Some(d) = &l.duplex {
+            for id in ids {
+                b.set_duplex(id, *d.get_ref())
+                    .map_err(|e| self.err(d.span(), e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 
     fn place_ranks(&self, b: &mut TopologyBuilder, doc: &Doc) -> Result<Vec<usize>, TopoError> {
@@ -455,6 +464,9 @@ pub fn write_toml(t: &Topology) -> String {
         );
         if !w.cable {
             s.push_str("directed = true\n");
+        }
+        if w.duplex != 1.0 {
+            let _ = writeln!(s, "duplex = {:?}", w.duplex);
         }
     }
     s
