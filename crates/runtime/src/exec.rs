@@ -323,11 +323,16 @@ impl Exec<'_> {
                 match self.pump(tr, i, prog, bufs) {
                     Ok(p) => progressed |= p,
                     Err(Gone { peer, reason }) => {
+                        // A message half written on it can never complete now; it left
+                        // the posted sends when its first byte was written.
+                        let sending = tr.conn(i).is_some_and(|c| c.tx.is_some());
                         // Only this connection ended: others of the same peer may still
                         // hold its last messages (a peer that finished says goodbye).
                         tr.drop_conn(i);
                         let why = departed.entry(peer).or_insert(reason).clone();
-                        if purpose == Purpose::Data && self.needs(peer, stream, tr.streams) {
+                        if purpose == Purpose::Data
+                            && (sending || self.needs(peer, stream, tr.streams))
+                        {
                             return Err(self.explain(tr, self.failed(peer, why)));
                         }
                         progressed = true;
@@ -375,7 +380,7 @@ impl Exec<'_> {
             || self.expects(peer, stream, streams)
     }
 
-    fn timeout_error(&self, tr: &Transport) -> Error {
+    fn timeout_error(&self, tr: &mut Transport) -> Error {
         let mut ranks: Vec<Rank> = Vec::new();
         let mut what: Vec<String> = Vec::new();
         let mut recvs: Vec<_> = self
@@ -405,12 +410,24 @@ impl Exec<'_> {
             .filter(|(_, l)| !l.ready.is_empty())
             .collect();
         sends.sort_by_key(|(k, _)| **k);
-        for ((peer, ch), _) in sends.iter().take(4) {
-            if !ranks.contains(peer) {
-                ranks.push(*peer);
+        // Messages half written count as well as those not started.
+        let mut stuck: Vec<(Rank, String)> = sends
+            .iter()
+            .map(|((peer, ch), _)| (*peer, format!("channel {ch}")))
+            .collect();
+        for i in tr.live().collect::<Vec<_>>() {
+            if let Some(c) = tr.conn(i).filter(|c| c.tx.is_some()) {
+                stuck.push((c.peer, format!("half written on stream {}", c.stream)));
+            }
+        }
+        stuck.sort();
+        stuck.dedup_by_key(|s| s.0);
+        for (peer, which) in stuck.into_iter().take(4) {
+            if !ranks.contains(&peer) {
+                ranks.push(peer);
             }
             what.push(format!(
-                "rank {peer} did not take a message (channel {ch}) off the wire"
+                "rank {peer} did not take a message ({which}) off the wire"
             ));
         }
         if what.is_empty() {
