@@ -302,7 +302,7 @@ pub(crate) fn time_plan<T: Dtype>(
 
 fn describe_plan(plan: &topoccl_plan::Plan) -> String {
     let p = plan.params();
-    let mut s = plan.algorithm().name().to_string();
+    let mut s = plan.algorithm().label();
     if p.chunks > 1 {
         s.push_str(&format!("/{}", p.chunks));
     }

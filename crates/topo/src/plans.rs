@@ -456,6 +456,24 @@ mod tests {
     }
 
     #[test]
+    fn plans_name_themselves_as_their_labels() {
+        // What `topoccl bench` prints for the runtime's plan is the candidate's label
+        // (nested hierarchies over hosts and racks included); the MST tree is a parent tree.
+        let t = racks(2, 2, 2, true);
+        let mut pricer = Pricer::new(&t, Endpoints::default());
+        let cands = candidates(&mut pricer, &spec(8), PlanParams::default()).unwrap();
+        assert!(cands.iter().any(|c| c.label.starts_with("hier(")));
+        for c in &cands {
+            let want = if c.label == "mst-tree" {
+                "parent-tree"
+            } else {
+                &c.label
+            };
+            assert_eq!(c.plan.algorithm().label(), want);
+        }
+    }
+
+    #[test]
     fn ring_order_keeps_hosts_together() {
         let t = racks(2, 2, 2, true);
         let mut r = Router::new(&t);

@@ -121,6 +121,25 @@ impl Algorithm {
         }
     }
 
+    /// The name with what a composed algorithm is made of, as `topoccl plan compare`
+    /// labels topology-aware candidates: `hier(intra|top)` (`top` runs across the highest
+    /// level), and `topo-ring` for a ring in a given order (a hierarchy of one group).
+    pub fn label(&self) -> String {
+        match self {
+            Algorithm::Hierarchical(h) if h.groups.len() == 1 && h.intra == Algorithm::Ring => {
+                "topo-ring".to_string()
+            }
+            Algorithm::Hierarchical(h) => {
+                let mut top = &h.inter;
+                while let Algorithm::Hierarchical(inner) = top {
+                    top = &inner.inter;
+                }
+                format!("hier({}|{})", h.intra.name(), top.name())
+            }
+            a => a.name().to_string(),
+        }
+    }
+
     /// Whether the algorithm can compute `collective`.
     pub fn serves(&self, collective: Collective) -> bool {
         serves(self.name(), collective)
