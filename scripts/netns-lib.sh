@@ -80,7 +80,6 @@ gbps() { awk -v r="$1" -v f="${2:-1}" 'BEGIN { n = r + 0; u = r; sub(/^[0-9.]+/,
 netns_topology() {
   local file=$1 header=$2 host_rate=$3 inter_rate=$4 factor=${5:-1} h
   local host_duplex=${6:-1} inter_duplex=${7:-1}
-  duplex_line() { [ "$1" = 1 ] || echo "duplex = $1"; }
   cat > "$file" <<EOF
 # $header
 name = "netns-racks"
@@ -95,14 +94,8 @@ tier = "leaf"
 name = "leaf1"
 kind = "switch"
 tier = "leaf"
-
-[[link]]
-a = "leaf0"
-b = "leaf1"
-bandwidth = "$(gbps "$inter_rate" "$factor")"
-latency = "20us"
-$(duplex_line "$inter_duplex")
 EOF
+  netns_cable leaf0 leaf1 "$inter_rate" "$factor" "$inter_duplex" >> "$file"
   for h in 0 1 2 3; do
     cat >> "$file" <<EOF
 
@@ -110,15 +103,17 @@ EOF
 name = "h$h"
 kind = "host"
 zone = "rack$((h / 2))"
-
-[[link]]
-a = "h$h"
-b = "leaf$((h / 2))"
-bandwidth = "$(gbps "$host_rate" "$factor")"
-latency = "20us"
-$(duplex_line "$host_duplex")
 EOF
+    netns_cable "h$h" "leaf$((h / 2))" "$host_rate" "$factor" "$host_duplex" >> "$file"
   done
+}
+
+# netns_cable A B RATE FACTOR DUPLEX: the [[link]] entry of a cable (20 µs each way), its
+# bandwidth RATE × FACTOR, its duplex written unless 1.
+netns_cable() {
+  printf '\n[[link]]\na = "%s"\nb = "%s"\nbandwidth = "%s"\nlatency = "20us"\n' \
+    "$1" "$2" "$(gbps "$3" "$4")"
+  [ "$5" = 1 ] || echo "duplex = $5"
 }
 
 # The rendezvous store, in host h0's namespace.

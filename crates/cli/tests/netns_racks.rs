@@ -4,28 +4,13 @@
 //! least 80% of the factor the cost model predicts. Needs root and iproute2; says SKIP
 //! where network namespaces cannot be made.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn topology_aware_allreduce_beats_the_worst_ring_as_predicted() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/netns-racks.sh");
-    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("netns-racks");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(env!("CARGO_BIN_EXE_topoccl"))
-        .arg(&work)
-        .output()
-        .expect("run scripts/netns-racks.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.code() == Some(77) {
-        eprintln!("SKIP netns_racks: {}", stdout.trim());
+    let Some(stdout) = common::netns_script("netns-racks", &[]) else {
         return;
-    }
-    assert!(out.status.success(), "the namespace test failed");
+    };
     let result = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))

@@ -7,37 +7,14 @@
 //! on a shared machine are for docs/benchmarks.md. Needs root and iproute2; says SKIP
 //! where network namespaces cannot be made.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn simulated_and_measured_allreduce_on_namespaced_racks() {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/netns-sim-check.sh"
-    );
-    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("netns-sim-check");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(env!("CARGO_BIN_EXE_topoccl"))
-        .arg(&work)
-        .env_remove("TOPOCCL_ALGO")
-        .env_remove("TOPOCCL_RULES")
-        .env_remove("TOPOCCL_TOPO")
-        .env("SIZES", "4M")
-        .env("RUNS", "1")
-        .env("ITERS", "5")
-        .output()
-        .expect("run scripts/netns-sim-check.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.code() == Some(77) {
-        eprintln!("SKIP netns_sim_check: {}", stdout.trim());
+    let env = [("SIZES", "4M"), ("RUNS", "1"), ("ITERS", "5")];
+    let Some(stdout) = common::netns_script("netns-sim-check", &env) else {
         return;
-    }
-    assert!(out.status.success(), "the script failed");
+    };
     // The measured duplex shares the simulator is given: fractions in (0, 1].
     let duplex = stdout
         .lines()

@@ -61,7 +61,7 @@ use topoccl_plan::Plan;
 use topoccl_topo::{Endpoints, LinkId, NodeId, Topology};
 
 use crate::fault::Stragglers;
-use crate::round::{Crossing, RoundResult, Rounds, Routed, RoutedRound};
+use crate::round::{opposites, Crossing, RoundResult, Rounds, Routed, RoutedRound};
 use crate::{RoundEngine, SimError};
 
 /// How transfers are cut into chunks, and how much work a run may take.
@@ -203,9 +203,8 @@ pub struct ChunkSim<'t> {
     queue: Vec<VecDeque<Chunk>>,
     carried: Vec<f64>,
     load: Vec<f64>,
-    /// Per link, the opposite link of its cable (`u32::MAX`: none); empty when every link
-    /// of the topology is full duplex.
-    reverse: Vec<LinkId>,
+    /// Per link, the opposite link of its cable ([`opposites`]).
+    opposite: Vec<Option<LinkId>>,
 }
 
 impl<'t> ChunkSim<'t> {
@@ -223,13 +222,7 @@ impl<'t> ChunkSim<'t> {
             queue: vec![VecDeque::new(); links],
             carried: vec![0.0; links],
             load: vec![0.0; links],
-            reverse: if t.has_half_duplex() {
-                (0..links as LinkId)
-                    .map(|l| t.reverse(l).unwrap_or(LinkId::MAX))
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            opposite: opposites(t),
         }
     }
 
@@ -417,8 +410,8 @@ impl<'t> ChunkSim<'t> {
             let l = t.link(link);
             let start = chunk.at.max(self.free_at[link as usize]);
             // A cable still carrying a chunk the other way leaves this one its duplex share.
-            let back = self.reverse.get(link as usize).copied();
-            let shared = back.is_some_and(|b| b != LinkId::MAX && self.free_at[b as usize] > start);
+            let back = self.opposite.get(link as usize).copied().flatten();
+            let shared = back.is_some_and(|b| self.free_at[b as usize] > start);
             let hold = size / (l.bandwidth * if shared { l.duplex } else { 1.0 });
             self.free_at[link as usize] = start + hold;
             self.carried[link as usize] += size;

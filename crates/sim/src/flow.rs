@@ -17,7 +17,7 @@ use topoccl_plan::Plan;
 use topoccl_topo::{Endpoints, LinkId, Topology};
 
 use crate::fault::Stragglers;
-use crate::round::{RoundResult, Rounds, RoutedRound};
+use crate::round::{opposites, RoundResult, Rounds, RoutedRound};
 use crate::{RoundEngine, SimError};
 
 /// Rates and remaining bytes below this share count as done (floating-point dust).
@@ -80,8 +80,8 @@ pub struct FlowSim<'t> {
     /// Per link of the topology: its dense index in the current round, or `NONE`.
     slot: Vec<u32>,
     round: Round,
-    /// Some link loses bandwidth to traffic the other way (`Link::duplex` < 1).
-    half_duplex: bool,
+    /// Per link, the opposite link of its cable ([`opposites`]).
+    opposite: Vec<Option<LinkId>>,
 }
 
 impl<'t> FlowSim<'t> {
@@ -90,7 +90,7 @@ impl<'t> FlowSim<'t> {
             rounds: Rounds::new(t, endpoints, stragglers),
             slot: vec![NONE; t.links().len()],
             round: Round::default(),
-            half_duplex: t.has_half_duplex(),
+            opposite: opposites(t),
         }
     }
 
@@ -268,12 +268,12 @@ impl<'t> FlowSim<'t> {
         r.flow_at = flow_count;
         r.crossing_at = crossing_count;
         r.opposite.clear();
-        if self.half_duplex {
-            let t = self.rounds.topology();
+        if !self.opposite.is_empty() {
+            let opposite = &self.opposite;
             r.opposite.extend(
                 r.links
                     .iter()
-                    .map(|&l| t.reverse(l).map_or(NONE, |o| slot[o as usize])),
+                    .map(|&l| opposite[l as usize].map_or(NONE, |o| slot[o as usize])),
             );
         }
     }
@@ -404,12 +404,7 @@ fn allocate(t: &Topology, r: &mut Round) {
         }
         true
     };
-    let mut first = true;
     while left > 0 {
-        if !first {
-            users.demands(&frozen, &open, &mut demand);
-        }
-        first = false;
         let step = demand
             .iter()
             .zip(&room)
@@ -447,6 +442,9 @@ fn allocate(t: &Topology, r: &mut Round) {
                     }
                 }
             }
+        }
+        if left > 0 {
+            users.demands(&frozen, &open, &mut demand);
         }
     }
     // Flows no link limits (none here: every flow crosses a link) keep the last level.

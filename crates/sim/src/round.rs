@@ -90,6 +90,18 @@ impl RoutedRound {
     }
 }
 
+/// Every link's opposite on its cable, where some link of `t` loses bandwidth to traffic
+/// the other way (`Link::duplex` < 1); empty otherwise, so full-duplex topologies look
+/// nothing up.
+pub(crate) fn opposites(t: &Topology) -> Vec<Option<LinkId>> {
+    if !t.has_half_duplex() {
+        return Vec::new();
+    }
+    (0..t.links().len() as LinkId)
+        .map(|l| t.reverse(l))
+        .collect()
+}
+
 /// Link shares of fabric crossings kept across rounds (an rhd plan meets the same leaf
 /// pairs in its reduce-scatter and all-gather halves); past this many entries the cache
 /// starts over, bounding it near 100 MiB.

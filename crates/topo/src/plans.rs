@@ -322,8 +322,8 @@ pub fn hierarchies(
     Ok(out)
 }
 
-/// The hierarchies the cluster's levels allow for `spec`, labelled `hier(intra|top)`,
-/// unpriced (all-reduce only).
+/// The hierarchies the cluster's levels allow for `spec`, labelled `hier(intra|top)`
+/// ([`Algorithm::label`]; every level has several groups), unpriced (all-reduce only).
 pub fn hierarchy_algorithms(
     router: &mut Router<'_>,
     spec: &CollectiveSpec,
@@ -337,7 +337,7 @@ pub fn hierarchy_algorithms(
         for top in ["ring", "rhd", "tree", "rd"] {
             let top: Algorithm = top.parse().expect("known algorithm");
             if let Some(alg) = hierarchy(&levels, &intra, &top) {
-                out.push((format!("hier({}|{})", intra.name(), top.name()), alg));
+                out.push((alg.label(), alg));
             }
         }
     }
