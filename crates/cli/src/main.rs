@@ -97,8 +97,25 @@ impl From<topoccl_plan::PlanError> for CliError {
     }
 }
 
+/// Lets a command that only prints end quietly when its reader goes away (`topoccl sim
+/// … | head`), as Unix tools do, instead of panicking on the failed write: Rust ignores
+/// SIGPIPE by default. Not for commands that talk to peers, where a closed socket must be
+/// an error the runtime names rather than a signal that kills the rank.
+fn die_on_closed_stdout() {
+    // SAFETY: sets a signal's disposition to its default before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Plan(_) | Command::Sim(_) | Command::Topo(_)
+    ) {
+        die_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Plan(args) => plan_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_cmd::run(args),

@@ -183,3 +183,26 @@ fn plans_can_be_simulated_pipelined_in_pieces() {
     let zero = topoccl(&["sim", "--topo", &topo, "--pipeline-chunks", "0"]);
     assert_eq!(zero.status.code(), Some(2));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_report_quietly() {
+    // `topoccl sim … | head -1`: the report outlives its reader.
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_topoccl"))
+        .args(["sim", "--topo", &example("fat-tree-16k.toml"), "--size", "16M"])
+        .args(["--algo", "rhd"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start topoccl sim");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('#'), "{first}");
+    child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+}
