@@ -190,7 +190,13 @@ fn a_reader_that_goes_away_ends_the_report_quietly() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_topoccl"))
-        .args(["sim", "--topo", &example("fat-tree-16k.toml"), "--size", "16M"])
+        .args([
+            "sim",
+            "--topo",
+            &example("fat-tree-16k.toml"),
+            "--size",
+            "16M",
+        ])
         .args(["--algo", "rhd"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -203,6 +209,11 @@ fn a_reader_that_goes_away_ends_the_report_quietly() {
     assert!(first.starts_with('#'), "{first}");
     child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!err.contains("panicked"), "{err}");
 }

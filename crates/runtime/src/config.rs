@@ -13,12 +13,17 @@
 //! | `TOPOCCL_TOPO` | topology file (TOML or JSON) placing this job's ranks | the measured matrix |
 //! | `TOPOCCL_MATRIX` | `0` skips measuring the rank-to-rank link matrix at creation; `1` measures it also with a topology file, and lowers the file's links where the measurement falls short | on up to 64 ranks, without a file and unless `TOPOCCL_PROBE=0` |
 //! | `TOPOCCL_SPIN` | how long a waiting call polls before it sleeps (`0` never spins) | 50 µs when this host's ranks fit on its cores, else 0 |
+//! | `TOPOCCL_TRANSPORT` | `auto` (shared memory within a host, TCP between hosts), `tcp`, or `shm` (every peer over shared memory; peers on other hosts are an error) | `auto` |
+//! | `TOPOCCL_SHM_RING` | bytes of each shared-memory ring (one per direction of a pair; 4KiB–256MiB) | 1 MiB |
+//! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
 
 use std::time::Duration;
 
-use topoccl_plan::units::parse_duration;
+use topoccl_plan::units::{parse_bytes, parse_duration};
 
 use crate::error::{Error, Result};
+use crate::transport::faults::{self, Rule};
+use crate::transport::{Mode, DEFAULT_RING_BYTES};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -36,6 +41,12 @@ pub struct Config {
     pub topo: Option<String>,
     /// Measure the link matrix at creation; `None`: when the world is small enough.
     pub matrix: Option<bool>,
+    /// Which transports to use (`TOPOCCL_TRANSPORT`).
+    pub transport: Mode,
+    /// Bytes of each shared-memory ring (`TOPOCCL_SHM_RING`).
+    pub shm_ring: usize,
+    /// Faults to inject (`TOPOCCL_FAULTS`).
+    pub faults: Vec<Rule>,
 }
 
 /// Worlds up to this size measure their link matrix by default: it takes p−1 rounds of
@@ -56,6 +67,9 @@ impl Default for Config {
             spin: None,
             topo: None,
             matrix: None,
+            transport: Mode::Auto,
+            shm_ring: DEFAULT_RING_BYTES,
+            faults: Vec::new(),
         }
     }
 }
@@ -141,6 +155,35 @@ impl Config {
         if let Some(v) = lookup("TOPOCCL_MATRIX") {
             c.matrix = Some(switch("TOPOCCL_MATRIX", &v)?);
         }
+        if let Some(v) = lookup("TOPOCCL_TRANSPORT").filter(|s| !s.is_empty()) {
+            c.transport = v
+                .parse()
+                .map_err(|e| Error::Config(format!("TOPOCCL_TRANSPORT={v}: {e}")))?;
+        }
+        if let Some(v) = lookup("TOPOCCL_SHM_RING").filter(|s| !s.is_empty()) {
+            let range = crate::transport::RING_BYTES_RANGE;
+            c.shm_ring = parse_bytes(&v)
+                .ok()
+                .map(|b| b as usize)
+                .filter(|b| range.contains(b))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "TOPOCCL_SHM_RING={v} must be a size from {} KiB to {} MiB",
+                        range.start() >> 10,
+                        range.end() >> 20
+                    ))
+                })?
+                // Rings are whole cache lines.
+                .next_multiple_of(64);
+        }
+        if let Some(v) = lookup("TOPOCCL_FAULTS").filter(|s| !s.trim().is_empty()) {
+            c.faults = faults::parse(&v).map_err(|e| {
+                Error::Config(format!(
+                    "TOPOCCL_FAULTS={v}: {e} (rules look like delay=5ms@rank1->rank2, \
+                     drop@rank3:after=10MB, corrupt@rank0->rank1:once, rate=50MB/s@*, stall@2)"
+                ))
+            })?;
+        }
         Ok(c)
     }
 }
@@ -169,5 +212,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("1 to 16"), "{e}");
+        let e = Config::from_lookup(&|k| (k == "TOPOCCL_TRANSPORT").then(|| "rdma".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use auto, tcp or shm"), "{e}");
+        let e = Config::from_lookup(&|k| (k == "TOPOCCL_FAULTS").then(|| "drop@rank1->x".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at character 13"), "{e}");
+        let c = Config::from_lookup(&|k| match k {
+            "TOPOCCL_TRANSPORT" => Some("shm".into()),
+            "TOPOCCL_SHM_RING" => Some("100KiB".into()),
+            "TOPOCCL_FAULTS" => Some("stall@1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (c.transport, c.shm_ring, c.faults.len()),
+            (Mode::Shm, 102400, 1)
+        );
     }
 }

@@ -1,16 +1,18 @@
-//! Executing one rank's program over the transport: the I/O shell around
+//! Executing one rank's program over the transports: the I/O shell around
 //! [`topoccl_plan::machine::RankMachine`].
 //!
-//! The loop hands ready ops to the network (sends queue per link and are written in link
-//! order, header and payload in one vectored write straight from the source slice;
-//! receives are posted per link and read straight into their destination, or through a
-//! small staging buffer that is reduced into the destination as it fills) or runs them
-//! locally (copies, reductions). Between bursts of progress it blocks in `poll` until the
-//! call's deadline. Anything wrong — a peer's connection closing, a malformed or
-//! mismatched frame, the deadline — ends the call with an error naming the rank.
+//! The loop hands ready ops to the network (sends and receives are posted in the
+//! [`Matcher`], which releases sends in link order; frames are written header and payload
+//! together straight from the source slice; arriving frames are matched and read straight
+//! into their destination — reductions straight from shared memory, or through a small
+//! staging buffer over TCP, as the bytes arrive) or runs them locally (copies,
+//! reductions). Between bursts of progress it waits on the transports until the call's
+//! deadline. Anything wrong — a peer's connection closing, a malformed or mismatched
+//! frame, a fault cutting a link, the deadline — ends the call with an error naming the
+//! rank.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{self, IoSlice, Read, Write};
+use std::collections::HashMap;
+use std::io;
 use std::time::{Duration, Instant};
 
 use topoccl_plan::exec::kernels::{reduce_into, Element};
@@ -18,7 +20,8 @@ use topoccl_plan::machine::{RankMachine, ReadyOp};
 use topoccl_plan::{Buf, OpKind, Rank, ReduceOp, Slice};
 
 use crate::error::{Error, Result};
-use crate::transport::{Conn, Rx, Transport, Tx, STAGING_BYTES};
+use crate::matcher::{CallInfo, Matcher, Reject, Verdict};
+use crate::transport::{Conn, Rx, Sent, Transports, Tx, STAGING_BYTES};
 use crate::wire::{AbortNotice, Header, Kind, Purpose, HEADER_LEN};
 
 /// Element types the runtime moves: the plan's elements that are plain bytes.
@@ -73,22 +76,6 @@ impl Program for OneOp {
     fn is_done(&self) -> bool {
         self.done
     }
-}
-
-/// What a call is, for frame headers and error messages.
-#[derive(Clone, Debug)]
-pub(crate) struct CallInfo {
-    pub kind: Kind,
-    pub seq: u64,
-    pub fingerprint: u64,
-    /// Template for outgoing headers (collective, dtype, op, count, root).
-    pub header: Header,
-    pub name: String,
-    pub op: ReduceOp,
-    /// Point-to-point receives: the peer whose send counter `seq` follows. Each ordered
-    /// pair of ranks numbers its messages on its own, so a message from another rank (or
-    /// any message during a send) is not comparable with this call's number.
-    pub p2p_from: Option<Rank>,
 }
 
 /// One physical buffer of the call.
@@ -182,41 +169,35 @@ impl<T: Dtype> Buffers<'_, T> {
     }
 }
 
-#[derive(Default)]
-struct SendLink {
-    next: u32,
-    ready: BTreeMap<u32, (u64, Slice)>,
-}
-
-#[derive(Default)]
-struct RecvLink {
-    next: u32,
-    ready: BTreeMap<u32, (u64, OpKind)>,
-}
-
 /// Why peers went away: a crash (connection closed without a goodbye) or a normal close.
 pub(crate) type Departed = HashMap<Rank, String>;
 
+/// How long to wait and how eagerly.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    pub at: Instant,
+    /// The call's timeout, for messages.
+    pub timeout: Duration,
+    pub spin: Duration,
+}
+
 /// Executes `prog` for one call.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn run<T: Dtype>(
-    tr: &mut Transport,
+    tr: &mut Transports,
+    matcher: &mut Matcher,
     departed: &mut Departed,
     call: &CallInfo,
     prog: &mut dyn Program,
     bufs: &mut Buffers<'_, T>,
-    deadline: Instant,
-    timeout: Duration,
-    spin: Duration,
+    deadline: Deadline,
 ) -> Result<()> {
+    matcher.begin(*call, std::mem::size_of::<T>());
     let mut ex = Exec {
         call,
-        sends: HashMap::new(),
-        recvs: HashMap::new(),
+        m: matcher,
         deadline,
-        timeout,
-        spin,
         size: std::mem::size_of::<T>(),
+        timer: None,
     };
     ex.run(tr, departed, prog, bufs)
 }
@@ -244,18 +225,17 @@ pub(crate) fn abort_notice(rank: Rank, e: &Error) -> AbortNotice {
 
 struct Exec<'c> {
     call: &'c CallInfo,
-    sends: HashMap<(Rank, u16), SendLink>,
-    recvs: HashMap<(Rank, u16), RecvLink>,
-    deadline: Instant,
-    timeout: Duration,
-    spin: Duration,
+    m: &'c mut Matcher,
+    deadline: Deadline,
     size: usize,
+    /// The earliest moment a fault holds a frame back until.
+    timer: Option<Instant>,
 }
 
 impl Exec<'_> {
     fn failed(&self, rank: Rank, reason: impl Into<String>) -> Error {
         Error::PeerFailed {
-            op: self.call.name.clone(),
+            op: self.call.name.to_string(),
             rank,
             reason: reason.into(),
         }
@@ -264,12 +244,12 @@ impl Exec<'_> {
     /// Fails if the connection a transfer with `peer` on `channel` needs has closed.
     fn check_link(
         &self,
-        tr: &Transport,
+        tr: &Transports,
         departed: &Departed,
         peer: Rank,
         channel: u16,
     ) -> Result<()> {
-        let open = tr.data_conn(peer, channel % tr.streams).is_some();
+        let open = tr.data_conn(peer, channel).is_some();
         match departed.get(&peer) {
             Some(why) if tr.connected(peer) && !open => Err(self.failed(peer, why.clone())),
             _ => Ok(()),
@@ -278,7 +258,7 @@ impl Exec<'_> {
 
     fn run<T: Dtype>(
         &mut self,
-        tr: &mut Transport,
+        tr: &mut Transports,
         departed: &mut Departed,
         prog: &mut dyn Program,
         bufs: &mut Buffers<'_, T>,
@@ -287,23 +267,12 @@ impl Exec<'_> {
             tr.check_abort()?;
             while let Some(r) = prog.next_ready() {
                 match r.op.kind {
-                    OpKind::Send { peer, src } => {
+                    OpKind::Send { peer, .. }
+                    | OpKind::Recv { peer, .. }
+                    | OpKind::RecvReduce { peer, .. } => {
                         tr.ensure(peer)?;
                         self.check_link(tr, departed, peer, r.op.channel)?;
-                        self.sends
-                            .entry((peer, r.op.channel))
-                            .or_default()
-                            .ready
-                            .insert(r.link_seq, (r.index, src));
-                    }
-                    OpKind::Recv { peer, .. } | OpKind::RecvReduce { peer, .. } => {
-                        tr.ensure(peer)?;
-                        self.check_link(tr, departed, peer, r.op.channel)?;
-                        self.recvs
-                            .entry((peer, r.op.channel))
-                            .or_default()
-                            .ready
-                            .insert(r.link_seq, (r.index, r.op.kind));
+                        self.m.post(&r);
                     }
                     _ => {
                         bufs.local(&r.op.kind, self.call.op);
@@ -315,12 +284,16 @@ impl Exec<'_> {
                 return Ok(());
             }
             let mut progressed = tr.advance()?;
+            self.timer = None;
             let conns: Vec<usize> = tr.live().collect();
             for i in conns {
-                let Some((purpose, stream)) = tr.conn(i).map(|c| (c.purpose, c.stream)) else {
+                let Some((peer, purpose, lane)) = tr.conn(i).map(|c| (c.peer, c.purpose, c.lane))
+                else {
                     continue;
                 };
-                match self.pump(tr, i, prog, bufs) {
+                let lanes = tr.lanes(peer);
+                let Some(c) = tr.conn(i) else { continue };
+                match self.pump(c, lanes, prog, bufs) {
                     Ok(p) => progressed |= p,
                     Err(Gone { peer, reason }) => {
                         // A message half written on it can never complete now; it left
@@ -330,8 +303,7 @@ impl Exec<'_> {
                         // hold its last messages (a peer that finished says goodbye).
                         tr.drop_conn(i);
                         let why = departed.entry(peer).or_insert(reason).clone();
-                        if purpose == Purpose::Data
-                            && (sending || self.needs(peer, stream, tr.streams))
+                        if purpose == Purpose::Data && (sending || self.m.needs(peer, lane, lanes))
                         {
                             return Err(self.explain(tr, self.failed(peer, why)));
                         }
@@ -343,7 +315,10 @@ impl Exec<'_> {
             if progressed {
                 continue;
             }
-            if !tr.poll(self.deadline, self.spin)? {
+            let until = self
+                .timer
+                .map_or(self.deadline.at, |t| t.min(self.deadline.at));
+            if !tr.wait(until, self.deadline.spin)? && Instant::now() >= self.deadline.at {
                 return Err(self.timeout_error(tr));
             }
         }
@@ -352,7 +327,7 @@ impl Exec<'_> {
     /// A peer that vanished may have been stopping because of someone else: a rank that
     /// fails tells everyone why before it exits, so look for that notice for a moment
     /// before blaming the peer.
-    fn explain(&mut self, tr: &mut Transport, e: Error) -> Error {
+    fn explain(&mut self, tr: &mut Transports, e: Error) -> Error {
         const GRACE: Duration = Duration::from_millis(150);
         let until = Instant::now() + GRACE;
         loop {
@@ -365,59 +340,43 @@ impl Exec<'_> {
                 }
             }
             let now = Instant::now();
-            if now >= until || tr.poll(until.min(self.deadline), Duration::ZERO).is_err() {
+            if now >= until
+                || tr
+                    .wait(until.min(self.deadline.at), Duration::ZERO)
+                    .is_err()
+            {
                 return e;
             }
         }
     }
 
-    /// Whether the call has a posted send or receive with `peer` on `stream`.
-    fn needs(&self, peer: Rank, stream: u16, streams: u16) -> bool {
-        let on = |p: &Rank, ch: &u16| *p == peer && ch % streams == stream;
-        self.sends
-            .iter()
-            .any(|((p, ch), l)| on(p, ch) && !l.ready.is_empty())
-            || self.expects(peer, stream, streams)
-    }
-
-    fn timeout_error(&self, tr: &mut Transport) -> Error {
+    fn timeout_error(&self, tr: &mut Transports) -> Error {
         let mut ranks: Vec<Rank> = Vec::new();
         let mut what: Vec<String> = Vec::new();
-        let mut recvs: Vec<_> = self
-            .recvs
-            .iter()
-            .filter(|(_, l)| !l.ready.is_empty())
-            .collect();
-        recvs.sort_by_key(|(k, _)| **k);
-        for ((peer, ch), l) in recvs.iter().take(4) {
-            ranks.push(*peer);
-            let open = tr.data_conn(*peer, ch % tr.streams).is_some();
-            what.push(match (open, tr.refused.get(peer)) {
+        for (peer, ch, next) in self.m.waiting_recvs().into_iter().take(4) {
+            ranks.push(peer);
+            let open = tr.data_conn(peer, ch).is_some();
+            what.push(match (open, tr.refused.get(&peer)) {
                 (false, Some(r)) => format!("rank {peer} tried to connect but was refused: {r}"),
-                (false, None) if tr.handshaking(*peer) => {
+                (false, None) if tr.handshaking(peer) => {
                     format!("rank {peer} did not complete its connection handshake")
                 }
                 (false, None) => format!("rank {peer} never connected"),
-                (true, _) => format!(
-                    "a message from rank {peer} (channel {ch}, message {}) never came",
-                    l.next
-                ),
+                (true, _) => {
+                    format!("a message from rank {peer} (channel {ch}, message {next}) never came")
+                }
             });
         }
-        let mut sends: Vec<_> = self
-            .sends
-            .iter()
-            .filter(|(_, l)| !l.ready.is_empty())
-            .collect();
-        sends.sort_by_key(|(k, _)| **k);
         // Messages half written count as well as those not started.
-        let mut stuck: Vec<(Rank, String)> = sends
-            .iter()
-            .map(|((peer, ch), _)| (*peer, format!("channel {ch}")))
+        let mut stuck: Vec<(Rank, String)> = self
+            .m
+            .waiting_sends()
+            .into_iter()
+            .map(|(peer, ch)| (peer, format!("channel {ch}")))
             .collect();
         for i in tr.live().collect::<Vec<_>>() {
             if let Some(c) = tr.conn(i).filter(|c| c.tx.is_some()) {
-                stuck.push((c.peer, format!("half written on stream {}", c.stream)));
+                stuck.push((c.peer, format!("half written on lane {}", c.lane)));
             }
         }
         stuck.sort();
@@ -434,8 +393,8 @@ impl Exec<'_> {
             what.push("no transfer was posted (a local dependency never completed)".into());
         }
         Error::Timeout {
-            op: self.call.name.clone(),
-            after: self.timeout,
+            op: self.call.name.to_string(),
+            after: self.deadline.timeout,
             waiting: format!(
                 "{}; is that rank alive and in the same collective? (raise TOPOCCL_TIMEOUT if \
                  it is just slow)",
@@ -445,18 +404,14 @@ impl Exec<'_> {
         }
     }
 
-    /// Writes and reads what it can on connection `i`.
+    /// Writes and reads what it can on connection `c`.
     fn pump<T: Dtype>(
         &mut self,
-        tr: &mut Transport,
-        i: usize,
+        c: &mut Conn,
+        lanes: u16,
         prog: &mut dyn Program,
         bufs: &mut Buffers<'_, T>,
     ) -> std::result::Result<bool, Fail> {
-        let streams = tr.streams;
-        let Some(c) = tr.conn(i) else {
-            return Ok(false);
-        };
         let mut progressed = false;
         match c.purpose {
             Purpose::Control => {
@@ -466,10 +421,10 @@ impl Exec<'_> {
             }
             Purpose::Data => {
                 if c.writable {
-                    progressed |= self.write_data(c, streams, prog, bufs)?;
+                    progressed |= self.write_data(c, lanes, prog, bufs)?;
                 }
                 if c.readable {
-                    progressed |= self.read_data(c, streams, prog, bufs)?;
+                    progressed |= self.read_data(c, lanes, prog, bufs)?;
                 }
             }
         }
@@ -479,55 +434,52 @@ impl Exec<'_> {
     fn write_data<T: Dtype>(
         &mut self,
         c: &mut Conn,
-        streams: u16,
+        lanes: u16,
         prog: &mut dyn Program,
         bufs: &Buffers<'_, T>,
     ) -> std::result::Result<bool, Fail> {
         let mut progressed = false;
         loop {
             if c.tx.is_none() {
-                // The next message due on any channel this stream carries.
-                let pick = self
-                    .sends
-                    .iter_mut()
-                    .filter(|((p, ch), _)| *p == c.peer && ch % streams == c.stream)
-                    .find_map(|((_, ch), link)| {
-                        let next = link.next;
-                        link.ready.remove(&next).map(|x| (*ch, next, x, link))
-                    });
-                let Some((ch, seq, (index, src), link)) = pick else {
+                let Some(f) = self.m.next_send(c.peer, c.lane, lanes) else {
                     return Ok(progressed);
                 };
-                link.next += 1;
-                let header = Header {
-                    channel: ch,
-                    link_seq: seq,
-                    len: src.len * self.size as u64,
-                    ..self.call.header
-                };
                 c.tx = Some(Tx {
-                    header: header.encode(),
+                    header: f.header,
                     header_sent: 0,
-                    index,
-                    buf: src.buf,
-                    start: src.off as usize * self.size,
-                    len: src.len as usize * self.size,
+                    index: f.index,
+                    buf: f.src.buf,
+                    start: f.src.off as usize * self.size,
+                    len: f.src.len as usize * self.size,
                     sent: 0,
                 });
             }
-            let tx = c.tx.as_mut().expect("set above");
-            let payload: &[u8] = bytemuck::cast_slice(bufs.bufs[tx.buf.index()].get());
-            let body = &payload[tx.start + tx.sent..tx.start + tx.len];
-            let head = &tx.header[tx.header_sent..];
-            let written = match c
-                .sock
-                .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-            {
-                Ok(0) => return Err(Fail::gone(c.peer, "connection closed while sending")),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.writable = false;
+            let (buf, from, to) = {
+                let tx = c.tx.as_ref().expect("set above");
+                (tx.buf, tx.start + tx.sent, tx.start + tx.len)
+            };
+            let payload: &[u8] = bytemuck::cast_slice(bufs.bufs[buf.index()].get());
+            match c.send(&payload[from..to]) {
+                Ok(Sent::Bytes(_)) => {
+                    progressed = true;
+                    if c.tx.as_ref().is_some_and(Tx::done) {
+                        let index = c.tx.take().expect("a frame").index;
+                        prog.complete(index);
+                    }
+                }
+                Ok(Sent::Blocked) | Ok(Sent::Stalled(_)) => return Ok(progressed),
+                Ok(Sent::Later(at)) => {
+                    self.timer = Some(self.timer.map_or(at, |t| t.min(at)));
                     return Ok(progressed);
+                }
+                Ok(Sent::Cut(rule)) => {
+                    return Err(Fatal(self.failed(
+                        c.peer,
+                        format!(
+                            "TOPOCCL_FAULTS rule '{rule}' cut the link from this rank to rank {}",
+                            c.peer
+                        ),
+                    )));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -536,15 +488,6 @@ impl Exec<'_> {
                         format!("connection lost while sending: {e}"),
                     ))
                 }
-            };
-            progressed = true;
-            let h = written.min(head.len());
-            tx.header_sent += h;
-            tx.sent += written - h;
-            if tx.header_sent == HEADER_LEN && tx.sent == tx.len {
-                let index = tx.index;
-                c.tx = None;
-                prog.complete(index);
             }
         }
     }
@@ -554,14 +497,10 @@ impl Exec<'_> {
         loop {
             match read_some(c)? {
                 ReadStep::Blocked => return Ok(progressed),
-                ReadStep::Header(h) => {
+                ReadStep::Header(bytes) => {
                     progressed = true;
-                    if !matches!(h.kind, Kind::Abort | Kind::Bye) {
-                        return Err(Fail::gone(
-                            c.peer,
-                            format!("sent a {:?} frame on its control connection", h.kind),
-                        ));
-                    }
+                    let h =
+                        crate::matcher::control_frame(&bytes).map_err(|e| Fail::gone(c.peer, e))?;
                     c.rx = Rx::Notice {
                         header: h,
                         buf: Vec::with_capacity(h.len as usize),
@@ -573,10 +512,7 @@ impl Exec<'_> {
                 if buf.len() as u64 == header.len {
                     let kind = header.kind;
                     let payload = std::mem::take(buf);
-                    c.rx = Rx::Header {
-                        buf: [0; HEADER_LEN],
-                        got: 0,
-                    };
+                    c.rx = Rx::header();
                     if kind == Kind::Bye {
                         return Err(Fail::gone(
                             c.peer,
@@ -586,7 +522,7 @@ impl Exec<'_> {
                     let notice =
                         AbortNotice::decode(&payload).map_err(|e| Fail::gone(c.peer, e))?;
                     return Err(Fatal(Error::Aborted {
-                        op: self.call.name.clone(),
+                        op: self.call.name.to_string(),
                         origin: notice.origin,
                         culprit: notice.culprit,
                         reason: notice.reason,
@@ -599,205 +535,125 @@ impl Exec<'_> {
     fn read_data<T: Dtype>(
         &mut self,
         c: &mut Conn,
-        streams: u16,
+        lanes: u16,
         prog: &mut dyn Program,
         bufs: &mut Buffers<'_, T>,
     ) -> std::result::Result<bool, Fail> {
         let mut progressed = false;
         loop {
-            match &c.rx {
+            let verdict = match &c.rx {
                 Rx::Header { .. } => match read_some(c)? {
                     ReadStep::Blocked => return Ok(progressed),
-                    ReadStep::Progress => progressed = true,
-                    ReadStep::Header(h) => {
+                    ReadStep::Progress => {
                         progressed = true;
+                        continue;
+                    }
+                    ReadStep::Header(bytes) => {
+                        progressed = true;
+                        let (h, v) = self
+                            .m
+                            .on_bytes(c.peer, c.lane, lanes, &bytes)
+                            .map_err(|r| reject(c.peer, r))?;
                         c.rx = Rx::Parked(h);
+                        v
                     }
                 },
-                Rx::Parked(h) => {
-                    let h = *h;
-                    match self.match_frame(c, &h, streams)? {
-                        None => return Ok(progressed),
-                        Some(index) => {
-                            progressed = true;
-                            c.staged = 0;
-                            c.rx = Rx::Payload {
-                                header: h,
-                                index,
-                                got: 0,
-                            };
-                            if h.len == 0 {
-                                self.finish_recv(c, prog);
-                            }
-                        }
-                    }
-                }
+                Rx::Parked(h) => self
+                    .m
+                    .on_header(c.peer, c.lane, lanes, h)
+                    .map_err(|r| reject(c.peer, r))?,
                 Rx::Payload { .. } => {
                     if !self.read_payload(c, prog, bufs)? {
                         return Ok(progressed);
                     }
                     progressed = true;
+                    continue;
                 }
                 Rx::Notice { .. } => {
                     return Err(Fail::gone(c.peer, "control frame on a data connection"))
                 }
+            };
+            let Rx::Parked(h) = c.rx else {
+                unreachable!("a header was just parked")
+            };
+            match verdict {
+                Verdict::Park => return Ok(progressed),
+                Verdict::Deliver(d) => {
+                    progressed = true;
+                    c.staged = 0;
+                    c.rx = Rx::Payload {
+                        header: h,
+                        index: d.index,
+                        kind: d.kind,
+                        got: 0,
+                    };
+                    if h.len == 0 {
+                        self.finish_recv(c, prog);
+                    }
+                }
             }
         }
-    }
-
-    /// Matches a parked header with a posted receive: `Some(op index)` when the payload
-    /// can be read now, `None` when its receive is not posted yet.
-    fn match_frame(
-        &mut self,
-        c: &Conn,
-        h: &Header,
-        streams: u16,
-    ) -> std::result::Result<Option<u64>, Fail> {
-        let peer = c.peer;
-        let call = self.call;
-        if call.kind == Kind::P2p && h.kind == Kind::P2p && call.p2p_from != Some(peer) {
-            return Ok(None);
-        }
-        if h.kind != call.kind || h.seq > call.seq {
-            // A later call (or another kind of call) — fine unless this call still expects
-            // something here.
-            if self.expects(peer, c.stream, streams) {
-                return Err(Fatal(Error::Mismatch(format!(
-                    "this rank is in {} but rank {peer} sent a message of {}",
-                    call.name,
-                    h.describe_call()
-                ))));
-            }
-            return Ok(None);
-        }
-        if h.seq < call.seq {
-            return Err(Fail::gone(
-                peer,
-                format!(
-                    "sent a message of call #{} after this rank finished it",
-                    h.seq
-                ),
-            ));
-        }
-        if h.fingerprint != call.fingerprint {
-            return Err(Fatal(Error::Mismatch(format!(
-                "this rank entered {} but rank {peer} entered {}",
-                call.name,
-                h.describe_call()
-            ))));
-        }
-        if h.channel % streams != c.stream {
-            return Err(Fail::gone(
-                peer,
-                format!("sent channel {} on stream {}", h.channel, c.stream),
-            ));
-        }
-        let Some(link) = self.recvs.get_mut(&(peer, h.channel)) else {
-            return Ok(None);
-        };
-        if h.link_seq != link.next {
-            return Err(Fail::gone(
-                peer,
-                format!(
-                    "sent message {} of channel {} where message {} was due",
-                    h.link_seq, h.channel, link.next
-                ),
-            ));
-        }
-        let Some((index, kind)) = link.ready.get(&link.next).copied() else {
-            return Ok(None);
-        };
-        let want = match kind {
-            OpKind::Recv { dst, .. } | OpKind::RecvReduce { dst, .. } => dst.len,
-            _ => unreachable!("only receives are posted"),
-        } * self.size as u64;
-        if h.len != want {
-            return Err(Fatal(Error::Mismatch(format!(
-                "in {} rank {peer} sent {} bytes where {want} were expected",
-                call.name, h.len
-            ))));
-        }
-        Ok(Some(index))
-    }
-
-    /// Whether this call has a posted receive from `peer` on `stream`.
-    fn expects(&self, peer: Rank, stream: u16, streams: u16) -> bool {
-        self.recvs
-            .iter()
-            .any(|((p, ch), l)| *p == peer && ch % streams == stream && !l.ready.is_empty())
     }
 
     fn finish_recv(&mut self, c: &mut Conn, prog: &mut dyn Program) {
         if let Rx::Payload { header, index, .. } = c.rx {
-            let link = self
-                .recvs
-                .get_mut(&(c.peer, header.channel))
-                .expect("matched link");
-            link.ready.remove(&link.next);
-            link.next += 1;
+            self.m.received(c.peer, header.channel);
             prog.complete(index);
+            c.frame_read(HEADER_LEN as u64 + header.len);
         }
-        c.rx = Rx::Header {
-            buf: [0; HEADER_LEN],
-            got: 0,
-        };
+        c.rx = Rx::header();
     }
 
-    /// Reads payload bytes; returns false when the socket has nothing more now.
+    /// Reads payload bytes; returns false when the connection has nothing more now.
     fn read_payload<T: Dtype>(
         &mut self,
         c: &mut Conn,
         prog: &mut dyn Program,
         bufs: &mut Buffers<'_, T>,
     ) -> std::result::Result<bool, Fail> {
-        let Rx::Payload { header, index, got } = c.rx else {
+        let Rx::Payload {
+            header,
+            index,
+            kind,
+            got,
+        } = c.rx
+        else {
             unreachable!("payload state")
         };
-        let link = &self.recvs[&(c.peer, header.channel)];
-        let kind = link.ready[&link.next].1;
         let size = self.size;
+        let left = (header.len - got) as usize;
         let n = match kind {
             OpKind::Recv { dst, .. } => {
                 let out: &mut [u8] = bytemuck::cast_slice_mut(bufs.write(dst));
-                read_into(c, &mut out[got as usize..])?
+                match c.recv(&mut out[got as usize..]) {
+                    Ok(0) => return Err(truncated(c.peer, &header)),
+                    Ok(n) => n,
+                    Err(e) => return io_step(c.peer, e).map(|_| false),
+                }
             }
             OpKind::RecvReduce { src, dst, .. } => {
-                if c.staging.is_empty() {
-                    c.staging = vec![0u64; STAGING_BYTES / 8];
-                }
-                let room = (STAGING_BYTES - c.staged).min((header.len - got) as usize);
-                let staged = c.staged;
-                let stage: &mut [u8] = bytemuck::cast_slice_mut(&mut c.staging);
-                let n = {
-                    let buf = &mut stage[staged..staged + room];
-                    match c.sock.read(buf) {
-                        Ok(0) => return Err(truncated(c.peer, &header)),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            c.readable = false;
-                            return Ok(false);
+                // Shared memory: reduce whole elements straight from the ring (its frames
+                // keep payloads aligned); else, or mid-element, through staging.
+                let in_place = if c.staged == 0 { c.peek(left) } else { None };
+                match in_place {
+                    Some(Ok([])) => return Err(truncated(c.peer, &header)),
+                    Some(Ok(bytes)) => {
+                        let whole = bytes.len() / size * size;
+                        match bytemuck::try_cast_slice::<u8, T>(&bytes[..whole]) {
+                            Ok(incoming) => {
+                                self.reduce_at(bufs, src, dst, got / size as u64, incoming);
+                                c.consume(whole);
+                                whole
+                            }
+                            Err(_) => {
+                                debug_assert!(false, "ring payloads are aligned");
+                                self.stage_and_reduce(c, left, src, dst, got, bufs)?
+                            }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
-                        Err(e) => return Err(Fail::gone(c.peer, format!("connection lost: {e}"))),
                     }
-                };
-                // Reduce the whole elements staged so far into the destination.
-                let have = staged + n;
-                let whole = have / size;
-                if whole > 0 {
-                    let done = ((got as usize + n) - have) / size;
-                    let src = Slice::new(src.buf, src.off + done as u64, whole as u64);
-                    let dst = Slice::new(dst.buf, dst.off + done as u64, whole as u64);
-                    let incoming: &[T] = bytemuck::cast_slice(&stage[..whole * size]);
-                    if src != dst {
-                        let (s, d) = bufs.pair(src, dst);
-                        d.copy_from_slice(s);
-                    }
-                    reduce_into(self.call.op, bufs.write(dst), incoming);
-                    stage.copy_within(whole * size..have, 0);
+                    Some(Err(e)) => return io_step(c.peer, e).map(|_| false),
+                    None => self.stage_and_reduce(c, left, src, dst, got, bufs)?,
                 }
-                c.staged = have % size;
-                n
             }
             _ => unreachable!("only receives are posted"),
         };
@@ -805,12 +661,105 @@ impl Exec<'_> {
             return Ok(false);
         }
         let got = got + n as u64;
+        debug_assert!(got <= header.len, "read past the frame");
         if got == header.len {
             self.finish_recv(c, prog);
         } else {
-            c.rx = Rx::Payload { header, index, got };
+            c.rx = Rx::Payload {
+                header,
+                index,
+                kind,
+                got,
+            };
         }
         Ok(true)
+    }
+
+    /// `dst[at..] = src[at..] ⊕ incoming`, for the elements of a payload from `at` on.
+    fn reduce_at<T: Dtype>(
+        &self,
+        bufs: &mut Buffers<'_, T>,
+        src: Slice,
+        dst: Slice,
+        at: u64,
+        incoming: &[T],
+    ) {
+        let k = incoming.len() as u64;
+        debug_assert!(at + k <= dst.len, "reduced past the destination");
+        let s = Slice::new(src.buf, src.off + at, k);
+        let d = Slice::new(dst.buf, dst.off + at, k);
+        if s != d {
+            let (s, d) = bufs.pair(s, d);
+            d.copy_from_slice(s);
+        }
+        reduce_into(self.call.op, bufs.write(d), incoming);
+    }
+
+    /// Reads into the connection's staging buffer and reduces the whole elements staged
+    /// so far; returns the bytes read (0: nothing now). `got` payload bytes were read
+    /// before, the last `c.staged` of them still staged.
+    fn stage_and_reduce<T: Dtype>(
+        &self,
+        c: &mut Conn,
+        left: usize,
+        src: Slice,
+        dst: Slice,
+        got: u64,
+        bufs: &mut Buffers<'_, T>,
+    ) -> std::result::Result<usize, Fail> {
+        let size = self.size;
+        if c.staging.is_empty() {
+            c.staging = vec![0u64; STAGING_BYTES / 8];
+        }
+        let staged = c.staged;
+        let room = (STAGING_BYTES - staged).min(left);
+        let mut stage = std::mem::take(&mut c.staging);
+        let r = {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut stage);
+            c.recv(&mut bytes[staged..staged + room])
+        };
+        let n = match r {
+            Ok(0) => {
+                c.staging = stage;
+                let Rx::Payload { header, .. } = &c.rx else {
+                    unreachable!("payload state")
+                };
+                return Err(truncated(c.peer, header));
+            }
+            Ok(n) => n,
+            Err(e) => {
+                c.staging = stage;
+                return io_step(c.peer, e).map(|_| 0);
+            }
+        };
+        let have = staged + n;
+        let whole = have / size;
+        if whole > 0 {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut stage);
+            let incoming: &[T] = bytemuck::cast_slice(&bytes[..whole * size]);
+            let at = (got - staged as u64) / size as u64;
+            self.reduce_at(bufs, src, dst, at, incoming);
+            bytes.copy_within(whole * size..have, 0);
+        }
+        c.staged = have % size;
+        c.staging = stage;
+        Ok(n)
+    }
+}
+
+/// A frame the matcher refused.
+fn reject(peer: Rank, r: Reject) -> Fail {
+    match r {
+        Reject::Mismatch(m) => Fatal(Error::Mismatch(m)),
+        Reject::Protocol(p) => Fail::gone(peer, p),
+    }
+}
+
+/// An I/O error while reading: nothing now (`Ok`), or the peer is gone.
+fn io_step(peer: Rank, e: io::Error) -> std::result::Result<(), Fail> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(()),
+        _ => Err(Fail::gone(peer, format!("connection lost: {e}"))),
     }
 }
 
@@ -847,80 +796,61 @@ fn truncated(peer: Rank, h: &Header) -> Fail {
 enum ReadStep {
     Blocked,
     Progress,
-    Header(Header),
+    /// A whole header's bytes, not decoded yet.
+    Header([u8; HEADER_LEN]),
 }
 
-/// Advances the header or notice being read; yields a decoded header when complete.
+/// Advances the header or notice being read; yields a header's bytes when complete.
 fn read_some(c: &mut Conn) -> std::result::Result<ReadStep, Fail> {
     let peer = c.peer;
+    let mut hdr = [0u8; HEADER_LEN];
+    let mut tmp = [0u8; 4096];
+    let (got, want) = match &c.rx {
+        Rx::Header { buf, got } => {
+            hdr = *buf;
+            (*got, HEADER_LEN - *got)
+        }
+        Rx::Notice { header, buf } => (0, (header.len as usize - buf.len()).min(tmp.len())),
+        _ => unreachable!("read_some reads headers and notices"),
+    };
+    let r = if matches!(c.rx, Rx::Header { .. }) {
+        c.recv(&mut hdr[got..])
+    } else {
+        c.recv(&mut tmp[..want])
+    };
+    let n = match r {
+        Ok(0) => {
+            return Err(match &c.rx {
+                Rx::Notice { header, .. } => truncated(peer, header),
+                _ if got == 0 => Fail::gone(
+                    peer,
+                    "its connection closed (process exited or was killed?)",
+                ),
+                _ => Fail::gone(
+                    peer,
+                    "its connection closed in the middle of a frame header",
+                ),
+            })
+        }
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStep::Blocked),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadStep::Progress),
+        Err(e) => return Err(Fail::gone(peer, format!("connection lost: {e}"))),
+    };
     match &mut c.rx {
         Rx::Header { buf, got } => {
-            let n = match c.sock.read(&mut buf[*got..]) {
-                Ok(0) if *got == 0 => {
-                    return Err(Fail::gone(
-                        peer,
-                        "its connection closed (process exited or was killed?)",
-                    ))
-                }
-                Ok(0) => {
-                    return Err(Fail::gone(
-                        peer,
-                        "its connection closed in the middle of a frame header",
-                    ))
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.readable = false;
-                    return Ok(ReadStep::Blocked);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadStep::Progress),
-                Err(e) => return Err(Fail::gone(peer, format!("connection lost: {e}"))),
-            };
+            *buf = hdr;
             *got += n;
             if *got < HEADER_LEN {
                 return Ok(ReadStep::Progress);
             }
-            let h = Header::decode(buf)
-                .map_err(|e| Fail::gone(peer, format!("sent a malformed frame: {e}")))?;
-            Ok(ReadStep::Header(h))
+            *got = 0;
+            Ok(ReadStep::Header(hdr))
         }
-        Rx::Notice { header, buf } => {
-            let want = header.len as usize - buf.len();
-            let mut tmp = [0u8; 4096];
-            let n = match c.sock.read(&mut tmp[..want.min(4096)]) {
-                Ok(0) => return Err(truncated(peer, header)),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.readable = false;
-                    return Ok(ReadStep::Blocked);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(ReadStep::Progress),
-                Err(e) => return Err(Fail::gone(peer, format!("connection lost: {e}"))),
-            };
+        Rx::Notice { buf, .. } => {
             buf.extend_from_slice(&tmp[..n]);
             Ok(ReadStep::Progress)
         }
         _ => unreachable!("read_some reads headers and notices"),
-    }
-}
-
-/// Reads payload bytes straight into `out`; returns 0 when nothing is available.
-fn read_into(c: &mut Conn, out: &mut [u8]) -> std::result::Result<usize, Fail> {
-    loop {
-        match c.sock.read(out) {
-            Ok(0) => {
-                let Rx::Payload { header, .. } = &c.rx else {
-                    unreachable!("payload state")
-                };
-                return Err(truncated(c.peer, header));
-            }
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.readable = false;
-                return Ok(0);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Fail::gone(c.peer, format!("connection lost: {e}"))),
-        }
     }
 }

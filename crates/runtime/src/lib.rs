@@ -1,4 +1,5 @@
-//! topoccl: collectives between real processes over TCP.
+//! topoccl: collectives between real processes, over shared memory within a host and TCP
+//! between hosts.
 //!
 //! A [`Communicator`] is created by rendezvous (from the environment of `topoccl run`,
 //! torchrun, Open MPI or Slurm, see [`env`]) and runs every collective of
@@ -10,9 +11,11 @@
 
 pub mod comm;
 pub mod config;
+mod create;
 pub mod env;
 pub mod error;
 mod exec;
+mod matcher;
 pub mod nonblocking;
 mod probe;
 pub mod select;
@@ -29,4 +32,4 @@ pub use error::{Error, Result};
 pub use exec::Dtype;
 pub use nonblocking::{AsyncCommunicator, Work};
 pub use topoccl_plan::{Collective, CollectiveSpec, CountMatrix, DType, ReduceOp};
-pub use transport::AbortHandle;
+pub use transport::{AbortHandle, Mode as TransportMode, TransportKind};

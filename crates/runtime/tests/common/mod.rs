@@ -69,6 +69,20 @@ impl Store for MemStore {
     }
 }
 
+/// The configuration for each transport, so a test runs over both.
+pub fn each_transport() -> Vec<(topoccl::TransportMode, topoccl::Config)> {
+    [topoccl::TransportMode::Tcp, topoccl::TransportMode::Shm]
+        .into_iter()
+        .map(|m| {
+            let cfg = topoccl::Config {
+                transport: m,
+                ..Default::default()
+            };
+            (m, cfg)
+        })
+        .collect()
+}
+
 /// Runs `f(comm)` on `world` threads, one communicator each; returns their results in
 /// rank order.
 pub fn run_world<R: Send + 'static>(

@@ -1,0 +1,399 @@
+//! Creating communicators: the rendezvous (job secret, every rank's endpoints), the
+//! transports, and the measurements taken once at creation (`crate::probe`).
+//!
+//! This module sits above `comm` (the calls) and `probe` (which measures through those
+//! calls): neither of them knows how a communicator comes to be.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use topoccl_plan::Rank;
+
+use crate::comm::{Communicator, DEFAULT_NET};
+use crate::config::Config;
+use crate::env::LaunchInfo;
+use crate::error::{Error, Result};
+use crate::select::Selector;
+use crate::store::{Store, StoreAddr, StoreError, TcpStoreServer};
+use crate::transport::{Endpoint, Identity, Setup, Transports};
+use crate::wire::{self, FNV_OFFSET};
+
+/// World communicators created by this process so far: their rendezvous keys must differ.
+static WORLDS: AtomicU64 = AtomicU64::new(0);
+
+fn secret_from(text: &str) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    for (i, chunk) in s.chunks_mut(8).enumerate() {
+        let h = wire::fnv1a(text.as_bytes(), wire::fnv1a(&[i as u8], FNV_OFFSET));
+        chunk.copy_from_slice(&h.to_le_bytes());
+    }
+    s
+}
+
+/// The address to listen on: the named interface, or the one that reaches the store.
+fn listen_ip(cfg: &Config, store: &StoreAddr) -> Result<IpAddr> {
+    if let Some(name) = &cfg.ifname {
+        let ifs = if_addrs::get_if_addrs()
+            .map_err(|e| Error::Config(format!("cannot list interfaces: {e}")))?;
+        let mut found: Vec<&if_addrs::Interface> = ifs.iter().filter(|i| &i.name == name).collect();
+        found.sort_by_key(|i| !i.ip().is_ipv4());
+        return found.first().map(|i| i.ip()).ok_or_else(|| {
+            let mut names: Vec<&str> = ifs.iter().map(|i| i.name.as_str()).collect();
+            names.sort();
+            names.dedup();
+            Error::Config(format!(
+                "TOPOCCL_SOCKET_IFNAME={name}: no such interface with an address; available: {}",
+                names.join(", ")
+            ))
+        });
+    }
+    match store {
+        StoreAddr::Tcp(hostport) => {
+            let target = hostport
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| Error::Config(format!("cannot resolve store address {hostport}")))?;
+            if target.ip().is_loopback() || target.ip().is_unspecified() {
+                return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            }
+            // The address the kernel would use to reach the store (no packet is sent).
+            let probe = UdpSocket::bind(if target.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })
+            .and_then(|u| u.connect(target).map(|_| u))
+            .and_then(|u| u.local_addr())
+            .map_err(|e| Error::Config(format!("no route to the store at {hostport}: {e}")))?;
+            Ok(probe.ip())
+        }
+        StoreAddr::File(_) => Ok(if_addrs::get_if_addrs()
+            .ok()
+            .and_then(|ifs| {
+                ifs.into_iter()
+                    .find(|i| !i.is_loopback() && i.ip().is_ipv4())
+                    .map(|i| i.ip())
+            })
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+    }
+}
+
+fn host_store(addr: &StoreAddr) -> Result<TcpStoreServer> {
+    let StoreAddr::Tcp(hostport) = addr else {
+        return Err(Error::Config(
+            "only a TCP store can be hosted by rank 0".into(),
+        ));
+    };
+    let port = hostport
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .ok_or_else(|| Error::Config(format!("store address {hostport} has no port")))?;
+    Ok(TcpStoreServer::start(&format!("0.0.0.0:{port}"))?)
+}
+
+/// A rank's published endpoint: topoccl's JSON, or a bare `IP:PORT` (TCP only).
+fn parse_endpoint(v: &[u8]) -> Option<Endpoint> {
+    let text = String::from_utf8_lossy(v);
+    if let Ok(tcp) = text.trim().parse() {
+        return Some(Endpoint {
+            tcp,
+            shm: None,
+            host: String::new(),
+        });
+    }
+    serde_json::from_slice(v).ok()
+}
+
+impl Communicator {
+    /// Creates the world communicator from the launcher's environment and `TOPOCCL_*`
+    /// settings.
+    pub fn from_env() -> Result<Communicator> {
+        Self::init(LaunchInfo::from_env()?, Config::from_env()?)
+    }
+
+    /// Creates the world communicator.
+    pub fn init(info: LaunchInfo, mut cfg: Config) -> Result<Communicator> {
+        cfg.spin
+            .get_or_insert(crate::config::default_spin(info.local_world));
+        let deadline = Instant::now() + cfg.init_timeout;
+        let server = if info.host_store {
+            Some(Arc::new(host_store(&info.store)?))
+        } else {
+            None
+        };
+        let store = info.store.open(deadline)?;
+        let generation = WORLDS.fetch_add(1, Ordering::SeqCst);
+        let namespace = format!("topoccl/{}/world{generation}", info.job_id);
+        let ip = listen_ip(&cfg, &info.store)?;
+        let job = wire::fnv1a(info.job_id.as_bytes(), FNV_OFFSET);
+        let world_ranks = (0..info.world).collect();
+        let mut comm = Self::rendezvous(
+            store,
+            server,
+            namespace,
+            info.rank,
+            info.world,
+            ip,
+            job,
+            world_ranks,
+            cfg,
+            deadline,
+        )?;
+        comm.tune()?;
+        Ok(comm)
+    }
+
+    /// Creates a communicator that meets in `store` (any [`Store`]: one the caller hosts
+    /// or shares). `name` separates communicators that share a store and job.
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        rank: Rank,
+        world: u32,
+        job_id: &str,
+        name: &str,
+        mut cfg: Config,
+    ) -> Result<Communicator> {
+        // Ranks sharing a store this way are usually threads or processes of one host.
+        cfg.spin.get_or_insert(crate::config::default_spin(world));
+        if world == 0 || rank >= world {
+            return Err(Error::Config(format!(
+                "rank {rank} is not in a world of {world} ranks"
+            )));
+        }
+        let deadline = Instant::now() + cfg.init_timeout;
+        let ip = match &cfg.ifname {
+            Some(_) => listen_ip(&cfg, &StoreAddr::File(Default::default()))?,
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let job = wire::fnv1a(job_id.as_bytes(), FNV_OFFSET);
+        let namespace = format!("topoccl/{job_id}/{name}");
+        let world_ranks = (0..world).collect();
+        let mut comm = Self::rendezvous(
+            store,
+            None,
+            namespace,
+            rank,
+            world,
+            ip,
+            job,
+            world_ranks,
+            cfg,
+            deadline,
+        )?;
+        comm.tune()?;
+        Ok(comm)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rendezvous(
+        store: Arc<dyn Store>,
+        server: Option<Arc<TcpStoreServer>>,
+        namespace: String,
+        rank: Rank,
+        world: u32,
+        ip: IpAddr,
+        job: u64,
+        world_ranks: Vec<Rank>,
+        cfg: Config,
+        deadline: Instant,
+    ) -> Result<Communicator> {
+        let key = |k: &str| format!("{namespace}/{k}");
+        let secret = match &cfg.secret {
+            Some(s) => secret_from(s),
+            None => {
+                if store.add(&key("secret-claim"), 1)? == 1 {
+                    let mut s = [0u8; 32];
+                    getrandom::fill(&mut s)
+                        .map_err(|e| Error::Io(format!("no randomness for the job secret: {e}")))?;
+                    store.set(&key("secret"), &s)?;
+                    s
+                } else {
+                    let v = store.get(&key("secret"), deadline).map_err(|e| {
+                        Error::Rendezvous(format!("the job secret never appeared: {e}"))
+                    })?;
+                    v.try_into().map_err(|_| {
+                        Error::Rendezvous("the job secret in the store is malformed".into())
+                    })?
+                }
+            }
+        };
+        let id = Identity {
+            rank,
+            world,
+            job,
+            comm: wire::fnv1a(namespace.as_bytes(), FNV_OFFSET),
+            secret,
+        };
+        let mut tr = Transports::new(
+            id,
+            Setup {
+                bind: std::net::SocketAddr::new(ip, 0),
+                streams: cfg.streams,
+                mode: cfg.transport,
+                ring_bytes: cfg.shm_ring,
+                faults: cfg.faults.clone(),
+                world_ranks: world_ranks.clone(),
+            },
+        )?;
+        let mine = serde_json::to_vec(&tr.endpoint()?).expect("endpoints serialise");
+        store.set(&key(&format!("addr/{rank}")), &mine)?;
+        let keys: Vec<String> = (0..world).map(|r| key(&format!("addr/{r}"))).collect();
+        store.wait(&keys, deadline).map_err(|e| match e {
+            StoreError::Timeout { missing } => {
+                let ranks: Vec<String> = missing
+                    .iter()
+                    .filter_map(|k| k.rsplit('/').next())
+                    .map(String::from)
+                    .collect();
+                Error::Rendezvous(format!(
+                    "ranks {} never arrived within {:.0} s; check that all {world} ranks were \
+                     started with the same store and job id",
+                    ranks.join(", "),
+                    cfg.init_timeout.as_secs_f64()
+                ))
+            }
+            other => other.into(),
+        })?;
+        let mut endpoints = Vec::with_capacity(world as usize);
+        for (r, k) in keys.iter().enumerate() {
+            let v = store.get(k, deadline)?;
+            endpoints.push(parse_endpoint(&v).ok_or_else(|| {
+                Error::Rendezvous(format!("rank {r} published an unreadable address"))
+            })?);
+        }
+        tr.set_endpoints(endpoints)?;
+        let mut selector = Selector::new(DEFAULT_NET, cfg.streams);
+        if let Some(a) = &cfg.algo {
+            selector = selector.with_algo_env(a)?;
+        }
+        if let Some(path) = &cfg.rules {
+            let json = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("TOPOCCL_RULES={path}: {e}")))?;
+            selector = selector.with_rules_json(&json, path)?;
+        }
+        Ok(Communicator {
+            rank,
+            world,
+            cfg,
+            tr,
+            departed: HashMap::new(),
+            matcher: Default::default(),
+            seq: 0,
+            p2p_sent: HashMap::new(),
+            p2p_received: HashMap::new(),
+            store,
+            server,
+            namespace,
+            job,
+            splits: 0,
+            world_ranks,
+            selector,
+            plans: HashMap::new(),
+            broken: None,
+            matrix: None,
+        })
+    }
+
+    /// Measures the network and agrees on it (see [`crate::probe`]).
+    fn tune(&mut self) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        if self.cfg.probe {
+            let net = crate::probe::measure(self)?;
+            self.selector.net = net;
+        }
+        // A topology file is the refined model: measure on top of it only when asked.
+        let measure = self.cfg.matrix.unwrap_or(
+            self.cfg.probe
+                && self.cfg.topo.is_none()
+                && self.world <= crate::config::MATRIX_MAX_RANKS,
+        );
+        if measure {
+            let hosts = (0..self.world)
+                .map(|r| {
+                    self.tr
+                        .peer_addr(r)
+                        .map_or_else(String::new, |a| a.ip().to_string())
+                })
+                .collect();
+            self.matrix = Some(Arc::new(crate::probe::measure_matrix(self, hosts)?));
+        }
+        let topology = match (&self.cfg.topo, &self.matrix) {
+            (Some(path), m) => Some(crate::topology::from_file(path, self.world, m.as_deref())?),
+            (None, Some(m)) => Some(
+                m.to_topology()
+                    .map_err(|e| Error::Config(format!("the measured link matrix: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let overhead = self.matrix.as_ref().map_or(0.0, |m| m.min_latency());
+        self.selector.set_topology(topology.map(Arc::new), overhead);
+        self.plans.clear();
+        Ok(())
+    }
+
+    /// Splits the ranks into disjoint communicators, as `MPI_Comm_split` does: every rank
+    /// of this communicator must call it (in the same order as its other calls); ranks
+    /// passing the same `color` form one new communicator, ordered by `key` and then by
+    /// their rank here. `None` (MPI's `MPI_UNDEFINED`) takes part but joins none.
+    ///
+    /// The new communicators meet in this one's store, inherit its settings and measured
+    /// network (no second probe), and have their own connections and deadlines.
+    pub fn split(&mut self, color: Option<u32>, key: u32) -> Result<Option<Communicator>> {
+        self.usable()?;
+        let mine = [color.map_or(-1, i64::from), i64::from(key)];
+        let mut all = vec![0i64; 2 * self.world as usize];
+        self.all_gather(&mine, &mut all)?;
+        self.splits += 1;
+        let Some(color) = color else {
+            return Ok(None);
+        };
+        let mut members: Vec<(i64, Rank)> = (0..self.world)
+            .filter(|&r| all[2 * r as usize] == i64::from(color))
+            .map(|r| (all[2 * r as usize + 1], r))
+            .collect();
+        members.sort_unstable();
+        let rank = members
+            .iter()
+            .position(|&(_, r)| r == self.rank)
+            .expect("this rank passed its own color") as Rank;
+        let namespace = format!("{}/split{}/color{color}", self.namespace, self.splits);
+        let deadline = Instant::now() + self.cfg.init_timeout;
+        let ip = self.tr.local_addr()?.ip();
+        let mut child = Self::rendezvous(
+            self.store.clone(),
+            self.server.clone(),
+            namespace,
+            rank,
+            members.len() as u32,
+            ip,
+            self.job,
+            members
+                .iter()
+                .map(|&(_, r)| self.world_ranks[r as usize])
+                .collect(),
+            self.cfg.clone(),
+            deadline,
+        )?;
+        child.selector.net = self.selector.net;
+        let mine: Vec<Rank> = members.iter().map(|&(_, r)| r).collect();
+        child.matrix = self.matrix.as_deref().map(|m| Arc::new(m.restrict(&mine)));
+        let topology = self
+            .selector
+            .topology()
+            .map(|t| t.restrict(&mine))
+            .transpose();
+        child.selector.set_topology(
+            topology
+                .map_err(|e| Error::Config(format!("topology of the split: {e}")))?
+                .map(Arc::new),
+            self.selector.overhead(),
+        );
+        Ok(Some(child))
+    }
+}

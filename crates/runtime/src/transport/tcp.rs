@@ -1,0 +1,292 @@
+//! TCP between ranks: the listener, dialling, and the handshake of each connection.
+//!
+//! Each pair of ranks that exchange data over TCP gets `TOPOCCL_STREAMS` data connections
+//! (lanes) and one control connection, dialled by the lower rank. The dialler sends a
+//! hello (`wire::Hello`); the listener checks it ([`super::admit`]) and answers with an
+//! ack, or a refusal and its reason. Established connections are polled with `mio`
+//! (edge-triggered: the `readable` / `writable` flags remember readiness until an
+//! operation hits `WouldBlock`).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use mio::net::TcpStream as MioStream;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use topoccl_plan::Rank;
+
+use super::{admit, io_err, would_block, Conn, Hs as AnyHs, Identity, Io, Step, HELLO_TIMEOUT};
+use crate::error::{Error, Result};
+use crate::wire::{self, Hello, Purpose, HELLO_LEN};
+
+/// Kernel socket buffers: large enough to keep a loopback or LAN link busy.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Where a TCP connection's handshake is.
+#[derive(Debug)]
+pub enum Hs {
+    /// Dialled; sending the hello once connected.
+    Dialing { hello: [u8; HELLO_LEN], sent: usize },
+    /// Hello sent; reading the ack and its reason.
+    AwaitAck { buf: Vec<u8>, need: usize },
+    /// Accepted; reading the dialler's hello.
+    Accepting {
+        buf: [u8; HELLO_LEN],
+        got: usize,
+        since: Instant,
+    },
+    /// Writing our ack; the hello is kept when the connection is admitted.
+    Replying {
+        ack: Vec<u8>,
+        sent: usize,
+        admitted: Option<Hello>,
+    },
+}
+
+/// This rank's TCP listener.
+#[derive(Debug)]
+pub struct Tcp {
+    listener: TcpListener,
+}
+
+/// Applies the options every socket gets.
+fn tune(sock: &TcpStream) -> io::Result<()> {
+    sock.set_nodelay(true)?;
+    let s = socket2::SockRef::from(sock);
+    // Best effort: the kernel may cap these; the defaults still work.
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    Ok(())
+}
+
+/// Options for dialled sockets once connected (accepted ones were tuned at accept).
+pub fn tune_established(sock: &MioStream) {
+    let _ = sock.set_nodelay(true);
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+}
+
+impl Tcp {
+    /// Binds a listener on `bind` (port 0: any free port).
+    pub fn bind(bind: SocketAddr, registry: &Registry, token: Token) -> Result<Tcp> {
+        let listener = TcpListener::bind(bind).map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on {bind}: {e}; choose another interface with \
+                 TOPOCCL_SOCKET_IFNAME"
+            ))
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_err("listener", e))?;
+        registry
+            .register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                token,
+                Interest::READABLE,
+            )
+            .map_err(|e| io_err("register listener", e))?;
+        Ok(Tcp { listener })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| io_err("listener address", e))
+    }
+
+    /// Accepts one pending connection, if any.
+    pub fn accept(&self) -> Result<Option<(MioStream, Hs)>> {
+        let sock = match self.listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(io_err("accept", e)),
+        };
+        tune(&sock)
+            .and_then(|_| sock.set_nonblocking(true))
+            .map_err(|e| io_err("accepted socket", e))?;
+        let hs = Hs::Accepting {
+            buf: [0; HELLO_LEN],
+            got: 0,
+            since: Instant::now(),
+        };
+        Ok(Some((MioStream::from_std(sock), hs)))
+    }
+}
+
+/// Starts a connection to `peer` at `addr` (non-blocking; the handshake continues in
+/// [`step`]).
+pub fn dial(
+    id: &Identity,
+    peer: Rank,
+    addr: SocketAddr,
+    purpose: Purpose,
+    stream: u16,
+) -> Result<(MioStream, Hs)> {
+    let sock = MioStream::connect(addr).map_err(|e| Error::PeerFailed {
+        op: "connecting".into(),
+        rank: peer,
+        reason: format!("cannot connect to {addr}: {e}"),
+    })?;
+    let hello = Hello {
+        purpose,
+        stream,
+        world: id.world,
+        rank: id.rank,
+        target: peer,
+        job: id.job,
+        comm: id.comm,
+        secret: id.secret,
+    };
+    let hs = Hs::Dialing {
+        hello: hello.encode(),
+        sent: 0,
+    };
+    Ok((sock, hs))
+}
+
+/// Advances one TCP handshake as far as the socket allows.
+pub(super) fn step(c: &mut Conn, id: &Identity, streams: u16) -> Result<Step> {
+    let peer = c.peer;
+    let fail = |reason: String| Error::PeerFailed {
+        op: "connecting".into(),
+        rank: peer,
+        reason,
+    };
+    let Io::Tcp(sock) = &mut c.io else {
+        unreachable!("TCP handshakes run on TCP sockets")
+    };
+    let mut moved = false;
+    let idle = |moved: bool| Ok(if moved { Step::Moved } else { Step::Pending });
+    loop {
+        let AnyHs::Tcp(hs) = &mut c.hs else {
+            return Ok(Step::Done);
+        };
+        match hs {
+            Hs::Dialing { hello, sent } => {
+                match sock.take_error() {
+                    Ok(Some(e)) | Err(e) => return Err(fail(format!("cannot connect: {e}"))),
+                    Ok(None) => {}
+                }
+                match sock.write(&hello[*sent..]) {
+                    Ok(n) => *sent += n,
+                    Err(e) if would_block(&e) => return idle(moved),
+                    Err(e) => return Err(fail(format!("cannot connect: {e}"))),
+                }
+                if *sent == HELLO_LEN {
+                    *hs = Hs::AwaitAck {
+                        buf: Vec::new(),
+                        need: wire::ACK_FIXED_LEN,
+                    };
+                }
+            }
+            Hs::AwaitAck { buf, need } => {
+                let mut tmp = [0u8; wire::ACK_FIXED_LEN + wire::MAX_REASON_LEN];
+                let want = *need - buf.len();
+                match sock.read(&mut tmp[..want]) {
+                    Ok(0) => {
+                        return Err(fail(
+                            "it closed the connection during the handshake; is it a topoccl \
+                             rank of this job?"
+                                .into(),
+                        ))
+                    }
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    Err(e) if would_block(&e) => return idle(moved),
+                    Err(e) => return Err(fail(format!("handshake: {e}"))),
+                }
+                let head = |b: &[u8]| -> [u8; wire::ACK_FIXED_LEN] {
+                    b[..wire::ACK_FIXED_LEN].try_into().expect("fixed part")
+                };
+                if buf.len() == wire::ACK_FIXED_LEN && *need == wire::ACK_FIXED_LEN {
+                    let (_, len) = wire::decode_ack_head(&head(buf)).map_err(fail)?;
+                    *need += len;
+                }
+                if buf.len() == *need {
+                    let (refused, _) = wire::decode_ack_head(&head(buf)).map_err(fail)?;
+                    if refused {
+                        return Err(Error::Handshake {
+                            rank: peer,
+                            reason: format!(
+                                "rank {peer} refused the connection: {}",
+                                String::from_utf8_lossy(&buf[wire::ACK_FIXED_LEN..])
+                            ),
+                        });
+                    }
+                    return Ok(Step::Done);
+                }
+            }
+            Hs::Accepting { buf, got, since } => {
+                if since.elapsed() > HELLO_TIMEOUT {
+                    tracing::warn!(
+                        "dropped a connection that sent no hello within {HELLO_TIMEOUT:?}"
+                    );
+                    return Ok(Step::Close { refused: None });
+                }
+                match sock.read(&mut buf[*got..]) {
+                    Ok(0) => return Ok(Step::Close { refused: None }),
+                    Ok(n) => *got += n,
+                    Err(e) if would_block(&e) => return idle(moved),
+                    Err(_) => return Ok(Step::Close { refused: None }),
+                }
+                if *got == HELLO_LEN {
+                    let (ack, admitted) = match Hello::decode(buf) {
+                        Ok(h) => match admit(id, streams, &h) {
+                            Ok(()) => (wire::encode_ack(&Ok(())), Some(h)),
+                            Err(reason) => {
+                                tracing::warn!(
+                                    "refused a connection claiming rank {}: {reason}",
+                                    h.rank
+                                );
+                                if h.rank < id.world {
+                                    c.peer = h.rank;
+                                }
+                                (wire::encode_ack(&Err(reason)), None)
+                            }
+                        },
+                        Err(reason) => {
+                            tracing::warn!("refused a connection: {reason}");
+                            (wire::encode_ack(&Err(reason)), None)
+                        }
+                    };
+                    *hs = Hs::Replying {
+                        ack,
+                        sent: 0,
+                        admitted,
+                    };
+                }
+            }
+            Hs::Replying {
+                ack,
+                sent,
+                admitted,
+            } => {
+                match sock.write(&ack[*sent..]) {
+                    Ok(n) => *sent += n,
+                    Err(e) if would_block(&e) => return idle(moved),
+                    Err(_) => return Ok(Step::Close { refused: None }),
+                }
+                if *sent == ack.len() {
+                    return Ok(match admitted.take() {
+                        Some(h) => {
+                            c.peer = h.rank;
+                            c.purpose = h.purpose;
+                            c.lane = h.stream;
+                            Step::Done
+                        }
+                        None => {
+                            let reason =
+                                String::from_utf8_lossy(&ack[wire::ACK_FIXED_LEN..]).into_owned();
+                            Step::Close {
+                                refused: (c.peer != Rank::MAX).then_some((c.peer, reason)),
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        moved = true;
+    }
+}
