@@ -16,7 +16,7 @@ use std::time::Instant;
 use clap::Args;
 use half::{bf16, f16};
 use serde::Serialize;
-use topoccl::{Communicator, Config, Dtype, LaunchInfo};
+use topoccl::{Communicator, Config, Dtype, LaunchInfo, TransportKind};
 use topoccl_plan::exec::execute;
 use topoccl_plan::exec::kernels::Element;
 use topoccl_plan::{Collective, CollectiveSpec, DType, Placement, ReduceOp};
@@ -347,6 +347,91 @@ fn fmt_timing(t: &Option<Timing>) -> String {
     }
 }
 
+/// The header line saying which transport carries each class of peers (ranks on one host,
+/// ranks on different hosts), job-wide: every rank's view is gathered, so a pair that fell
+/// back from shared memory to TCP shows.
+fn transport_line(comm: &mut Communicator) -> Result<String, CliError> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let mine: Vec<i32> = comm
+        .transports()
+        .iter()
+        .enumerate()
+        .map(|(p, k)| match k {
+            _ if p as u32 == rank => -1,
+            TransportKind::Tcp => 0,
+            TransportKind::Shm => 1,
+        })
+        .collect();
+    let mut all = vec![0i32; (world * world) as usize];
+    comm.all_gather(&mine, &mut all)
+        .map_err(|e| CliError::failed(format!("gathering the transports: {e}")))?;
+    let hosts: Vec<&str> = (0..world).map(|r| comm.host_of(r).unwrap_or("?")).collect();
+    let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
+    for (r, h) in hosts.iter().enumerate() {
+        match groups.iter_mut().find(|g| g.0 == *h) {
+            Some(g) => g.1.push(r as u32),
+            None => groups.push((h, vec![r as u32])),
+        }
+    }
+    // [same host, other hosts] × [tcp, shm] pair counts.
+    let mut pairs = [[0u64; 2]; 2];
+    for a in 0..world as usize {
+        for b in 0..world as usize {
+            let k = all[a * world as usize + b];
+            if a != b && k >= 0 {
+                pairs[usize::from(hosts[a] != hosts[b])][k as usize] += 1;
+            }
+        }
+    }
+    let class = |c: [u64; 2]| -> String {
+        let named: Vec<String> = [TransportKind::Tcp, TransportKind::Shm]
+            .iter()
+            .zip(c)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{} ({n} directed pairs)", k.name()))
+            .collect();
+        if named.is_empty() {
+            "none".into()
+        } else {
+            named.join(", ")
+        }
+    };
+    let layout: Vec<String> = groups
+        .iter()
+        .map(|(_, ranks)| format!("[{}]", rank_list(ranks)))
+        .collect();
+    let mut line = format!(
+        "# transport: same host {}; other hosts {}; {} host(s): {}",
+        class(pairs[0]),
+        class(pairs[1]),
+        groups.len(),
+        layout.join(" ")
+    );
+    for (peer, why) in comm.transport_fallbacks() {
+        line += &format!("\n# transport: rank {rank} -> rank {peer} uses tcp: {why}");
+    }
+    Ok(line)
+}
+
+/// Ranks as ranges: 0-3,6,8-9.
+fn rank_list(ranks: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let mut j = i;
+        while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ranks[i].to_string()
+        } else {
+            format!("{}-{}", ranks[i], ranks[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
 fn print_header(c: Collective, world: u32, args: &BenchArgs) {
     println!(
         "# topoccl bench {c}: {world} ranks, iters {} warmup {}, algorithm {}",
@@ -451,6 +536,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
             net.alpha_s * 1e6,
             net.bandwidth_bytes_per_s / 1e9
         );
+    }
+    let transports = transport_line(&mut comm)?;
+    if comm.rank() == 0 {
+        println!("{transports}");
     }
     if args.root >= world {
         return Err(CliError::usage(format!(

@@ -1,21 +1,27 @@
 //! The conformance matrix across real processes on loopback: every collective × each of
 //! its algorithms × data types × world sizes 1, 2, 3, 4, 5, 8 × sizes 0, 1, 7 and 1 MiB + 3
 //! elements (both placements), each rank's output equal to the reference executor's bit
-//! for bit. `topoccl selftest` launches the ranks through `topoccl run`.
+//! for bit. `topoccl selftest` launches the ranks through `topoccl run`. The ranks share
+//! one host, so the default transport is shared memory; some worlds run again over TCP.
 
 use std::process::Command;
 
 fn selftest(world: u32) {
+    selftest_over(world, "auto");
+}
+
+fn selftest_over(world: u32, transport: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_topoccl"))
         .args(["selftest", "-n", &world.to_string(), "--timeout", "10m"])
         .env("TOPOCCL_TIMEOUT", "120s")
+        .env("TOPOCCL_TRANSPORT", transport)
         .output()
         .expect("run topoccl selftest");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "world {world}: {stdout}\n{}",
+        "world {world} over {transport}: {stdout}\n{}",
         stderr.lines().take(30).collect::<Vec<_>>().join("\n")
     );
     let line = stdout
@@ -55,7 +61,17 @@ fn world_4() {
 
 #[test]
 fn world_5() {
-    selftest(5);
+    selftest_over(5, "shm");
+}
+
+#[test]
+fn world_5_tcp() {
+    selftest_over(5, "tcp");
+}
+
+#[test]
+fn world_2_tcp() {
+    selftest_over(2, "tcp");
 }
 
 #[test]

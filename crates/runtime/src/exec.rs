@@ -367,27 +367,40 @@ impl Exec<'_> {
                 }
             });
         }
-        // Messages half written count as well as those not started.
+        // Messages half written count as well as those not started; an injected fault
+        // holding the link is named rather than the peer.
         let mut stuck: Vec<(Rank, String)> = self
             .m
             .waiting_sends()
             .into_iter()
-            .map(|(peer, ch)| (peer, format!("channel {ch}")))
+            .map(|(peer, ch)| {
+                (
+                    peer,
+                    format!("rank {peer} did not take a message (channel {ch}) off the wire"),
+                )
+            })
             .collect();
         for i in tr.live().collect::<Vec<_>>() {
-            if let Some(c) = tr.conn(i).filter(|c| c.tx.is_some()) {
-                stuck.push((c.peer, format!("half written on lane {}", c.lane)));
-            }
+            let Some(c) = tr.conn(i).filter(|c| c.tx.is_some()) else {
+                continue;
+            };
+            let text = match c.fault_holding() {
+                Some(held) => held,
+                None => format!(
+                    "rank {} did not take a message (half written on lane {}) off the wire",
+                    c.peer, c.lane
+                ),
+            };
+            stuck.retain(|s| s.0 != c.peer);
+            stuck.push((c.peer, text));
         }
         stuck.sort();
         stuck.dedup_by_key(|s| s.0);
-        for (peer, which) in stuck.into_iter().take(4) {
+        for (peer, text) in stuck.into_iter().take(4) {
             if !ranks.contains(&peer) {
                 ranks.push(peer);
             }
-            what.push(format!(
-                "rank {peer} did not take a message ({which}) off the wire"
-            ));
+            what.push(text);
         }
         if what.is_empty() {
             what.push("no transfer was posted (a local dependency never completed)".into());
@@ -472,15 +485,7 @@ impl Exec<'_> {
                     self.timer = Some(self.timer.map_or(at, |t| t.min(at)));
                     return Ok(progressed);
                 }
-                Ok(Sent::Cut(rule)) => {
-                    return Err(Fatal(self.failed(
-                        c.peer,
-                        format!(
-                            "TOPOCCL_FAULTS rule '{rule}' cut the link from this rank to rank {}",
-                            c.peer
-                        ),
-                    )));
-                }
+                Ok(Sent::Cut(why)) => return Err(Fatal(self.failed(c.peer, why))),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     return Err(Fail::gone(

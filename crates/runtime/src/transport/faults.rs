@@ -254,6 +254,8 @@ pub struct LinkFaults {
     rules: Vec<(Rule, RuleState)>,
     /// Bytes that have left on the link.
     sent: u64,
+    /// The link's world ranks (from, to), for messages.
+    link: (Rank, Rank),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -278,7 +280,16 @@ impl LinkFaults {
         (!mine.is_empty()).then_some(LinkFaults {
             rules: mine,
             sent: 0,
+            link: (from, to),
         })
+    }
+
+    /// The sentence an error uses for `rule` doing `what` ("cut", "held") to this link.
+    pub fn blame(&self, rule: &Rule, what: &str) -> String {
+        format!(
+            "TOPOCCL_FAULTS rule '{rule}' {what} the link from rank {} to rank {}",
+            self.link.0, self.link.1
+        )
     }
 
     /// Asks whether bytes may leave at `now`; `frame_start` says the next byte is the first
@@ -373,6 +384,20 @@ impl LinkFaults {
             .iter()
             .map(|(r, _)| r)
             .find(|r| r.effect == Effect::Drop)
+    }
+
+    /// The rule holding back the link's bytes now (stall, a delay or rate in force), for
+    /// the message of a call that timed out while sending.
+    pub fn holding_rule(&self) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|(r, st)| match r.effect {
+                Effect::Stall => self.sent >= r.after,
+                Effect::Delay(_) => st.hold.is_some(),
+                Effect::Rate(_) => st.since.is_some(),
+                Effect::Drop | Effect::Corrupt => false,
+            })
+            .map(|(r, _)| r)
     }
 
     /// The rule that cuts or stalls the link, for error messages.

@@ -256,6 +256,12 @@ impl Conn {
         }
     }
 
+    /// What `TOPOCCL_FAULTS` rule holds back this connection's bytes now, if any.
+    pub fn fault_holding(&self) -> Option<String> {
+        let f = self.faults.as_ref()?;
+        f.holding_rule().map(|r| f.blame(r, "held"))
+    }
+
     /// The transport that carries this connection.
     pub fn kind(&self) -> TransportKind {
         match self.io {
@@ -284,7 +290,11 @@ impl Conn {
                 }
                 Gate::Cut(n) => {
                     want = n;
-                    cut_after = Some(f.cutting_rule().map(|r| r.text.clone()).unwrap_or_default());
+                    cut_after = Some(
+                        f.cutting_rule()
+                            .map(|r| f.blame(r, "cut"))
+                            .unwrap_or_else(|| "TOPOCCL_FAULTS cut the link".into()),
+                    );
                 }
             }
             if frame_start && f.corrupt_next() {
