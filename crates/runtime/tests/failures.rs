@@ -41,7 +41,7 @@ fn all_reduce(c: &mut Communicator) -> topoccl::Result<()> {
 
 #[test]
 fn a_rank_that_never_calls_is_named_by_everyone() {
-    let store = common::MemStore::shared();
+    let store = common::mem_store();
     let world = 3;
     let handles: Vec<_> = (0..world)
         .map(|r| {
@@ -69,7 +69,7 @@ fn a_rank_that_never_calls_is_named_by_everyone() {
 
 #[test]
 fn mismatched_collectives_are_reported_not_mixed() {
-    let store = common::MemStore::shared();
+    let store = common::mem_store();
     let handles: Vec<_> = (0..2u32)
         .map(|r| {
             let store = store.clone();
@@ -96,7 +96,7 @@ fn mismatched_collectives_are_reported_not_mixed() {
 
 #[test]
 fn wrong_secret_is_refused_and_named() {
-    let store = common::MemStore::shared();
+    let store = common::mem_store();
     let handles: Vec<_> = (0..2u32)
         .map(|r| {
             let store = store.clone();
@@ -150,7 +150,7 @@ fn fake_peer(
 fn run_against_fake(
     misbehave: impl FnOnce(&mut std::net::TcpStream) + Send + 'static,
 ) -> (Error, Duration) {
-    let store = common::MemStore::shared();
+    let store = common::mem_store();
     let fake = fake_peer(&store, misbehave);
     let mut c = init(&store, 0, 2, cfg(5000)).unwrap();
     let t = Instant::now();
@@ -214,7 +214,7 @@ fn peer_closes_its_connection() {
 
 #[test]
 fn connection_refused() {
-    let store = common::MemStore::shared();
+    let store = common::mem_store();
     // Rank 1's published address has nobody listening.
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -236,7 +236,7 @@ fn connection_refused() {
 
 #[test]
 fn rendezvous_that_never_completes() {
-    let store = common::MemStore::shared();
+    let store = common::mem_store();
     let handles: Vec<_> = (0..2u32)
         .map(|r| {
             let store = store.clone();
@@ -259,7 +259,7 @@ fn rendezvous_that_never_completes() {
 
 #[test]
 fn abort_returns_promptly_during_a_call() {
-    let store = common::MemStore::shared();
+    let store = common::mem_store();
     let s1 = store.clone();
     let idle = thread::spawn(move || {
         let _c = init(&s1, 1, 2, cfg(30_000)).unwrap();

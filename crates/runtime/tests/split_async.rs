@@ -134,15 +134,8 @@ fn nonblocking_operations_overlap_and_finish_in_order() {
 
 /// A communicator of one rank, to stand in for one moved out of a `&mut`.
 fn placeholder() -> topoccl::Communicator {
-    topoccl::Communicator::with_store(
-        common::MemStore::shared(),
-        0,
-        1,
-        "placeholder",
-        "p",
-        quick(),
-    )
-    .unwrap()
+    topoccl::Communicator::with_store(common::mem_store(), 0, 1, "placeholder", "p", quick())
+        .unwrap()
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Rendezvous stores through the public interface: both implementations against the same
+//! Rendezvous stores through the public interface: every implementation against the same
 //! behavioural checks, plus what is specific to each (connection handling for TCP,
 //! several processes sharing a directory for files).
 
@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use topoccl::store::{
-    FileStore, Store, StoreAddr, StoreError, TcpStore, TcpStoreServer, MAX_KEY_LEN, MAX_VALUE_LEN,
+    FileStore, MemStore, Store, StoreAddr, StoreError, TcpStore, TcpStoreServer, MAX_KEY_LEN,
+    MAX_VALUE_LEN,
 };
 
 /// Slack allowed on top of a deadline before a timed-out call must have returned.
@@ -85,8 +86,20 @@ fn file_fixture() -> Fixture {
     }
 }
 
+/// Every "client" of an in-memory store is the store itself.
+fn mem_fixture() -> Fixture {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let same = store.clone();
+    Fixture {
+        store,
+        reopen: Box::new(move || same.clone()),
+        _server: None,
+        _dir: None,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
-// Behaviour both stores share
+// Behaviour every store shares
 
 fn check_many_waiters_all_wake(f: Fixture, waiters: usize) {
     let start = Barrier::new(waiters + 1);
@@ -318,6 +331,36 @@ fn tcp_odd_keys() {
 #[test]
 fn file_odd_keys() {
     check_unicode_and_odd_keys(file_fixture());
+}
+
+#[test]
+fn mem_many_waiters_all_wake() {
+    check_many_waiters_all_wake(mem_fixture(), 64);
+}
+
+#[test]
+fn mem_get_blocks_until_set() {
+    check_get_blocks_until_set(mem_fixture());
+}
+
+#[test]
+fn mem_wait_timeout_lists_missing() {
+    check_wait_timeout_lists_missing(mem_fixture());
+}
+
+#[test]
+fn mem_add_is_atomic() {
+    check_add_atomic(mem_fixture(), 1, 8);
+}
+
+#[test]
+fn mem_limits_are_enforced() {
+    check_limits(mem_fixture());
+}
+
+#[test]
+fn mem_odd_keys() {
+    check_unicode_and_odd_keys(mem_fixture());
 }
 
 // ---------------------------------------------------------------------------------------

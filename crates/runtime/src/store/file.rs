@@ -15,7 +15,7 @@
 //!   complete, so readers see either the old or the new value, never part of one.
 //! - `l.<final name>`: the lock of a counter during `add`, created exclusively.
 //!
-//! Counters are decimal ASCII, as in the TCP store.
+//! Counters are decimal ASCII, as in the TCP store (the same code reads and writes them).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -24,19 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Store, StoreError, MAX_KEY_LEN, MAX_VALUE_LEN};
-
-/// Longest escaped key used directly as a file name.
-const MAX_NAME_LEN: usize = 200;
-/// Polling for keys: first pause and longest pause.
-const POLL_FIRST: Duration = Duration::from_millis(1);
-const POLL_MAX: Duration = Duration::from_millis(50);
-/// A counter's lock is held for a read and a write only, so poll it more tightly.
-const LOCK_POLL_MAX: Duration = Duration::from_millis(10);
-/// Default bound on waiting for a counter's lock.
-const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reads that meet a stale NFS handle (the file was replaced under them) are retried.
-const STALE_RETRIES: usize = 5;
+use super::limits::{
+    check_key, check_value, DEFAULT_LOCK_TIMEOUT, LOCK_POLL_MAX, MAX_NAME_LEN, MAX_VALUE_LEN,
+    POLL_FIRST, POLL_MAX, STALE_RETRIES,
+};
+use super::state::{counter_after, counter_bytes};
+use super::{shown, Store, StoreError};
 
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -92,26 +85,6 @@ fn entry(key: &str) -> Entry {
             hashed: true,
         }
     }
-}
-
-/// `key` for messages: long keys are cut so errors stay readable.
-fn shown(key: &str) -> String {
-    const SHOWN: usize = 60;
-    match key.char_indices().nth(SHOWN) {
-        Some((i, _)) => format!("{}…", &key[..i]),
-        None => key.to_string(),
-    }
-}
-
-fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.len() > MAX_KEY_LEN {
-        return Err(StoreError::Protocol(format!(
-            "key '{}' is {} bytes, more than the limit of {MAX_KEY_LEN}; use a shorter key",
-            shown(key),
-            key.len()
-        )));
-    }
-    Ok(())
 }
 
 fn io_error(what: &str, path: &Path, e: &io::Error) -> StoreError {
@@ -345,30 +318,10 @@ impl FileStore {
     }
 }
 
-fn parse_counter(key: &str, value: &[u8]) -> Result<i64, StoreError> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| {
-            StoreError::Protocol(format!(
-                "key '{key}' holds a value that is not a counter (a decimal i64); use \
-                 another key for the counter",
-                key = shown(key)
-            ))
-        })
-}
-
 impl Store for FileStore {
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         check_key(key)?;
-        if value.len() > MAX_VALUE_LEN {
-            return Err(StoreError::Protocol(format!(
-                "value for key '{key}' is {} bytes, more than the limit of {MAX_VALUE_LEN}; \
-                 store large data elsewhere and publish its location",
-                value.len(),
-                key = shown(key)
-            )));
-        }
+        check_value(key, value)?;
         self.write_value(key, value)
     }
 
@@ -421,17 +374,9 @@ impl Store for FileStore {
         check_key(key)?;
         let e = entry(key);
         let _lock = self.lock_counter(key, &e.name)?;
-        let current = match self.read_value(key)? {
-            None => 0,
-            Some(v) => parse_counter(key, &v)?,
-        };
-        let new = current.checked_add(delta).ok_or_else(|| {
-            StoreError::Protocol(format!(
-                "adding {delta} to counter '{key}' (now {current}) overflows i64",
-                key = shown(key)
-            ))
-        })?;
-        self.write_value(key, new.to_string().as_bytes())?;
+        let current = self.read_value(key)?;
+        let new = counter_after(key, current.as_deref(), delta).map_err(StoreError::Protocol)?;
+        self.write_value(key, &counter_bytes(new))?;
         Ok(new)
     }
 
@@ -449,6 +394,7 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_KEY_LEN;
     use std::collections::HashSet;
 
     /// A fresh directory removed when the test ends.

@@ -2,27 +2,47 @@
 //! of their own. Ranks publish their listening addresses and the job's secret here, wait
 //! for each other with a deadline, and count arrivals.
 //!
-//! Two implementations: a TCP store (hosted by rank 0, by the launcher, or by a standalone
-//! `topoccl store` process) and a file store (a directory on a shared file system).
+//! Three implementations: a TCP store (hosted by rank 0, by the launcher, or by a
+//! standalone `topoccl store` process), a file store (a directory on a shared file
+//! system), and an in-memory store for ranks that are threads of one process.
+//!
+//! The parts:
+//!
+//! | module   | holds                                                                  |
+//! |----------|------------------------------------------------------------------------|
+//! | `limits` | every limit of every store, and the key and value checks               |
+//! | `codec`  | the TCP protocol as bytes ↔ requests and replies, no sockets           |
+//! | `socket` | reading one frame from a socket, with timeouts                         |
+//! | `state`  | keys, counters, capacity and waits with deadlines, no sockets          |
+//! | `server` | [`TcpStoreServer`]: threads and sockets hosting a `state`              |
+//! | `client` | [`TcpStore`]: the pooled client                                        |
+//! | `mem`    | [`MemStore`]: a `state` used in-process, stored exactly as the server stores |
+//! | `file`   | [`FileStore`]                                                          |
+//!
+//! Counters are decimal ASCII in every store, so `get` of a counter reads e.g. `b"42"`.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use thiserror::Error;
 
+mod client;
+mod codec;
 mod file;
-mod tcp;
+mod limits;
+mod mem;
+mod server;
+mod socket;
+mod state;
 
+pub use client::TcpStore;
 pub use file::FileStore;
-pub use tcp::{TcpStore, TcpStoreServer};
-
-/// Largest key, in bytes.
-pub const MAX_KEY_LEN: usize = 4096;
-/// Largest value, in bytes.
-pub const MAX_VALUE_LEN: usize = 16 << 20;
+pub use limits::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use mem::MemStore;
+pub use server::TcpStoreServer;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {
@@ -46,6 +66,20 @@ fn describe_missing(missing: &[String]) -> String {
         format!("keys {} and {more} more", shown.join(", "))
     } else {
         format!("keys {}", shown.join(", "))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves the data consistent (every update
+    // is a single map or pool operation), so keep serving rather than propagate the panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `key` for messages: long keys are cut so errors stay readable.
+fn shown(key: &str) -> String {
+    match key.char_indices().nth(limits::SHOWN_KEY_CHARS) {
+        Some((i, _)) => format!("{}…", &key[..i]),
+        None => key.to_string(),
     }
 }
 

@@ -1,72 +1,16 @@
-//! Test support: an in-memory store, for communicators whose ranks are threads of one
-//! process (still talking over real loopback sockets).
+//! Test support: communicators whose ranks are threads of one process, meeting in an
+//! in-memory store (and still talking over real sockets or shared memory).
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
-use topoccl::store::{Store, StoreError};
+use topoccl::store::{MemStore, Store};
 
-#[derive(Debug, Default)]
-pub struct MemStore {
-    map: Mutex<HashMap<String, Vec<u8>>>,
-    changed: Condvar,
-}
-
-impl MemStore {
-    pub fn shared() -> Arc<dyn Store> {
-        Arc::new(MemStore::default())
-    }
-}
-
-impl Store for MemStore {
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.map.lock().unwrap().insert(key.into(), value.to_vec());
-        self.changed.notify_all();
-        Ok(())
-    }
-    fn get(&self, key: &str, deadline: Instant) -> Result<Vec<u8>, StoreError> {
-        self.wait(&[key.to_string()], deadline)?;
-        Ok(self.map.lock().unwrap()[key].clone())
-    }
-    fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.map.lock().unwrap().get(key).cloned())
-    }
-    fn wait(&self, keys: &[String], deadline: Instant) -> Result<(), StoreError> {
-        let mut m = self.map.lock().unwrap();
-        loop {
-            let missing: Vec<String> = keys
-                .iter()
-                .filter(|k| !m.contains_key(*k))
-                .cloned()
-                .collect();
-            if missing.is_empty() {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(StoreError::Timeout { missing });
-            }
-            m = self.changed.wait_timeout(m, deadline - now).unwrap().0;
-        }
-    }
-    fn add(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
-        let mut m = self.map.lock().unwrap();
-        let v = m
-            .get(key)
-            .map(|b| i64::from_le_bytes(b[..8].try_into().unwrap()))
-            .unwrap_or(0)
-            + delta;
-        m.insert(key.into(), v.to_le_bytes().to_vec());
-        self.changed.notify_all();
-        Ok(v)
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.map.lock().unwrap().remove(key);
-        Ok(())
-    }
+/// A fresh in-memory store (the library's, which stores keys and counters exactly as the
+/// TCP store does), to share between the ranks of one test.
+pub fn mem_store() -> Arc<dyn Store> {
+    MemStore::shared()
 }
 
 /// The configuration for each transport, so a test runs over both.
@@ -90,7 +34,7 @@ pub fn run_world<R: Send + 'static>(
     cfg: topoccl::Config,
     f: impl Fn(&mut topoccl::Communicator) -> R + Send + Sync + 'static,
 ) -> Vec<R> {
-    let store = MemStore::shared();
+    let store = mem_store();
     let f = Arc::new(f);
     let handles: Vec<_> = (0..world)
         .map(|r| {

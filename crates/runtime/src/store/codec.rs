@@ -1,0 +1,711 @@
+//! The TCP store's wire protocol, without sockets: every function here turns values into
+//! bytes or bytes into values, so the protocol is tested with byte strings and the server
+//! and client only move frames.
+//!
+//! # Wire protocol (version 1)
+//!
+//! Integers are big-endian. A *string* is a `u32` length and that many UTF-8 bytes; *bytes*
+//! is a `u32` length and that many raw bytes.
+//!
+//! 1. On accepting a connection the server sends a greeting: the magic `b"TOPOSTOR"`, a
+//!    `u16` version and a `u8` status, 0 (accepted) or 1 (refused, followed by a string
+//!    saying why; the server then closes the connection). The server speaks first so that
+//!    a refusal reaches a client that has sent nothing yet: closing a socket with unread
+//!    input resets it, and the reset would destroy the message.
+//! 2. The client answers with a hello: the same magic and its `u16` version.
+//! 3. Requests and replies then alternate on the connection, one at a time. Each is a
+//!    frame: a `u32` body length (at most [`MAX_FRAME`]) and the body.
+//!
+//! A request body is a `u8` opcode and its fields:
+//!
+//! | op | name    | fields                                           | OK reply fields |
+//! |----|---------|--------------------------------------------------|-----------------|
+//! | 1  | SET     | key string, value bytes                          | none            |
+//! | 2  | GET     | timeout_ms `u64`, key string                     | value bytes     |
+//! | 3  | TRY_GET | key string                                       | value bytes     |
+//! | 4  | WAIT    | timeout_ms `u64`, `u32` count, count key strings | none            |
+//! | 5  | ADD     | key string, delta `i64`                          | new value `i64` |
+//! | 6  | DELETE  | key string                                       | none            |
+//!
+//! A reply body is a `u8` status and its fields:
+//!
+//! | status | name      | fields                                  | answers          |
+//! |--------|-----------|-----------------------------------------|------------------|
+//! | 0      | OK        | as in the request table                 | every request    |
+//! | 1      | NOT_FOUND | none                                    | TRY_GET only     |
+//! | 2      | TIMEOUT   | `u32` count, count missing key strings  | GET, WAIT        |
+//! | 3      | ERROR     | message string                          | every request    |
+//!
+//! After an ERROR the connection stays usable, except for a frame longer than the limit,
+//! whose body the server does not read: it replies ERROR and closes.
+//!
+//! Waiting requests carry a duration rather than an instant because the hosts' clocks are
+//! unrelated. Counters are decimal ASCII, so `get` of a counter reads e.g. `b"42"`, as in
+//! every store.
+//!
+//! # Limits
+//!
+//! | limit               | value              | enforced                                         |
+//! |---------------------|--------------------|--------------------------------------------------|
+//! | [`MAX_KEY_LEN`]     | 4096 bytes         | by the client before sending, by the decoder     |
+//! | [`MAX_VALUE_LEN`]   | 16 MiB             | by the client before sending, by the decoder     |
+//! | [`MAX_FRAME`]       | 16 MiB + 4160 bytes | on the length, before a body is read            |
+//! | [`MAX_WAIT_KEYS`]   | 65,536 keys        | the client splits a longer WAIT; the decoder refuses one |
+//! | [`MAX_MESSAGE_LEN`] | 4096 bytes         | refusals and errors are cut to it when encoded   |
+//!
+//! A reply's missing keys fit in a frame because they came in a request that did.
+
+use super::limits::{MAX_FRAME, MAX_KEY_LEN, MAX_MESSAGE_LEN, MAX_VALUE_LEN, MAX_WAIT_KEYS};
+
+pub(super) const MAGIC: [u8; 8] = *b"TOPOSTOR";
+pub(super) const VERSION: u16 = 1;
+/// Magic, version, status.
+pub(super) const GREETING_LEN: usize = 11;
+/// Magic, version.
+pub(super) const HELLO_LEN: usize = 10;
+/// The `u32` body length in front of every frame.
+pub(super) const FRAME_HEADER_LEN: usize = 4;
+
+pub(super) const OP_SET: u8 = 1;
+pub(super) const OP_GET: u8 = 2;
+pub(super) const OP_TRY_GET: u8 = 3;
+pub(super) const OP_WAIT: u8 = 4;
+pub(super) const OP_ADD: u8 = 5;
+pub(super) const OP_DELETE: u8 = 6;
+
+pub(super) const ST_OK: u8 = 0;
+pub(super) const ST_NOT_FOUND: u8 = 1;
+pub(super) const ST_TIMEOUT: u8 = 2;
+pub(super) const ST_ERROR: u8 = 3;
+
+const GREETING_ACCEPTED: u8 = 0;
+const GREETING_REFUSED: u8 = 1;
+
+/// Opcode, timeout and key count: the part of a WAIT body before its keys.
+const WAIT_FIXED_LEN: usize = 1 + 8 + 4;
+
+// ---------------------------------------------------------------------------------------
+// Greeting and hello
+
+/// The server's greeting to a connection it serves.
+pub(super) fn greeting() -> [u8; GREETING_LEN] {
+    let mut g = [0u8; GREETING_LEN];
+    g[..8].copy_from_slice(&MAGIC);
+    g[8..10].copy_from_slice(&VERSION.to_be_bytes());
+    g[10] = GREETING_ACCEPTED;
+    g
+}
+
+/// The server's greeting to a connection it refuses: the fixed part and the reason,
+/// cut to [`MAX_MESSAGE_LEN`].
+pub(super) fn refusal(why: &str) -> Vec<u8> {
+    let why = clip(why).as_bytes();
+    let mut g = Vec::with_capacity(GREETING_LEN + 4 + why.len());
+    g.extend_from_slice(&MAGIC);
+    g.extend_from_slice(&VERSION.to_be_bytes());
+    g.push(GREETING_REFUSED);
+    g.extend_from_slice(&(why.len() as u32).to_be_bytes());
+    g.extend_from_slice(why);
+    g
+}
+
+/// What a client makes of the fixed part of a greeting.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Greeting {
+    /// The peer is not a topoccl store.
+    NotAStore,
+    /// A store speaking this other protocol version.
+    OtherVersion(u16),
+    Accepted,
+    /// Refused; a reason string follows (a `u32` length and at most
+    /// [`MAX_MESSAGE_LEN`] bytes worth reading).
+    Refused,
+}
+
+pub(super) fn parse_greeting(g: &[u8; GREETING_LEN]) -> Greeting {
+    let version = u16::from_be_bytes([g[8], g[9]]);
+    if g[..8] != MAGIC {
+        Greeting::NotAStore
+    } else if version != VERSION {
+        Greeting::OtherVersion(version)
+    } else if g[10] != GREETING_ACCEPTED {
+        Greeting::Refused
+    } else {
+        Greeting::Accepted
+    }
+}
+
+/// The client's hello.
+pub(super) fn hello() -> [u8; HELLO_LEN] {
+    let mut h = [0u8; HELLO_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..].copy_from_slice(&VERSION.to_be_bytes());
+    h
+}
+
+/// Checks a client's hello; `Err` carries the version it claims when the magic or the
+/// version is not ours.
+pub(super) fn check_hello(h: &[u8; HELLO_LEN]) -> Result<(), u16> {
+    let version = u16::from_be_bytes([h[8], h[9]]);
+    if h[..8] != MAGIC || version != VERSION {
+        return Err(version);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames
+
+/// The body length a frame header announces; `Err` with it when over [`MAX_FRAME`].
+pub(super) fn frame_len(header: [u8; FRAME_HEADER_LEN]) -> Result<usize, usize> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        Err(len)
+    } else {
+        Ok(len)
+    }
+}
+
+/// A frame under construction: 4 bytes of length, then the body.
+pub(super) struct FrameBuf(Vec<u8>);
+
+impl FrameBuf {
+    pub(super) fn new(tag: u8) -> FrameBuf {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        v.push(tag);
+        FrameBuf(v)
+    }
+    pub(super) fn u32(&mut self, x: u32) -> &mut Self {
+        self.0.extend_from_slice(&x.to_be_bytes());
+        self
+    }
+    pub(super) fn u64(&mut self, x: u64) -> &mut Self {
+        self.0.extend_from_slice(&x.to_be_bytes());
+        self
+    }
+    pub(super) fn i64(&mut self, x: i64) -> &mut Self {
+        self.0.extend_from_slice(&x.to_be_bytes());
+        self
+    }
+    /// Callers keep lengths within the key/value limits, so they fit in a u32.
+    pub(super) fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+        self
+    }
+    pub(super) fn finish(&mut self) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.0);
+        let len = (v.len() - FRAME_HEADER_LEN) as u32;
+        v[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        v
+    }
+}
+
+/// Reads fields out of a frame body; errors say which field was bad.
+pub(super) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(super) fn new(buf: &'a [u8]) -> Cursor<'a> {
+        Cursor { buf, pos: 0 }
+    }
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let rest = self.buf.len() - self.pos;
+        if n > rest {
+            return Err(format!(
+                "{what} needs {n} bytes but the frame has {rest} left (truncated or malformed)"
+            ));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub(super) fn u8(&mut self, what: &str) -> Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, String> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub(super) fn u64(&mut self, what: &str) -> Result<u64, String> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8, what)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    pub(super) fn i64(&mut self, what: &str) -> Result<i64, String> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8, what)?);
+        Ok(i64::from_be_bytes(a))
+    }
+    pub(super) fn bytes(&mut self, max: usize, what: &str) -> Result<&'a [u8], String> {
+        let n = self.u32(what)? as usize;
+        if n > max {
+            return Err(format!("{what} is {n} bytes, more than the limit of {max}"));
+        }
+        self.take(n, what)
+    }
+    pub(super) fn str(&mut self, max: usize, what: &str) -> Result<&'a str, String> {
+        let b = self.bytes(max, what)?;
+        std::str::from_utf8(b).map_err(|_| format!("{what} is not valid UTF-8"))
+    }
+    pub(super) fn end(&self) -> Result<(), String> {
+        match self.buf.len() - self.pos {
+            0 => Ok(()),
+            n => Err(format!("{n} unexpected bytes at the end of the frame")),
+        }
+    }
+}
+
+/// `msg` cut to [`MAX_MESSAGE_LEN`] at a character boundary.
+pub(super) fn clip(msg: &str) -> &str {
+    let end = (0..=msg.len().min(MAX_MESSAGE_LEN))
+        .rev()
+        .find(|&i| msg.is_char_boundary(i))
+        .unwrap_or(0);
+    &msg[..end]
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests
+
+/// A request, borrowing its keys and value from the caller or from the frame it was
+/// decoded from.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Request<'a> {
+    Set { key: &'a str, value: &'a [u8] },
+    Get { timeout_ms: u64, key: &'a str },
+    TryGet { key: &'a str },
+    Wait { timeout_ms: u64, keys: Vec<&'a str> },
+    Add { key: &'a str, delta: i64 },
+    Delete { key: &'a str },
+}
+
+/// What the OK reply to a request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OkFields {
+    None,
+    Value,
+    Count,
+}
+
+impl<'a> Request<'a> {
+    /// The whole frame, length included. Keys and value must be within their limits and
+    /// a WAIT within [`MAX_WAIT_KEYS`] and the frame limit (see [`wait_batch_len`]).
+    pub(super) fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Set { key, value } => FrameBuf::new(OP_SET)
+                .bytes(key.as_bytes())
+                .bytes(value)
+                .finish(),
+            Request::Get { timeout_ms, key } => FrameBuf::new(OP_GET)
+                .u64(*timeout_ms)
+                .bytes(key.as_bytes())
+                .finish(),
+            Request::TryGet { key } => FrameBuf::new(OP_TRY_GET).bytes(key.as_bytes()).finish(),
+            Request::Wait { timeout_ms, keys } => {
+                let mut f = FrameBuf::new(OP_WAIT);
+                f.u64(*timeout_ms).u32(keys.len() as u32);
+                for k in keys {
+                    f.bytes(k.as_bytes());
+                }
+                f.finish()
+            }
+            Request::Add { key, delta } => FrameBuf::new(OP_ADD)
+                .bytes(key.as_bytes())
+                .i64(*delta)
+                .finish(),
+            Request::Delete { key } => FrameBuf::new(OP_DELETE).bytes(key.as_bytes()).finish(),
+        }
+    }
+
+    /// Decodes a request body (the frame without its length). The error names the first
+    /// bad field, or the limit exceeded.
+    pub(super) fn decode(body: &'a [u8]) -> Result<Request<'a>, String> {
+        let mut c = Cursor::new(body);
+        let req = match c.u8("opcode")? {
+            OP_SET => Request::Set {
+                key: c.str(MAX_KEY_LEN, "key")?,
+                value: c.bytes(MAX_VALUE_LEN, "value")?,
+            },
+            OP_GET => Request::Get {
+                timeout_ms: c.u64("timeout")?,
+                key: c.str(MAX_KEY_LEN, "key")?,
+            },
+            OP_TRY_GET => Request::TryGet {
+                key: c.str(MAX_KEY_LEN, "key")?,
+            },
+            OP_WAIT => {
+                let timeout_ms = c.u64("timeout")?;
+                let n = c.u32("key count")? as usize;
+                if n > MAX_WAIT_KEYS {
+                    return Err(format!(
+                        "WAIT for {n} keys exceeds the limit of {MAX_WAIT_KEYS} per request"
+                    ));
+                }
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push(c.str(MAX_KEY_LEN, "key")?);
+                }
+                Request::Wait { timeout_ms, keys }
+            }
+            OP_ADD => Request::Add {
+                key: c.str(MAX_KEY_LEN, "key")?,
+                delta: c.i64("delta")?,
+            },
+            OP_DELETE => Request::Delete {
+                key: c.str(MAX_KEY_LEN, "key")?,
+            },
+            other => {
+                return Err(format!(
+                    "unknown opcode {other}; the client speaks another protocol version"
+                ))
+            }
+        };
+        c.end()?;
+        Ok(req)
+    }
+
+    pub(super) fn ok_fields(&self) -> OkFields {
+        match self {
+            Request::Set { .. } | Request::Wait { .. } | Request::Delete { .. } => OkFields::None,
+            Request::Get { .. } | Request::TryGet { .. } => OkFields::Value,
+            Request::Add { .. } => OkFields::Count,
+        }
+    }
+}
+
+/// Encoded size of a string field.
+fn field_len(s: &str) -> usize {
+    4 + s.len()
+}
+
+/// How many of `keys`, from the first, one WAIT request carries: at most
+/// [`MAX_WAIT_KEYS`], within [`MAX_FRAME`], and at least one while any are left (a key
+/// within [`MAX_KEY_LEN`] always fits).
+pub(super) fn wait_batch_len(keys: &[String]) -> usize {
+    let mut n = 0;
+    let mut size = WAIT_FIXED_LEN;
+    while n < keys.len() && n < MAX_WAIT_KEYS && size + field_len(&keys[n]) <= MAX_FRAME {
+        size += field_len(&keys[n]);
+        n += 1;
+    }
+    n.max(keys.len().min(1))
+}
+
+// ---------------------------------------------------------------------------------------
+// Replies
+
+/// A reply. The three OK forms are the three rows of [`OkFields`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Reply<'a> {
+    /// OK with no fields.
+    Done,
+    /// OK with value bytes.
+    Value(&'a [u8]),
+    /// OK with a counter's new value.
+    Count(i64),
+    NotFound,
+    /// The keys still missing at the deadline.
+    Timeout(Vec<String>),
+    Error(&'a str),
+}
+
+impl<'a> Reply<'a> {
+    /// The whole frame, length included. An error message is cut to
+    /// [`MAX_MESSAGE_LEN`].
+    pub(super) fn encode(&self) -> Vec<u8> {
+        match self {
+            Reply::Done => FrameBuf::new(ST_OK).finish(),
+            Reply::Value(v) => FrameBuf::new(ST_OK).bytes(v).finish(),
+            Reply::Count(n) => FrameBuf::new(ST_OK).i64(*n).finish(),
+            Reply::NotFound => FrameBuf::new(ST_NOT_FOUND).finish(),
+            Reply::Timeout(missing) => {
+                let mut f = FrameBuf::new(ST_TIMEOUT);
+                f.u32(missing.len() as u32);
+                for k in missing {
+                    f.bytes(k.as_bytes());
+                }
+                f.finish()
+            }
+            Reply::Error(msg) => FrameBuf::new(ST_ERROR).bytes(clip(msg).as_bytes()).finish(),
+        }
+    }
+
+    /// Decodes a reply body to a request whose OK reply carries `ok`. The error names the
+    /// first bad field.
+    pub(super) fn decode(body: &'a [u8], ok: OkFields) -> Result<Reply<'a>, String> {
+        let mut c = Cursor::new(body);
+        match c.u8("status")? {
+            ST_OK => {
+                let r = match ok {
+                    OkFields::None => Reply::Done,
+                    OkFields::Value => Reply::Value(c.bytes(MAX_VALUE_LEN, "value")?),
+                    OkFields::Count => Reply::Count(c.i64("new value")?),
+                };
+                c.end()?;
+                Ok(r)
+            }
+            ST_NOT_FOUND => {
+                c.end()?;
+                Ok(Reply::NotFound)
+            }
+            ST_TIMEOUT => {
+                let n = c.u32("missing count")? as usize;
+                let mut missing = Vec::with_capacity(n.min(MAX_WAIT_KEYS));
+                for _ in 0..n {
+                    missing.push(c.str(MAX_KEY_LEN, "missing key")?.to_string());
+                }
+                Ok(Reply::Timeout(missing))
+            }
+            ST_ERROR => Ok(Reply::Error(c.str(MAX_FRAME, "message")?)),
+            s => Err(format!("unknown status {s}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of a whole frame, after checking its length field.
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        &frame[4..]
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let f = FrameBuf::new(OP_ADD).bytes(b"key").i64(-7).finish();
+        let mut c = Cursor::new(body(&f));
+        assert_eq!(c.u8("op").unwrap(), OP_ADD);
+        assert_eq!(c.str(10, "key").unwrap(), "key");
+        assert_eq!(c.i64("delta").unwrap(), -7);
+        c.end().unwrap();
+    }
+
+    #[test]
+    fn cursor_rejects_truncation_limits_and_bad_utf8() {
+        let f = FrameBuf::new(OP_SET).bytes(b"abcdef").finish();
+        let mut c = Cursor::new(&f[4..f.len() - 1]);
+        c.u8("op").unwrap();
+        assert!(c.bytes(100, "key").unwrap_err().contains("truncated"));
+        let mut c = Cursor::new(&f[4..]);
+        c.u8("op").unwrap();
+        assert!(c.bytes(3, "key").unwrap_err().contains("limit of 3"));
+        let f = FrameBuf::new(OP_SET).bytes(&[0xff, 0xfe]).finish();
+        let mut c = Cursor::new(&f[4..]);
+        c.u8("op").unwrap();
+        assert!(c.str(10, "key").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn requests_have_the_documented_bytes() {
+        let set = Request::Set {
+            key: "k",
+            value: b"vv",
+        };
+        assert_eq!(
+            set.encode(),
+            [
+                &[0, 0, 0, 12, OP_SET, 0, 0, 0, 1, b'k', 0, 0, 0, 2][..],
+                b"vv"
+            ]
+            .concat()
+        );
+        let get = Request::Get {
+            timeout_ms: 0x0102,
+            key: "k",
+        };
+        assert_eq!(
+            get.encode(),
+            [0, 0, 0, 14, OP_GET, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 1, b'k']
+        );
+        let wait = Request::Wait {
+            timeout_ms: 5,
+            keys: vec!["a", "bc"],
+        };
+        assert_eq!(
+            wait.encode(),
+            [
+                &[0, 0, 0, 24, OP_WAIT, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 2][..],
+                &[0, 0, 0, 1, b'a', 0, 0, 0, 2, b'b', b'c']
+            ]
+            .concat()
+        );
+        let add = Request::Add { key: "", delta: -2 };
+        assert_eq!(
+            add.encode(),
+            [0, 0, 0, 13, OP_ADD, 0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 254]
+        );
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let requests = [
+            Request::Set {
+                key: "rank/0/addr",
+                value: &[0, 1, 2, 255],
+            },
+            Request::Get {
+                timeout_ms: u64::MAX,
+                key: "ключ 🔑",
+            },
+            Request::TryGet { key: "" },
+            Request::Wait {
+                timeout_ms: 0,
+                keys: vec![],
+            },
+            Request::Wait {
+                timeout_ms: 30_000,
+                keys: vec!["a", "b/c", "a\0b"],
+            },
+            Request::Add {
+                key: "n",
+                delta: i64::MIN,
+            },
+            Request::Delete { key: "x" },
+        ];
+        for r in requests {
+            let f = r.encode();
+            assert_eq!(Request::decode(body(&f)).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn bad_requests_name_the_culprit() {
+        let err = |f: Vec<u8>| Request::decode(&f[4..]).unwrap_err();
+        assert!(err(vec![0, 0, 0, 0]).contains("opcode"));
+        assert!(err(FrameBuf::new(42).finish()).contains("unknown opcode 42"));
+        let long_key = vec![b'k'; MAX_KEY_LEN + 1];
+        let e = err(FrameBuf::new(OP_SET).bytes(&long_key).bytes(b"v").finish());
+        assert!(e.contains("key") && e.contains("limit of 4096"), "{e}");
+        let e = err(FrameBuf::new(OP_SET)
+            .bytes(&[0xc3, 0x28])
+            .bytes(b"v")
+            .finish());
+        assert!(e.contains("UTF-8"), "{e}");
+        let e = err(FrameBuf::new(OP_WAIT)
+            .u64(0)
+            .u32(MAX_WAIT_KEYS as u32 + 1)
+            .finish());
+        assert!(e.contains("limit of 65536"), "{e}");
+        let e = err(FrameBuf::new(OP_ADD).bytes(b"k").u32(1).finish());
+        assert!(e.contains("delta") && e.contains("truncated"), "{e}");
+        let e = err(FrameBuf::new(OP_DELETE).bytes(b"k").u32(7).finish());
+        assert!(e.contains("4 unexpected bytes"), "{e}");
+        let e = err(FrameBuf::new(OP_GET).u64(1).finish());
+        assert!(e.contains("key needs 4 bytes"), "{e}");
+    }
+
+    #[test]
+    fn replies_round_trip_in_their_shape() {
+        let cases = [
+            (Reply::Done, OkFields::None),
+            (Reply::Value(b"42"), OkFields::Value),
+            (Reply::Value(b""), OkFields::Value),
+            (Reply::Count(-1), OkFields::Count),
+            (Reply::NotFound, OkFields::Value),
+            (
+                Reply::Timeout(vec!["a".into(), "ключ".into()]),
+                OkFields::None,
+            ),
+            (Reply::Error("no"), OkFields::Count),
+        ];
+        for (r, ok) in cases {
+            let f = r.encode();
+            assert_eq!(Reply::decode(body(&f), ok).unwrap(), r);
+        }
+        assert_eq!(Reply::Done.encode(), [0, 0, 0, 1, ST_OK]);
+        assert_eq!(Reply::NotFound.encode(), [0, 0, 0, 1, ST_NOT_FOUND]);
+    }
+
+    #[test]
+    fn bad_replies_name_the_culprit() {
+        let e = Reply::decode(&[9], OkFields::None).unwrap_err();
+        assert!(e.contains("unknown status 9"), "{e}");
+        // An OK reply of the wrong shape: a value where none was due, a short count.
+        let f = Reply::Value(b"x").encode();
+        assert!(Reply::decode(&f[4..], OkFields::None)
+            .unwrap_err()
+            .contains("unexpected bytes"));
+        assert!(Reply::decode(&[ST_OK, 0, 0], OkFields::Count)
+            .unwrap_err()
+            .contains("new value"));
+        let f = FrameBuf::new(ST_TIMEOUT).u32(2).bytes(b"a").finish();
+        assert!(Reply::decode(&f[4..], OkFields::None)
+            .unwrap_err()
+            .contains("missing key"));
+        assert!(Reply::decode(&[ST_NOT_FOUND, 0], OkFields::Value).is_err());
+    }
+
+    #[test]
+    fn error_messages_are_clipped_at_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE_LEN);
+        let f = Reply::Error(&long).encode();
+        let Reply::Error(m) = Reply::decode(&f[4..], OkFields::None).unwrap() else {
+            panic!("not an error")
+        };
+        assert!(m.len() <= MAX_MESSAGE_LEN && m.len() >= MAX_MESSAGE_LEN - 1);
+        assert!(m.chars().all(|c| c == 'é'));
+        assert_eq!(clip("short"), "short");
+    }
+
+    #[test]
+    fn greeting_and_hello() {
+        assert_eq!(parse_greeting(&greeting()), Greeting::Accepted);
+        let r = refusal("full");
+        assert_eq!(&r[GREETING_LEN..], &[0, 0, 0, 4, b'f', b'u', b'l', b'l']);
+        assert_eq!(
+            parse_greeting(r[..GREETING_LEN].try_into().unwrap()),
+            Greeting::Refused
+        );
+        let mut other = greeting();
+        other[9] = 7;
+        assert_eq!(parse_greeting(&other), Greeting::OtherVersion(7));
+        let http: [u8; GREETING_LEN] = b"HTTP/1.1 40".to_owned();
+        assert_eq!(parse_greeting(&http), Greeting::NotAStore);
+        assert_eq!(check_hello(&hello()), Ok(()));
+        let mut h = hello();
+        h[9] = 2;
+        assert_eq!(check_hello(&h), Err(2));
+        h = hello();
+        h[0] = b'X';
+        assert_eq!(check_hello(&h), Err(VERSION));
+    }
+
+    #[test]
+    fn frame_length_limit() {
+        assert_eq!(frame_len((MAX_FRAME as u32).to_be_bytes()), Ok(MAX_FRAME));
+        let over = MAX_FRAME as u32 + 1;
+        assert_eq!(frame_len(over.to_be_bytes()), Err(over as usize));
+    }
+
+    #[test]
+    fn wait_batches_fit_their_limits() {
+        assert_eq!(wait_batch_len(&[]), 0);
+        let short: Vec<String> = (0..MAX_WAIT_KEYS + 5).map(|i| i.to_string()).collect();
+        assert_eq!(wait_batch_len(&short), MAX_WAIT_KEYS);
+        assert_eq!(wait_batch_len(&short[MAX_WAIT_KEYS..]), 5);
+        let long: Vec<String> = (0..5000).map(|_| "k".repeat(MAX_KEY_LEN)).collect();
+        let n = wait_batch_len(&long);
+        assert!(n > 1 && n < long.len(), "{n}");
+        let keys: Vec<&str> = long[..n].iter().map(String::as_str).collect();
+        let fits = Request::Wait {
+            timeout_ms: 0,
+            keys,
+        }
+        .encode();
+        assert!(fits.len() - 4 <= MAX_FRAME);
+        let keys: Vec<&str> = long[..=n].iter().map(String::as_str).collect();
+        let over = Request::Wait {
+            timeout_ms: 0,
+            keys,
+        }
+        .encode();
+        assert!(over.len() - 4 > MAX_FRAME);
+    }
+}

@@ -1,0 +1,643 @@
+//! The TCP store server: sockets and threads around a [`State`], speaking the protocol
+//! of [`codec`].
+//!
+//! One accept thread and one thread per connection (at most [`MAX_CONNECTIONS`]; more are
+//! refused in the greeting), so a client waiting for a key never delays another. The
+//! state holds at most [`MAX_ENTRIES`](super::limits::MAX_ENTRIES) keys and
+//! [`MAX_STORE_BYTES`](super::limits::MAX_STORE_BYTES) of keys and values. A
+//! thread waiting for keys checks every [`LIVENESS_PERIOD`] that its client is still
+//! connected, and gives up when it is not.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::codec::{self, Reply, Request, HELLO_LEN, VERSION};
+use super::limits::{
+    ACCEPT_RETRY, CONN_THREAD_STACK, DEFAULT_IO_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIME,
+    LIVENESS_PERIOD, MAX_CONNECTIONS, MAX_FRAME, MAX_KEY_LEN, MAX_SERVER_WAIT, MAX_VALUE_LEN,
+    REFUSAL_WRITE_TIMEOUT,
+};
+use super::socket::{read_frame, FrameError};
+use super::state::{Capacity, State, WaitOutcome, Watch};
+use super::{lock, StoreError};
+
+/// Limits of one server; tests shrink them.
+#[derive(Clone, Copy, Debug)]
+struct ServerLimits {
+    max_connections: usize,
+    capacity: Capacity,
+    io_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: MAX_CONNECTIONS,
+            capacity: Capacity::default(),
+            io_timeout: DEFAULT_IO_TIMEOUT,
+        }
+    }
+}
+
+struct Shared {
+    state: State,
+    /// A handle on every open connection, so stopping can unblock their threads.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    limits: ServerLimits,
+}
+
+/// Whether the client of a waiting request has closed its connection (crashed).
+fn peer_gone(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    let gone = match stream.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    };
+    stream.set_nonblocking(false).is_err() || gone
+}
+
+/// A TCP store server running on background threads until dropped.
+pub struct TcpStoreServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    waker: mio::Waker,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for TcpStoreServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpStoreServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+const LISTENER: mio::Token = mio::Token(0);
+const WAKER: mio::Token = mio::Token(1);
+
+impl TcpStoreServer {
+    /// Binds `addr` (port 0 picks a free port) and starts serving.
+    pub fn start(addr: &str) -> Result<TcpStoreServer, StoreError> {
+        Self::start_with(addr, ServerLimits::default())
+    }
+
+    fn start_with(addr: &str, limits: ServerLimits) -> Result<TcpStoreServer, StoreError> {
+        let io_err = |what: &str, e: io::Error| {
+            StoreError::Io(format!("TCP store server on {addr}: {what}: {e}"))
+        };
+        let std_listener = TcpListener::bind(addr).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot listen on {addr}: {e}; check the address, or pick another port \
+                 (port 0 picks a free one) if this one is in use"
+            ))
+        })?;
+        let local = std_listener
+            .local_addr()
+            .map_err(|e| io_err("reading the bound address", e))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| io_err("making the listener non-blocking", e))?;
+        let mut listener = mio::net::TcpListener::from_std(std_listener);
+        let poll = mio::Poll::new().map_err(|e| io_err("creating a poller", e))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, mio::Interest::READABLE)
+            .map_err(|e| io_err("registering the listener", e))?;
+        let waker =
+            mio::Waker::new(poll.registry(), WAKER).map_err(|e| io_err("creating a waker", e))?;
+        let shared = Arc::new(Shared {
+            state: State::new(limits.capacity),
+            conns: Mutex::new(HashMap::new()),
+            limits,
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("topoccl-store-accept".into())
+                .spawn(move || accept_loop(listener, poll, shared))
+                .map_err(|e| io_err("starting the accept thread", e))?
+        };
+        tracing::debug!(%local, "TCP store server listening");
+        Ok(TcpStoreServer {
+            addr: local,
+            shared,
+            waker,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for TcpStoreServer {
+    fn drop(&mut self) {
+        self.shared.state.close();
+        if let Err(e) = self.waker.wake() {
+            // Without the wake-up the accept thread would sleep until the next connection;
+            // better to leave it than to block the drop.
+            tracing::warn!(addr = %self.addr, "TCP store server: cannot wake the accept thread: {e}");
+            return;
+        }
+        if let Some(h) = self.acceptor.take() {
+            if h.join().is_err() {
+                tracing::warn!(addr = %self.addr, "TCP store server: accept thread panicked");
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: mio::net::TcpListener, mut poll: mio::Poll, shared: Arc<Shared>) {
+    let mut events = mio::Events::with_capacity(16);
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id: u64 = 0;
+    // After a failed accept (e.g. out of file descriptors) the pending connection gives no
+    // new readiness event, so poll again after a pause instead of waiting for one.
+    let mut retry_in: Option<Duration> = None;
+    loop {
+        if let Err(e) = poll.poll(&mut events, retry_in) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::warn!("TCP store server: poll failed: {e}; retrying");
+                thread::sleep(ACCEPT_RETRY);
+            }
+        }
+        if shared.state.is_closed() {
+            break;
+        }
+        retry_in = None;
+        workers.retain(|h| !h.is_finished());
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Some(h) = admit(stream.into(), peer, &shared, next_id) {
+                        workers.push(h);
+                    }
+                    next_id += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "TCP store server: accept failed: {e}; retrying in {ACCEPT_RETRY:?}"
+                    );
+                    retry_in = Some(ACCEPT_RETRY);
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let conns: Vec<TcpStream> = lock(&shared.conns).drain().map(|(_, s)| s).collect();
+    for s in conns {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    for h in workers {
+        let _ = h.join();
+    }
+}
+
+/// Starts serving an accepted connection, or refuses it when the server is full.
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    id: u64,
+) -> Option<JoinHandle<()>> {
+    let limits = shared.limits;
+    if let Err(e) = stream.set_nonblocking(false) {
+        tracing::warn!(%peer, "TCP store server: dropping connection: {e}");
+        return None;
+    }
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(limits.io_timeout));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+
+    let registered = {
+        let mut conns = lock(&shared.conns);
+        if conns.len() >= limits.max_connections {
+            Err(conns.len())
+        } else {
+            match stream.try_clone() {
+                Ok(s) => {
+                    conns.insert(id, s);
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, "TCP store server: dropping connection: {e}");
+                    return None;
+                }
+            }
+        }
+    };
+    if let Err(open) = registered {
+        tracing::warn!(%peer, open, "TCP store server: refusing a connection, too many open");
+        refuse(
+            &stream,
+            &format!(
+                "the store serves at most {} connections and has {open} open; close idle \
+                 clients or start fewer ranks per store",
+                limits.max_connections
+            ),
+        );
+        return None;
+    }
+    let worker_shared = shared.clone();
+    let spawned = thread::Builder::new()
+        .name("topoccl-store-conn".into())
+        .stack_size(CONN_THREAD_STACK)
+        .spawn(move || {
+            serve(&stream, peer, &worker_shared);
+            lock(&worker_shared.conns).remove(&id);
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(%peer, "TCP store server: cannot start a connection thread: {e}");
+            if let Some(s) = lock(&shared.conns).remove(&id) {
+                refuse(
+                    &s,
+                    &format!("the store cannot start a thread for this connection: {e}"),
+                );
+            }
+            None
+        }
+    }
+}
+
+fn refuse(stream: &TcpStream, why: &str) {
+    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
+    let mut w = stream;
+    let _ = w.write_all(&codec::refusal(why));
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared) {
+    let io_timeout = shared.limits.io_timeout;
+    let mut w = stream;
+    if let Err(e) = w.write_all(&codec::greeting()) {
+        tracing::debug!(%peer, "TCP store: client left before the greeting: {e}");
+        return;
+    }
+    let mut hello = [0u8; HELLO_LEN];
+    let hello_read = stream
+        .set_read_timeout(Some(io_timeout))
+        .and_then(|()| w.read_exact(&mut hello));
+    if let Err(e) = hello_read {
+        tracing::debug!(%peer, "TCP store: no hello from client: {e}");
+        return;
+    }
+    if let Err(version) = codec::check_hello(&hello) {
+        tracing::warn!(%peer, "TCP store: client is not a topoccl store client of version {VERSION}");
+        let msg = format!(
+            "this is a topoccl TCP store speaking protocol version {VERSION}; the client \
+             sent another magic or version ({version}); use matching topoccl versions"
+        );
+        let _ = w.write_all(&Reply::Error(&msg).encode());
+        return;
+    }
+    tracing::debug!(%peer, "TCP store: client connected");
+    loop {
+        let body = match read_frame(stream, None, io_timeout) {
+            Ok(b) => b,
+            Err(FrameError::Closed) => {
+                tracing::debug!(%peer, "TCP store: client disconnected");
+                return;
+            }
+            Err(FrameError::TooLong(n)) => {
+                tracing::warn!(%peer, len = n, "TCP store: request frame too long, closing");
+                let msg = format!(
+                    "request of {n} bytes exceeds the frame limit of {MAX_FRAME}; keys are at \
+                     most {MAX_KEY_LEN} bytes and values at most {MAX_VALUE_LEN}"
+                );
+                let _ = w.write_all(&Reply::Error(&msg).encode());
+                return;
+            }
+            Err(FrameError::Io(e)) => {
+                // Most often a rank that crashed or was killed in the middle of a request.
+                tracing::debug!(%peer, "TCP store: dropping connection mid-request: {e}");
+                return;
+            }
+        };
+        let reply = match handle(&shared.state, stream, &body) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(msg) => {
+                tracing::warn!(%peer, "TCP store: refused a request: {msg}");
+                Reply::Error(&msg).encode()
+            }
+        };
+        if let Err(e) = w.write_all(&reply) {
+            tracing::debug!(%peer, "TCP store: cannot reply, dropping connection: {e}");
+            return;
+        }
+    }
+}
+
+/// Waits for `keys` on behalf of the client on `stream`, for at most `timeout_ms` (cut
+/// to [`MAX_SERVER_WAIT`]), giving up if the client goes away.
+fn wait_for(state: &State, stream: &TcpStream, keys: &[&str], timeout_ms: u64) -> WaitOutcome {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms).min(MAX_SERVER_WAIT);
+    let mut still_wanted = || !peer_gone(stream);
+    let watch = Watch {
+        every: LIVENESS_PERIOD,
+        still_wanted: &mut still_wanted,
+    };
+    state.wait(keys, deadline, Some(watch))
+}
+
+/// Executes one request, returning the encoded reply. `Ok(None)`: close without replying
+/// (server stopping or client gone); `Err`: the message of an ERROR reply.
+fn handle(state: &State, stream: &TcpStream, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let waited = |outcome: WaitOutcome, value: bool| match outcome {
+        WaitOutcome::Ready(v) if value => Some(Reply::Value(&v).encode()),
+        WaitOutcome::Ready(_) => Some(Reply::Done.encode()),
+        WaitOutcome::TimedOut(missing) => Some(Reply::Timeout(missing).encode()),
+        WaitOutcome::Abandoned => None,
+    };
+    Ok(match Request::decode(body)? {
+        Request::Set { key, value } => {
+            state.set(key, value)?;
+            Some(Reply::Done.encode())
+        }
+        Request::Get { timeout_ms, key } => {
+            waited(wait_for(state, stream, &[key], timeout_ms), true)
+        }
+        Request::TryGet { key } => Some(match state.try_get(key) {
+            Some(v) => Reply::Value(&v).encode(),
+            None => Reply::NotFound.encode(),
+        }),
+        Request::Wait { timeout_ms, keys } => {
+            waited(wait_for(state, stream, &keys, timeout_ms), false)
+        }
+        Request::Add { key, delta } => Some(Reply::Count(state.add(key, delta)?).encode()),
+        Request::Delete { key } => {
+            state.delete(key);
+            Some(Reply::Done.encode())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec::{FrameBuf, OP_GET, OP_SET, OP_TRY_GET, OP_WAIT, ST_NOT_FOUND};
+    use crate::store::limits::MAX_WAIT_KEYS;
+    use crate::store::{Store, TcpStore};
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    fn server() -> (TcpStoreServer, String) {
+        let s = TcpStoreServer::start("127.0.0.1:0").expect("start server");
+        let a = s.local_addr().to_string();
+        (s, a)
+    }
+
+    /// A raw connection past the greeting and hello, for sending hand-made frames.
+    fn raw(addr: &str) -> TcpStream {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = [0u8; codec::GREETING_LEN];
+        (&s).read_exact(&mut g).unwrap();
+        assert_eq!(codec::parse_greeting(&g), codec::Greeting::Accepted);
+        (&s).write_all(&codec::hello()).unwrap();
+        s
+    }
+
+    fn reply(s: &TcpStream) -> Vec<u8> {
+        match read_frame(s, Some(Duration::from_secs(5)), Duration::from_secs(5)) {
+            Ok(b) => b,
+            Err(_) => panic!("no reply frame"),
+        }
+    }
+
+    fn error_text(body: &[u8]) -> String {
+        match Reply::decode(body, codec::OkFields::None) {
+            Ok(Reply::Error(m)) => m.to_string(),
+            other => panic!("not an ERROR reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_get_add_delete() {
+        let (_s, a) = server();
+        let c = TcpStore::connect(&a, soon(2000)).unwrap();
+        assert_eq!(c.try_get("x").unwrap(), None);
+        c.set("x", b"hello").unwrap();
+        assert_eq!(c.get("x", soon(1000)).unwrap(), b"hello");
+        assert_eq!(c.add("n", 5).unwrap(), 5);
+        assert_eq!(c.add("n", -2).unwrap(), 3);
+        assert_eq!(c.get("n", soon(1000)).unwrap(), b"3");
+        c.delete("x").unwrap();
+        c.delete("x").unwrap();
+        assert_eq!(c.try_get("x").unwrap(), None);
+        c.set("", b"").unwrap();
+        assert_eq!(c.try_get("").unwrap(), Some(vec![]));
+        c.wait(&[], soon(0)).unwrap();
+    }
+
+    #[test]
+    fn add_refuses_non_counters_and_overflow() {
+        let (_s, a) = server();
+        let c = TcpStore::connect(&a, soon(2000)).unwrap();
+        c.set("text", b"abc").unwrap();
+        let e = c.add("text", 1).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Protocol(m) if m.contains("not a counter")),
+            "{e}"
+        );
+        c.add("big", i64::MAX).unwrap();
+        let e = c.add("big", 1).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Protocol(m) if m.contains("overflows")),
+            "{e}"
+        );
+        // The connection stays usable after refused requests.
+        assert_eq!(c.add("big", -1).unwrap(), i64::MAX - 1);
+    }
+
+    #[test]
+    fn server_enforces_limits_on_raw_frames() {
+        let (_s, a) = server();
+        let s = raw(&a);
+        let long_key = vec![b'k'; MAX_KEY_LEN + 1];
+        (&s).write_all(&FrameBuf::new(OP_SET).bytes(&long_key).bytes(b"v").finish())
+            .unwrap();
+        assert!(error_text(&reply(&s)).contains("limit"));
+        (&s).write_all(
+            &FrameBuf::new(OP_SET)
+                .bytes(&[0xc3, 0x28])
+                .bytes(b"v")
+                .finish(),
+        )
+        .unwrap();
+        assert!(error_text(&reply(&s)).contains("UTF-8"));
+        (&s).write_all(&FrameBuf::new(42).finish()).unwrap();
+        assert!(error_text(&reply(&s)).contains("unknown opcode"));
+        let mut wait = FrameBuf::new(OP_WAIT);
+        wait.u64(0).u32(MAX_WAIT_KEYS as u32 + 1);
+        (&s).write_all(&wait.finish()).unwrap();
+        assert!(error_text(&reply(&s)).contains("limit"));
+        // Still serving on the same connection.
+        (&s).write_all(&FrameBuf::new(OP_TRY_GET).bytes(b"nope").finish())
+            .unwrap();
+        assert_eq!(reply(&s), vec![ST_NOT_FOUND]);
+        // An oversized frame is refused without reading it, and the connection closed.
+        (&s).write_all(&((MAX_FRAME as u32) + 1).to_be_bytes())
+            .unwrap();
+        assert!(error_text(&reply(&s)).contains("frame limit"));
+        let mut rest = Vec::new();
+        assert_eq!((&s).read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_client_of_another_version_is_told_so() {
+        let (_s, a) = server();
+        let s = TcpStream::connect(&a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = [0u8; codec::GREETING_LEN];
+        (&s).read_exact(&mut g).unwrap();
+        let mut hello = codec::hello();
+        hello[9] = 9;
+        (&s).write_all(&hello).unwrap();
+        let e = error_text(&reply(&s));
+        assert!(e.contains("version 1") && e.contains("(9)"), "{e}");
+    }
+
+    #[test]
+    fn server_survives_clients_dying_mid_request() {
+        let (_s, a) = server();
+        // Half a header, half a body, and a waiter that vanishes.
+        let s = raw(&a);
+        (&s).write_all(&[0, 0]).unwrap();
+        drop(s);
+        let s = raw(&a);
+        let f = FrameBuf::new(OP_SET)
+            .bytes(b"key")
+            .bytes(&[7; 100])
+            .finish();
+        (&s).write_all(&f[..20]).unwrap();
+        drop(s);
+        let s = raw(&a);
+        (&s).write_all(&FrameBuf::new(OP_GET).u64(60_000).bytes(b"never").finish())
+            .unwrap();
+        drop(s);
+        // Some peers never complete the hello at all.
+        drop(TcpStream::connect(&a).unwrap());
+        let c = TcpStore::connect(&a, soon(2000)).unwrap();
+        c.set("key", b"v").unwrap();
+        assert_eq!(c.try_get("key").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn waiting_server_thread_notices_a_vanished_client() {
+        let (s, a) = server();
+        let raw_conn = raw(&a);
+        (&raw_conn)
+            .write_all(&FrameBuf::new(OP_GET).u64(60_000).bytes(b"never").finish())
+            .unwrap();
+        let t = Instant::now();
+        while lock(&s.shared.conns).len() != 1 {
+            assert!(t.elapsed() < Duration::from_secs(2));
+            thread::sleep(Duration::from_millis(5));
+        }
+        drop(raw_conn);
+        while !lock(&s.shared.conns).is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "server thread still waiting for a client that is gone"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn connection_limit_refuses_with_a_clear_error() {
+        let limits = ServerLimits {
+            max_connections: 2,
+            ..ServerLimits::default()
+        };
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits).unwrap();
+        let a = s.local_addr().to_string();
+        let c1 = TcpStore::connect(&a, soon(2000)).unwrap();
+        let c2 = TcpStore::connect(&a, soon(2000)).unwrap();
+        let e = TcpStore::connect(&a, soon(300)).unwrap_err();
+        match &e {
+            StoreError::Unreachable { reason, .. } => {
+                assert!(reason.contains("at most 2 connections"), "{e}")
+            }
+            other => panic!("{other}"),
+        }
+        drop(c1);
+        let c3 = TcpStore::connect(&a, soon(2000)).unwrap();
+        c3.set("k", b"v").unwrap();
+        assert_eq!(c2.try_get("k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn store_capacity_limits() {
+        let limits = ServerLimits {
+            capacity: Capacity {
+                max_entries: 2,
+                max_bytes: 100,
+            },
+            ..ServerLimits::default()
+        };
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits).unwrap();
+        let c = TcpStore::connect(&s.local_addr().to_string(), soon(2000)).unwrap();
+        c.set("a", b"1").unwrap();
+        c.set("b", b"2").unwrap();
+        let e = c.set("c", b"3").unwrap_err();
+        assert!(e.to_string().contains("2 keys"), "{e}");
+        let e = c.set("a", &[0; 100]).unwrap_err();
+        assert!(e.to_string().contains("limit of 100"), "{e}");
+        c.delete("b").unwrap();
+        c.set("c", b"3").unwrap();
+    }
+
+    #[test]
+    fn silent_server_hits_the_io_timeout() {
+        let (s, a) = server();
+        let c = TcpStore::connect(&a, soon(2000))
+            .unwrap()
+            .with_io_timeout(Duration::from_millis(300));
+        // Hold the store's state lock so the server cannot answer.
+        let guard = s.shared.state.hold();
+        let t = Instant::now();
+        let e = c.set("k", b"v").unwrap_err();
+        drop(guard);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(
+            matches!(&e, StoreError::Unreachable { reason, .. } if reason.contains("no reply")),
+            "{e}"
+        );
+        // The connection that timed out is discarded; the next call gets a fresh one.
+        c.set("k", b"v").unwrap();
+    }
+
+    #[test]
+    fn bind_failure_is_an_error() {
+        let (s, _) = server();
+        let e = TcpStoreServer::start(&s.local_addr().to_string()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Io(m) if m.contains("cannot listen")),
+            "{e}"
+        );
+    }
+}
