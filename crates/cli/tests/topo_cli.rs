@@ -345,6 +345,20 @@ fn fake_machine(root: &Path) -> PathBuf {
     smi
 }
 
+/// Runs `topoccl ARGS`, again while a script just written is still busy (another test's
+/// fork can hold it open for a moment).
+fn discover_with_fresh_script(args: &[&str]) -> Output {
+    let mut out = topoccl(args);
+    for _ in 0..5 {
+        if !stdout(&out).contains("busy") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        out = topoccl(args);
+    }
+    out
+}
+
 #[test]
 fn discover_a_gpu_machine() {
     let root = scratch("gpu-root");
@@ -360,15 +374,7 @@ fn discover_a_gpu_machine() {
         "-o",
         json.to_str().unwrap(),
     ];
-    // A script just written can be briefly busy (another test's fork holds it open).
-    let mut out = topoccl(&args);
-    for _ in 0..5 {
-        if !stdout(&out).contains("busy") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        out = topoccl(&args);
-    }
+    let out = discover_with_fresh_script(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = stdout(&out);
     for want in [
@@ -411,4 +417,45 @@ fn discover_a_gpu_machine() {
         .unwrap()
         .iter()
         .any(|n| n["name"] == "h0/ib0"));
+}
+
+/// `nvidia-smi topo -m` output that cannot be read costs the NVLinks, not the discovery:
+/// the report names the line and what is wrong with it.
+#[test]
+fn discover_reports_an_unreadable_gpu_matrix() {
+    let root = scratch("bad-matrix-root");
+    let smi = root.join("nvidia-smi");
+    write(
+        &smi,
+        "#!/bin/sh\n\
+         if [ \"$1\" = topo ]; then\n\
+         printf '\\tGPU0\\tGPU1\\tCPU Affinity\\n'\n\
+         printf 'GPU0\\t X \\tNVX\\t0-3\\n'\n\
+         printf 'GPU1\\tNV4\\t X \\t0-3\\n'\n\
+         exit 0\n\
+         fi\n\
+         echo '0, NVIDIA H100 80GB HBM3, 00000000:19:00.0'\n\
+         echo '1, NVIDIA H100 80GB HBM3, 00000000:3B:00.0'\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&smi, fs::Permissions::from_mode(0o755)).unwrap();
+    let args = [
+        "topo",
+        "discover",
+        "--root",
+        root.to_str().unwrap(),
+        "--nvidia-smi",
+        smi.to_str().unwrap(),
+    ];
+    let out = discover_with_fresh_script(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    for want in [
+        "GPUs: 2 found by",
+        "(`topo -m`: topo -m:2: unknown entry 'NVX' from GPU0 to GPU1",
+        "NVLink: none reported",
+        "ranks on GPUs",
+    ] {
+        assert!(report.contains(want), "'{want}' missing in:\n{report}");
+    }
 }

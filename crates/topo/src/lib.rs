@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod cost;
+pub mod discover;
 pub mod error;
 pub mod format;
 pub mod gen;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use topoccl_topo::format::{
-    read_json, read_nccl_xml, read_nvidia_smi_topo, read_toml, read_toml_builder, to_dot, to_json,
-    write_toml,
+    parse_nvidia_smi_gpus, parse_nvidia_smi_topo, read_json, read_nccl_xml, read_nvidia_smi_topo,
+    read_toml, read_toml_builder, to_dot, to_json, write_toml, SmiGpu, SmiPath,
 };
 use topoccl_topo::{NodeKind, Tier, Topology, TopologyBuilder};
 
@@ -824,6 +824,105 @@ fn smi_errors_are_located() {
     assert!(e.starts_with("s.txt: empty"), "{e}");
 }
 
+#[test]
+fn smi_parses_to_a_typed_matrix() {
+    let m = parse_nvidia_smi_topo(&fixture("nvidia_smi_topo_dgx_a100.txt"), "dgx.txt").unwrap();
+    let devices = m.devices();
+    assert_eq!(devices.len(), 12);
+    assert_eq!(devices[7].label, "GPU7");
+    assert_eq!(devices[7].gpu, Some(7));
+    assert_eq!(devices[7].name, "gpu7");
+    assert_eq!(devices[7].line, 9, "rows follow the header on line 1");
+    assert_eq!(devices[8].gpu, None);
+    assert_eq!(devices[8].name, "mlx5_0", "named by the NIC legend");
+    assert_eq!(m.path(0, 0), SmiPath::Same);
+    assert_eq!(m.path(0, 7), SmiPath::NvLink(12));
+    assert_eq!(m.path(0, 8), SmiPath::Pxb);
+    assert_eq!(m.path(8, 2), SmiPath::Node);
+    assert_eq!(m.path(0, 11), SmiPath::Sys);
+
+    // Old drivers: NICs head their columns by name, SOC for SYS, no legend.
+    let old = "GPU0 GPU1 mlx5_0 CPU Affinity\nGPU0 X NV2 PHB 0-7\nGPU1 NV2 X SOC 0-7\n\
+               mlx5_0 PHB SOC X\n";
+    let m = parse_nvidia_smi_topo(old, "old.txt").unwrap();
+    assert_eq!(m.devices()[2].name, "mlx5_0");
+    assert_eq!(m.path(1, 2), SmiPath::Sys);
+}
+
+#[track_caller]
+fn smi_parse_err(text: &str, line: usize, parts: &[&str]) {
+    let e = parse_nvidia_smi_topo(text, "p.txt").expect_err("the input should be refused");
+    let e = e.to_string();
+    let prefix = format!("p.txt:{line}: ");
+    assert!(e.starts_with(&prefix), "expected '{prefix}…', got: {e}");
+    assert_has(&e, parts);
+}
+
+#[test]
+fn smi_parse_errors_name_the_line() {
+    let base = fixture("nvidia_smi_topo_workstation.txt");
+    smi_parse_err(
+        &base.replacen("PHB", "NVX", 1),
+        4,
+        &["unknown entry 'NVX' from GPU2 to GPU3"],
+    );
+    smi_parse_err(&base.replacen("PIX", "NV0", 1), 2, &["unknown entry 'NV0'"]);
+    smi_parse_err(
+        "\n\nGPU1 GPU01\n",
+        3,
+        &["'GPU1' and 'GPU01' both name GPU 1"],
+    );
+    smi_parse_err(
+        "GPU0 GPU99999999999\n",
+        1,
+        &["column 'GPU99999999999': GPU index out of range"],
+    );
+    smi_parse_err("GPU0 GPU0\n", 1, &["device 'GPU0' heads two columns"]);
+    smi_parse_err("GPU0 GPU1\nGPU0 X\n", 2, &["row 'GPU0' has 1 entries"]);
+    smi_parse_err(
+        "GPU0 GPU1\nGPU0 X NV1\n",
+        1,
+        &["2 devices but 1 rows follow"],
+    );
+    smi_parse_err(
+        "WARNING: infoROM is corrupted\n",
+        1,
+        &["expected the header row"],
+    );
+    let e = parse_nvidia_smi_topo(" \n\t\n", "p.txt").unwrap_err();
+    assert!(e.to_string().starts_with("p.txt: empty"), "{e}");
+}
+
+#[test]
+fn smi_gpu_list() {
+    let csv = "0, NVIDIA H100 80GB HBM3, 00000000:19:00.0\n\
+               WARNING: infoROM is corrupted at gpu 0000:3B:00.0\n\
+               1, Tesla V100-SXM2-32GB, 00000000:3B:00.0\n\
+               2, Odd, Name, 00000000:86:00.0\n\
+               junk\n";
+    assert_eq!(
+        parse_nvidia_smi_gpus(csv),
+        [
+            SmiGpu {
+                index: 0,
+                name: "NVIDIA H100 80GB HBM3".into(),
+                bus_id: "00000000:19:00.0".into(),
+            },
+            SmiGpu {
+                index: 1,
+                name: "Tesla V100-SXM2-32GB".into(),
+                bus_id: "00000000:3B:00.0".into(),
+            },
+            SmiGpu {
+                index: 2,
+                name: "Odd,Name".into(),
+                bus_id: "00000000:86:00.0".into(),
+            },
+        ]
+    );
+    assert!(parse_nvidia_smi_gpus("").is_empty());
+}
+
 // ---------------------------------------------------------------- robustness
 
 #[test]
@@ -1001,6 +1100,9 @@ proptest! {
     fn mutated_smi_never_panics(edits in proptest::collection::vec(edit(), 1..6)) {
         let text = mutate(&fixture("nvidia_smi_topo_dgx_a100.txt"), &edits);
         let _ = read_nvidia_smi_topo(&text, "m.txt", "m");
+        if let Ok(m) = parse_nvidia_smi_topo(&text, "m.txt") {
+            let _ = topoccl_topo::discover::nvlinks(&m);
+        }
     }
 
     #[test]
@@ -1009,5 +1111,6 @@ proptest! {
         let _ = read_json(&text, "g");
         let _ = read_nccl_xml(&text, "g", "h");
         let _ = read_nvidia_smi_topo(&text, "g", "h");
+        let _ = parse_nvidia_smi_gpus(&text);
     }
 }

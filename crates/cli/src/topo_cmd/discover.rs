@@ -2,8 +2,11 @@
 //! GPUs, from sysfs, procfs and `nvidia-smi`, as a one-host topology. Anything missing
 //! (a container without /sys/devices/system/node, a virtual NIC without a speed, no
 //! `nvidia-smi`) is reported and replaced by a documented fallback, never fatal.
+//!
+//! Only the I/O lives here: reading sysfs and procfs, running `nvidia-smi`, writing files.
+//! The text is read by `topoccl_topo::format` (nvidia-smi's output, the parser the
+//! importer uses) and `topoccl_topo::discover`, which models what was found.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,11 +15,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use topoccl_topo::gen::HostSpec;
-use topoccl_topo::{NodeId, NodeKind, Tier, TopoError, Topology, TopologyBuilder};
+use topoccl_topo::discover::{
+    cpuinfo_processors, cpulist_len, nic_speed_mbps, Gpu, IbPort, Machine, Nic, Numa,
+};
+use topoccl_topo::format::{parse_nvidia_smi_gpus, parse_nvidia_smi_topo, SmiMatrix};
 
 use super::{check_output_dir, emit, summary};
-use crate::units::{parse_bandwidth, parse_duration};
 use crate::CliError;
 
 #[derive(Args, Debug)]
@@ -35,69 +39,16 @@ pub struct DiscoverArgs {
     nvidia_smi: PathBuf,
 }
 
-/// A NIC whose speed is unknown (virtual NICs report -1 or nothing): 10Gbps.
-const DEFAULT_NIC_SPEED: &str = "10Gbps";
-/// Each NVLink of `nvidia-smi topo -m`'s `NV<n>`, each way (NVLink 4: 25GB/s).
-const NVLINK_PER_LINK: &str = "25GB/s";
 /// How long `nvidia-smi` may take before it is given up on.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Everything found, and for each category where it came from or why it is empty.
-#[derive(Debug, Default)]
-struct Machine {
-    hostname: String,
-    numa: Vec<Numa>,
-    cpu_source: String,
-    nics: Vec<Nic>,
-    nic_note: String,
-    ib_ports: Vec<IbPort>,
-    ib_note: String,
-    gpus: Vec<Gpu>,
-    gpu_note: String,
-    /// GPU index pairs and their NVLink count, from `nvidia-smi topo -m`.
-    nvlinks: Vec<(u32, u32, u32)>,
-}
-
-#[derive(Debug, PartialEq)]
-struct Numa {
-    id: u32,
-    cpus: usize,
-}
-
-#[derive(Debug, Default)]
-struct Nic {
-    name: String,
-    /// Mb/s from sysfs; `None` when -1, missing or unreadable.
-    speed_mbps: Option<u64>,
-    numa: Option<u32>,
-    /// Backed by a device (PCI, virtio), not a purely virtual interface.
-    has_device: bool,
-    /// An IPoIB interface of this InfiniBand device (the port stands for it).
-    ib_device: Option<String>,
-}
-
-#[derive(Debug)]
-struct IbPort {
-    device: String,
-    port: String,
-    rate: String,
-    numa: Option<u32>,
-}
-
-#[derive(Debug, PartialEq)]
-struct Gpu {
-    index: u32,
-    name: String,
-    bus_id: String,
-    numa: Option<u32>,
-}
 
 pub fn run(args: DiscoverArgs) -> Result<(), CliError> {
     check_output_dir(args.output.as_deref())?;
     let machine = discover(&args.root, &args.nvidia_smi);
-    let topology = topology(&machine)
+    let topology = machine
+        .topology()
         .map_err(|e| CliError::failed(format!("cannot model what was found: {e}")))?;
-    let report = report(&machine, &topology);
+    let report = machine.report(&summary(&topology));
     let json = topoccl_topo::format::to_json(&topology);
     if args.json {
         eprint!("{report}");
@@ -115,7 +66,7 @@ fn discover(root: &Path, nvidia_smi: &Path) -> Machine {
     let (numa, cpu_source) = numa_nodes(root);
     let (mut nics, nic_note) = nics(root);
     let (ib_ports, ib_note) = ib_ports(root, &mut nics);
-    let (gpus, nvlinks, gpu_note) = gpus(root, nvidia_smi);
+    let (gpus, gpu_matrix, gpu_note) = gpus(root, nvidia_smi);
     Machine {
         hostname: read(&root.join("proc/sys/kernel/hostname"))
             .or_else(|| read(&root.join("etc/hostname")))
@@ -128,7 +79,7 @@ fn discover(root: &Path, nvidia_smi: &Path) -> Machine {
         ib_note,
         gpus,
         gpu_note,
-        nvlinks,
+        gpu_matrix,
     }
 }
 
@@ -163,21 +114,6 @@ fn natural_key(name: &str) -> (String, u64) {
     (stem.to_string(), num.parse().unwrap_or(0))
 }
 
-/// CPUs in a cpulist such as `0-3,8-11` (`None` if malformed).
-fn cpulist_len(list: &str) -> Option<usize> {
-    let mut n = 0;
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        n += match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
-                b.checked_sub(a)? + 1
-            }
-            None => part.parse::<usize>().map(|_| 1).ok()?,
-        };
-    }
-    Some(n)
-}
-
 /// NUMA nodes with CPUs from sysfs; else one node with /proc/cpuinfo's processors; else
 /// one node with the CPUs the scheduler grants this process.
 fn numa_nodes(root: &Path) -> (Vec<Numa>, String) {
@@ -195,11 +131,7 @@ fn numa_nodes(root: &Path) -> (Vec<Numa>, String) {
         return (nodes, dir.display().to_string());
     }
     let cpuinfo = root.join("proc/cpuinfo");
-    let processors = read(&cpuinfo).map_or(0, |t| {
-        t.lines()
-            .filter(|l| l.split(':').next().map(str::trim) == Some("processor"))
-            .count()
-    });
+    let processors = read(&cpuinfo).map_or(0, |t| cpuinfo_processors(&t));
     if processors > 0 {
         let why = format!(
             "{} (no NUMA information in {})",
@@ -235,10 +167,7 @@ fn nics(root: &Path) -> (Vec<Nic>, String) {
         .map(|name| {
             let at = dir.join(&name);
             Nic {
-                speed_mbps: read(&at.join("speed"))
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .filter(|&s| s > 0)
-                    .map(|s| s as u64),
+                speed_mbps: read(&at.join("speed")).and_then(|s| nic_speed_mbps(&s)),
                 numa: read_numa(&at.join("device/numa_node")),
                 has_device: at.join("device").exists(),
                 ib_device: None,
@@ -279,45 +208,37 @@ fn ib_ports(root: &Path, nics: &mut [Nic]) -> (Vec<IbPort>, String) {
     (ports, dir.display().to_string())
 }
 
-/// Bytes/s from an InfiniBand rate such as `200 Gb/sec (4X HDR)`.
-fn ib_rate(rate: &str) -> Option<f64> {
-    let mut words = rate.split_whitespace();
-    let value: f64 = words.next()?.parse().ok()?;
-    let unit = words
-        .next()?
-        .trim_end_matches("/sec")
-        .trim_end_matches("/s");
-    let scale = match unit {
-        "Gb" => 1e9,
-        "Mb" => 1e6,
-        _ => return None,
-    };
-    (value > 0.0).then_some(value * scale / 8.0)
-}
+type GpuFindings = (Vec<Gpu>, Option<SmiMatrix>, String);
 
-type GpuFindings = (Vec<Gpu>, Vec<(u32, u32, u32)>, String);
-
-/// GPUs from `nvidia-smi` (none when it is absent or fails, with the reason).
+/// GPUs from `nvidia-smi` (none when it is absent or fails, with the reason), and its
+/// `topo -m` matrix (none when that fails or cannot be read, with the reason).
 fn gpus(root: &Path, nvidia_smi: &Path) -> GpuFindings {
     let query = ["--query-gpu=index,name,pci.bus_id", "--format=csv,noheader"];
     let csv = match run_tool(nvidia_smi, &query) {
         Ok(csv) => csv,
-        Err(why) => return (Vec::new(), Vec::new(), why),
+        Err(why) => return (Vec::new(), None, why),
     };
-    let mut gpus = parse_gpu_csv(&csv);
-    for gpu in &mut gpus {
-        let pci = sysfs_pci_address(&gpu.bus_id);
-        gpu.numa = read_numa(&root.join("sys/bus/pci/devices").join(pci).join("numa_node"));
-    }
-    let (nvlinks, how) = match run_tool(nvidia_smi, &["topo", "-m"]) {
-        Ok(matrix) => (
-            parse_topo_matrix(&matrix),
-            "and `nvidia-smi topo -m`".to_string(),
-        ),
-        Err(why) => (Vec::new(), format!("(`topo -m`: {why})")),
+    let gpus = parse_nvidia_smi_gpus(&csv)
+        .into_iter()
+        .map(|gpu| {
+            let pci = sysfs_pci_address(&gpu.bus_id);
+            let numa = read_numa(&root.join("sys/bus/pci/devices").join(pci).join("numa_node"));
+            Gpu {
+                index: gpu.index,
+                name: gpu.name,
+                bus_id: gpu.bus_id,
+                numa,
+            }
+        })
+        .collect();
+    let (matrix, how) = match run_tool(nvidia_smi, &["topo", "-m"])
+        .and_then(|text| parse_nvidia_smi_topo(&text, "topo -m").map_err(|e| e.to_string()))
+    {
+        Ok(matrix) => (Some(matrix), "and `nvidia-smi topo -m`".to_string()),
+        Err(why) => (None, format!("(`topo -m`: {why})")),
     };
     let note = format!("{} {how}", nvidia_smi.display());
-    (gpus, nvlinks, note)
+    (gpus, matrix, note)
 }
 
 /// Runs a tool with a deadline; its standard output, or why there is none.
@@ -371,298 +292,15 @@ fn run_tool(program: &Path, args: &[&str]) -> Result<String, String> {
     Ok(out)
 }
 
-/// `index, name, pci.bus_id` lines; malformed lines are skipped.
-fn parse_gpu_csv(csv: &str) -> Vec<Gpu> {
-    csv.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let [index, name @ .., bus_id] = fields.as_slice() else {
-                return None;
-            };
-            Some(Gpu {
-                index: index.parse().ok()?,
-                name: name.join(","),
-                bus_id: bus_id.to_string(),
-                numa: None,
-            })
-        })
-        .collect()
-}
-
 /// `00000000:19:00.0` (nvidia-smi) as sysfs names it: `0000:19:00.0`.
 fn sysfs_pci_address(bus_id: &str) -> String {
     let lower = bus_id.to_ascii_lowercase();
     match lower.split_once(':') {
-        Some((domain, rest)) if domain.len() > 4 => {
-            format!("{}:{rest}", &domain[domain.len() - 4..])
-        }
-        _ => lower,
-    }
-}
-
-/// NVLink counts between GPU pairs (`NV<n>` cells) from `nvidia-smi topo -m`; each pair
-/// once, lower index first.
-fn parse_topo_matrix(text: &str) -> Vec<(u32, u32, u32)> {
-    let text = strip_ansi(text);
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let Some(header) = lines.next() else {
-        return Vec::new();
-    };
-    // Columns are the GPUn/NICn headers; later ones ("CPU Affinity") hold no links.
-    let columns: Vec<Option<u32>> = header
-        .split_whitespace()
-        .take_while(|h| h.starts_with("GPU") || h.starts_with("NIC"))
-        .map(|h| h.strip_prefix("GPU").and_then(|i| i.parse().ok()))
-        .collect();
-    let mut links = BTreeMap::new();
-    for line in lines {
-        let mut cells = line.split_whitespace();
-        let Some(row) = cells
-            .next()
-            .and_then(|r| r.strip_prefix("GPU")?.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        for (column, cell) in columns.iter().zip(cells) {
-            let n = cell.strip_prefix("NV").and_then(|n| n.parse::<u32>().ok());
-            if let (Some(&col), Some(n)) = (column.as_ref(), n) {
-                if col != row {
-                    links.insert((row.min(col), row.max(col)), n);
-                }
-            }
-        }
-    }
-    links.into_iter().map(|((a, b), n)| (a, b, n)).collect()
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI sequences end at their first letter (`ESC [ 4 m`).
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// GPUs linked to every other GPU with the same NVLink count sit on an NVSwitch (DGX/HGX):
-/// that count per GPU, or `None` when the links are point to point.
-fn nvswitch_links(gpus: usize, nvlinks: &[(u32, u32, u32)]) -> Option<u32> {
-    let first = nvlinks.first()?.2;
-    (gpus > 2 && nvlinks.len() == gpus * (gpus - 1) / 2 && nvlinks.iter().all(|l| l.2 == first))
-        .then_some(first)
-}
-
-/// Link properties for what sysfs does not say: the generators' host defaults.
-struct Defaults {
-    pcie: (f64, f64),
-    cpu_link: (f64, f64),
-    nvlink_latency: f64,
-    nvlink_per_link: f64,
-    nic_speed: f64,
-    network_latency: f64,
-}
-
-impl Defaults {
-    fn new() -> Result<Defaults, String> {
-        let host = HostSpec::default();
-        let pcie_latency = parse_duration(&host.pcie_latency)?;
-        Ok(Defaults {
-            pcie: (parse_bandwidth(&host.pcie_bandwidth)?, pcie_latency),
-            cpu_link: (parse_bandwidth(&host.cpu_link_bandwidth)?, pcie_latency),
-            nvlink_latency: parse_duration(&host.nvlink_latency)?,
-            nvlink_per_link: parse_bandwidth(NVLINK_PER_LINK)?,
-            nic_speed: parse_bandwidth(DEFAULT_NIC_SPEED)?,
-            network_latency: parse_duration("1us")?,
-        })
-    }
-}
-
-/// One host `h0`: a CPU per NUMA node (meshed), NICs and GPUs on the CPU of their NUMA node
-/// (the first when unknown), NVLinks, and the NICs' ports on a placeholder switch `network`
-/// that records their speed. Ranks on the GPUs, else one per NUMA node's CPU.
-fn topology(m: &Machine) -> Result<Topology, TopoError> {
-    let d = Defaults::new().map_err(TopoError::invalid)?;
-    let mut b = TopologyBuilder::new(m.hostname.as_str());
-    let host = b.node("h0", NodeKind::Host)?;
-    let mut cpus = BTreeMap::new();
-    for numa in &m.numa {
-        let cpu = b.device(format!("h0/cpu{}", numa.id), NodeKind::Cpu, host)?;
-        for &other in cpus.values() {
-            b.connect(other, cpu, d.cpu_link.0, d.cpu_link.1)?;
-        }
-        cpus.insert(numa.id, cpu);
-    }
-    let first_cpu = *cpus
-        .values()
-        .next()
-        .ok_or_else(|| TopoError::invalid("no CPU found"))?;
-    let cpu_of = |numa: Option<u32>| {
-        numa.and_then(|n| cpus.get(&n).copied())
-            .unwrap_or(first_cpu)
-    };
-    let ports: Vec<(String, Option<u32>, f64)> = m
-        .nics
-        .iter()
-        .filter(|n| n.ib_device.is_none())
-        .map(|n| {
-            let speed = n.speed_mbps.map_or(d.nic_speed, |s| s as f64 * 1e6 / 8.0);
-            (format!("h0/{}", n.name), n.numa, speed)
-        })
-        .chain(m.ib_ports.iter().map(|p| {
-            let speed = ib_rate(&p.rate).unwrap_or(d.nic_speed);
-            (format!("h0/{}:{}", p.device, p.port), p.numa, speed)
-        }))
-        .collect();
-    if !ports.is_empty() {
-        let network = b.switch("network", Tier::Leaf)?;
-        for (name, numa, speed) in ports {
-            let nic = b.device(name, NodeKind::Nic, host)?;
-            b.connect(nic, cpu_of(numa), d.pcie.0, d.pcie.1)?;
-            b.connect(nic, network, speed, d.network_latency)?;
-        }
-    }
-    let mut gpus = BTreeMap::new();
-    for gpu in &m.gpus {
-        let id = b.device(format!("h0/gpu{}", gpu.index), NodeKind::Accelerator, host)?;
-        b.connect(id, cpu_of(gpu.numa), d.pcie.0, d.pcie.1)?;
-        gpus.insert(gpu.index, id);
-    }
-    add_nvlinks(&mut b, host, &gpus, &m.nvlinks, &d)?;
-    let ranks: Vec<NodeId> = if gpus.is_empty() {
-        cpus.into_values().collect()
-    } else {
-        gpus.into_values().collect()
-    };
-    b.place_all(ranks)?;
-    b.build()
-}
-
-fn add_nvlinks(
-    b: &mut TopologyBuilder,
-    host: NodeId,
-    gpus: &BTreeMap<u32, NodeId>,
-    nvlinks: &[(u32, u32, u32)],
-    d: &Defaults,
-) -> Result<(), TopoError> {
-    let bandwidth = |links: u32| links as f64 * d.nvlink_per_link;
-    if let Some(links) = nvswitch_links(gpus.len(), nvlinks) {
-        let sw = b.device("h0/nvswitch", NodeKind::Switch, host)?;
-        for &gpu in gpus.values() {
-            b.connect(gpu, sw, bandwidth(links), d.nvlink_latency)?;
-        }
-        return Ok(());
-    }
-    for &(x, y, links) in nvlinks {
-        if let (Some(&x), Some(&y)) = (gpus.get(&x), gpus.get(&y)) {
-            b.connect(x, y, bandwidth(links), d.nvlink_latency)?;
-        }
-    }
-    Ok(())
-}
-
-/// What was found and what was not, per category, then the topology's summary.
-fn report(m: &Machine, t: &Topology) -> String {
-    let mut r = format!("host: {}\n", m.hostname);
-    let total: usize = m.numa.iter().map(|n| n.cpus).sum();
-    r += &format!(
-        "CPUs: {total} logical CPUs in {} NUMA node(s), from {}\n",
-        m.numa.len(),
-        m.cpu_source
-    );
-    for n in &m.numa {
-        r += &format!("  numa{}: {} CPUs\n", n.id, n.cpus);
-    }
-    if m.nics.is_empty() {
-        r += &format!("NICs: none found ({})\n", m.nic_note);
-    } else {
-        r += &format!("NICs: {} found in {}\n", m.nics.len(), m.nic_note);
-    }
-    for nic in &m.nics {
-        r += &format!("  {}\n", describe_nic(nic));
-    }
-    if m.ib_ports.is_empty() {
-        r += &format!("InfiniBand: no ports found ({})\n", m.ib_note);
-    } else {
-        r += &format!(
-            "InfiniBand: {} port(s) in {}\n",
-            m.ib_ports.len(),
-            m.ib_note
-        );
-    }
-    for p in &m.ib_ports {
-        r += &format!(
-            "  {} port {}: {}, {}\n",
-            p.device,
-            p.port,
-            p.rate,
-            numa_text(p.numa)
-        );
-    }
-    if m.gpus.is_empty() {
-        r += &format!("GPUs: no GPUs found ({})\n", m.gpu_note);
-    } else {
-        r += &format!("GPUs: {} found by {}\n", m.gpus.len(), m.gpu_note);
-    }
-    for g in &m.gpus {
-        r += &format!(
-            "  gpu{}: {}, {}, {}\n",
-            g.index,
-            g.name,
-            g.bus_id,
-            numa_text(g.numa)
-        );
-    }
-    r += &nvlink_text(m);
-    if t.find("network").is_some() {
-        r += "NIC ports are modelled on a placeholder switch 'network', at their speed\n";
-    }
-    let on = if m.gpus.is_empty() {
-        "NUMA nodes' CPUs"
-    } else {
-        "GPUs"
-    };
-    r += &format!("topology: {} (ranks on {on})\n", summary(t));
-    r
-}
-
-fn describe_nic(nic: &Nic) -> String {
-    let speed = match nic.speed_mbps {
-        Some(mbps) if mbps % 1000 == 0 => format!("{}Gbps", mbps / 1000),
-        Some(mbps) => format!("{mbps}Mbps"),
-        None => format!("speed unknown, modelled as {DEFAULT_NIC_SPEED}"),
-    };
-    let kind = match (&nic.ib_device, nic.has_device) {
-        (Some(ib), _) => format!(", IPoIB on {ib} (modelled as its port)"),
-        (None, false) => ", virtual".to_string(),
-        (None, true) => String::new(),
-    };
-    format!("{}: {speed}, {}{kind}", nic.name, numa_text(nic.numa))
-}
-
-fn numa_text(numa: Option<u32>) -> String {
-    numa.map_or("NUMA node unknown".to_string(), |n| {
-        format!("NUMA node {n}")
-    })
-}
-
-fn nvlink_text(m: &Machine) -> String {
-    if m.gpus.len() < 2 {
-        return String::new();
-    }
-    match nvswitch_links(m.gpus.len(), &m.nvlinks) {
-        _ if m.nvlinks.is_empty() => "  NVLink: none reported (GPUs talk over PCIe)\n".into(),
-        Some(n) => format!(
-            "  NVLink: every pair NV{n}, modelled as an NVSwitch ({n} × {NVLINK_PER_LINK} per GPU)\n"
-        ),
-        None => format!(
-            "  NVLink: {} GPU pair(s) linked directly ({NVLINK_PER_LINK} per link)\n",
-            m.nvlinks.len()
-        ),
+        Some((domain, rest)) if domain.len() > 4 => match domain.get(domain.len() - 4..) {
+            Some(short) => format!("{short}:{rest}"),
+            None => lower.clone(),
+        },
+        _ => lower.clone(),
     }
 }
 
@@ -671,49 +309,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpulists_count_ranges() {
-        assert_eq!(cpulist_len("0-3,8-11"), Some(8));
-        assert_eq!(cpulist_len("5"), Some(1));
-        assert_eq!(cpulist_len(""), Some(0));
-        assert_eq!(cpulist_len("3-1"), None);
-        assert_eq!(cpulist_len("a-b"), None);
-    }
-
-    #[test]
-    fn infiniband_rates() {
-        assert_eq!(ib_rate("200 Gb/sec (4X HDR)"), Some(25e9));
-        assert_eq!(ib_rate("2.5 Gb/sec (1X SDR)"), Some(2.5e9 / 8.0));
-        assert_eq!(ib_rate("unknown"), None);
-        assert_eq!(ib_rate("0 Gb/sec"), None);
-    }
-
-    #[test]
-    fn nvidia_smi_gpu_list() {
-        let csv = "0, NVIDIA H100 80GB HBM3, 00000000:19:00.0\n\
-                   1, Tesla V100-SXM2-32GB, 00000000:3B:00.0\n\
-                   junk\n";
-        let gpus = parse_gpu_csv(csv);
-        assert_eq!(gpus.len(), 2);
-        assert_eq!(gpus[1].name, "Tesla V100-SXM2-32GB");
-        assert_eq!(sysfs_pci_address(&gpus[1].bus_id), "0000:3b:00.0");
+    fn pci_addresses_as_sysfs_names_them() {
+        assert_eq!(sysfs_pci_address("00000000:3B:00.0"), "0000:3b:00.0");
         assert_eq!(sysfs_pci_address("0000:3b:00.0"), "0000:3b:00.0");
-    }
-
-    #[test]
-    fn nvidia_smi_topology_matrix() {
-        let text = "\t\u{1b}[4mGPU0\tGPU1\tGPU2\tNIC0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\u{1b}[0m\n\
-                    GPU0\t X \tNV4\tSYS\tPXB\t0-23\t0\t\tN/A\n\
-                    GPU1\tNV4\t X \tNV2\tSYS\t0-23\t0\t\tN/A\n\
-                    GPU2\tSYS\tNV2\t X \tSYS\t24-47\t1\t\tN/A\n\
-                    NIC0\tPXB\tSYS\tSYS\t X \n\
-                    \n\
-                    Legend:\n\n  X    = Self\n  NV#  = Connection traversing a bonded set of # NVLinks\n\n\
-                    NIC Legend:\n\n  NIC0: mlx5_0\n";
-        assert_eq!(parse_topo_matrix(text), vec![(0, 1, 4), (1, 2, 2)]);
-        assert_eq!(nvswitch_links(3, &parse_topo_matrix(text)), None);
-        let all = [(0, 1, 18), (0, 2, 18), (1, 2, 18)];
-        assert_eq!(nvswitch_links(3, &all), Some(18));
-        assert!(parse_topo_matrix("").is_empty());
+        // A cut inside a character would panic: such text is left as it is.
+        assert_eq!(sysfs_pci_address("0ü000:3b"), "0ü000:3b");
     }
 
     #[test]
@@ -732,7 +332,7 @@ mod tests {
         assert!(m.cpu_source.contains("scheduler"), "{}", m.cpu_source);
         assert!(m.nics.is_empty() && m.gpus.is_empty());
         assert!(m.gpu_note.contains("not found"), "{}", m.gpu_note);
-        let t = topology(&m).unwrap();
+        let t = m.topology().unwrap();
         assert_eq!(t.world(), 1);
         assert_eq!(t.node(t.rank_node(0)).name, "h0/cpu0");
         fs::create_dir_all(root.join("proc")).unwrap();

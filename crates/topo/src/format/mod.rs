@@ -1,6 +1,7 @@
 //! Topology files: topoccl's own TOML format (read and write), JSON (read and write),
 //! Graphviz DOT (write), and one machine as NVIDIA's tools describe it: NCCL's topology
-//! XML (`NCCL_TOPO_DUMP_FILE`) and `nvidia-smi topo -m`.
+//! XML (`NCCL_TOPO_DUMP_FILE`) and `nvidia-smi topo -m` (whose parser, typed, also serves
+//! [`crate::discover`]).
 //!
 //! Pure like the rest of the crate: readers take the text and an `origin` (the file name,
 //! used only in messages), writers return the text. Errors found in a file say
@@ -17,7 +18,10 @@ pub use dot::to_dot;
 pub use json::{read_json, to_json};
 pub use native::{read_toml, read_toml_builder, write_toml};
 pub use nccl_xml::{read_nccl_xml, read_nccl_xml_builder};
-pub use nvidia_smi::{read_nvidia_smi_topo, read_nvidia_smi_topo_builder};
+pub use nvidia_smi::{
+    parse_nvidia_smi_gpus, parse_nvidia_smi_topo, read_nvidia_smi_topo,
+    read_nvidia_smi_topo_builder, SmiDevice, SmiGpu, SmiMatrix, SmiPath, MAX_SMI_DEVICES,
+};
 
 use std::collections::{HashMap, VecDeque};
 
