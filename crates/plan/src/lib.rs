@@ -24,7 +24,7 @@ pub mod text;
 pub mod units;
 pub mod verify;
 
-pub use algo::{available, build, Algorithm, Hierarchy, Tree};
+pub use algo::{available, build, AlgoKind, Algorithm, Hierarchy, Tree};
 pub use error::PlanError;
 pub use ir::{Buf, Op, OpKind, Rank, Slice};
 pub use schedule::{Plan, PlanDoc, PlanParams, Schedule, TransferInfo};
