@@ -3,9 +3,10 @@
 //! For each size from `-b` to `-e` (multiplied by `-f`), every rank runs `--warmup` calls,
 //! then times `--iters` calls out of place and in place; the time reported is the slowest
 //! rank's average (as nccl-tests does). algbw = size / time; busbw = algbw × the
-//! collective's bus factor: 2(n−1)/n for all-reduce, (n−1)/n for all-gather,
-//! reduce-scatter, all-to-all, gather and scatter, 1 for broadcast and reduce. `size` is
-//! the bytes of the larger user buffer. With `--check`, one more call of each placement
+//! collective's bus factor (`Collective::bus_factor`, shared with `plan compare` and the
+//! simulator): 2(n−1)/n for all-reduce, (n−1)/n for all-gather, reduce-scatter,
+//! all-to-all(-v), gather and scatter, 1 for broadcast and reduce. `size` is the bytes of
+//! the larger user buffer. With `--check`, one more call of each placement
 //! runs on fresh data and every element is compared with the reference executor
 //! (`#wrong` counts the elements that differ, summed over ranks).
 
@@ -92,15 +93,6 @@ fn nccl_type(d: DType) -> &'static str {
         DType::I32 => "int32",
         DType::I64 => "int64",
         DType::U8 => "uint8",
-    }
-}
-
-fn bus_factor(c: Collective, n: u32) -> f64 {
-    let n = n as f64;
-    match c {
-        Collective::AllReduce => 2.0 * (n - 1.0) / n,
-        Collective::Broadcast | Collective::Reduce => 1.0,
-        _ => (n - 1.0) / n,
     }
 }
 
@@ -241,11 +233,11 @@ impl Ctx<'_> {
             .all_reduce(&wrong, &mut total_wrong, ReduceOp::Sum)?;
         let bytes = spec.size_bytes();
         let timing = |i: usize| {
-            let algbw = bytes as f64 / slowest[i] / 1e9;
+            let bw = spec.bandwidth(slowest[i]);
             Timing {
                 time_us: slowest[i] * 1e6,
-                algbw_gbps: algbw,
-                busbw_gbps: algbw * bus_factor(spec.collective, p),
+                algbw_gbps: bw.algbw_gbps,
+                busbw_gbps: bw.busbw_gbps,
                 wrong: self.args.check.then_some(total_wrong[i] as u64),
             }
         };

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use topoccl_plan::cost::{uniform_cost, UniformNetwork};
 use topoccl_plan::msccl::{self, MscclOptions};
 use topoccl_plan::{
-    algo, build, text, verify, Algorithm, Collective, CollectiveSpec, CountMatrix, DType,
+    algo, build, text, verify, AlgoKind, Algorithm, Collective, CollectiveSpec, CountMatrix, DType,
     Hierarchy, Placement, PlanParams, ReduceOp,
 };
 
@@ -114,25 +114,32 @@ enum PlanSub {
 fn list() -> String {
     let mut s = String::from("collective      algorithms\n");
     for c in Collective::ALL {
-        s.push_str(&format!(
-            "{:<15} {}\n",
-            c.name(),
-            algo::available(c).join(", ")
-        ));
+        s.push_str(&format!("{:<15} {}\n", c.name(), algo::available_names(c)));
     }
-    s.push_str(
-        "\nparent-tree needs --parents; hier needs --group-size (and takes --intra, --inter).\n",
-    );
+    s.push_str("\nalgorithm       what it does\n");
+    for e in algo::table() {
+        let aliases = if e.aliases.is_empty() {
+            String::new()
+        } else {
+            format!("; also spelled {}", e.aliases.join(", "))
+        };
+        s.push_str(&format!("{:<15} {}{aliases}\n", e.name, e.summary));
+    }
+    s.push_str(&format!(
+        "\n{} needs --parents; {} needs --group-size (and takes --intra, --inter).\n",
+        AlgoKind::ParentTree,
+        AlgoKind::Hierarchical
+    ));
     s
 }
 
 fn algorithm(args: &PlanArgs, collective: Collective, world: u32) -> Result<Algorithm, CliError> {
-    let name = args
-        .algo
-        .clone()
-        .unwrap_or_else(|| algo::available(collective)[0].to_string());
-    Ok(match name.as_str() {
-        "parent-tree" => {
+    let kind = match &args.algo {
+        Some(name) => name.parse::<AlgoKind>()?,
+        None => algo::available(collective)[0],
+    };
+    Ok(match kind {
+        AlgoKind::ParentTree => {
             if args.parents.is_empty() {
                 return Err(CliError::usage(
                     "--algo parent-tree needs --parents, one parent per rank, -1 for the root",
@@ -151,7 +158,7 @@ fn algorithm(args: &PlanArgs, collective: Collective, world: u32) -> Result<Algo
                 .collect::<Result<_, _>>()?;
             Algorithm::ParentTree { parents }
         }
-        "hier" => {
+        AlgoKind::Hierarchical => {
             let size = args.group_size.ok_or_else(|| {
                 CliError::usage("--algo hier needs --group-size (ranks per group)")
             })?;
@@ -162,7 +169,7 @@ fn algorithm(args: &PlanArgs, collective: Collective, world: u32) -> Result<Algo
                 args.inter.parse()?,
             )?))
         }
-        other => other.parse()?,
+        plain => plain.algorithm()?,
     })
 }
 

@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use topoccl_plan::{build, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams};
+use topoccl_plan::algo::parse_hier_label;
+use topoccl_plan::{
+    build, AlgoKind, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams,
+};
 use topoccl_sim::traffic::{self, Skew};
 use topoccl_sim::{innet, pipeline, simulate_with, ChunkParams, Engine, Fault, SimReport};
 use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms};
@@ -281,16 +284,13 @@ fn choose(
         innet::simulate(spec, t, &[]).map_err(|e| CliError::usage(format!("--algo innet: {e}")))?;
         return Ok((algo.to_string(), Chosen::InNetwork));
     }
-    let plain = algo
-        .parse::<Algorithm>()
-        .ok()
-        .filter(|a| !matches!(a, Algorithm::ParentTree { .. } | Algorithm::Hierarchical(_)));
-    if let Some(a) = plain {
+    // A name that is enough on its own (trees and hierarchies come from the topology).
+    if let Ok(a) = algo.parse::<Algorithm>() {
         let plan = build(spec.clone(), a, params)
             .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
         return Ok((algo.to_string(), Chosen::Plan(plan)));
     }
-    if algo.starts_with("hier(") {
+    if parse_hier_label(algo).is_some() {
         let mut router = Router::new(t);
         let found = hierarchy_algorithms(&mut router, spec)
             .map_err(|e| CliError::failed(e.to_string()))?
@@ -303,17 +303,21 @@ fn choose(
         }
     }
     let mut pricer = Pricer::new(t, endpoints);
-    let priced = if algo == "hier" {
+    // `hier` alone: the best of the hierarchies the topology allows.
+    let any_hierarchy = algo == AlgoKind::Hierarchical.name();
+    let priced = if any_hierarchy {
         hierarchies(&mut pricer, spec, params)
     } else {
         candidates(&mut pricer, spec, params)
     };
     let mut all = priced.map_err(|e| CliError::failed(e.to_string()))?;
     all.sort_by(|a, b| a.cost.total_s.total_cmp(&b.cost.total_s));
-    let pick = all.into_iter().find(|c| match algo {
-        "auto" => true,
-        "hier" => c.label.starts_with("hier("),
-        label => c.label == label,
+    let pick = all.into_iter().find(|c| {
+        if any_hierarchy {
+            parse_hier_label(&c.label).is_some()
+        } else {
+            algo == "auto" || c.label == algo
+        }
     });
     if algo == "auto" && innet::supports(spec.collective) {
         // The tree's time on the healthy network against the best plan's price there.

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use half::{bf16, f16};
-use topoccl::select::{flat_algorithms, Rule};
+use topoccl::select::Rule;
 use topoccl::{Communicator, Config, LaunchInfo};
 use topoccl_plan::{
     build, Collective, CollectiveSpec, DType, Placement, Plan, PlanParams, ReduceOp,
@@ -324,7 +324,7 @@ fn measure_size(
 ) -> Result<Vec<Trial>, CliError> {
     let mut trials = Vec::new();
     let mut times = Vec::new();
-    for algo in flat_algorithms(spec) {
+    for algo in topoccl_plan::algo::flat(spec) {
         for (piece, channels, params) in grid(spec, streams) {
             let Ok(plan) = build(spec.clone(), algo.clone(), params) else {
                 continue;

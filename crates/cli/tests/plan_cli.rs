@@ -36,6 +36,12 @@ fn list_shows_every_collective() {
         );
     }
     assert!(out.contains("ring, rd, rhd, tree"), "{out}");
+    // Each algorithm described once, with the other spellings it accepts.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("rhd ") && l.contains("also spelled rabenseifner")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -24,9 +24,9 @@ pub mod text;
 pub mod units;
 pub mod verify;
 
-pub use algo::{available, build, Algorithm, Hierarchy, Tree};
+pub use algo::{available, build, AlgoKind, Algorithm, Hierarchy, Tree};
 pub use error::PlanError;
 pub use ir::{Buf, Op, OpKind, Rank, Slice};
 pub use schedule::{Plan, PlanDoc, PlanParams, Schedule, TransferInfo};
-pub use spec::{Collective, CollectiveSpec, CountMatrix, DType, Placement, ReduceOp};
+pub use spec::{Bandwidth, Collective, CollectiveSpec, CountMatrix, DType, Placement, ReduceOp};
 pub use verify::{verify, Report, VerifyError};

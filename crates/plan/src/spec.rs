@@ -85,6 +85,50 @@ impl Collective {
 }
 
 impl Collective {
+    /// The factor from algbw to busbw (bus bandwidth) on `world` ranks, as nccl-tests
+    /// defines it.
+    ///
+    /// A call's size S is [`CollectiveSpec::size_bytes`]: the bytes of a rank's larger user
+    /// buffer (for all-gather, reduce-scatter, gather, scatter and all-to-all, n blocks of one
+    /// rank's share; a gather's whole output at its root). algbw = S / t; busbw = algbw ×
+    /// this factor, the share of S that must cross the busiest rank's link, so that busbw
+    /// reads against a link's bandwidth whatever the collective:
+    ///
+    /// | collective | factor | why |
+    /// |---|---|---|
+    /// | all-reduce | 2(n−1)/n | a reduce-scatter and an all-gather: each rank sends (n−1)/n·S twice |
+    /// | all-gather, reduce-scatter, all-to-all | (n−1)/n | each rank receives (or sends) the n−1 blocks that are not its own |
+    /// | gather, scatter | (n−1)/n | the root receives (gather) or sends (scatter) the n−1 blocks of the other ranks; its own stays local (nccl-tests' `gather_perf`, `scatter_perf`) |
+    /// | all-to-all-v | (n−1)/n | the even all-to-all's factor with S the largest send total (nccl-tests' `alltoallv_perf`); exact for even matrices, a convention for skewed ones |
+    /// | broadcast, reduce | 1 | the root's whole S leaves (arrives) over its link |
+    /// | barrier | 1 | moot: S = 0 |
+    ///
+    /// One rank (n = 1) moves nothing over a link: busbw 0 except for broadcast and reduce.
+    pub fn bus_factor(self, world: u32) -> f64 {
+        let n = world.max(1) as f64;
+        match self {
+            Collective::AllReduce => 2.0 * (n - 1.0) / n,
+            Collective::AllGather
+            | Collective::ReduceScatter
+            | Collective::AllToAll
+            | Collective::AllToAllV
+            | Collective::Gather
+            | Collective::Scatter => (n - 1.0) / n,
+            Collective::Broadcast | Collective::Reduce | Collective::Barrier => 1.0,
+        }
+    }
+}
+
+/// A call's bandwidths in GB/s (10⁹ bytes per second), nccl-tests' columns.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bandwidth {
+    /// Size over time.
+    pub algbw_gbps: f64,
+    /// algbw × the bus factor ([`Collective::bus_factor`]).
+    pub busbw_gbps: f64,
+}
+
+impl Collective {
     /// Whether a call's count is per block of the larger buffer (one block per rank), as
     /// in NCCL's all-gather, reduce-scatter, gather, scatter and all-to-all.
     fn block_sized(self) -> bool {
@@ -407,6 +451,22 @@ impl CollectiveSpec {
         blocks * self.count * self.dtype.size() as u64
     }
 
+    /// algbw and busbw of this call when it takes `seconds` (both 0 when `seconds` is not
+    /// positive).
+    pub fn bandwidth(&self, seconds: f64) -> Bandwidth {
+        if seconds <= 0.0 || seconds.is_nan() {
+            return Bandwidth {
+                algbw_gbps: 0.0,
+                busbw_gbps: 0.0,
+            };
+        }
+        let algbw_gbps = self.size_bytes() as f64 / seconds / 1e9;
+        Bandwidth {
+            algbw_gbps,
+            busbw_gbps: algbw_gbps * self.collective.bus_factor(self.world),
+        }
+    }
+
     /// The spec whose [`CollectiveSpec::size_bytes`] is `bytes` (rounded down to whole
     /// elements and blocks): how nccl-tests and the CLI's `--size` name a call.
     pub fn of_size(collective: Collective, world: u32, bytes: u64, dtype: DType) -> Self {
@@ -647,6 +707,30 @@ pub enum Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bus_factors_follow_nccl_tests() {
+        use Collective::*;
+        let want = |c: Collective| match c {
+            AllReduce => 2.0 * 7.0 / 8.0,
+            AllGather | ReduceScatter | AllToAll | AllToAllV | Gather | Scatter => 7.0 / 8.0,
+            Broadcast | Reduce | Barrier => 1.0,
+        };
+        for c in Collective::ALL {
+            assert_eq!(c.bus_factor(8), want(c), "{c}");
+        }
+        assert_eq!(AllReduce.bus_factor(1), 0.0);
+        assert_eq!(Gather.bus_factor(2), 0.5);
+        // 8 ranks × 1 MiB blocks gathered in 1 ms: algbw 8.39 GB/s, busbw 7/8 of it.
+        let spec = CollectiveSpec::new(Gather, 8, 1 << 18);
+        let bw = spec.bandwidth(1e-3);
+        assert!((bw.algbw_gbps - 8.388608).abs() < 1e-9, "{bw:?}");
+        assert!(
+            (bw.busbw_gbps - 8.388608 * 7.0 / 8.0).abs() < 1e-9,
+            "{bw:?}"
+        );
+        assert_eq!(spec.bandwidth(0.0).busbw_gbps, 0.0);
+    }
 
     #[test]
     fn names_round_trip() {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use topoccl_plan::{build, verify, Collective, PlanParams};
+use topoccl_plan::{build, verify, Algorithm, Collective, PlanParams};
 
 /// (count, chunks) combinations for a world of `p`: empty, single element, uneven blocks
 /// with and without pipelining, even blocks.
@@ -96,7 +96,7 @@ fn large(collective: Collective, worlds: &[u32]) {
             3
         };
         for algorithm in common::algorithms(collective, p, p / 3) {
-            if p >= 1000 && algorithm.name() == "direct" {
+            if p >= 1000 && algorithm == Algorithm::Direct {
                 continue;
             }
             let spec = common::spec(collective, p, count, p / 3);

@@ -23,8 +23,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use topoccl_plan::cost::{uniform_cost, UniformNetwork};
-use topoccl_plan::{algo, build, Algorithm, Collective, CollectiveSpec, Plan, PlanParams};
-use topoccl_topo::{plans, Endpoints, Pricer, Topology};
+use topoccl_plan::{
+    algo, build, AlgoKind, Algorithm, Collective, CollectiveSpec, Plan, PlanParams,
+};
+use topoccl_topo::plans::{self, is_topology_label};
+use topoccl_topo::{Endpoints, Pricer, Topology};
 
 use crate::error::{Error, Result};
 
@@ -65,30 +68,6 @@ struct ParsedRule {
     target: Target,
     /// `FILE: rule N`, for errors at use.
     name: String,
-}
-
-/// Whether `s` is spelled like a topology-aware candidate's label.
-pub fn is_topology_label(s: &str) -> bool {
-    if matches!(s, "topo-ring" | "mst-tree") {
-        return true;
-    }
-    let Some(inner) = s.strip_prefix("hier(").and_then(|r| r.strip_suffix(')')) else {
-        return false;
-    };
-    inner
-        .split_once('|')
-        .is_some_and(|(a, b)| a.parse::<Algorithm>().is_ok() && b.parse::<Algorithm>().is_ok())
-}
-
-/// The flat algorithms worth trying for `spec` without a topology: trees and hierarchies
-/// need arguments; direct sends p−1 messages at once per rank, fine for small worlds only.
-pub fn flat_algorithms(spec: &CollectiveSpec) -> Vec<Algorithm> {
-    algo::available(spec.collective)
-        .into_iter()
-        .filter(|n| !matches!(*n, "parent-tree" | "hier"))
-        .filter(|n| *n != "direct" || spec.world <= 16)
-        .map(|n| n.parse().expect("simple algorithm names parse"))
-        .collect()
 }
 
 /// Picks plans for calls.
@@ -151,7 +130,7 @@ impl Selector {
                         return Err(Error::Config(format!(
                             "TOPOCCL_ALGO: '{}' is not available for {c}; available: {}",
                             a.name(),
-                            algo::available(c).join(", ")
+                            algo::available_names(c)
                         )));
                     }
                     self.per_collective.insert(c, a);
@@ -181,8 +160,10 @@ impl Selector {
                 Err(_) if is_topology_label(&rule.algo) => Target::OnTopology(rule.algo.clone()),
                 Err(e) => {
                     return Err(bad(format!(
-                        "{e} (nor a topology-aware label such as topo-ring, mst-tree or \
-                         hier(ring|rd))"
+                        "{e} (nor a topology-aware label such as {}, {} or {})",
+                        algo::TOPO_RING,
+                        plans::MST_TREE,
+                        algo::hier_label(AlgoKind::Ring, AlgoKind::RecursiveDoubling)
                     )))
                 }
             };
@@ -334,7 +315,7 @@ impl Selector {
         }
         let candidates: Vec<Algorithm> = match forced {
             Some(a) => vec![a],
-            None => flat_algorithms(spec),
+            None => algo::flat(spec),
         };
         let mut best: Option<(f64, Plan)> = None;
         let mut last_err = None;

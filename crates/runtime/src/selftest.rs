@@ -13,8 +13,8 @@ use half::{bf16, f16};
 use topoccl_plan::exec::execute;
 use topoccl_plan::exec::kernels::Element;
 use topoccl_plan::{
-    algo, build, Algorithm, Collective, CollectiveSpec, CountMatrix, DType, Hierarchy, Placement,
-    Plan, PlanParams, ReduceOp,
+    algo, build, AlgoKind, Algorithm, Collective, CollectiveSpec, CountMatrix, DType, Hierarchy,
+    Placement, Plan, PlanParams, ReduceOp,
 };
 
 use crate::comm::Communicator;
@@ -47,9 +47,9 @@ impl Case {
 /// Every algorithm that serves `c` on `world` ranks, trees and hierarchies included.
 pub fn algorithms(c: Collective, world: u32, root: u32) -> Vec<Algorithm> {
     let mut out = Vec::new();
-    for name in algo::available(c) {
-        match name {
-            "parent-tree" => {
+    for kind in algo::available(c) {
+        match kind {
+            AlgoKind::ParentTree => {
                 // A binary heap rooted at `root`.
                 let parents = (0..world)
                     .map(|r| {
@@ -59,7 +59,7 @@ pub fn algorithms(c: Collective, world: u32, root: u32) -> Vec<Algorithm> {
                     .collect();
                 out.push(Algorithm::ParentTree { parents });
             }
-            "hier" => {
+            AlgoKind::Hierarchical => {
                 if let Some(g) = (2..world).find(|g| world % g == 0) {
                     if let Ok(h) =
                         Hierarchy::contiguous(world, g, Algorithm::Ring, Algorithm::Rabenseifner)
@@ -68,7 +68,11 @@ pub fn algorithms(c: Collective, world: u32, root: u32) -> Vec<Algorithm> {
                     }
                 }
             }
-            n => out.push(n.parse().expect("simple algorithm names parse")),
+            plain => out.push(
+                plain
+                    .algorithm()
+                    .expect("the table says it needs no arguments"),
+            ),
         }
     }
     out

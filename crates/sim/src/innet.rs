@@ -19,7 +19,6 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 use topoccl_plan::{Collective, CollectiveSpec};
-use topoccl_topo::compare::bus_factor;
 use topoccl_topo::{cut_bound, LinkId, NodeId, NodeKind, Topology};
 
 use crate::{fault, Fault, LinkLoad, RoundRun, SimError, SimReport, HOTTEST};
@@ -312,11 +311,7 @@ pub fn simulate(
         reduction_s: 0.0,
         start_delay_s: start_delay,
         pipelined_s: None,
-        busbw_gbps: if total > 0.0 {
-            n / total * bus_factor(spec.collective, spec.world) / 1e9
-        } else {
-            0.0
-        },
+        busbw_gbps: spec.bandwidth(total).busbw_gbps,
         lower_bound_s: bound,
         gap: if bound > 0.0 { total / bound } else { 1.0 },
         rounds: vec![RoundRun {

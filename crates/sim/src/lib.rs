@@ -233,7 +233,6 @@ pub fn simulate_with(
         Some(_) => traffic::lower_bound(&faulty, spec),
         None => lower_bound(&faulty, spec.collective, bytes as f64),
     };
-    let factor = topoccl_topo::compare::bus_factor(spec.collective, plan.world());
     Ok(SimReport {
         topology: t.name().to_string(),
         ranks: plan.world(),
@@ -247,11 +246,7 @@ pub fn simulate_with(
         reduction_s: reduction,
         start_delay_s: start_delay,
         pipelined_s: None,
-        busbw_gbps: if total > 0.0 {
-            bytes as f64 / total * factor / 1e9
-        } else {
-            0.0
-        },
+        busbw_gbps: spec.bandwidth(total).busbw_gbps,
         lower_bound_s: bound,
         gap: if bound > 0.0 { total / bound } else { 1.0 },
         rounds: runs,

@@ -44,16 +44,6 @@ pub struct Comparison {
     pub rows: Vec<CompareRow>,
 }
 
-/// The nccl-tests bus bandwidth factor of a collective on p ranks.
-pub fn bus_factor(c: Collective, p: u32) -> f64 {
-    let p = p as f64;
-    match c {
-        Collective::AllReduce => 2.0 * (p - 1.0) / p,
-        Collective::AllGather | Collective::ReduceScatter | Collective::AllToAll => (p - 1.0) / p,
-        _ => 1.0,
-    }
-}
-
 /// Prices every candidate for `collective` of `bytes` (the whole buffer, nccl-tests
 /// convention) on `t`, fastest first.
 pub fn compare(
@@ -68,7 +58,6 @@ pub fn compare(
     let spec = CollectiveSpec::of_size(collective, p, bytes, dtype);
     let mut pricer = Pricer::new(t, endpoints);
     let bound = lower_bound(t, collective, bytes as f64);
-    let factor = bus_factor(collective, p);
     let mut rows: Vec<CompareRow> = candidates(&mut pricer, &spec, PlanParams::default())?
         .into_iter()
         .map(|c| {
@@ -80,7 +69,7 @@ pub fn compare(
                 latency_s: c.cost.latency_s,
                 bandwidth_s: c.cost.bandwidth_s,
                 reduction_s: c.cost.reduction_s,
-                busbw_gbps: bytes as f64 / c.cost.total_s * factor / 1e9,
+                busbw_gbps: spec.bandwidth(c.cost.total_s).busbw_gbps,
                 gap: if bound > 0.0 {
                     c.cost.total_s / bound
                 } else {
@@ -109,4 +98,39 @@ pub fn random_placement(t: &Topology, seed: u64) -> Result<Topology, TopoError> 
     let mut nodes = t.rank_nodes().to_vec();
     SplitMix::new(seed).shuffle(&mut nodes);
     t.with_placement(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeKind, Tier, TopologyBuilder};
+
+    fn switch(p: u32) -> Topology {
+        let mut b = TopologyBuilder::new("switch");
+        let sw = b.switch("sw", Tier::Leaf).unwrap();
+        for i in 0..p {
+            let h = b.node(format!("h{i}"), NodeKind::Host).unwrap();
+            b.connect(h, sw, 12.5e9, 1e-6).unwrap();
+            b.place(i, h).unwrap();
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn busbw_uses_the_collectives_bus_factor() {
+        // nccl-tests' factors (plan::spec): gather (n−1)/n, all-reduce 2(n−1)/n.
+        let t = switch(4);
+        for (c, factor) in [
+            (Collective::Gather, 3.0 / 4.0),
+            (Collective::AllReduce, 2.0 * 3.0 / 4.0),
+        ] {
+            let bytes = 1u64 << 20;
+            let cmp = compare(&t, c, bytes, DType::F32, "", Endpoints::default()).unwrap();
+            assert!(!cmp.rows.is_empty());
+            for r in &cmp.rows {
+                let want = bytes as f64 / r.time_s / 1e9 * factor;
+                assert!((r.busbw_gbps - want).abs() < 1e-9 * want, "{c}: {r:?}");
+            }
+        }
+    }
 }

@@ -339,14 +339,14 @@ mod tests {
         for p in [2u32, 5, 8, 16] {
             let t = switch(p, alpha, bw);
             let mut pricer = Pricer::new(&t, ep);
-            for alg in ["ring", "rhd", "tree", "rd"] {
+            for alg in [
+                Algorithm::Ring,
+                Algorithm::Rabenseifner,
+                Algorithm::DoubleBinaryTree,
+                Algorithm::RecursiveDoubling,
+            ] {
                 let spec = CollectiveSpec::new(Collective::AllReduce, p, 1 << 20);
-                let plan = build(
-                    spec,
-                    alg.parse::<Algorithm>().unwrap(),
-                    PlanParams::default(),
-                )
-                .unwrap();
+                let plan = build(spec, alg.clone(), PlanParams::default()).unwrap();
                 let topo = pricer.cost(&plan).unwrap();
                 let uni = uniform_cost(&plan, &UniformNetwork::new(alpha, bw, gamma));
                 // One peer per rank per round in these algorithms, so α counts alike.

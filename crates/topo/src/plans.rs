@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use topoccl_plan::{
-    build, Algorithm, Collective, CollectiveSpec, Hierarchy, Plan, PlanParams, Rank,
+    algo, build, Algorithm, Collective, CollectiveSpec, Hierarchy, Plan, PlanParams, Rank,
 };
 
 use crate::cost::{Pricer, TopoCost};
@@ -250,6 +250,15 @@ pub fn ordered_ring(order: Vec<Rank>) -> Algorithm {
     }))
 }
 
+/// The label of the minimum spanning tree candidate (a `parent-tree`).
+pub const MST_TREE: &str = "mst-tree";
+
+/// Whether `s` is spelled like a topology-aware candidate's label: [`algo::TOPO_RING`],
+/// [`MST_TREE`] or a hierarchy's `hier(intra|top)` ([`algo::parse_hier_label`]).
+pub fn is_topology_label(s: &str) -> bool {
+    s == algo::TOPO_RING || s == MST_TREE || algo::parse_hier_label(s).is_some()
+}
+
 /// A candidate plan with where it came from.
 #[derive(Clone, Debug)]
 pub struct Candidate {
@@ -277,20 +286,14 @@ pub fn candidates(
         out.extend(priced(pricer, spec, params, label, aware, alg)?);
         Ok(())
     };
-    for name in topoccl_plan::available(spec.collective) {
-        // Trees and hierarchies need arguments (built below); direct posts p−1 messages
-        // at once per rank, sensible for small worlds only.
-        if matches!(name, "parent-tree" | "hier") || (name == "direct" && spec.world > 16) {
-            continue;
-        }
-        if let Ok(alg) = name.parse::<Algorithm>() {
-            add(pricer, name.to_string(), false, alg)?;
-        }
+    // Trees and hierarchies need arguments: built below.
+    for alg in algo::flat(spec) {
+        add(pricer, alg.name().to_string(), false, alg)?;
     }
     let c = spec.collective;
     if matches!(c, Collective::AllReduce) {
         let order = ring_order(pricer.router())?;
-        add(pricer, "topo-ring".into(), true, ordered_ring(order))?;
+        add(pricer, algo::TOPO_RING.into(), true, ordered_ring(order))?;
     }
     if matches!(
         c,
@@ -299,7 +302,7 @@ pub fn candidates(
         let parents = mst_parents(pricer.router(), spec.root)?;
         add(
             pricer,
-            "mst-tree".into(),
+            MST_TREE.into(),
             true,
             Algorithm::ParentTree { parents },
         )?;
@@ -334,8 +337,12 @@ pub fn hierarchy_algorithms(
     }
     let levels = levels(&Locality::of(router)?);
     for intra in [Algorithm::Ring, Algorithm::Direct] {
-        for top in ["ring", "rhd", "tree", "rd"] {
-            let top: Algorithm = top.parse().expect("known algorithm");
+        for top in [
+            Algorithm::Ring,
+            Algorithm::Rabenseifner,
+            Algorithm::DoubleBinaryTree,
+            Algorithm::RecursiveDoubling,
+        ] {
             if let Some(alg) = hierarchy(&levels, &intra, &top) {
                 out.push((alg.label(), alg));
             }

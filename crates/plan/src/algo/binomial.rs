@@ -31,11 +31,7 @@ pub fn binomial(
     use Collective::*;
     match spec.collective {
         Broadcast | Reduce | Gather | Scatter => Ok(Arc::new(Binomial::new(spec, params))),
-        c => Err(PlanError::UnsupportedAlgorithm {
-            collective: c,
-            algorithm: "binomial".into(),
-            available: super::available(c).into_iter().map(String::from).collect(),
-        }),
+        c => Err(super::unsupported(super::AlgoKind::Binomial, c)),
     }
 }
 

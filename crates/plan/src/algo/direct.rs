@@ -34,11 +34,7 @@ pub fn direct(
             spec: Arc::clone(spec),
             chunks: params.chunks,
         })),
-        c => Err(PlanError::UnsupportedAlgorithm {
-            collective: c,
-            algorithm: "direct".into(),
-            available: super::available(c).into_iter().map(String::from).collect(),
-        }),
+        c => Err(super::unsupported(super::AlgoKind::Direct, c)),
     }
 }
 

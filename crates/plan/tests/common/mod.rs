@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use topoccl_plan::{algo, Algorithm, Collective, CollectiveSpec, CountMatrix, Hierarchy, Rank};
+use topoccl_plan::{
+    algo, AlgoKind, Algorithm, Collective, CollectiveSpec, CountMatrix, Hierarchy, Rank,
+};
 
 /// Parent arrays of several shapes, rooted at `root`: a star, a binary heap, a chain and a
 /// scrambled tree.
@@ -54,15 +56,15 @@ pub fn hierarchies(p: u32) -> Vec<Algorithm> {
 /// Every algorithm that serves `collective` on `p` ranks.
 pub fn algorithms(collective: Collective, p: u32, root: Rank) -> Vec<Algorithm> {
     let mut out = Vec::new();
-    for name in algo::available(collective) {
-        match name {
-            "parent-tree" => out.extend(
+    for kind in algo::available(collective) {
+        match kind {
+            AlgoKind::ParentTree => out.extend(
                 trees(p, root)
                     .into_iter()
                     .map(|parents| Algorithm::ParentTree { parents }),
             ),
-            "hier" => out.extend(hierarchies(p)),
-            n => out.push(n.parse().expect("simple algorithm")),
+            AlgoKind::Hierarchical => out.extend(hierarchies(p)),
+            k => out.push(k.algorithm().expect("simple algorithm")),
         }
     }
     out
