@@ -15,6 +15,7 @@ pub mod failures;
 pub mod fault;
 pub mod flow;
 pub mod innet;
+pub mod machines;
 pub mod pipeline;
 mod round;
 pub mod traffic;

@@ -14,6 +14,9 @@
 //! not re-share bandwidth. Rounds of one class are simulated once, and from a state where
 //! every rank is in step, a round that keeps them in step is a single addition — so a
 //! 131,072-rank ring costs what its few round classes cost.
+//!
+//! [`crate::machines`] times the same plans by the runtime's state machines, one per rank
+//! on virtual time; on small worlds the two agree (see its notes and the tests).
 
 use rustc_hash::FxHashMap as HashMap;
 use topoccl_plan::Plan;
