@@ -90,7 +90,10 @@ pub fn pipelined(
                     in_step(&zero)
                 });
                 match step {
-                    Some(d) => Clock::InStep(at + d),
+                    Some(d) => {
+                        debug_assert!(d >= 0.0, "an in-step round of {d} s");
+                        Clock::InStep(at + d)
+                    }
                     None => {
                         let mut ready = vec![at; p];
                         advance(&mut ready, &c.timing, &mut scratch);
@@ -125,6 +128,10 @@ fn advance(ready: &mut [f64], timing: &RankTiming, scratch: &mut Scratch) {
     busy.clear();
     busy.resize(ready.len(), false);
     for &(src, dst, done, latency) in &timing.sends {
+        debug_assert!(
+            done >= 0.0 && latency >= 0.0,
+            "transfer time {done}, latency {latency}"
+        );
         let left = ready[src as usize] + done;
         let (s, d) = (src as usize, dst as usize);
         next[s] = next[s].max(left);
@@ -133,10 +140,16 @@ fn advance(ready: &mut [f64], timing: &RankTiming, scratch: &mut Scratch) {
         busy[d] = true;
     }
     for (r, own) in timing.own.iter().enumerate() {
+        debug_assert!(*own >= 0.0, "rank {r}'s own time {own}");
         if busy[r] || *own > 0.0 {
             next[r] += own;
         }
     }
+    // Clocks only move forward.
+    debug_assert!(
+        ready.iter().zip(next.iter()).all(|(a, b)| b >= a),
+        "a rank's clock went back"
+    );
     ready.copy_from_slice(next);
 }
 
