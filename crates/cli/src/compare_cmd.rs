@@ -148,5 +148,8 @@ fn table(c: &Comparison) -> String {
             r.hottest_link.as_deref().unwrap_or("-")
         ));
     }
+    for note in &c.notes {
+        s.push_str(&format!("# note: {note}\n"));
+    }
     s
 }

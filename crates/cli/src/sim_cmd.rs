@@ -13,7 +13,7 @@ use topoccl_plan::{
 };
 use topoccl_sim::traffic::{self, Skew};
 use topoccl_sim::{innet, pipeline, simulate_with, ChunkParams, Engine, Fault, SimReport};
-use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms};
+use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms, hierarchy_notes};
 use topoccl_topo::{Endpoints, Pricer, Router, Topology};
 
 use crate::compare_cmd::ModelArgs;
@@ -152,6 +152,14 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         parse_bytes(&args.memory_cap).map_err(|e| CliError::usage(format!("--memory-cap: {e}")))?;
     let params = PlanParams::default().with_chunks(args.pipeline_chunks);
     let (label, chosen) = choose(&t, &spec, &args.algo, endpoints, params)?;
+    if label.starts_with("hier(") {
+        // A hierarchy over fewer levels than the topology has says which it left out.
+        for note in hierarchy_notes(&mut Router::new(&t), &spec)
+            .map_err(|e| CliError::failed(e.to_string()))?
+        {
+            println!("# note: {note}");
+        }
+    }
     if matches!(chosen, Chosen::InNetwork) && args.chunk_level {
         return Err(CliError::usage(
             "--chunk-level: in-network reduction is a traffic pattern of the flow level, not a \
@@ -328,9 +336,17 @@ fn choose(
         }
     }
     let Some(c) = pick else {
+        let mut why = String::new();
+        if algo.starts_with("hier") {
+            let notes = hierarchy_notes(&mut Router::new(t), spec)
+                .map_err(|e| CliError::failed(e.to_string()))?;
+            for note in notes {
+                why.push_str(&format!(" ({note})"));
+            }
+        }
         return Err(CliError::usage(format!(
-            "--algo {algo}: no such plan for {} on this topology; use auto, hier, innet, an \
-             algorithm name or a label from `topoccl plan compare`",
+            "--algo {algo}: no such plan for {} on this topology{why}; use auto, hier, innet, \
+             an algorithm name or a label from `topoccl plan compare`",
             spec.collective
         )));
     };

@@ -304,7 +304,13 @@ fn measured(args: &TuneArgs, s: &Setup) -> Result<(), CliError> {
             picks.extend(pick(spec.size_bytes(), trials));
         }
         if comm.rank() == 0 {
-            print_summary(c, world, "measured (slowest rank's mean)", &picks);
+            print_summary(
+                c,
+                world,
+                "measured (slowest rank's mean; flat algorithms only, `tune --topo FILE` \
+                 prices topology-aware plans)",
+                &picks,
+            );
         }
         table.extend(rules(c, world, &picks));
     }

@@ -217,3 +217,49 @@ fn measure_saves_a_matrix_that_serves_as_a_topology() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("# 0 wrong elements in total"));
 }
+
+#[test]
+fn levels_of_unequal_size_are_named_where_hierarchies_are_offered() {
+    // Five hosts of two GPUs under radix-8 leaves: racks of 2, 2 and 1 hosts.
+    let topo = scratch("uneven-racks.toml");
+    let gen = topoccl(
+        &[
+            "topo",
+            "gen",
+            "fat-tree",
+            "--hosts",
+            "5",
+            "--gpus-per-host",
+            "2",
+            "--radix",
+            "8",
+            "-o",
+            topo.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let note = "# note: the leaf level is left out of hierarchical plans: its 3 groups hold \
+                2 × 4 and 1 × 2 ranks";
+    let compare = topoccl(&["plan", "compare", "--topo", topo.to_str().unwrap()], &[]);
+    let stdout = String::from_utf8_lossy(&compare.stdout);
+    assert!(
+        compare.status.success() && stdout.contains(note),
+        "{stdout}"
+    );
+    // The hierarchy over hosts is still there, and the simulator says what it left out.
+    assert!(rows(&compare.stdout)
+        .iter()
+        .any(|r| r.0.starts_with("hier(")));
+    let sim = topoccl(
+        &["sim", "--topo", topo.to_str().unwrap(), "--algo", "hier"],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&sim.stdout);
+    assert!(sim.status.success() && stdout.contains(note), "{stdout}");
+    std::fs::remove_file(&topo).ok();
+}

@@ -1,7 +1,7 @@
 //! Plan execution as a state machine, for one rank: the part of executing a plan that does
-//! not touch data or the network. An I/O shell (the TCP runtime, later the simulator) asks
-//! it for ops that may start, performs them, and reports completions; the machine keeps
-//! program order, dependencies and flow control.
+//! not touch data or the network. A shell (the TCP runtime; the simulator's cross-check on
+//! virtual time, `topoccl_sim::machines`) asks it for ops that may start, performs them,
+//! and reports completions; the machine keeps program order, dependencies and flow control.
 //!
 //! Ops are admitted round by round, at most `lookahead` rounds beyond the oldest round with
 //! unfinished ops, so memory is bounded by a few rounds of the program. Because the verifier

@@ -381,7 +381,14 @@ impl<'t> ChunkSim<'t> {
             })
             .collect();
         let mut makespan: f64 = 0.0;
+        #[cfg(debug_assertions)]
+        let (mut now, mut arrived) = (0.0f64, 0u64);
         while let Some(head) = heap.pop() {
+            #[cfg(debug_assertions)]
+            {
+                debug_assert!(head.at >= now, "time went back from {now} to {}", head.at);
+                now = head.at;
+            }
             let w = &walks[head.transfer as usize];
             let (mut chunk, node) = match head.stream {
                 Stream::Source => (
@@ -403,6 +410,11 @@ impl<'t> ChunkSim<'t> {
                 }
             };
             let Some(link) = next_link(t, w, crossings, hops, dealt, &mut chunk, node)? else {
+                debug_assert_eq!(chunk.taken as usize, w.routed.local.len(), "arrived early");
+                #[cfg(debug_assertions)]
+                {
+                    arrived += 1;
+                }
                 makespan = makespan.max(chunk.at);
                 continue;
             };
@@ -425,10 +437,30 @@ impl<'t> ChunkSim<'t> {
             }
             chunk.at = start + hold + l.latency;
             let queue = &mut self.queue[link as usize];
+            // A link is a FIFO: chunks reach its far end in the order they took it.
+            debug_assert!(
+                queue.back().is_none_or(|b| b.at <= chunk.at),
+                "link {link} reorders chunks"
+            );
             if queue.is_empty() {
                 heap.push(Head::of(&chunk, Stream::Link(link)));
             }
             queue.push_back(chunk);
+        }
+        // Every chunk arrived, and the links carried each transfer's bytes once per hop.
+        #[cfg(debug_assertions)]
+        {
+            let moving = walks.iter().filter(|w| w.routed.hops > 0);
+            let chunks: u64 = moving.clone().map(|w| w.chunks).sum();
+            debug_assert_eq!(arrived, chunks, "chunks lost in the round");
+            let want: f64 = moving
+                .map(|w| w.routed.bytes as f64 * w.routed.hops as f64)
+                .sum();
+            let carried: f64 = self.carried.iter().sum();
+            debug_assert!(
+                (carried - want).abs() <= 1e-9 * want.max(1.0),
+                "links carried {carried} B for {want} B of transfers × hops"
+            );
         }
         Ok(makespan)
     }

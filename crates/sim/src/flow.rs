@@ -148,6 +148,10 @@ impl<'t> FlowSim<'t> {
         let slot = &self.slot;
         let mut bytes = vec![0.0; r.links.len()];
         routed.loads(&mut |l, b| bytes[slot[l as usize] as usize] += b);
+        debug_assert!(
+            transfer_s >= 0.0 && transfer_s.is_finite(),
+            "round time {transfer_s}"
+        );
         let mut bytes: Vec<(LinkId, f64)> = r.links.iter().copied().zip(bytes).collect();
         bytes.sort_by_key(|b| b.0);
         for &l in &r.links {
@@ -320,15 +324,27 @@ fn share(t: &Topology, r: &mut Round) -> f64 {
         } else {
             next
         };
+        debug_assert!(step >= 0.0, "the round's clock went back by {step}");
         elapsed += step;
         for f in r.flows.iter_mut().filter(|f| f.active) {
             f.left -= f.rate * step;
+            // Bytes are conserved: no flow sends more than it had (to rounding).
+            debug_assert!(
+                f.left >= -1e-9 * (1.0 + f.rate * step),
+                "a flow sent {} bytes more than it had",
+                -f.left
+            );
             if f.left <= EPS * (1.0 + f.rate * step) {
                 f.active = false;
                 f.done = elapsed;
             }
         }
     }
+    // Every flow crosses a link of positive bandwidth, so every one finishes.
+    debug_assert!(
+        r.flows.iter().all(|f| !f.active && f.done <= elapsed),
+        "a flow of the round never finished"
+    );
     elapsed
 }
 
@@ -386,6 +402,8 @@ fn allocate(t: &Topology, r: &mut Round) {
             room[k] *= t.link(r.links[k]).duplex;
         }
     }
+    #[cfg(debug_assertions)]
+    let capacity = room.clone();
     let mut level = 0.0;
     let mut left = frozen.iter().filter(|&&f| !f).count();
     for f in r.flows.iter_mut() {
@@ -452,5 +470,39 @@ fn allocate(t: &Topology, r: &mut Round) {
         if !frozen[i] {
             f.rate = level;
         }
+    }
+    #[cfg(debug_assertions)]
+    within_capacity(r, &capacity);
+}
+
+/// The allocation's invariant: rates are non-negative and no link carries more than its
+/// capacity (its duplex share where the cable is busy both ways), to rounding.
+#[cfg(debug_assertions)]
+fn within_capacity(r: &Round, capacity: &[f64]) {
+    debug_assert!(r.flows.iter().all(|f| f.rate >= 0.0), "a negative rate");
+    let crossing_rate: Vec<f64> = (0..r.crossings.len())
+        .map(|c| {
+            r.members[r.member_at[c] as usize..r.member_at[c + 1] as usize]
+                .iter()
+                .map(|&i| r.flows[i as usize].rate)
+                .sum()
+        })
+        .collect();
+    for (k, &cap) in capacity.iter().enumerate() {
+        let whole: f64 = r.flow_users[r.flow_at[k] as usize..r.flow_at[k + 1] as usize]
+            .iter()
+            .map(|&i| r.flows[i as usize].rate)
+            .sum();
+        let shared: f64 = r.crossing_users
+            [r.crossing_at[k] as usize..r.crossing_at[k + 1] as usize]
+            .iter()
+            .map(|&(c, w)| w * crossing_rate[c as usize])
+            .sum();
+        let load = whole + shared;
+        debug_assert!(
+            load <= cap * (1.0 + 1e-9) + EPS,
+            "link {} carries {load} B/s, above its {cap} B/s",
+            r.links[k]
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod failures;
 pub mod fault;
 pub mod flow;
 pub mod innet;
+pub mod machines;
 pub mod pipeline;
 mod round;
 pub mod traffic;
@@ -190,9 +191,17 @@ pub fn simulate_with(
         }
     }
     let total = start_delay + transfer + latency + reduction;
+    debug_assert!(
+        [start_delay, transfer, latency, reduction]
+            .iter()
+            .all(|x| *x >= 0.0 && x.is_finite()),
+        "a negative or infinite term: delay {start_delay}, transfer {transfer}, latency \
+         {latency}, reduction {reduction}"
+    );
     let mut per_link = vec![0.0; faulty.links().len()];
     for (r, count) in by_class.values() {
         for &(l, b) in &r.bytes {
+            debug_assert!(b >= 0.0, "link {l} carried {b} B");
             per_link[l as usize] += b * *count as f64;
         }
     }

@@ -14,6 +14,9 @@
 //! not re-share bandwidth. Rounds of one class are simulated once, and from a state where
 //! every rank is in step, a round that keeps them in step is a single addition — so a
 //! 131,072-rank ring costs what its few round classes cost.
+//!
+//! [`crate::machines`] times the same plans by the runtime's state machines, one per rank
+//! on virtual time; on small worlds the two agree (see its notes and the tests).
 
 use rustc_hash::FxHashMap as HashMap;
 use topoccl_plan::Plan;
@@ -87,7 +90,10 @@ pub fn pipelined(
                     in_step(&zero)
                 });
                 match step {
-                    Some(d) => Clock::InStep(at + d),
+                    Some(d) => {
+                        debug_assert!(d >= 0.0, "an in-step round of {d} s");
+                        Clock::InStep(at + d)
+                    }
                     None => {
                         let mut ready = vec![at; p];
                         advance(&mut ready, &c.timing, &mut scratch);
@@ -122,6 +128,10 @@ fn advance(ready: &mut [f64], timing: &RankTiming, scratch: &mut Scratch) {
     busy.clear();
     busy.resize(ready.len(), false);
     for &(src, dst, done, latency) in &timing.sends {
+        debug_assert!(
+            done >= 0.0 && latency >= 0.0,
+            "transfer time {done}, latency {latency}"
+        );
         let left = ready[src as usize] + done;
         let (s, d) = (src as usize, dst as usize);
         next[s] = next[s].max(left);
@@ -130,10 +140,16 @@ fn advance(ready: &mut [f64], timing: &RankTiming, scratch: &mut Scratch) {
         busy[d] = true;
     }
     for (r, own) in timing.own.iter().enumerate() {
+        debug_assert!(*own >= 0.0, "rank {r}'s own time {own}");
         if busy[r] || *own > 0.0 {
             next[r] += own;
         }
     }
+    // Clocks only move forward.
+    debug_assert!(
+        ready.iter().zip(next.iter()).all(|(a, b)| b >= a),
+        "a rank's clock went back"
+    );
     ready.copy_from_slice(next);
 }
 

@@ -207,6 +207,8 @@ impl<'t> Rounds<'t> {
         });
         let mut shares: Vec<_> = shares.into_iter().collect();
         shares.sort_by_key(|s| s.0);
+        #[cfg(debug_assertions)]
+        self.check_conserved(key, &shares);
         if self.spread_entries + shares.len() > SPREAD_CACHE {
             self.spreads.clear();
             self.spread_entries = 0;
@@ -215,6 +217,37 @@ impl<'t> Rounds<'t> {
         let shares: Shares = shares.into();
         self.spreads.insert(key, shares.clone());
         shares
+    }
+
+    /// A crossing's spread conserves bytes: every share is a fraction, all of it leaves
+    /// where it enters the fabric and arrives where it leaves, and every node between
+    /// passes on what it takes in.
+    #[cfg(debug_assertions)]
+    fn check_conserved(&self, key: (NodeId, NodeId), shares: &[(LinkId, f64)]) {
+        let t = self.router.topology();
+        let mut net: HashMap<NodeId, f64> = HashMap::default();
+        for &(l, w) in shares {
+            debug_assert!(w > 0.0 && w <= 1.0 + 1e-9, "link {l} takes a share of {w}");
+            let link = t.link(l);
+            *net.entry(link.from).or_default() -= w;
+            *net.entry(link.to).or_default() += w;
+        }
+        for (&n, &v) in &net {
+            let want = if n == key.0 {
+                -1.0
+            } else if n == key.1 {
+                1.0
+            } else {
+                0.0
+            };
+            debug_assert!(
+                (v - want).abs() <= 1e-9,
+                "the crossing from '{}' to '{}' does not conserve bytes at '{}': {v}",
+                t.node(key.0).name,
+                t.node(key.1).name,
+                t.node(n).name
+            );
+        }
     }
 
     /// The slowest rank's reduction in this round (stragglers reduce slower).
@@ -226,10 +259,26 @@ impl<'t> Rounds<'t> {
     pub fn reductions(&self, plan: &Plan, round: u32) -> Vec<f64> {
         let elem = plan.spec().dtype.size() as f64;
         let mut ops: Vec<Op> = Vec::new();
-        (0..plan.world())
+        // Every send of the round has its receive in the same round (the round rule).
+        #[cfg(debug_assertions)]
+        let mut unmatched: HashMap<(u32, u32, u16, u64), i64> = HashMap::default();
+        let reductions = (0..plan.world())
             .map(|r| {
                 ops.clear();
                 plan.emit(r, round, &mut ops);
+                #[cfg(debug_assertions)]
+                for op in &ops {
+                    use topoccl_plan::OpKind;
+                    match op.kind {
+                        OpKind::Send { peer, src } => {
+                            *unmatched.entry((r, peer, op.channel, src.len)).or_default() += 1
+                        }
+                        OpKind::Recv { peer, dst } | OpKind::RecvReduce { peer, dst, .. } => {
+                            *unmatched.entry((peer, r, op.channel, dst.len)).or_default() -= 1
+                        }
+                        _ => {}
+                    }
+                }
                 let reduced: u64 = ops.iter().map(|o| o.reduced_len()).sum();
                 let factor = self
                     .stragglers
@@ -239,7 +288,16 @@ impl<'t> Rounds<'t> {
                     .unwrap_or(1.0);
                 reduced as f64 * elem * self.endpoints.gamma_s_per_byte / factor
             })
-            .collect()
+            .collect();
+        #[cfg(debug_assertions)]
+        if let Some(((src, dst, channel, len), n)) = unmatched.into_iter().find(|e| e.1 != 0) {
+            panic!(
+                "round {round}: {} of {len} elements from rank {src} to rank {dst} (channel \
+                 {channel}) unmatched",
+                if n > 0 { "sends" } else { "receives" }
+            );
+        }
+        reductions
     }
 
     /// Software overhead per extra peer a rank talks to in one round.

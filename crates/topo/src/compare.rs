@@ -7,7 +7,7 @@ use topoccl_plan::{Collective, CollectiveSpec, DType, PlanParams};
 use crate::cost::{lower_bound, Endpoints, Pricer};
 use crate::error::TopoError;
 use crate::model::Topology;
-use crate::plans::candidates;
+use crate::plans::{candidates, hierarchy_notes};
 use crate::seeded::SplitMix;
 
 /// Plans are verified when the world is at most this large (the symbolic verifier's state
@@ -42,6 +42,10 @@ pub struct Comparison {
     pub placement: String,
     pub lower_bound_s: f64,
     pub rows: Vec<CompareRow>,
+    /// What the candidates leave out and why (levels of unequal size that no
+    /// hierarchical plan uses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Prices every candidate for `collective` of `bytes` (the whole buffer, nccl-tests
@@ -81,6 +85,7 @@ pub fn compare(
         })
         .collect();
     rows.sort_by(|a, b| a.time_s.total_cmp(&b.time_s));
+    let notes = hierarchy_notes(pricer.router(), &spec)?;
     Ok(Comparison {
         topology: t.name().to_string(),
         ranks: p,
@@ -90,6 +95,7 @@ pub fn compare(
         placement: placement.to_string(),
         lower_bound_s: bound,
         rows,
+        notes,
     })
 }
 

@@ -201,12 +201,44 @@ fn prim(
 /// member per group, more than one group) and its groups are of equal size. Members keep
 /// rank order, so member i of every host (GPU i, on rail i) reduces shard i together.
 pub fn levels(loc: &Locality) -> Vec<Vec<Vec<u32>>> {
+    walk_levels(loc).0
+}
+
+/// Why [`levels`] leaves out levels that would group something: their groups differ in
+/// size (hosts with different GPU counts, racks of unequal size), which the core's
+/// hierarchical all-reduce cannot take, since member i of every group reduces shard i
+/// with the same member of the others. Empty when no level is left out for that.
+pub fn skipped_levels(loc: &Locality) -> Vec<String> {
+    walk_levels(loc).1
+}
+
+/// [`skipped_levels`] for `spec` on the router's topology: notes for an all-reduce (the
+/// one collective with hierarchical plans), none for the others.
+pub fn hierarchy_notes(
+    router: &mut Router<'_>,
+    spec: &CollectiveSpec,
+) -> Result<Vec<String>, TopoError> {
+    if spec.collective != Collective::AllReduce {
+        return Ok(Vec::new());
+    }
+    Ok(skipped_levels(&Locality::of(router)?))
+}
+
+/// The kept levels, and a note for each level left out because its groups differ in size.
+fn walk_levels(loc: &Locality) -> (Vec<Vec<Vec<u32>>>, Vec<String>) {
     let p = loc.host.len() as u32;
     let mut out: Vec<Vec<Vec<u32>>> = Vec::new();
+    let mut notes = Vec::new();
     // Current units (ranks first, then the groups of the previous level), with the rank
-    // that represents each unit's position.
+    // that represents each unit's position; every unit holds `unit_ranks` ranks.
     let mut units: Vec<Rank> = (0..p).collect();
-    for key in [&loc.host, &loc.leaf, &loc.zone] {
+    let mut unit_ranks = 1u32;
+    let mut last_skipped: Option<Vec<Vec<u32>>> = None;
+    for (name, key) in [
+        ("host", &loc.host),
+        ("leaf", &loc.leaf),
+        ("zone", &loc.zone),
+    ] {
         let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for (i, &rep) in units.iter().enumerate() {
             groups.entry(key[rep as usize]).or_default().push(i as u32);
@@ -215,11 +247,44 @@ pub fn levels(loc: &Locality) -> Vec<Vec<Vec<u32>>> {
         let equal = sizes.windows(2).all(|w| w[0] == w[1]);
         if groups.len() > 1 && sizes[0] > 1 && equal {
             let next_units = groups.values().map(|g| units[g[0] as usize]).collect();
+            unit_ranks *= sizes[0] as u32;
             out.push(groups.into_values().collect());
             units = next_units;
+        } else if !equal {
+            let groups: Vec<Vec<u32>> = groups.into_values().collect();
+            // A zone level that repeats the leaf grouping says nothing new.
+            if last_skipped.as_ref() != Some(&groups) {
+                notes.push(unequal_note(name, &sizes, unit_ranks));
+            }
+            last_skipped = Some(groups);
         }
     }
-    out
+    (out, notes)
+}
+
+/// `the leaf level is left out of hierarchical plans: its 3 groups hold 2 × 16 and 1 × 8
+/// ranks; …`
+fn unequal_note(level: &str, sizes: &[usize], unit_ranks: u32) -> String {
+    let mut by_size: BTreeMap<std::cmp::Reverse<u64>, u32> = BTreeMap::new();
+    for &s in sizes {
+        *by_size
+            .entry(std::cmp::Reverse(s as u64 * unit_ranks as u64))
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = by_size
+        .iter()
+        .map(|(size, n)| format!("{n} × {}", size.0))
+        .collect();
+    let held = match parts.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => parts.join(""),
+    };
+    format!(
+        "the {level} level is left out of hierarchical plans: its {} groups hold {held} \
+         ranks, and a hierarchical all-reduce needs groups of one size (member i of every \
+         group reduces shard i with the same member of the others)",
+        sizes.len()
+    )
 }
 
 /// A hierarchical all-reduce over `levels` (from [`levels`]): `intra` inside the groups of
@@ -390,10 +455,15 @@ mod tests {
     /// GPUs behind an NVSwitch and a NIC each; ranks placed round-robin over racks (the
     /// worst order for a ring).
     fn racks(racks: u32, hosts: u32, gpus: u32, interleave: bool) -> Topology {
+        racks_of(&vec![hosts; racks as usize], gpus, interleave)
+    }
+
+    /// As [`racks`], with `hosts[k]` hosts in rack k.
+    fn racks_of(hosts: &[u32], gpus: u32, interleave: bool) -> Topology {
         let mut b = TopologyBuilder::new("racks");
         let spine = b.switch("spine", Tier::Spine).unwrap();
         let mut devices = Vec::new();
-        for k in 0..racks {
+        for (k, &hosts) in (0u32..).zip(hosts) {
             let leaf = b.switch(format!("leaf{k}"), Tier::Leaf).unwrap();
             b.connect(leaf, spine, 1e9, 2e-6).unwrap();
             for h in 0..hosts {
@@ -438,6 +508,53 @@ mod tests {
         assert_eq!(lv.len(), 2, "{lv:?}");
         assert_eq!(lv[0][0], vec![0, 1, 2, 3]);
         assert_eq!(lv[1], vec![vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn levels_of_unequal_size_are_left_out_and_said_so() {
+        // Racks of 2, 2 and 1 hosts of 2 GPUs: hosts are kept, racks cannot be (their
+        // zones repeat them, so one note), and the hierarchy is over hosts alone.
+        let t = racks_of(&[2, 2, 1], 2, false);
+        let mut r = Router::new(&t);
+        let loc = Locality::of(&mut r).unwrap();
+        let lv = levels(&loc);
+        assert_eq!(lv.len(), 1, "{lv:?}");
+        assert_eq!(lv[0].len(), 5);
+        let notes = hierarchy_notes(&mut r, &spec(10)).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("the leaf level is left out")
+                && notes[0].contains("3 groups hold 2 × 4 and 1 × 2 ranks"),
+            "{}",
+            notes[0]
+        );
+        let broadcast = CollectiveSpec::new(Collective::Broadcast, 10, 1 << 20);
+        assert!(hierarchy_notes(&mut r, &broadcast).unwrap().is_empty());
+        // Hosts of unequal size: racks of equal rank counts are used over ranks.
+        let mut b = TopologyBuilder::new("uneven-hosts");
+        let leaf = b.switch("leaf", Tier::Leaf).unwrap();
+        let mut rank = 0;
+        for (h, gpus) in [(0, 3), (1, 1)] {
+            let host = b.node(format!("h{h}"), NodeKind::Host).unwrap();
+            for g in 0..gpus {
+                let gpu = b
+                    .device(format!("h{h}/gpu{g}"), NodeKind::Accelerator, host)
+                    .unwrap();
+                b.connect(gpu, leaf, 10e9, 1e-6).unwrap();
+                b.place(rank, gpu).unwrap();
+                rank += 1;
+            }
+        }
+        let t = b.build().unwrap();
+        let mut r = Router::new(&t);
+        let notes = hierarchy_notes(&mut r, &spec(4)).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("the host level") && notes[0].contains("1 × 3 and 1 × 1"));
+        // Equal levels leave nothing to say.
+        let t = racks(2, 2, 2, false);
+        assert!(hierarchy_notes(&mut Router::new(&t), &spec(8))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
