@@ -109,10 +109,11 @@ fn plans_for(p: u32, per_host: u32) -> Vec<(String, topoccl_plan::Plan)> {
             }
             _ => CollectiveSpec::new(c, p, 300_000).with_root(p / 3),
         };
-        for name in available(c) {
-            let Ok(alg) = name.parse::<Algorithm>() else {
+        for kind in available(c) {
+            let Ok(alg) = kind.algorithm() else {
                 continue;
             };
+            let name = kind.name();
             for params in [
                 PlanParams::default(),
                 PlanParams::default().with_chunks(4),
