@@ -162,3 +162,54 @@ fn bad_arguments_are_usage_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("root 5 is out of range"));
 }
+
+#[test]
+fn every_collective_is_right_over_shared_memory_only() {
+    let out = common::topoccl_env(
+        &[
+            "bench", "all", "-n", "4", "-b", "8", "-e", "256K", "-f", "32", "--iters", "2",
+            "--check",
+        ],
+        &[("TOPOCCL_TRANSPORT", "shm")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# transport: same host shm (12 directed pairs); other hosts none"),
+        "{stdout}"
+    );
+    let rows = rows(&out.stdout);
+    assert!(rows.len() >= 8, "{stdout}");
+    for row in &rows {
+        // #wrong out of place and in place (the 9th and 13th columns; `-` where a
+        // collective has no in-place form).
+        assert_eq!(row[8], "0", "{row:?}");
+        assert!(row[12] == "0" || row[12] == "-", "{row:?}");
+    }
+}
+
+#[test]
+fn bad_transport_settings_are_clear_errors() {
+    for (key, value, needle) in [
+        ("TOPOCCL_FAULTS", "delay=5ms@rank1->x", "character"),
+        ("TOPOCCL_FAULTS", "explode@1", "explode"),
+        ("TOPOCCL_TRANSPORT", "carrier-pigeon", "carrier-pigeon"),
+        ("TOPOCCL_SHM_RING", "1K", "TOPOCCL_SHM_RING"),
+    ] {
+        let out = common::topoccl_env(
+            &["bench", "allreduce", "-n", "2", "-e", "8", "--iters", "1"],
+            &[(key, value)],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}={value}: {stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains(needle),
+            "{key}={value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{key}={value}: {stderr}");
+    }
+}
