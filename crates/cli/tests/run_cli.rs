@@ -388,3 +388,83 @@ fn bad_input_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("permission denied"));
 }
+
+#[test]
+fn a_second_signal_skips_the_grace() {
+    // The ranks ignore SIGTERM, so only the SIGKILL the second signal brings ends them.
+    let mut launcher = topoccl(&[
+        "-n",
+        "2",
+        "sh",
+        "-c",
+        "trap '' TERM; echo \"pid $$\"; while :; do sleep 0.05; done",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start topoccl");
+    let mut stdout = BufReader::new(launcher.stdout.take().expect("piped"));
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read a rank's pid");
+        pids.extend(printed_pids(&line));
+    }
+    let started = Instant::now();
+    for _ in 0..2 {
+        let kill = Command::new("kill")
+            .args(["-TERM", &launcher.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(kill.success());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let out = launcher.wait_with_output().expect("wait for topoccl");
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    // Well inside the 3 s grace a single signal would have waited out.
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert!(
+        stderr.contains("topoccl run: interrupted by SIGTERM; stopped ranks 0, 1"),
+        "{stderr}"
+    );
+    assert_gone(&pids);
+}
+
+#[test]
+fn a_pipe_held_open_after_the_ranks_exit_delays_the_end_boundedly() {
+    // The rank exits at once; the sleep it leaves behind keeps its stdout open.
+    let (out, took) = run_sh(1, &[], "sleep 30 & echo \"pid $!\"; exit 0");
+    let pids = printed_pids(&text(&out.stdout));
+    for pid in &pids {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(pids.len(), 1);
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn long_lines_are_split_at_64_kib() {
+    let (out, _) = run_sh(
+        1,
+        &[],
+        "head -c 100000 /dev/zero | tr '\\0' x; echo; echo end",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "{:?}",
+        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(lines[0], format!("[0] {}", "x".repeat(64 * 1024)));
+    assert_eq!(lines[1], format!("[0] {}", "x".repeat(100_000 - 64 * 1024)));
+    assert_eq!(lines[2], "[0] end");
+}
