@@ -8,7 +8,9 @@
 //! all-to-all(-v), gather and scatter, 1 for broadcast and reduce. `size` is the bytes of
 //! the larger user buffer. With `--check`, one more call of each placement
 //! runs on fresh data and every element is compared with the reference executor
-//! (`#wrong` counts the elements that differ, summed over ranks).
+//! (`#wrong` counts the elements that differ, summed over ranks). With `--time-split`,
+//! `--iters` more out-of-place calls are measured part by part (copy, reduce, wait,
+//! other: `topoccl::TimeSplit`) and each rank's split is printed under the row.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -17,7 +19,7 @@ use std::time::Instant;
 use clap::Args;
 use half::{bf16, f16};
 use serde::Serialize;
-use topoccl::{Communicator, Config, Dtype, LaunchInfo, TransportKind};
+use topoccl::{Communicator, Config, Dtype, LaunchInfo, TimeSplit, TransportKind};
 use topoccl_plan::exec::execute;
 use topoccl_plan::exec::kernels::Element;
 use topoccl_plan::{Collective, CollectiveSpec, DType, Placement, ReduceOp};
@@ -65,6 +67,10 @@ pub struct BenchArgs {
     /// Check every result against the reference executor.
     #[arg(long)]
     check: bool,
+    /// Also show where each rank's time goes (copy, reduce, wait, other) under every row,
+    /// from `--iters` more out-of-place calls measured apart from the timed ones.
+    #[arg(long)]
+    time_split: bool,
     /// Also write the rows as JSON to this file (rank 0).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -118,6 +124,69 @@ struct Row {
     ranks: u32,
     out_of_place: Timing,
     in_place: Option<Timing>,
+    /// With `--split`: each rank's time per out-of-place call, by part.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    split: Vec<RankSplit>,
+}
+
+/// One rank's [`TimeSplit`] per call, in microseconds.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct RankSplit {
+    rank: u32,
+    copy_us: f64,
+    reduce_us: f64,
+    wait_us: f64,
+    other_us: f64,
+}
+
+impl RankSplit {
+    const FIELDS: usize = 4;
+
+    fn of(rank: u32, s: &TimeSplit) -> RankSplit {
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / s.calls.max(1) as f64;
+        RankSplit {
+            rank,
+            copy_us: per(s.copy),
+            reduce_us: per(s.reduce),
+            wait_us: per(s.wait),
+            other_us: per(s.other()),
+        }
+    }
+
+    fn to_array(self) -> [f64; Self::FIELDS] {
+        [self.copy_us, self.reduce_us, self.wait_us, self.other_us]
+    }
+
+    fn from_array(rank: u32, a: &[f64]) -> RankSplit {
+        RankSplit {
+            rank,
+            copy_us: a[0],
+            reduce_us: a[1],
+            wait_us: a[2],
+            other_us: a[3],
+        }
+    }
+
+    /// `#   split rank 0: copy 12.0 us (40%), ...`, a comment under the row.
+    fn line(&self) -> String {
+        let parts = self.to_array();
+        let total: f64 = parts.iter().sum();
+        let named: Vec<String> = ["copy", "reduce", "wait", "other"]
+            .iter()
+            .zip(parts)
+            .map(|(name, us)| {
+                format!(
+                    "{name} {us:.1} us ({:.0}%)",
+                    100.0 * us / total.max(f64::MIN_POSITIVE)
+                )
+            })
+            .collect();
+        format!(
+            "#   split rank {} per call: {}",
+            self.rank,
+            named.join(", ")
+        )
+    }
 }
 
 /// The spec for a row of `bytes` (the larger user buffer), rounded down to what the
@@ -168,6 +237,27 @@ impl Ctx<'_> {
             self.args.warmup,
             self.args.iters,
         )
+    }
+
+    /// Every rank's split of `--iters` out-of-place calls (after one warm-up call).
+    fn split<T: Dtype>(&mut self, spec: &CollectiveSpec) -> Result<Vec<RankSplit>, CliError> {
+        let plan = self.comm.plan_for(spec)?;
+        let (_, split) = timed_calls::<T>(
+            self.comm,
+            &plan,
+            Placement::OutOfPlace,
+            1,
+            self.args.iters,
+            true,
+        )?;
+        let mine = RankSplit::of(self.comm.rank(), &split.unwrap_or_default()).to_array();
+        let mut all = vec![0.0f64; mine.len() * self.comm.world() as usize];
+        self.comm.all_gather(&mine, &mut all)?;
+        Ok(all
+            .chunks(RankSplit::FIELDS)
+            .enumerate()
+            .map(|(r, a)| RankSplit::from_array(r as u32, a))
+            .collect())
     }
 
     /// Elements of this rank's result that differ from the reference executor's.
@@ -241,6 +331,11 @@ impl Ctx<'_> {
                 wrong: self.args.check.then_some(total_wrong[i] as u64),
             }
         };
+        let split = if self.args.time_split {
+            self.split::<T>(spec)?
+        } else {
+            Vec::new()
+        };
         let plan = self.comm.plan_for(spec)?;
         Ok(Row {
             collective: spec.collective,
@@ -257,6 +352,7 @@ impl Ctx<'_> {
             ranks: p,
             out_of_place: timing(0),
             in_place: with_in_place.then(|| timing(1)),
+            split,
         })
     }
 }
@@ -270,6 +366,18 @@ pub(crate) fn time_plan<T: Dtype>(
     warmup: u32,
     iters: u32,
 ) -> Result<f64, CliError> {
+    timed_calls::<T>(comm, plan, placement, warmup, iters, false).map(|(t, _)| t)
+}
+
+/// [`time_plan`], and with `split` where the timed calls' time went.
+fn timed_calls<T: Dtype>(
+    comm: &mut Communicator,
+    plan: &topoccl_plan::Plan,
+    placement: Placement,
+    warmup: u32,
+    iters: u32,
+    split: bool,
+) -> Result<(f64, Option<TimeSplit>), CliError> {
     let spec = plan.spec();
     let rank = comm.rank();
     let input: Vec<T> = data(spec, rank, 0);
@@ -285,11 +393,15 @@ pub(crate) fn time_plan<T: Dtype>(
         call(comm)?;
     }
     comm.barrier()?;
+    comm.measure_time_split(split);
     let t = Instant::now();
     for _ in 0..iters.max(1) {
         call(comm)?;
     }
-    Ok(t.elapsed().as_secs_f64() / iters.max(1) as f64)
+    let elapsed = t.elapsed().as_secs_f64() / iters.max(1) as f64;
+    let measured = comm.take_time_split();
+    comm.measure_time_split(false);
+    Ok((elapsed, measured))
 }
 
 fn describe_plan(plan: &topoccl_plan::Plan) -> String {
@@ -583,9 +695,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
                     fmt_timing(&row.in_place),
                     row.algorithm
                 );
+                let mut text = line;
+                for s in &row.split {
+                    text += &format!("\n{}", s.line());
+                }
                 match &progress {
-                    Some(p) => p.println(line),
-                    None => println!("{line}"),
+                    Some(p) => p.println(text),
+                    None => println!("{text}"),
                 }
             }
             rows.push(row);

@@ -213,3 +213,58 @@ fn bad_transport_settings_are_clear_errors() {
         assert!(!stderr.contains("panicked"), "{key}={value}: {stderr}");
     }
 }
+
+#[test]
+fn time_split_shows_every_rank_under_every_row() {
+    let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-split-{}.json", std::process::id()));
+    let out = topoccl(&[
+        "bench",
+        "allreduce",
+        "-n",
+        "2",
+        "-b",
+        "64K",
+        "-e",
+        "1M",
+        "-f",
+        "16",
+        "--iters",
+        "3",
+        "--time-split",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let splits: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("#   split rank"))
+        .collect();
+    // Two sizes × two ranks, each rank named, each part in microseconds.
+    assert_eq!(splits.len(), 4, "{stdout}");
+    for (i, line) in splits.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("#   split rank {} per call: copy ", i % 2)),
+            "{line}"
+        );
+        for part in ["copy", "reduce", "wait", "other"] {
+            assert!(
+                line.contains(&format!(", {part} ")) || line.contains(&format!(": {part} ")),
+                "{line}"
+            );
+        }
+    }
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    for row in rows.as_array().unwrap() {
+        let split = row["split"].as_array().expect("a split per row");
+        assert_eq!(split.len(), 2, "{row}");
+        for s in split {
+            // An all-reduce of 64 KiB or more moves bytes and reduces them on every rank.
+            assert!(s["copy_us"].as_f64().unwrap() > 0.0, "{s}");
+            assert!(s["reduce_us"].as_f64().unwrap() > 0.0, "{s}");
+        }
+    }
+}

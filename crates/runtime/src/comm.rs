@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, Deadline, Departed, Dtype, OneOp, Storage};
 use crate::matcher::{CallInfo, CallName, Matcher};
 use crate::select::Selector;
+use crate::split::TimeSplit;
 use crate::store::{Store, TcpStoreServer};
 use crate::transport::{AbortHandle, TransportKind, Transports};
 use crate::wire::{self, Header, Kind, FNV_OFFSET};
@@ -64,6 +65,8 @@ pub struct Communicator {
     pub(crate) broken: Option<String>,
     /// Measured at creation (world communicators; splits take their share).
     pub(crate) matrix: Option<Arc<LinkMatrix>>,
+    /// Where calls' time goes, while measured ([`Communicator::measure_time_split`]).
+    pub(crate) split: Option<TimeSplit>,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -173,6 +176,19 @@ impl Communicator {
     }
 
     /// Sets the deadline of later calls.
+    /// Starts (`true`) or stops measuring where this rank's time inside calls goes (copy,
+    /// reduce, wait; [`TimeSplit`]). Measuring reads the clock around every part of a
+    /// call, which small messages notice: time calls without it.
+    pub fn measure_time_split(&mut self, on: bool) {
+        self.split = on.then(|| self.split.unwrap_or_default());
+    }
+
+    /// The split of the calls since measuring started or since the last `take`; `None`
+    /// when not measuring.
+    pub fn take_time_split(&mut self) -> Option<TimeSplit> {
+        self.split.as_mut().map(std::mem::take)
+    }
+
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.cfg.timeout = timeout;
     }
@@ -379,6 +395,7 @@ impl Communicator {
             &mut machine,
             &mut buffers,
             deadline,
+            self.split.as_mut(),
         );
         if let Err(e) = result {
             let name = call.name.to_string();
@@ -756,6 +773,7 @@ impl Communicator {
             &mut prog,
             &mut buffers,
             deadline,
+            self.split.as_mut(),
         );
         result.map_err(|e| self.fail(e, &call.name.to_string()))
     }

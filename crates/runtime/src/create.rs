@@ -295,6 +295,7 @@ impl Communicator {
             plans: HashMap::new(),
             broken: None,
             matrix: None,
+            split: None,
         })
     }
 

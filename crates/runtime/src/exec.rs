@@ -21,6 +21,7 @@ use topoccl_plan::{Buf, OpKind, Rank, ReduceOp, Slice};
 
 use crate::error::{Error, Result};
 use crate::matcher::{CallInfo, Matcher, Reject, Verdict};
+use crate::split::{Part, Stopwatch, TimeSplit};
 use crate::transport::{Conn, Rx, Sent, Transports, Tx, STAGING_BYTES};
 use crate::wire::{AbortNotice, Header, Kind, Purpose, HEADER_LEN};
 
@@ -154,15 +155,18 @@ impl<T: Dtype> Buffers<'_, T> {
     }
 
     /// Runs a local op.
-    fn local(&mut self, kind: &OpKind, op: ReduceOp) {
+    fn local(&mut self, kind: &OpKind, op: ReduceOp, sw: &mut Stopwatch) {
+        let t = sw.start();
         match *kind {
             OpKind::Copy { src, dst } if src != dst => {
                 let (s, d) = self.pair(src, dst);
                 d.copy_from_slice(s);
+                sw.stop(Part::Copy, t);
             }
             OpKind::Reduce { src, dst } => {
                 let (s, d) = self.pair(src, dst);
                 reduce_into(op, d, s);
+                sw.stop(Part::Reduce, t);
             }
             _ => {}
         }
@@ -181,7 +185,8 @@ pub(crate) struct Deadline {
     pub spin: Duration,
 }
 
-/// Executes `prog` for one call.
+/// Executes `prog` for one call, adding where its time went to `split` if given.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run<T: Dtype>(
     tr: &mut Transports,
     matcher: &mut Matcher,
@@ -190,6 +195,7 @@ pub(crate) fn run<T: Dtype>(
     prog: &mut dyn Program,
     bufs: &mut Buffers<'_, T>,
     deadline: Deadline,
+    split: Option<&mut TimeSplit>,
 ) -> Result<()> {
     matcher.begin(*call, std::mem::size_of::<T>());
     let mut ex = Exec {
@@ -198,8 +204,12 @@ pub(crate) fn run<T: Dtype>(
         deadline,
         size: std::mem::size_of::<T>(),
         timer: None,
+        sw: Stopwatch::new(split),
     };
-    ex.run(tr, departed, prog, bufs)
+    let start = ex.sw.start();
+    let result = ex.run(tr, departed, prog, bufs);
+    ex.sw.call(start);
+    result
 }
 
 /// The notice that tells the other ranks this call failed, and whom to blame.
@@ -230,6 +240,7 @@ struct Exec<'c> {
     size: usize,
     /// The earliest moment a fault holds a frame back until.
     timer: Option<Instant>,
+    sw: Stopwatch<'c>,
 }
 
 impl Exec<'_> {
@@ -275,7 +286,7 @@ impl Exec<'_> {
                         self.m.post(&r);
                     }
                     _ => {
-                        bufs.local(&r.op.kind, self.call.op);
+                        bufs.local(&r.op.kind, self.call.op, &mut self.sw);
                         prog.complete(r.index);
                     }
                 }
@@ -309,6 +320,13 @@ impl Exec<'_> {
                         }
                         progressed = true;
                     }
+                    Err(Refused { peer, reason }) => {
+                        // What it sent is proof enough: no notice it sends after seeing
+                        // the connection dropped can shift the blame.
+                        tr.drop_conn(i);
+                        departed.entry(peer).or_insert_with(|| reason.clone());
+                        return Err(self.failed(peer, reason));
+                    }
                     Err(Fatal(e)) => return Err(e),
                 }
             }
@@ -318,7 +336,10 @@ impl Exec<'_> {
             let until = self
                 .timer
                 .map_or(self.deadline.at, |t| t.min(self.deadline.at));
-            if !tr.wait(until, self.deadline.spin)? && Instant::now() >= self.deadline.at {
+            let t = self.sw.start();
+            let woke = tr.wait(until, self.deadline.spin)?;
+            self.sw.stop(Part::Wait, t);
+            if !woke && Instant::now() >= self.deadline.at {
                 return Err(self.timeout_error(tr));
             }
         }
@@ -472,7 +493,10 @@ impl Exec<'_> {
                 (tx.buf, tx.start + tx.sent, tx.start + tx.len)
             };
             let payload: &[u8] = bytemuck::cast_slice(bufs.bufs[buf.index()].get());
-            match c.send(&payload[from..to]) {
+            let t = self.sw.start();
+            let sent = c.send(&payload[from..to]);
+            self.sw.stop(Part::Copy, t);
+            match sent {
                 Ok(Sent::Bytes(_)) => {
                     progressed = true;
                     if c.tx.as_ref().is_some_and(Tx::done) {
@@ -504,8 +528,8 @@ impl Exec<'_> {
                 ReadStep::Blocked => return Ok(progressed),
                 ReadStep::Header(bytes) => {
                     progressed = true;
-                    let h =
-                        crate::matcher::control_frame(&bytes).map_err(|e| Fail::gone(c.peer, e))?;
+                    let h = crate::matcher::control_frame(&bytes)
+                        .map_err(|e| Fail::refused(c.peer, e))?;
                     c.rx = Rx::Notice {
                         header: h,
                         buf: Vec::with_capacity(h.len as usize),
@@ -525,7 +549,7 @@ impl Exec<'_> {
                         ));
                     }
                     let notice =
-                        AbortNotice::decode(&payload).map_err(|e| Fail::gone(c.peer, e))?;
+                        AbortNotice::decode(&payload).map_err(|e| Fail::refused(c.peer, e))?;
                     return Err(Fatal(Error::Aborted {
                         op: self.call.name.to_string(),
                         origin: notice.origin,
@@ -575,7 +599,7 @@ impl Exec<'_> {
                     continue;
                 }
                 Rx::Notice { .. } => {
-                    return Err(Fail::gone(c.peer, "control frame on a data connection"))
+                    return Err(Fail::refused(c.peer, "control frame on a data connection"))
                 }
             };
             let Rx::Parked(h) = c.rx else {
@@ -630,7 +654,10 @@ impl Exec<'_> {
         let n = match kind {
             OpKind::Recv { dst, .. } => {
                 let out: &mut [u8] = bytemuck::cast_slice_mut(bufs.write(dst));
-                match c.recv(&mut out[got as usize..]) {
+                let t = self.sw.start();
+                let read = c.recv(&mut out[got as usize..]);
+                self.sw.stop(Part::Copy, t);
+                match read {
                     Ok(0) => return Err(truncated(c.peer, &header)),
                     Ok(n) => n,
                     Err(e) => return io_step(c.peer, e).map(|_| false),
@@ -682,7 +709,7 @@ impl Exec<'_> {
 
     /// `dst[at..] = src[at..] ⊕ incoming`, for the elements of a payload from `at` on.
     fn reduce_at<T: Dtype>(
-        &self,
+        &mut self,
         bufs: &mut Buffers<'_, T>,
         src: Slice,
         dst: Slice,
@@ -694,17 +721,21 @@ impl Exec<'_> {
         let s = Slice::new(src.buf, src.off + at, k);
         let d = Slice::new(dst.buf, dst.off + at, k);
         if s != d {
+            let t = self.sw.start();
             let (s, d) = bufs.pair(s, d);
             d.copy_from_slice(s);
+            self.sw.stop(Part::Copy, t);
         }
+        let t = self.sw.start();
         reduce_into(self.call.op, bufs.write(d), incoming);
+        self.sw.stop(Part::Reduce, t);
     }
 
     /// Reads into the connection's staging buffer and reduces the whole elements staged
     /// so far; returns the bytes read (0: nothing now). `got` payload bytes were read
     /// before, the last `c.staged` of them still staged.
     fn stage_and_reduce<T: Dtype>(
-        &self,
+        &mut self,
         c: &mut Conn,
         left: usize,
         src: Slice,
@@ -719,10 +750,12 @@ impl Exec<'_> {
         let staged = c.staged;
         let room = (STAGING_BYTES - staged).min(left);
         let mut stage = std::mem::take(&mut c.staging);
+        let t = self.sw.start();
         let r = {
             let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut stage);
             c.recv(&mut bytes[staged..staged + room])
         };
+        self.sw.stop(Part::Copy, t);
         let n = match r {
             Ok(0) => {
                 c.staging = stage;
@@ -756,7 +789,7 @@ impl Exec<'_> {
 fn reject(peer: Rank, r: Reject) -> Fail {
     match r {
         Reject::Mismatch(m) => Fatal(Error::Mismatch(m)),
-        Reject::Protocol(p) => Fail::gone(peer, p),
+        Reject::Protocol(p) => Fail::refused(peer, p),
     }
 }
 
@@ -772,15 +805,25 @@ fn io_step(peer: Rank, e: io::Error) -> std::result::Result<(), Fail> {
 enum Fail {
     /// The peer is gone or unreadable: it may be fine if this call does not need it.
     Gone { peer: Rank, reason: String },
+    /// The peer sent bytes the protocol forbids (a garbage or corrupted frame): the call
+    /// fails naming it.
+    Refused { peer: Rank, reason: String },
     /// The call cannot go on.
     Fatal(Error),
 }
 
-use Fail::{Fatal, Gone};
+use Fail::{Fatal, Gone, Refused};
 
 impl Fail {
     fn gone(peer: Rank, reason: impl Into<String>) -> Fail {
         Gone {
+            peer,
+            reason: reason.into(),
+        }
+    }
+
+    fn refused(peer: Rank, reason: impl Into<String>) -> Fail {
+        Refused {
             peer,
             reason: reason.into(),
         }
