@@ -4,7 +4,7 @@
 # bandwidth and a `--time-split` run of 2 ranks at 16 MiB in the same session.
 # Usage: scripts/compare-shm.sh OUTDIR [ROUNDS] [RANKS...]       (default: 5 rounds, 2 4 8)
 #   needs Open MPI and mpi_allreduce from the shared anchors' setup.sh (ANCHORS below),
-#   and a release build: cargo build --release -p topoccl-cli -p topoccl --examples
+#   and a release build: cargo build --release -p topoccl-cli && cargo build --release -p topoccl --examples
 # Then: python3 scripts/medians.py OUTDIR topoccl-shm
 set -euo pipefail
 out=${1:?usage: compare-shm.sh OUTDIR [ROUNDS] [RANKS...]}

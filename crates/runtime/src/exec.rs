@@ -296,8 +296,10 @@ impl Exec<'_> {
             }
             let mut progressed = tr.advance()?;
             self.timer = None;
-            let conns: Vec<usize> = tr.live().collect();
-            for i in conns {
+            for i in 0..tr.slots() {
+                if !tr.is_live(i) {
+                    continue;
+                }
                 let Some((peer, purpose, lane)) = tr.conn(i).map(|c| (c.peer, c.purpose, c.lane))
                 else {
                     continue;
@@ -852,19 +854,23 @@ enum ReadStep {
 fn read_some(c: &mut Conn) -> std::result::Result<ReadStep, Fail> {
     let peer = c.peer;
     let mut hdr = [0u8; HEADER_LEN];
-    let mut tmp = [0u8; 4096];
-    let (got, want) = match &c.rx {
+    // Notices are read through `tmp`; headers (every message) do not need it zeroed.
+    let mut tmp = Vec::new();
+    let got = match &c.rx {
         Rx::Header { buf, got } => {
             hdr = *buf;
-            (*got, HEADER_LEN - *got)
+            *got
         }
-        Rx::Notice { header, buf } => (0, (header.len as usize - buf.len()).min(tmp.len())),
+        Rx::Notice { header, buf } => {
+            tmp.resize((header.len as usize - buf.len()).min(4096), 0);
+            0
+        }
         _ => unreachable!("read_some reads headers and notices"),
     };
     let r = if matches!(c.rx, Rx::Header { .. }) {
         c.recv(&mut hdr[got..])
     } else {
-        c.recv(&mut tmp[..want])
+        c.recv(&mut tmp)
     };
     let n = match r {
         Ok(0) => {

@@ -57,6 +57,8 @@ const SHM_LISTENER: Token = Token(2);
 const SHM_DOORBELL: Token = Token(3);
 const FIRST_CONN: usize = 4;
 
+/// While spinning on rings alone, how often the sockets are polled too.
+const SPIN_SOCKET_POLL: Duration = Duration::from_micros(20);
 /// How long an accepted connection may take to say hello before it is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of receive staging per connection for reductions.
@@ -631,12 +633,22 @@ impl Transports {
             .flatten()
     }
 
+    /// How many connection slots there are (indices below this may be live).
+    pub fn slots(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether slot `i` holds an established connection.
+    pub fn is_live(&self, i: usize) -> bool {
+        matches!(self.conns.get(i), Some(Some(c)) if matches!(c.hs, Hs::Ready))
+    }
+
     /// Established connections, for progress loops.
     pub fn live(&self) -> impl Iterator<Item = usize> + '_ {
         self.conns
             .iter()
             .enumerate()
-            .filter(|(_, c)| matches!(c, Some(c) if matches!(c.hs, Hs::Ready)))
+            .filter(|(i, _)| self.is_live(*i))
             .map(|(i, _)| i)
     }
 
@@ -862,17 +874,33 @@ impl Transports {
     /// microseconds then costs no trip through the scheduler (which dominates small
     /// messages); longer waits sleep in epoll, shared-memory peers ringing the doorbell.
     pub fn wait(&mut self, until: Instant, spin: Duration) -> Result<bool> {
-        let spin_until = Instant::now() + spin;
+        let start = Instant::now();
+        let spin_until = start + spin;
         let has_rings = self
             .conns
             .iter()
             .flatten()
             .any(|c| matches!(c.io, Io::Ring(_)));
+        // Data only on rings: while spinning, the sockets (control, handshakes, accepts)
+        // are polled every `SPIN_SOCKET_POLL` rather than at every turn, an epoll call
+        // costing more than the ring check a small message waits on.
+        let rings_only = has_rings
+            && !self
+                .conns
+                .iter()
+                .flatten()
+                .any(|c| matches!(c.io, Io::Tcp(_)) || !matches!(c.hs, Hs::Ready));
+        let mut next_poll = start;
         loop {
             if has_rings && self.rings_ready() {
                 return Ok(true);
             }
             let now = Instant::now();
+            if rings_only && now < spin_until && now < next_poll && now < until {
+                std::hint::spin_loop();
+                continue;
+            }
+            next_poll = now + SPIN_SOCKET_POLL;
             let timeout = if now < spin_until {
                 Duration::ZERO
             } else {
