@@ -89,6 +89,31 @@ fn assert_gone(pids: &[u32]) {
 }
 
 /// The pids a job's ranks printed as `pid N` lines.
+/// `topoccl run -n 2 sh -c SCRIPT` started, the two pids its ranks print first, and its
+/// stdout (held open: the launcher must not see its output pipe close).
+type Started = (
+    std::process::Child,
+    Vec<u32>,
+    BufReader<std::process::ChildStdout>,
+);
+
+fn start_two_ranks(script: &str) -> Started {
+    let mut launcher = topoccl(&["-n", "2", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start topoccl");
+    let mut stdout = BufReader::new(launcher.stdout.take().expect("piped"));
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read a rank's pid");
+        pids.extend(printed_pids(&line));
+    }
+    assert_eq!(pids.len(), 2);
+    (launcher, pids, stdout)
+}
+
 fn printed_pids(stdout: &str) -> Vec<u32> {
     stdout
         .lines()
@@ -332,19 +357,7 @@ fn the_timeout_stops_the_ranks_still_running() {
 
 #[test]
 fn sigterm_to_the_launcher_reaches_the_ranks() {
-    let mut launcher = topoccl(&["-n", "2", "sh", "-c", "echo \"pid $$\"; exec sleep 30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start topoccl");
-    let mut stdout = BufReader::new(launcher.stdout.take().expect("piped"));
-    let mut pids = Vec::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read a rank's pid");
-        pids.extend(printed_pids(&line));
-    }
-    assert_eq!(pids.len(), 2);
+    let (launcher, pids, _stdout) = start_two_ranks("echo \"pid $$\"; exec sleep 30");
     let started = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &launcher.id().to_string()])
@@ -392,24 +405,8 @@ fn bad_input_is_a_usage_error() {
 #[test]
 fn a_second_signal_skips_the_grace() {
     // The ranks ignore SIGTERM, so only the SIGKILL the second signal brings ends them.
-    let mut launcher = topoccl(&[
-        "-n",
-        "2",
-        "sh",
-        "-c",
-        "trap '' TERM; echo \"pid $$\"; while :; do sleep 0.05; done",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("start topoccl");
-    let mut stdout = BufReader::new(launcher.stdout.take().expect("piped"));
-    let mut pids = Vec::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read a rank's pid");
-        pids.extend(printed_pids(&line));
-    }
+    let (launcher, pids, _stdout) =
+        start_two_ranks("trap '' TERM; echo \"pid $$\"; while :; do sleep 0.05; done");
     let started = Instant::now();
     for _ in 0..2 {
         let kill = Command::new("kill")

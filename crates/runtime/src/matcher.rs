@@ -22,7 +22,9 @@
 //! The matcher keeps its maps between calls ([`Matcher::begin`] clears them), so a call
 //! allocates nothing once the links of its shape have been seen.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::fmt;
 
 use topoccl_plan::machine::ReadyOp;
@@ -149,8 +151,8 @@ struct RecvLink {
 pub(crate) struct Matcher {
     call: Option<CallInfo>,
     elem: u64,
-    sends: HashMap<(Rank, u16), SendLink>,
-    recvs: HashMap<(Rank, u16), RecvLink>,
+    sends: FxHashMap<(Rank, u16), SendLink>,
+    recvs: FxHashMap<(Rank, u16), RecvLink>,
 }
 
 /// Which lane of a peer carries `channel`.

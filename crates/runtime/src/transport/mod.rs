@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use topoccl_plan::Rank;
 
@@ -457,7 +458,7 @@ pub struct Transports {
     /// The transport planned for each peer (after the rendezvous).
     routes: Vec<TransportKind>,
     conns: Vec<Option<Conn>>,
-    peers: HashMap<Rank, PeerConns>,
+    peers: FxHashMap<Rank, PeerConns>,
     /// Handshakes refused, by the rank that attempted them.
     pub refused: HashMap<Rank, String>,
     /// Peers that shared memory did not work with (auto mode), and why.
@@ -509,7 +510,7 @@ impl Transports {
             endpoints: Vec::new(),
             routes: Vec::new(),
             conns: Vec::new(),
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             refused: HashMap::new(),
             fallbacks: Vec::new(),
             abort: AbortHandle {
