@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
-use topoccl_plan::exec::kernels::{reduce_into, Element};
+use topoccl_plan::exec::kernels::{reduce_into, reduce_to, Element};
 use topoccl_plan::machine::{RankMachine, ReadyOp};
 use topoccl_plan::{Buf, OpKind, Rank, ReduceOp, Slice};
 
@@ -722,14 +722,13 @@ impl Exec<'_> {
         debug_assert!(at + k <= dst.len, "reduced past the destination");
         let s = Slice::new(src.buf, src.off + at, k);
         let d = Slice::new(dst.buf, dst.off + at, k);
-        if s != d {
-            let t = self.sw.start();
-            let (s, d) = bufs.pair(s, d);
-            d.copy_from_slice(s);
-            self.sw.stop(Part::Copy, t);
-        }
         let t = self.sw.start();
-        reduce_into(self.call.op, bufs.write(d), incoming);
+        if s != d {
+            let (s, d) = bufs.pair(s, d);
+            reduce_to(self.call.op, d, s, incoming);
+        } else {
+            reduce_into(self.call.op, bufs.write(d), incoming);
+        }
         self.sw.stop(Part::Reduce, t);
     }
 

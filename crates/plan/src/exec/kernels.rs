@@ -141,6 +141,27 @@ pub fn reduce_into<T: Element>(op: ReduceOp, acc: &mut [T], other: &[T]) {
     }
 }
 
+/// `dst[i] = a[i] ⊕ b[i]`: the same bits as copying `a` into `dst` and then
+/// [`reduce_into`] with `b`, in one pass over memory instead of two.
+pub fn reduce_to<T: Element>(op: ReduceOp, dst: &mut [T], a: &[T], b: &[T]) {
+    assert!(
+        dst.len() == a.len() && a.len() == b.len(),
+        "reduction operands differ in length"
+    );
+    #[inline(always)]
+    fn apply<T: Element>(dst: &mut [T], a: &[T], b: &[T], op: ReduceOp) {
+        for ((d, x), y) in dst.iter_mut().zip(a).zip(b) {
+            *d = T::combine(op, *x, *y);
+        }
+    }
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => apply(dst, a, b, ReduceOp::Sum),
+        ReduceOp::Prod => apply(dst, a, b, ReduceOp::Prod),
+        ReduceOp::Min => apply(dst, a, b, ReduceOp::Min),
+        ReduceOp::Max => apply(dst, a, b, ReduceOp::Max),
+    }
+}
+
 /// Whether `rank`'s output holds a reduction that `Avg` must divide.
 pub fn output_is_reduced(spec: &CollectiveSpec, rank: u32) -> bool {
     match spec.collective {
@@ -184,5 +205,38 @@ mod tests {
         assert_eq!(acc, vec![2, 5, -3]);
         reduce_into(ReduceOp::Prod, &mut acc, &[3, 1, 2]);
         assert_eq!(acc, vec![6, 5, -6]);
+    }
+
+    proptest::proptest! {
+        /// One pass gives the bits of copy-then-reduce, for every operator and for NaNs,
+        /// signed zeros and halves alike.
+        #[test]
+        fn reduce_to_is_copy_then_reduce(
+            pairs in proptest::collection::vec((proptest::num::f32::ANY, proptest::num::f32::ANY), 0..64),
+            op in 0usize..5,
+        ) {
+            let op = [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max, ReduceOp::Avg][op];
+            let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let mut want = a.clone();
+            reduce_into(op, &mut want, &b);
+            let mut got = vec![0.0f32; a.len()];
+            reduce_to(op, &mut got, &a, &b);
+            proptest::prop_assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            let (ha, hb): (Vec<bf16>, Vec<bf16>) = (
+                a.iter().map(|x| bf16::from_f32(*x)).collect(),
+                b.iter().map(|x| bf16::from_f32(*x)).collect(),
+            );
+            let mut want = ha.clone();
+            reduce_into(op, &mut want, &hb);
+            let mut got = vec![bf16::ZERO; ha.len()];
+            reduce_to(op, &mut got, &ha, &hb);
+            proptest::prop_assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
     }
 }
