@@ -8,6 +8,11 @@
 //! checks that every round's transfers can be posted at once even with unbuffered sends,
 //! admitting whole rounds never deadlocks. Each admitted op depends on the earlier ops it
 //! conflicts with ([`crate::hazard`]); it is handed out once they have completed.
+//!
+//! [`ProgramWalk`] generates a rank's program (emitting, resolving in-place aliases, hazard
+//! tracking, link numbering); [`RankMachine`] walks it a window at a time, and
+//! [`crate::compiled::CompiledProgram`] walks it once, whole, for machines that run the
+//! same program many times.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -30,6 +35,80 @@ pub struct ReadyOp {
     pub link_seq: u32,
 }
 
+/// Whether an op is a copy onto itself (an in-place alias): it does nothing but still
+/// orders its neighbours, so machines complete it as soon as it may run, without handing
+/// it out.
+pub(crate) fn is_self_copy(op: &Op) -> bool {
+    matches!(op.kind, OpKind::Copy { src, dst } if src == dst)
+}
+
+/// One rank's program as it is generated, round by round: the plan's ops with slices
+/// resolved for the placement, the earlier ops each conflicts with, and each transfer's
+/// position on its link. The one place these are derived, for every machine.
+#[derive(Debug)]
+pub(crate) struct ProgramWalk {
+    plan: Plan,
+    rank: Rank,
+    alias: Option<Alias>,
+    tracker: HazardTracker,
+    deps: Vec<Access>,
+    link_seq: HashMap<(bool, Rank, u16), u32>,
+    emitted: Vec<Op>,
+}
+
+impl ProgramWalk {
+    pub(crate) fn new(plan: &Plan, rank: Rank, placement: Placement) -> Self {
+        ProgramWalk {
+            plan: plan.clone(),
+            rank,
+            alias: alias_for(plan, placement, rank),
+            tracker: HazardTracker::new(),
+            deps: Vec::new(),
+            link_seq: HashMap::new(),
+            emitted: Vec::new(),
+        }
+    }
+
+    pub(crate) fn rounds(&self) -> u32 {
+        self.plan.rounds()
+    }
+
+    /// Generates `round` (rounds are walked in order, each once): for each of its ops in
+    /// program order, calls `f(op, link_seq, deps)` with the op resolved, its link
+    /// sequence number (0 for local ops) and the accesses of the earlier ops it conflicts
+    /// with (by program index, counted from 0 over the whole program; unordered, possibly
+    /// repeated, never the op itself).
+    pub(crate) fn round(&mut self, round: u32, mut f: impl FnMut(Op, u32, &[Access])) {
+        self.emitted.clear();
+        self.plan.emit(self.rank, round, &mut self.emitted);
+        for k in 0..self.emitted.len() {
+            let mut op = self.emitted[k];
+            op.map_slices(|s| resolve(self.alias, s));
+            self.deps.clear();
+            self.tracker.record(&op, &mut self.deps);
+            let link_seq = match op.kind {
+                OpKind::Send { peer, .. } => next_seq(&mut self.link_seq, true, peer, op.channel),
+                OpKind::Recv { peer, .. } | OpKind::RecvReduce { peer, .. } => {
+                    next_seq(&mut self.link_seq, false, peer, op.channel)
+                }
+                _ => 0,
+            };
+            f(op, link_seq, &self.deps);
+        }
+    }
+}
+
+fn next_seq(
+    seqs: &mut HashMap<(bool, Rank, u16), u32>,
+    send: bool,
+    peer: Rank,
+    channel: u16,
+) -> u32 {
+    let e = seqs.entry((send, peer, channel)).or_insert(0);
+    *e += 1;
+    *e - 1
+}
+
 #[derive(Debug)]
 struct Slot {
     op: Op,
@@ -42,19 +121,13 @@ struct Slot {
 /// The execution state of one rank's program.
 #[derive(Debug)]
 pub struct RankMachine {
-    plan: Plan,
-    rank: Rank,
-    alias: Option<Alias>,
+    walk: ProgramWalk,
     lookahead: u32,
     next_round: u32,
     /// Admitted ops in program order; `slots[0]` has program index `base`.
     slots: VecDeque<Slot>,
     base: u64,
-    tracker: HazardTracker,
-    deps: Vec<Access>,
     ready: VecDeque<u64>,
-    link_seq: HashMap<(bool, Rank, u16), u32>,
-    emitted: Vec<Op>,
     completed: u64,
 }
 
@@ -63,18 +136,12 @@ impl RankMachine {
     /// beyond the oldest unfinished one (see [`crate::PlanParams::in_flight`]).
     pub fn new(plan: &Plan, rank: Rank, placement: Placement, lookahead: u32) -> Self {
         let mut m = RankMachine {
-            plan: plan.clone(),
-            rank,
-            alias: alias_for(plan, placement, rank),
+            walk: ProgramWalk::new(plan, rank, placement),
             lookahead: lookahead.max(1),
             next_round: 0,
             slots: VecDeque::new(),
             base: 0,
-            tracker: HazardTracker::new(),
-            deps: Vec::new(),
             ready: VecDeque::new(),
-            link_seq: HashMap::new(),
-            emitted: Vec::new(),
             completed: 0,
         };
         m.admit();
@@ -82,7 +149,7 @@ impl RankMachine {
     }
 
     pub fn rank(&self) -> Rank {
-        self.rank
+        self.walk.rank
     }
 
     /// The round of the oldest unfinished op (or the next round to admit).
@@ -96,7 +163,7 @@ impl RankMachine {
 
     /// Whether every op of the program has completed.
     pub fn is_done(&self) -> bool {
-        self.next_round >= self.plan.rounds() && self.slots.is_empty()
+        self.next_round >= self.walk.rounds() && self.slots.is_empty()
     }
 
     /// Ops completed so far.
@@ -110,7 +177,7 @@ impl RankMachine {
             let slot = &self.slots[(index - self.base) as usize];
             // A copy onto itself (an in-place alias) does nothing but still orders its
             // neighbours: it completes as soon as it may run.
-            if matches!(slot.op.kind, OpKind::Copy { src, dst } if src == dst) {
+            if is_self_copy(&slot.op) {
                 self.complete(index);
                 continue;
             }
@@ -147,61 +214,52 @@ impl RankMachine {
 
     /// Admits whole rounds while the window allows.
     fn admit(&mut self) {
-        let rounds = self.plan.rounds();
+        let rounds = self.walk.rounds();
         while self.next_round < rounds
             && self.next_round < self.current_round().saturating_add(self.lookahead)
         {
             let round = self.next_round;
             self.next_round += 1;
-            self.emitted.clear();
-            self.plan.emit(self.rank, round, &mut self.emitted);
-            for k in 0..self.emitted.len() {
-                let mut op = self.emitted[k];
-                op.map_slices(|s| resolve(self.alias, s));
-                self.push(op);
-            }
+            let (slots, ready, base) = (&mut self.slots, &mut self.ready, self.base);
+            self.walk.round(round, |op, link_seq, deps| {
+                push(slots, ready, base, op, link_seq, deps)
+            });
         }
     }
+}
 
-    fn push(&mut self, op: Op) {
-        let index = self.base + self.slots.len() as u64;
-        self.deps.clear();
-        self.tracker.record(&op, &mut self.deps);
-        let link_seq = match op.kind {
-            OpKind::Send { peer, .. } => self.next_seq(true, peer, op.channel),
-            OpKind::Recv { peer, .. } | OpKind::RecvReduce { peer, .. } => {
-                self.next_seq(false, peer, op.channel)
-            }
-            _ => 0,
-        };
-        let mut deps_left = 0;
-        for d in &self.deps {
-            let d = d.index as u64;
-            if d < self.base {
-                continue;
-            }
-            let s = &mut self.slots[(d - self.base) as usize];
-            if !s.done && s.dependents.last() != Some(&index) {
-                s.dependents.push(index);
-                deps_left += 1;
-            }
+/// Admits the next op of the program: it waits for the admitted, unfinished ops among
+/// `deps`.
+fn push(
+    slots: &mut VecDeque<Slot>,
+    ready: &mut VecDeque<u64>,
+    base: u64,
+    op: Op,
+    link_seq: u32,
+    deps: &[Access],
+) {
+    let index = base + slots.len() as u64;
+    let mut deps_left = 0;
+    for d in deps {
+        let d = d.index as u64;
+        if d < base {
+            continue;
         }
-        self.slots.push_back(Slot {
-            op,
-            link_seq,
-            deps_left,
-            dependents: SmallVec::new(),
-            done: false,
-        });
-        if deps_left == 0 {
-            self.ready.push_back(index);
+        let s = &mut slots[(d - base) as usize];
+        if !s.done && s.dependents.last() != Some(&index) {
+            s.dependents.push(index);
+            deps_left += 1;
         }
     }
-
-    fn next_seq(&mut self, send: bool, peer: Rank, channel: u16) -> u32 {
-        let e = self.link_seq.entry((send, peer, channel)).or_insert(0);
-        *e += 1;
-        *e - 1
+    slots.push_back(Slot {
+        op,
+        link_seq,
+        deps_left,
+        dependents: SmallVec::new(),
+        done: false,
+    });
+    if deps_left == 0 {
+        ready.push_back(index);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The communicator: a group of ranks that run collectives together.
 //!
 //! Every call plans its collective (cached per call shape), executes the plan for this
-//! rank over the transports with a deadline, and checks the buffers it was given.
+//! rank over the transports with a deadline (its program compiled once per call shape and
+//! placement, [`crate::programs`]), and checks the buffers it was given.
 //! Creation (rendezvous, transports, probes) is `crate::create`'s.
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, Deadline, Departed, Dtype, OneOp, Storage};
 use crate::matcher::{CallInfo, CallName, Matcher};
+use crate::programs::Programs;
 use crate::select::Selector;
 use crate::split::TimeSplit;
 use crate::store::{Store, TcpStoreServer};
@@ -62,6 +64,8 @@ pub struct Communicator {
     pub(crate) world_ranks: Vec<Rank>,
     pub(crate) selector: Selector,
     pub(crate) plans: HashMap<u64, (Plan, u64)>,
+    /// Compiled programs per call shape and placement; fingerprints of given plans.
+    pub(crate) programs: Programs,
     pub(crate) broken: Option<String>,
     /// Measured at creation (world communicators; splits take their share).
     pub(crate) matrix: Option<Arc<LinkMatrix>>,
@@ -276,7 +280,8 @@ impl Communicator {
             )));
         }
         self.check_buffers(spec, &bufs)?;
-        self.execute(plan, fingerprint(plan), bufs)
+        let fingerprint = self.programs.fingerprint(plan, fingerprint);
+        self.execute(plan, fingerprint, bufs)
     }
 
     fn check_buffers<T>(&self, spec: &CollectiveSpec, bufs: &UserBufs<'_, T>) -> Result<()> {
@@ -385,14 +390,24 @@ impl Communicator {
                 (Placement::InPlace, Buffers { bufs: b })
             }
         };
-        let mut machine = RankMachine::new(plan, r, placement, plan.params().in_flight);
         let deadline = self.deadline();
+        // The program compiled once per call shape; too long to compile: generated as it
+        // runs.
+        let mut generated: RankMachine;
+        let machine: &mut dyn exec::Program =
+            match self.programs.machine(plan, fingerprint, r, placement) {
+                Some(m) => m,
+                None => {
+                    generated = RankMachine::new(plan, r, placement, plan.params().in_flight);
+                    &mut generated
+                }
+            };
         let result = exec::run(
             &mut self.tr,
             &mut self.matcher,
             &mut self.departed,
             &call,
-            &mut machine,
+            machine,
             &mut buffers,
             deadline,
             self.split.as_mut(),

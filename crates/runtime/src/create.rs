@@ -293,6 +293,7 @@ impl Communicator {
             world_ranks,
             selector,
             plans: HashMap::new(),
+            programs: Default::default(),
             broken: None,
             matrix: None,
             split: None,

@@ -1,5 +1,6 @@
 //! Executing one rank's program over the transports: the I/O shell around
-//! [`topoccl_plan::machine::RankMachine`].
+//! [`topoccl_plan::machine::RankMachine`] (or the same program compiled,
+//! [`topoccl_plan::compiled::CompiledMachine`]).
 //!
 //! The loop hands ready ops to the network (sends and receives are posted in the
 //! [`Matcher`], which releases sends in link order; frames are written header and payload
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
+use topoccl_plan::compiled::CompiledMachine;
 use topoccl_plan::exec::kernels::{reduce_into, reduce_to, Element};
 use topoccl_plan::machine::{RankMachine, ReadyOp};
 use topoccl_plan::{Buf, OpKind, Rank, ReduceOp, Slice};
@@ -45,6 +47,18 @@ impl Program for RankMachine {
     }
     fn is_done(&self) -> bool {
         RankMachine::is_done(self)
+    }
+}
+
+impl Program for CompiledMachine {
+    fn next_ready(&mut self) -> Option<ReadyOp> {
+        CompiledMachine::next_ready(self)
+    }
+    fn complete(&mut self, index: u64) {
+        CompiledMachine::complete(self, index)
+    }
+    fn is_done(&self) -> bool {
+        CompiledMachine::is_done(self)
     }
 }
 

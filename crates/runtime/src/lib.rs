@@ -18,6 +18,7 @@ mod exec;
 mod matcher;
 pub mod nonblocking;
 mod probe;
+mod programs;
 pub mod select;
 pub mod selftest;
 pub mod split;
