@@ -280,7 +280,7 @@ impl Communicator {
             world,
             cfg,
             tr,
-            departed: HashMap::new(),
+            departed: Default::default(),
             matcher: Default::default(),
             seq: 0,
             p2p_sent: HashMap::new(),

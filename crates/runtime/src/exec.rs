@@ -12,10 +12,10 @@
 //! frame, a fault cutting a link, the deadline — ends the call with an error naming the
 //! rank.
 
-use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use topoccl_plan::compiled::CompiledMachine;
 use topoccl_plan::exec::kernels::{reduce_into, reduce_to, Element};
 use topoccl_plan::machine::{RankMachine, ReadyOp};
@@ -188,7 +188,7 @@ impl<T: Dtype> Buffers<'_, T> {
 }
 
 /// Why peers went away: a crash (connection closed without a goodbye) or a normal close.
-pub(crate) type Departed = HashMap<Rank, String>;
+pub(crate) type Departed = FxHashMap<Rank, String>;
 
 /// How long to wait and how eagerly.
 #[derive(Clone, Copy, Debug)]

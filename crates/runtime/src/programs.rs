@@ -8,9 +8,9 @@
 //! program or naming the wrong call. Both are bounded, and start over when full, like the
 //! plan cache.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use topoccl_plan::compiled::{CompiledMachine, CompiledProgram, COMPILE_LIMIT_OPS};
 use topoccl_plan::{Placement, Plan, Rank};
 
@@ -46,7 +46,7 @@ impl Entry {
 
 #[derive(Default)]
 pub(crate) struct Programs {
-    entries: HashMap<(u64, Placement), Entry>,
+    entries: FxHashMap<(u64, Placement), Entry>,
     /// Ops of the programs in `entries`.
     ops: usize,
     fingerprints: Vec<(Plan, u64)>,
