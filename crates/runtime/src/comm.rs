@@ -797,7 +797,10 @@ impl Communicator {
         Deadline {
             at: Instant::now() + self.cfg.timeout,
             timeout: self.cfg.timeout,
-            spin: self.cfg.spin.unwrap_or_default(),
+            polling: crate::transport::Polling {
+                spin: self.cfg.spin.unwrap_or_default(),
+                yielding: self.cfg.yielding.unwrap_or_default(),
+            },
         }
     }
 

@@ -12,7 +12,8 @@
 //! | `TOPOCCL_PROBE` | `0` skips the link probes at creation (and the matrix, unless `TOPOCCL_MATRIX=1`) | on |
 //! | `TOPOCCL_TOPO` | topology file (TOML or JSON) placing this job's ranks | the measured matrix |
 //! | `TOPOCCL_MATRIX` | `0` skips measuring the rank-to-rank link matrix at creation; `1` measures it also with a topology file, and lowers the file's links where the measurement falls short | on up to 64 ranks, without a file and unless `TOPOCCL_PROBE=0` |
-//! | `TOPOCCL_SPIN` | how long a waiting call polls before it sleeps (`0` never spins) | 50 µs when this host's ranks fit on its cores, else 0 |
+//! | `TOPOCCL_SPIN` | how long a waiting call busy-polls before it sleeps (`0` never spins) | 50 µs when this host's ranks fit on its cores, else 0 |
+//! | `TOPOCCL_YIELD` | how long a waiting call then goes on polling, giving its core to other processes between looks, before it sleeps (`0`: not at all) | 0 when this host's ranks fit on its cores, else 10 ms |
 //! | `TOPOCCL_TRANSPORT` | `auto` (shared memory within a host, TCP between hosts), `tcp`, or `shm` (every peer over shared memory; peers on other hosts are an error) | `auto` |
 //! | `TOPOCCL_SHM_RING` | bytes of each shared-memory ring (one per direction of a pair; 4KiB–256MiB) | 1 MiB |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
@@ -37,6 +38,9 @@ pub struct Config {
     pub probe: bool,
     /// `None`: decided at creation from the ranks per host and the cores.
     pub spin: Option<Duration>,
+    /// Polling while yielding the core after `spin` (`TOPOCCL_YIELD`); `None`: decided at
+    /// creation like `spin`.
+    pub yielding: Option<Duration>,
     /// Topology file of the job (`TOPOCCL_TOPO`).
     pub topo: Option<String>,
     /// Measure the link matrix at creation; `None`: when the world is small enough.
@@ -65,6 +69,7 @@ impl Default for Config {
             rules: None,
             probe: true,
             spin: None,
+            yielding: None,
             topo: None,
             matrix: None,
             transport: Mode::Auto,
@@ -101,12 +106,26 @@ fn switch(key: &str, v: &str) -> Result<bool> {
 /// Busy-polling pays off only while every rank of the host has a core of its own: a
 /// spinning rank would otherwise take the core of the rank it waits for.
 pub fn default_spin(local_ranks: u32) -> Duration {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    if local_ranks <= cores {
+    if fits_cores(local_ranks) {
         Duration::from_micros(50)
     } else {
         Duration::ZERO
     }
+}
+
+/// With more ranks than cores, a waiting rank polls while yielding its core for a while:
+/// the rank it waits for (runnable on that core) then runs at once, where sleeping would
+/// cost a wake-up through the scheduler at every message.
+pub fn default_yield(local_ranks: u32) -> Duration {
+    if fits_cores(local_ranks) {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(10)
+    }
+}
+
+fn fits_cores(local_ranks: u32) -> bool {
+    local_ranks <= std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
 }
 
 impl Config {
@@ -147,6 +166,15 @@ impl Config {
                 )));
             }
             c.spin = Some(Duration::from_secs_f64(s));
+        }
+        if let Some(v) = lookup("TOPOCCL_YIELD") {
+            let s = parse_duration(&v).map_err(|e| Error::Config(format!("TOPOCCL_YIELD: {e}")))?;
+            if s > 1.0 {
+                return Err(Error::Config(format!(
+                    "TOPOCCL_YIELD={v} is more than 1 s of polling; use a few ms, or 0"
+                )));
+            }
+            c.yielding = Some(Duration::from_secs_f64(s));
         }
         if let Some(v) = lookup("TOPOCCL_PROBE") {
             c.probe = switch("TOPOCCL_PROBE", &v)?;
@@ -231,5 +259,33 @@ mod tests {
             (c.transport, c.shm_ring, c.faults.len()),
             (Mode::Shm, 102400, 1)
         );
+        let c = Config::from_lookup(&|k| match k {
+            "TOPOCCL_SPIN" => Some("20us".into()),
+            "TOPOCCL_YIELD" => Some("2ms".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (c.spin, c.yielding),
+            (
+                Some(Duration::from_micros(20)),
+                Some(Duration::from_millis(2))
+            )
+        );
+        for (v, says) in [("5s", "more than 1 s"), ("often", "TOPOCCL_YIELD")] {
+            let e = Config::from_lookup(&|k| (k == "TOPOCCL_YIELD").then(|| v.into()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn oversubscribed_hosts_yield_instead_of_spinning() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        assert_eq!(default_spin(cores), Duration::from_micros(50));
+        assert_eq!(default_yield(cores), Duration::ZERO);
+        assert_eq!(default_spin(cores + 1), Duration::ZERO);
+        assert_eq!(default_yield(cores + 1), Duration::from_millis(10));
     }
 }

@@ -119,6 +119,8 @@ impl Communicator {
     pub fn init(info: LaunchInfo, mut cfg: Config) -> Result<Communicator> {
         cfg.spin
             .get_or_insert(crate::config::default_spin(info.local_world));
+        cfg.yielding
+            .get_or_insert(crate::config::default_yield(info.local_world));
         let deadline = Instant::now() + cfg.init_timeout;
         let server = if info.host_store {
             Some(Arc::new(host_store(&info.store)?))
@@ -159,6 +161,8 @@ impl Communicator {
     ) -> Result<Communicator> {
         // Ranks sharing a store this way are usually threads or processes of one host.
         cfg.spin.get_or_insert(crate::config::default_spin(world));
+        cfg.yielding
+            .get_or_insert(crate::config::default_yield(world));
         if world == 0 || rank >= world {
             return Err(Error::Config(format!(
                 "rank {rank} is not in a world of {world} ranks"

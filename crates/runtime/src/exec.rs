@@ -24,7 +24,7 @@ use topoccl_plan::{Buf, OpKind, Rank, ReduceOp, Slice};
 use crate::error::{Error, Result};
 use crate::matcher::{CallInfo, Matcher, Reject, Verdict};
 use crate::split::{Part, Stopwatch, TimeSplit};
-use crate::transport::{Conn, Rx, Sent, Transports, Tx, STAGING_BYTES};
+use crate::transport::{Conn, Polling, Rx, Sent, Transports, Tx, STAGING_BYTES};
 use crate::wire::{AbortNotice, Header, Kind, Purpose, HEADER_LEN};
 
 /// Element types the runtime moves: the plan's elements that are plain bytes.
@@ -196,7 +196,7 @@ pub(crate) struct Deadline {
     pub at: Instant,
     /// The call's timeout, for messages.
     pub timeout: Duration,
-    pub spin: Duration,
+    pub polling: Polling,
 }
 
 /// Executes `prog` for one call, adding where its time went to `split` if given.
@@ -353,7 +353,7 @@ impl Exec<'_> {
                 .timer
                 .map_or(self.deadline.at, |t| t.min(self.deadline.at));
             let t = self.sw.start();
-            let woke = tr.wait(until, self.deadline.spin)?;
+            let woke = tr.wait(until, self.deadline.polling)?;
             self.sw.stop(Part::Wait, t);
             if !woke && Instant::now() >= self.deadline.at {
                 return Err(self.timeout_error(tr));
@@ -379,7 +379,7 @@ impl Exec<'_> {
             let now = Instant::now();
             if now >= until
                 || tr
-                    .wait(until.min(self.deadline.at), Duration::ZERO)
+                    .wait(until.min(self.deadline.at), Polling::default())
                     .is_err()
             {
                 return e;

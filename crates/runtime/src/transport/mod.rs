@@ -58,6 +58,25 @@ const SHM_LISTENER: Token = Token(2);
 const SHM_DOORBELL: Token = Token(3);
 const FIRST_CONN: usize = 4;
 
+/// How a waiting call polls before it sleeps: busy for `spin`, then for `yielding` more
+/// giving its core to any other runnable process between looks (what pays when a host
+/// has more ranks than cores: the rank waited for gets the core at once, with no
+/// wake-up through the scheduler). `TOPOCCL_SPIN`, `TOPOCCL_YIELD`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Polling {
+    pub spin: Duration,
+    pub yielding: Duration,
+}
+
+/// One turn of a polling wait's pause: a spin hint, or giving the core away.
+fn pause(spinning: bool) {
+    if spinning {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
 /// While spinning on rings alone, how often the sockets are polled too.
 const SPIN_SOCKET_POLL: Duration = Duration::from_micros(20);
 /// How long an accepted connection may take to say hello before it is dropped.
@@ -874,9 +893,10 @@ impl Transports {
     /// For the first `spin` it polls without sleeping: a message expected within
     /// microseconds then costs no trip through the scheduler (which dominates small
     /// messages); longer waits sleep in epoll, shared-memory peers ringing the doorbell.
-    pub fn wait(&mut self, until: Instant, spin: Duration) -> Result<bool> {
+    pub fn wait(&mut self, until: Instant, polling: Polling) -> Result<bool> {
         let start = Instant::now();
-        let spin_until = start + spin;
+        let spin_until = start + polling.spin;
+        let poll_until = spin_until + polling.yielding;
         let has_rings = self
             .conns
             .iter()
@@ -897,12 +917,12 @@ impl Transports {
                 return Ok(true);
             }
             let now = Instant::now();
-            if rings_only && now < spin_until && now < next_poll && now < until {
-                std::hint::spin_loop();
+            if rings_only && now < poll_until && now < next_poll && now < until {
+                pause(now < spin_until);
                 continue;
             }
             next_poll = now + SPIN_SOCKET_POLL;
-            let timeout = if now < spin_until {
+            let timeout = if now < poll_until {
                 Duration::ZERO
             } else {
                 if has_rings && !self.prepare_sleep() {
@@ -925,7 +945,7 @@ impl Transports {
             if timeout > Duration::ZERO || Instant::now() >= until {
                 return Ok(Instant::now() < until || (has_rings && self.rings_ready()));
             }
-            std::hint::spin_loop();
+            pause(now < spin_until);
         }
         let mut accept = [false; 2];
         for ev in self.events.iter() {
