@@ -63,7 +63,8 @@ pub struct Communicator {
     /// The rank in the world communicator of each rank of this one.
     pub(crate) world_ranks: Vec<Rank>,
     pub(crate) selector: Selector,
-    pub(crate) plans: HashMap<u64, (Plan, u64)>,
+    /// Plans by a hash of the spec asked for, with that spec (a hit must equal it).
+    pub(crate) plans: HashMap<u64, CachedPlan>,
     /// Compiled programs per call shape and placement; fingerprints of given plans.
     pub(crate) programs: Programs,
     pub(crate) broken: Option<String>,
@@ -81,6 +82,13 @@ impl std::fmt::Debug for Communicator {
             .field("namespace", &self.namespace)
             .finish()
     }
+}
+
+/// An entry of the plan cache.
+pub(crate) struct CachedPlan {
+    asked: CollectiveSpec,
+    plan: Plan,
+    fingerprint: u64,
 }
 
 /// The user's buffers for one call.
@@ -228,15 +236,23 @@ impl Communicator {
     /// The plan for `spec` and the fingerprint peers must agree on.
     fn plan(&mut self, spec: &CollectiveSpec) -> Result<(Plan, u64)> {
         let key = spec_key(spec);
-        if let Some(p) = self.plans.get(&key) {
-            return Ok(p.clone());
+        // The key is a hash: the entry is used only for the very spec it was made for.
+        if let Some(p) = self.plans.get(&key).filter(|p| p.asked == *spec) {
+            return Ok((p.plan.clone(), p.fingerprint));
         }
         let plan = self.selector.plan(spec)?;
         let fp = fingerprint(&plan);
         if self.plans.len() >= PLAN_CACHE {
             self.plans.clear();
         }
-        self.plans.insert(key, (plan.clone(), fp));
+        self.plans.insert(
+            key,
+            CachedPlan {
+                asked: spec.clone(),
+                plan: plan.clone(),
+                fingerprint: fp,
+            },
+        );
         Ok((plan, fp))
     }
 
@@ -828,5 +844,37 @@ impl Drop for Communicator {
         if self.broken.is_none() {
             self.tr.say_goodbye();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_cache_entry_serves_only_the_spec_it_was_made_for() {
+        let cfg = Config {
+            probe: false,
+            ..Config::default()
+        };
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemStore::new());
+        let mut comm = Communicator::with_store(store, 0, 1, "cache", "world", cfg).unwrap();
+        let a = CollectiveSpec::new(topoccl_plan::Collective::AllReduce, 1, 64);
+        let b = CollectiveSpec::new(topoccl_plan::Collective::AllReduce, 1, 128);
+        let (plan_b, fp_b) = comm.plan(&b).unwrap();
+        // A colliding key: `a`'s slot holds `b`'s plan.
+        comm.plans.insert(
+            spec_key(&a),
+            CachedPlan {
+                asked: b.clone(),
+                plan: plan_b,
+                fingerprint: fp_b,
+            },
+        );
+        let (plan_a, _) = comm.plan(&a).unwrap();
+        assert_eq!(plan_a.spec(), &a);
+        let mut buf = vec![1.0f32; 64];
+        comm.all_reduce_in_place(&mut buf, ReduceOp::Sum).unwrap();
+        assert_eq!(buf, vec![1.0f32; 64]);
     }
 }
