@@ -9,8 +9,9 @@ use crate::CliError;
 
 #[derive(Args, Debug)]
 pub struct StoreArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:29400")]
+    /// Address to listen on: loopback by default, so only this machine can reach it; give
+    /// the address of the interface other hosts reach (or 0.0.0.0:29400) to serve them.
+    #[arg(long, default_value = "127.0.0.1:29400")]
     listen: String,
 }
 
@@ -21,5 +22,25 @@ pub fn run(args: StoreArgs) -> Result<ExitCode, CliError> {
     println!("store listening on tcp://{}", server.local_addr());
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    #[test]
+    fn listens_on_loopback_unless_told_otherwise() {
+        let default = Cmd::try_parse_from(["store"]).unwrap();
+        assert_eq!(default.store.listen, "127.0.0.1:29400");
+        let wide = Cmd::try_parse_from(["store", "--listen", "0.0.0.0:29400"]).unwrap();
+        assert_eq!(wide.store.listen, "0.0.0.0:29400");
     }
 }

@@ -8,7 +8,7 @@
 //! | `TOPOCCL_SOCKET_IFNAME` | network interface to listen on | the one that reaches the store |
 //! | `TOPOCCL_SECRET` | shared secret (else one is generated and shared through the store) | |
 //! | `TOPOCCL_ALGO` | algorithm per collective, `allreduce:rhd;allgather:bruck` | chosen by cost |
-//! | `TOPOCCL_RULES` | JSON file of selection rules | |
+//! | `TOPOCCL_RULES` | selection rules: a JSON file, or the JSON itself when it starts with `[` | |
 //! | `TOPOCCL_PROBE` | `0` skips the link probes at creation (and the matrix, unless `TOPOCCL_MATRIX=1`) | on |
 //! | `TOPOCCL_TOPO` | topology file (TOML or JSON) placing this job's ranks | the measured matrix |
 //! | `TOPOCCL_MATRIX` | `0` skips measuring the rank-to-rank link matrix at creation; `1` measures it also with a topology file, and lowers the file's links where the measurement falls short | on up to 64 ranks, without a file and unless `TOPOCCL_PROBE=0` |

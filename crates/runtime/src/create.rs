@@ -5,7 +5,7 @@
 //! calls): neither of them knows how a communicator comes to be.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,7 +92,26 @@ fn host_store(addr: &StoreAddr) -> Result<TcpStoreServer> {
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .ok_or_else(|| Error::Config(format!("store address {hostport} has no port")))?;
-    Ok(TcpStoreServer::start(&format!("0.0.0.0:{port}"))?)
+    // Listen where the job meets, not on every interface: the store's own address when
+    // this machine has it (loopback for a local job), every interface only when the
+    // address is not one of this machine's (a name other hosts resolve differently).
+    let ip = hostport
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| a.ip())
+        .ok_or_else(|| Error::Config(format!("cannot resolve store address {hostport}")))?;
+    match TcpStoreServer::start(&SocketAddr::new(ip, port).to_string()) {
+        Ok(server) => Ok(server),
+        Err(e) if ip.is_loopback() || ip.is_unspecified() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(
+                "hosting the store on {hostport} failed ({e}); listening on every interface \
+                 instead"
+            );
+            Ok(TcpStoreServer::start(&format!("0.0.0.0:{port}"))?)
+        }
+    }
 }
 
 /// A rank's published endpoint: topoccl's JSON, or a bare `IP:PORT` (TCP only).
@@ -274,10 +293,14 @@ impl Communicator {
         if let Some(a) = &cfg.algo {
             selector = selector.with_algo_env(a)?;
         }
-        if let Some(path) = &cfg.rules {
-            let json = std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("TOPOCCL_RULES={path}: {e}")))?;
-            selector = selector.with_rules_json(&json, path)?;
+        if let Some(rules) = &cfg.rules {
+            selector = if rules.trim_start().starts_with('[') {
+                selector.with_rules_json(rules, "TOPOCCL_RULES")?
+            } else {
+                let json = std::fs::read_to_string(rules)
+                    .map_err(|e| Error::Config(format!("TOPOCCL_RULES={rules}: {e}")))?;
+                selector.with_rules_json(&json, rules)?
+            };
         }
         Ok(Communicator {
             rank,
@@ -401,5 +424,31 @@ impl Communicator {
             self.selector.overhead(),
         );
         Ok(Some(child))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_0_hosts_the_store_where_the_job_meets() {
+        let local = host_store(&StoreAddr::Tcp("127.0.0.1:0".into())).unwrap();
+        assert!(
+            local.local_addr().ip().is_loopback(),
+            "{}",
+            local.local_addr()
+        );
+        let named = host_store(&StoreAddr::Tcp("localhost:0".into())).unwrap();
+        assert!(
+            named.local_addr().ip().is_loopback(),
+            "{}",
+            named.local_addr()
+        );
+        let e = match host_store(&StoreAddr::Tcp("127.0.0.1".into())) {
+            Ok(_) => panic!("an address without a port was hosted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("has no port"), "{e}");
     }
 }

@@ -5,7 +5,8 @@
 //! otherwise. A topology-aware plan is verified before it is used.
 //!
 //! Overrides, strongest first:
-//! * `TOPOCCL_RULES=FILE`: a JSON list of rules, the first that matches wins —
+//! * `TOPOCCL_RULES=FILE` (or the JSON itself, when it starts with `[`): a JSON list of
+//!   rules, the first that matches wins —
 //!   `[{"collective": "allreduce", "min_bytes": 0, "max_bytes": 65536, "algo": "rd"},
 //!     {"collective": "allreduce", "min_bytes": 65536, "algo": "ring", "chunk_bytes": 1048576}]`
 //!
@@ -14,9 +15,13 @@
 //!   compare` prints them): such a rule needs the job's topology (`TOPOCCL_TOPO` or the
 //!   measured link matrix), and a call it matches fails with a configuration error when
 //!   there is none or no candidate has that label. The tables `topoccl tune -o FILE`
-//!   writes are in this format: `TOPOCCL_RULES=FILE` loads them.
+//!   writes are in this format: `TOPOCCL_RULES=FILE` loads them. Refused at creation,
+//!   naming the rule: an empty size or rank range (`max_bytes` ≤ `min_bytes`, `max_ranks`
+//!   < `min_ranks`), `chunk_bytes` below [`MIN_CHUNK_BYTES`], `channels` outside
+//!   1..=`PlanParams::MAX_CHANNELS`.
 //! * `TOPOCCL_ALGO`: `allreduce:rhd;allgather:bruck` (per collective, in the style of
-//!   `NCCL_ALGO`), or one name for every collective that has it (`ring`).
+//!   `NCCL_ALGO`), or one name for every collective that has it (`ring`); naming a
+//!   collective twice, or giving two names for all, is refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +35,10 @@ use topoccl_topo::plans::{self, is_topology_label};
 use topoccl_topo::{Endpoints, Pricer, Topology};
 
 use crate::error::{Error, Result};
+
+/// The smallest pipeline piece a rule may ask for: a page. Smaller pieces cost more in
+/// per-message work than their overlap can save (a `chunk_bytes` of 1 ran 1,000× slower).
+pub const MIN_CHUNK_BYTES: u64 = 4096;
 
 /// A selection rule from `TOPOCCL_RULES`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -133,9 +142,25 @@ impl Selector {
                             algo::available_names(c)
                         )));
                     }
-                    self.per_collective.insert(c, a);
+                    if let Some(before) = self.per_collective.insert(c, a.clone()) {
+                        return Err(Error::Config(format!(
+                            "TOPOCCL_ALGO names {c} twice ('{}' and '{}'); keep one",
+                            before.name(),
+                            a.name()
+                        )));
+                    }
                 }
-                None => self.everywhere = Some(part.parse()?),
+                None => {
+                    let a: Algorithm = part.parse()?;
+                    if let Some(before) = self.everywhere.replace(a.clone()) {
+                        return Err(Error::Config(format!(
+                            "TOPOCCL_ALGO gives two algorithms for every collective ('{}' and \
+                             '{}'); keep one, or name collectives (allreduce:ring;allgather:bruck)",
+                            before.name(),
+                            a.name()
+                        )));
+                    }
+                }
             }
         }
         Ok(self)
@@ -149,6 +174,35 @@ impl Selector {
             let bad = |m: String| Error::Config(format!("{origin}: rule {i}: {m}"));
             let collective: Collective =
                 rule.collective.parse().map_err(|e| bad(format!("{e}")))?;
+            if rule.max_bytes.is_some_and(|m| m <= rule.min_bytes) {
+                return Err(bad(format!(
+                    "max_bytes {} is not above min_bytes {}: the rule matches no size",
+                    rule.max_bytes.unwrap_or_default(),
+                    rule.min_bytes
+                )));
+            }
+            if let (Some(lo), Some(hi)) = (rule.min_ranks, rule.max_ranks) {
+                if hi < lo {
+                    return Err(bad(format!(
+                        "max_ranks {hi} is below min_ranks {lo}: the rule matches no job"
+                    )));
+                }
+            }
+            if let Some(b) = rule.chunk_bytes.filter(|&b| b < MIN_CHUNK_BYTES) {
+                return Err(bad(format!(
+                    "chunk_bytes {b} is below {MIN_CHUNK_BYTES} (pieces that small cost more \
+                     than they overlap); leave it out for whole messages"
+                )));
+            }
+            if let Some(c) = rule
+                .channels
+                .filter(|&c| c == 0 || c > PlanParams::MAX_CHANNELS)
+            {
+                return Err(bad(format!(
+                    "channels {c} is outside 1..={}",
+                    PlanParams::MAX_CHANNELS
+                )));
+            }
             let target = match rule.algo.parse::<Algorithm>() {
                 Ok(algo) if !algo.serves(collective) => {
                     return Err(bad(format!(
@@ -370,6 +424,67 @@ mod tests {
             "{}",
             large.algorithm().name()
         );
+    }
+
+    #[test]
+    fn rules_and_names_that_cannot_mean_anything_are_refused() {
+        for (algo_env, says) in [
+            (
+                "allreduce:ring;allreduce:rhd",
+                "names allreduce twice ('ring' and 'rhd')",
+            ),
+            ("ring;rhd", "two algorithms for every collective"),
+        ] {
+            let e = Selector::new(net(), 1)
+                .with_algo_env(algo_env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{algo_env}: {e}");
+        }
+        for (rule, says) in [
+            (
+                r#""min_bytes":4096,"max_bytes":1024,"algo":"ring""#,
+                "max_bytes 1024 is not above min_bytes 4096",
+            ),
+            (
+                r#""min_bytes":1024,"max_bytes":1024,"algo":"ring""#,
+                "matches no size",
+            ),
+            (
+                r#""min_ranks":8,"max_ranks":4,"algo":"ring""#,
+                "max_ranks 4 is below min_ranks 8",
+            ),
+            (
+                r#""algo":"ring","chunk_bytes":1"#,
+                "chunk_bytes 1 is below 4096",
+            ),
+            (
+                r#""algo":"ring","chunk_bytes":0"#,
+                "chunk_bytes 0 is below 4096",
+            ),
+            (
+                r#""algo":"ring","channels":65535"#,
+                "channels 65535 is outside 1..=64",
+            ),
+            (r#""algo":"ring","channels":0"#, "channels 0 is outside"),
+        ] {
+            let json = format!(
+                r#"[{{"collective":"allreduce","algo":"rd"}},{{"collective":"allreduce",{rule}}}]"#
+            );
+            let e = Selector::new(net(), 1)
+                .with_rules_json(&json, "rules.json")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rules.json: rule 1: "), "{rule}: {e}");
+            assert!(e.contains(says), "{rule}: {e}");
+        }
+        // The limits themselves are accepted.
+        Selector::new(net(), 1)
+            .with_rules_json(
+                r#"[{"collective":"allreduce","min_bytes":0,"max_bytes":1,"min_ranks":4,"max_ranks":4,"algo":"ring","chunk_bytes":4096,"channels":64}]"#,
+                "rules.json",
+            )
+            .unwrap();
     }
 
     #[test]

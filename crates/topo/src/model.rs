@@ -275,6 +275,14 @@ impl Topology {
     }
 }
 
+/// Bandwidths a link may have, in bytes per second: from a byte a second to 1 PB/s.
+/// Outside that no real link lies, and figures there only overflow the times computed
+/// from them.
+pub const LINK_BANDWIDTH: (f64, f64) = (1.0, 1e15);
+/// The longest latency a link may have: a minute (beyond it, a figure is a typo, and
+/// path latencies would overflow their picoseconds).
+pub const MAX_LINK_LATENCY_S: f64 = 60.0;
+
 /// Builds and checks a [`Topology`].
 #[derive(Clone, Debug, Default)]
 pub struct TopologyBuilder {
@@ -454,14 +462,17 @@ impl TopologyBuilder {
                 "link {a} -> {b} joins a node to itself"
             )));
         }
-        if !(bandwidth.is_finite() && bandwidth > 0.0) {
+        if !(bandwidth.is_finite() && (LINK_BANDWIDTH.0..=LINK_BANDWIDTH.1).contains(&bandwidth)) {
             return Err(TopoError::invalid(format!(
-                "link {a} -> {b} has bandwidth {bandwidth}; it must be positive (e.g. 100Gbps)"
+                "link {a} -> {b} has bandwidth {bandwidth} B/s; it must be from {} to {} B/s \
+                 (e.g. 100Gbps)",
+                LINK_BANDWIDTH.0, LINK_BANDWIDTH.1
             )));
         }
-        if !(latency.is_finite() && latency >= 0.0) {
+        if !(latency.is_finite() && (0.0..=MAX_LINK_LATENCY_S).contains(&latency)) {
             return Err(TopoError::invalid(format!(
-                "link {a} -> {b} has latency {latency}; it must be zero or more (e.g. 2us)"
+                "link {a} -> {b} has latency {latency} s; it must be from 0 to \
+                 {MAX_LINK_LATENCY_S} s (e.g. 2us)"
             )));
         }
         let id = self.links.len() as LinkId;
