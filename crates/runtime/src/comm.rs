@@ -68,6 +68,9 @@ pub struct Communicator {
     /// Compiled programs per call shape and placement; fingerprints of given plans.
     pub(crate) programs: Programs,
     pub(crate) broken: Option<String>,
+    /// While creating: the deadline of creation (`TOPOCCL_INIT_TIMEOUT`), which bounds the
+    /// calls of the measurements too.
+    pub(crate) creating: Option<Instant>,
     /// Measured at creation (world communicators; splits take their share).
     pub(crate) matrix: Option<Arc<LinkMatrix>>,
     /// Where calls' time goes, while measured ([`Communicator::measure_time_split`]).
@@ -810,9 +813,15 @@ impl Communicator {
     }
 
     fn deadline(&self) -> Deadline {
+        let own = Instant::now() + self.cfg.timeout;
+        let (at, timeout, setting) = match self.creating {
+            Some(end) if end < own => (end, self.cfg.init_timeout, "TOPOCCL_INIT_TIMEOUT"),
+            _ => (own, self.cfg.timeout, "TOPOCCL_TIMEOUT"),
+        };
         Deadline {
-            at: Instant::now() + self.cfg.timeout,
-            timeout: self.cfg.timeout,
+            at,
+            timeout,
+            setting,
             polling: crate::transport::Polling {
                 spin: self.cfg.spin.unwrap_or_default(),
                 yielding: self.cfg.yielding.unwrap_or_default(),

@@ -3,7 +3,7 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `TOPOCCL_TIMEOUT` | deadline of every call (`30s`, `500ms`) | 60 s |
-//! | `TOPOCCL_INIT_TIMEOUT` | deadline of communicator creation | 120 s |
+//! | `TOPOCCL_INIT_TIMEOUT` | deadline of communicator creation, its measurements included | 120 s |
 //! | `TOPOCCL_STREAMS` | TCP connections per peer for data | 1 |
 //! | `TOPOCCL_SOCKET_IFNAME` | network interface to listen on | the one that reaches the store |
 //! | `TOPOCCL_SECRET` | shared secret (else one is generated and shared through the store) | |

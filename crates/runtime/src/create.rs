@@ -164,7 +164,7 @@ impl Communicator {
             cfg,
             deadline,
         )?;
-        comm.tune()?;
+        comm.tune_within(deadline)?;
         Ok(comm)
     }
 
@@ -207,7 +207,7 @@ impl Communicator {
             cfg,
             deadline,
         )?;
-        comm.tune()?;
+        comm.tune_within(deadline)?;
         Ok(comm)
     }
 
@@ -322,9 +322,19 @@ impl Communicator {
             plans: HashMap::new(),
             programs: Default::default(),
             broken: None,
+            creating: None,
             matrix: None,
             split: None,
         })
+    }
+
+    /// [`Self::tune`] with every call of it bounded by creation's deadline
+    /// (`TOPOCCL_INIT_TIMEOUT`) as well as its own.
+    fn tune_within(&mut self, deadline: Instant) -> Result<()> {
+        self.creating = Some(deadline);
+        let tuned = self.tune();
+        self.creating = None;
+        tuned
     }
 
     /// Measures the network and agrees on it (see [`crate::probe`]).

@@ -196,6 +196,8 @@ pub(crate) struct Deadline {
     pub at: Instant,
     /// The call's timeout, for messages.
     pub timeout: Duration,
+    /// The setting that gives the deadline, for messages.
+    pub setting: &'static str,
     pub polling: Polling,
 }
 
@@ -446,9 +448,10 @@ impl Exec<'_> {
             op: self.call.name.to_string(),
             after: self.deadline.timeout,
             waiting: format!(
-                "{}; is that rank alive and in the same collective? (raise TOPOCCL_TIMEOUT if \
-                 it is just slow)",
-                what.join("; ")
+                "{}; is that rank alive and in the same collective? (raise {} if it is just \
+                 slow)",
+                what.join("; "),
+                self.deadline.setting
             ),
             ranks,
         }

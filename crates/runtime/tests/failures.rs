@@ -121,6 +121,40 @@ fn wrong_secret_is_refused_and_named() {
     assert!(errs[1].to_string().contains("wrong secret"), "{}", errs[1]);
 }
 
+#[test]
+fn creation_is_bounded_by_the_init_timeout_not_the_call_timeout() {
+    let store = common::mem_store();
+    let handles: Vec<_> = (0..2u32)
+        .map(|r| {
+            let store = store.clone();
+            thread::spawn(move || {
+                let cfg = Config {
+                    secret: Some(if r == 0 { "alpha" } else { "beta" }.into()),
+                    probe: true,
+                    timeout: Duration::from_secs(60),
+                    init_timeout: Duration::from_secs(2),
+                    ..Config::default()
+                };
+                let t = Instant::now();
+                let e = init(&store, r, 2, cfg).unwrap_err();
+                (e, t.elapsed())
+            })
+        })
+        .collect();
+    for (r, h) in handles.into_iter().enumerate() {
+        let (e, took) = h.join().unwrap();
+        // The probes at creation wait on the 2 s of creation, not the 60 s of a call.
+        assert!(took < Duration::from_secs(4), "rank {r}: {took:?}: {e}");
+        assert!(e.to_string().contains("wrong secret"), "rank {r}: {e}");
+        if let Error::Timeout { .. } = e {
+            assert!(
+                e.to_string().contains("TOPOCCL_INIT_TIMEOUT"),
+                "rank {r}: {e}"
+            );
+        }
+    }
+}
+
 /// A rank 1 that accepts rank 0's connections, then does `misbehave` on the data
 /// connection (stream 0).
 fn fake_peer(
