@@ -689,7 +689,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
                     row.size_bytes,
                     row.count,
                     nccl_type(row.dtype),
-                    row.op.name(),
+                    if row.collective.reduces() {
+                        row.op.name()
+                    } else {
+                        "none"
+                    },
                     row.root,
                     fmt_timing(&Some(row.out_of_place)),
                     fmt_timing(&row.in_place),

@@ -106,6 +106,10 @@ fn all_collectives_with_a_forced_dtype_and_root() {
     assert!(rows.iter().all(|r| r[2] == "bfloat16"));
     // Rooted collectives print their root; the others -1.
     assert!(rows.iter().any(|r| r[4] == "1"));
+    // The reduction where there is one, `none` elsewhere (as nccl-tests prints).
+    let redops: Vec<&str> = rows.iter().map(|r| r[3].as_str()).collect();
+    assert_eq!(redops.iter().filter(|&&o| o == "max").count(), 6, "{redops:?}");
+    assert_eq!(redops.iter().filter(|&&o| o == "none").count(), 10, "{redops:?}");
     assert!(stdout.contains("# 0 wrong elements in total"));
 }
 
