@@ -108,8 +108,16 @@ fn all_collectives_with_a_forced_dtype_and_root() {
     assert!(rows.iter().any(|r| r[4] == "1"));
     // The reduction where there is one, `none` elsewhere (as nccl-tests prints).
     let redops: Vec<&str> = rows.iter().map(|r| r[3].as_str()).collect();
-    assert_eq!(redops.iter().filter(|&&o| o == "max").count(), 6, "{redops:?}");
-    assert_eq!(redops.iter().filter(|&&o| o == "none").count(), 10, "{redops:?}");
+    assert_eq!(
+        redops.iter().filter(|&&o| o == "max").count(),
+        6,
+        "{redops:?}"
+    );
+    assert_eq!(
+        redops.iter().filter(|&&o| o == "none").count(),
+        10,
+        "{redops:?}"
+    );
     assert!(stdout.contains("# 0 wrong elements in total"));
 }
 
