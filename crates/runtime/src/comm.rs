@@ -190,7 +190,6 @@ impl Communicator {
         self.selector.net
     }
 
-    /// Sets the deadline of later calls.
     /// Starts (`true`) or stops measuring where this rank's time inside calls goes (copy,
     /// reduce, wait; [`TimeSplit`]). Measuring reads the clock around every part of a
     /// call, which small messages notice: time calls without it.
@@ -204,6 +203,7 @@ impl Communicator {
         self.split.as_mut().map(std::mem::take)
     }
 
+    /// Sets the deadline of later calls.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.cfg.timeout = timeout;
     }

@@ -106,21 +106,22 @@ fn switch(key: &str, v: &str) -> Result<bool> {
 /// Busy-polling pays off only while every rank of the host has a core of its own: a
 /// spinning rank would otherwise take the core of the rank it waits for.
 pub fn default_spin(local_ranks: u32) -> Duration {
-    if fits_cores(local_ranks) {
-        Duration::from_micros(50)
-    } else {
-        Duration::ZERO
-    }
+    default_polling(fits_cores(local_ranks)).0
 }
 
 /// With more ranks than cores, a waiting rank polls while yielding its core for a while:
 /// the rank it waits for (runnable on that core) then runs at once, where sleeping would
 /// cost a wake-up through the scheduler at every message.
 pub fn default_yield(local_ranks: u32) -> Duration {
-    if fits_cores(local_ranks) {
-        Duration::ZERO
+    default_polling(fits_cores(local_ranks)).1
+}
+
+/// `(spin, yield)` for a host whose ranks fit on its cores, or do not.
+fn default_polling(fits: bool) -> (Duration, Duration) {
+    if fits {
+        (Duration::from_micros(50), Duration::ZERO)
     } else {
-        Duration::from_millis(10)
+        (Duration::ZERO, Duration::from_millis(10))
     }
 }
 
@@ -128,7 +129,23 @@ fn fits_cores(local_ranks: u32) -> bool {
     local_ranks <= std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
 }
 
+/// A polling duration from `key=v`, at most `max_s` seconds (`too_long` says what to use).
+fn polling(key: &str, v: &str, max_s: f64, too_long: &str) -> Result<Duration> {
+    let s = parse_duration(v).map_err(|e| Error::Config(format!("{key}: {e}")))?;
+    if s > max_s {
+        return Err(Error::Config(format!("{key}={v} is {too_long}")));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
 impl Config {
+    /// Sets `spin` and `yielding` where the user did not, for a host of `local_ranks`.
+    pub fn fill_polling(&mut self, local_ranks: u32) {
+        let (spin, yielding) = default_polling(fits_cores(local_ranks));
+        self.spin.get_or_insert(spin);
+        self.yielding.get_or_insert(yielding);
+    }
+
     /// Defaults overridden by the `TOPOCCL_*` environment variables.
     pub fn from_env() -> Result<Config> {
         Self::from_lookup(&|k| std::env::var(k).ok())
@@ -159,22 +176,20 @@ impl Config {
         c.algo = lookup("TOPOCCL_ALGO").filter(|s| !s.is_empty());
         c.rules = lookup("TOPOCCL_RULES").filter(|s| !s.is_empty());
         if let Some(v) = lookup("TOPOCCL_SPIN") {
-            let s = parse_duration(&v).map_err(|e| Error::Config(format!("TOPOCCL_SPIN: {e}")))?;
-            if s > 0.1 {
-                return Err(Error::Config(format!(
-                    "TOPOCCL_SPIN={v} is more than 100 ms of busy waiting; use a few µs, or 0"
-                )));
-            }
-            c.spin = Some(Duration::from_secs_f64(s));
+            c.spin = Some(polling(
+                "TOPOCCL_SPIN",
+                &v,
+                0.1,
+                "more than 100 ms of busy waiting; use a few µs, or 0",
+            )?);
         }
         if let Some(v) = lookup("TOPOCCL_YIELD") {
-            let s = parse_duration(&v).map_err(|e| Error::Config(format!("TOPOCCL_YIELD: {e}")))?;
-            if s > 1.0 {
-                return Err(Error::Config(format!(
-                    "TOPOCCL_YIELD={v} is more than 1 s of polling; use a few ms, or 0"
-                )));
-            }
-            c.yielding = Some(Duration::from_secs_f64(s));
+            c.yielding = Some(polling(
+                "TOPOCCL_YIELD",
+                &v,
+                1.0,
+                "more than 1 s of polling; use a few ms, or 0",
+            )?);
         }
         if let Some(v) = lookup("TOPOCCL_PROBE") {
             c.probe = switch("TOPOCCL_PROBE", &v)?;

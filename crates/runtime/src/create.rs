@@ -136,10 +136,7 @@ impl Communicator {
 
     /// Creates the world communicator.
     pub fn init(info: LaunchInfo, mut cfg: Config) -> Result<Communicator> {
-        cfg.spin
-            .get_or_insert(crate::config::default_spin(info.local_world));
-        cfg.yielding
-            .get_or_insert(crate::config::default_yield(info.local_world));
+        cfg.fill_polling(info.local_world);
         let deadline = Instant::now() + cfg.init_timeout;
         let server = if info.host_store {
             Some(Arc::new(host_store(&info.store)?))
@@ -179,9 +176,7 @@ impl Communicator {
         mut cfg: Config,
     ) -> Result<Communicator> {
         // Ranks sharing a store this way are usually threads or processes of one host.
-        cfg.spin.get_or_insert(crate::config::default_spin(world));
-        cfg.yielding
-            .get_or_insert(crate::config::default_yield(world));
+        cfg.fill_polling(world);
         if world == 0 || rank >= world {
             return Err(Error::Config(format!(
                 "rank {rank} is not in a world of {world} ranks"

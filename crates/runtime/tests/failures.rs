@@ -94,23 +94,34 @@ fn mismatched_collectives_are_reported_not_mixed() {
     );
 }
 
-#[test]
-fn wrong_secret_is_refused_and_named() {
+/// Creating a world of 2 whose ranks hold different secrets (`base` otherwise, probes
+/// on): each rank's error and how long its creation took.
+fn create_with_wrong_secret(base: Config) -> Vec<(Error, Duration)> {
     let store = common::mem_store();
     let handles: Vec<_> = (0..2u32)
         .map(|r| {
             let store = store.clone();
+            let cfg = Config {
+                secret: Some(if r == 0 { "alpha" } else { "beta" }.into()),
+                probe: true,
+                ..base.clone()
+            };
             thread::spawn(move || {
-                let cfg = Config {
-                    secret: Some(if r == 0 { "alpha" } else { "beta" }.into()),
-                    probe: true,
-                    ..cfg(1500)
-                };
-                init(&store, r, 2, cfg).unwrap_err()
+                let t = Instant::now();
+                let e = init(&store, r, 2, cfg).unwrap_err();
+                (e, t.elapsed())
             })
         })
         .collect();
-    let errs: Vec<Error> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn wrong_secret_is_refused_and_named() {
+    let errs: Vec<Error> = create_with_wrong_secret(cfg(1500))
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
     // Rank 0 dials and is refused by rank 1; rank 1 waits and learns why from the refusal.
     assert!(
         matches!(&errs[0], Error::Handshake { rank: 1, reason } if reason.contains("wrong secret")),
@@ -123,26 +134,12 @@ fn wrong_secret_is_refused_and_named() {
 
 #[test]
 fn creation_is_bounded_by_the_init_timeout_not_the_call_timeout() {
-    let store = common::mem_store();
-    let handles: Vec<_> = (0..2u32)
-        .map(|r| {
-            let store = store.clone();
-            thread::spawn(move || {
-                let cfg = Config {
-                    secret: Some(if r == 0 { "alpha" } else { "beta" }.into()),
-                    probe: true,
-                    timeout: Duration::from_secs(60),
-                    init_timeout: Duration::from_secs(2),
-                    ..Config::default()
-                };
-                let t = Instant::now();
-                let e = init(&store, r, 2, cfg).unwrap_err();
-                (e, t.elapsed())
-            })
-        })
-        .collect();
-    for (r, h) in handles.into_iter().enumerate() {
-        let (e, took) = h.join().unwrap();
+    let outcomes = create_with_wrong_secret(Config {
+        timeout: Duration::from_secs(60),
+        init_timeout: Duration::from_secs(2),
+        ..Config::default()
+    });
+    for (r, (e, took)) in outcomes.into_iter().enumerate() {
         // The probes at creation wait on the 2 s of creation, not the 60 s of a call.
         assert!(took < Duration::from_secs(4), "rank {r}: {took:?}: {e}");
         assert!(e.to_string().contains("wrong secret"), "rank {r}: {e}");
