@@ -365,7 +365,7 @@ impl Communicator {
             ),
             (None, None) => None,
         };
-        let overhead = self.matrix.as_ref().map_or(0.0, |m| m.min_latency());
+        let overhead = self.matrix.as_ref().map_or(0.0, |m| m.peer_overhead());
         self.selector.set_topology(topology.map(Arc::new), overhead);
         self.plans.clear();
         Ok(())

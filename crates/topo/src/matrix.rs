@@ -128,14 +128,28 @@ impl LinkMatrix {
         b.build()
     }
 
-    /// The smallest latency measured between two ranks: what any message costs, the
-    /// software's share of every latency.
-    pub fn min_latency(&self) -> f64 {
+    /// Seconds that one more peer in a round costs a rank (the cost model's per-message
+    /// overhead): the median latency between two ranks of one host, or the smallest
+    /// latency measured when no host has two ranks. Within a host the latency is all
+    /// software, and where ranks share cores it includes the wait for the peer's turn on
+    /// one, which a round with more peers pays once per peer; the smallest figure (one
+    /// lucky pair) would leave that wait out, the median keeps it.
+    pub fn peer_overhead(&self) -> f64 {
         let p = self.hosts.len();
-        (0..p)
-            .flat_map(|i| (0..p).filter(move |&j| j != i).map(move |j| (i, j)))
+        let pairs =
+            || (0..p).flat_map(move |i| (0..p).filter(move |&j| j != i).map(move |j| (i, j)));
+        let mut local: Vec<f64> = pairs()
+            .filter(|&(i, j)| self.hosts[i] == self.hosts[j])
             .map(|(i, j)| self.latency[i][j])
-            .fold(f64::INFINITY, f64::min)
+            .collect();
+        if local.is_empty() {
+            return pairs()
+                .map(|(i, j)| self.latency[i][j])
+                .reduce(f64::min)
+                .unwrap_or(0.0);
+        }
+        local.sort_by(f64::total_cmp);
+        local[local.len() / 2]
     }
 }
 
@@ -254,6 +268,22 @@ mod tests {
         assert_eq!(r.route(1, 3).unwrap().bottleneck, 1e9);
         let loc = crate::plans::Locality::of(&mut r).unwrap();
         assert_eq!(crate::plans::levels(&loc).len(), 1);
+    }
+
+    #[test]
+    fn the_overhead_per_peer_is_the_typical_latency_within_a_host() {
+        // Within hosts: 2 µs, but one pair measured while its ranks waited for cores.
+        let mut m = matrix();
+        m.latency[0][1] = 90e-6;
+        assert_eq!(m.peer_overhead(), 2e-6);
+        m.latency[1][0] = 80e-6;
+        m.latency[2][3] = 70e-6;
+        // Three of four same-host figures are slow: that is how this host's rounds go.
+        assert_eq!(m.peer_overhead(), 80e-6);
+        // One rank per host: the smallest latency; one rank: none.
+        let two = m.restrict(&[0, 2]);
+        assert_eq!(two.peer_overhead(), 40e-6);
+        assert_eq!(m.restrict(&[3]).peer_overhead(), 0.0);
     }
 
     #[test]
