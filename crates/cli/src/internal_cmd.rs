@@ -16,8 +16,9 @@ pub struct InternalArgs {
 
 #[derive(Subcommand, Debug)]
 enum Internal {
-    /// All-reduce `count` f32 elements `iters` times, reporting progress; on failure print
-    /// the error and the ranks it blames, and exit 1.
+    /// All-reduce `count` f32 ones `iters` times, checking every result and reporting
+    /// progress; on failure print the error and the ranks it blames (or the wrong
+    /// element), and exit 1.
     AllreduceLoop {
         #[arg(long)]
         count: usize,
@@ -37,6 +38,14 @@ pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
                     let blamed: Vec<String> = e.culprits().iter().map(|r| r.to_string()).collect();
                     eprintln!("error: {e}");
                     eprintln!("culprits: {}", blamed.join(","));
+                    return Ok(ExitCode::from(1));
+                }
+                let want = comm.world() as f32;
+                if let Some(at) = output.iter().position(|&x| x != want) {
+                    eprintln!(
+                        "error: iteration {i}: element {at} is {}, not {want}",
+                        output[at]
+                    );
                     return Ok(ExitCode::from(1));
                 }
                 println!("iteration {i} done");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use topoccl::LaunchInfo;
 
-use crate::run_cmd::{host_store, job_env, launch, new_job_id, LaunchOptions};
+use crate::run_cmd::{host_store, job_env, launch, new_job, LaunchOptions};
 use crate::CliError;
 
 /// Whether this process is a rank of a job (a launcher set its environment).
@@ -20,8 +20,9 @@ pub fn relaunch(ranks: u32, timeout: Option<Duration>) -> Result<ExitCode, CliEr
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find this program's path: {e}")))?;
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    let store = host_store()?;
-    let env = job_env(Some(store.url()), &new_job_id()?);
+    let job = new_job()?;
+    let store = host_store(&job)?;
+    let env = job_env(Some(store.url()), &job);
     let opts = LaunchOptions {
         timeout,
         plain_stdout: Some(0),

@@ -2,13 +2,15 @@
 //!
 //! The launching itself (spawning, rank-prefixed output, stopping the job when a rank
 //! fails, the timeout passes or the launcher is interrupted) is the `topoccl-launch`
-//! library; this module parses the arguments, hosts the job's rendezvous store and gives
-//! every rank the store's address and a fresh job id. Other commands that start their own
+//! library; this module parses the arguments, makes the job (a fresh id and secret),
+//! hosts its rendezvous store (serving only clients that prove the secret) and gives every
+//! rank the store's address, the id and the secret. Other commands that start their own
 //! ranks (a benchmark, say) reuse the pieces:
 //!
 //! ```ignore
-//! let store = host_store()?;                       // keep it alive while the ranks run
-//! let env = job_env(Some(store.url()), &new_job_id()?);
+//! let job = new_job()?;
+//! let store = host_store(&job)?;                   // keep it alive while the ranks run
+//! let env = job_env(Some(store.url()), &job);
 //! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0) };
 //! let outcome = launch(program, &args, ranks, &env, &opts)?;
 //! if let Some(line) = outcome.summary() { eprintln!("{line}"); }
@@ -30,6 +32,7 @@ use crate::CliError;
 // The job-wide environment from `job_env`; `launch` adds each rank's own.
 pub const ENV_STORE: &str = "TOPOCCL_STORE";
 pub const ENV_JOB_ID: &str = "TOPOCCL_JOB_ID";
+pub const ENV_SECRET: &str = "TOPOCCL_SECRET";
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -64,12 +67,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         .map(parse_timeout)
         .transpose()
         .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+    let job = new_job()?;
     let store = if args.no_store {
         None
     } else {
-        Some(host_store()?)
+        Some(host_store(&job)?)
     };
-    let env = job_env(store.as_ref().map(JobStore::url), &new_job_id()?);
+    let env = job_env(store.as_ref().map(JobStore::url), &job);
     let opts = LaunchOptions {
         timeout,
         plain_stdout: None,
@@ -105,9 +109,11 @@ impl JobStore {
     }
 }
 
-/// Hosts a rendezvous store for one job on `127.0.0.1` (local ranks only).
-pub fn host_store() -> Result<JobStore, CliError> {
-    let server = TcpStoreServer::start("127.0.0.1:0")
+/// Hosts a rendezvous store for one job on `127.0.0.1` (local ranks only), serving only
+/// clients that prove the job's secret.
+pub fn host_store(job: &Job) -> Result<JobStore, CliError> {
+    let key = topoccl::auth::JobKey::from_secret(job.secret.as_bytes());
+    let server = TcpStoreServer::start_authenticated("127.0.0.1:0", key)
         .map_err(|e| CliError::failed(format!("cannot host the job's rendezvous store: {e}")))?;
     let url = format!("tcp://{}", server.local_addr());
     Ok(JobStore {
@@ -116,22 +122,44 @@ pub fn host_store() -> Result<JobStore, CliError> {
     })
 }
 
-/// A fresh job id: 16 hex digits from the OS's random source, so two jobs sharing a store
-/// or a file system cannot mistake each other's keys.
-pub fn new_job_id() -> Result<String, CliError> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| CliError::failed(format!("cannot make a job id: {e}")))?;
-    Ok(format!("{:016x}", u64::from_be_bytes(bytes)))
+/// What identifies a job to its ranks, and them to each other.
+pub struct Job {
+    /// 16 hex digits from the OS's random source, so two jobs sharing a store or a file
+    /// system cannot mistake each other's keys.
+    pub id: String,
+    /// `TOPOCCL_SECRET` when the user gave one (ranks started elsewhere may share it),
+    /// else 32 random bytes in hex: it reaches the ranks in their environment only.
+    pub secret: String,
 }
 
-/// The job-wide environment for [`launch`]: the store (if any) and the job id.
-pub fn job_env(store_url: Option<&str>, job_id: &str) -> Vec<(String, String)> {
-    let mut env = Vec::with_capacity(2);
+/// A fresh job.
+pub fn new_job() -> Result<Job, CliError> {
+    let secret = match std::env::var(ENV_SECRET) {
+        Ok(s) if !s.is_empty() => s,
+        _ => hex(&random::<32>("the job's secret")?),
+    };
+    Ok(Job {
+        id: hex(&random::<8>("a job id")?),
+        secret,
+    })
+}
+
+fn random<const N: usize>(what: &str) -> Result<[u8; N], CliError> {
+    topoccl::auth::fresh(what).map_err(|e| CliError::failed(format!("cannot make {what}: {e}")))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The job-wide environment for [`launch`]: the store (if any), the job id and secret.
+pub fn job_env(store_url: Option<&str>, job: &Job) -> Vec<(String, String)> {
+    let mut env = Vec::with_capacity(3);
     if let Some(url) = store_url {
         env.push((ENV_STORE.to_string(), url.to_string()));
     }
-    env.push((ENV_JOB_ID.to_string(), job_id.to_string()));
+    env.push((ENV_JOB_ID.to_string(), job.id.clone()));
+    env.push((ENV_SECRET.to_string(), job.secret.clone()));
     env
 }
 
@@ -173,15 +201,24 @@ mod tests {
 
     #[test]
     fn job_environment() {
+        let job = Job {
+            id: "ab".into(),
+            secret: "s".into(),
+        };
         assert_eq!(
-            job_env(Some("tcp://127.0.0.1:5"), "ab"),
+            job_env(Some("tcp://127.0.0.1:5"), &job),
             [
                 (ENV_STORE.to_string(), "tcp://127.0.0.1:5".to_string()),
-                (ENV_JOB_ID.to_string(), "ab".to_string())
+                (ENV_JOB_ID.to_string(), "ab".to_string()),
+                (ENV_SECRET.to_string(), "s".to_string()),
             ]
         );
-        assert_eq!(job_env(None, "ab").len(), 1);
-        let id = new_job_id().unwrap();
-        assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(job_env(None, &job).len(), 2);
+        let job = new_job().unwrap();
+        assert!(job.id.len() == 16 && job.id.chars().all(|c| c.is_ascii_hexdigit()));
+        if std::env::var(ENV_SECRET).is_err() {
+            assert_eq!(job.secret.len(), 64);
+            assert_ne!(job.secret, new_job().unwrap().secret);
+        }
     }
 }

@@ -16,8 +16,22 @@ pub struct StoreArgs {
 }
 
 pub fn run(args: StoreArgs) -> Result<ExitCode, CliError> {
-    let server = topoccl::store::TcpStoreServer::start(&args.listen)
-        .map_err(|e| CliError::failed(format!("cannot start the store: {e}")))?;
+    use topoccl::store::TcpStoreServer;
+    let server = match std::env::var("TOPOCCL_SECRET") {
+        Ok(s) if !s.is_empty() => TcpStoreServer::start_authenticated(
+            &args.listen,
+            topoccl::auth::JobKey::from_secret(s.as_bytes()),
+        ),
+        _ => {
+            eprintln!(
+                "topoccl store: no TOPOCCL_SECRET: serving any client that reaches {}; \
+                 give the store and every rank the same TOPOCCL_SECRET to serve only them",
+                args.listen
+            );
+            TcpStoreServer::start(&args.listen)
+        }
+    }
+    .map_err(|e| CliError::failed(format!("cannot start the store: {e}")))?;
     // The address others use (TOPOCCL_STORE); tests read it from this line.
     println!("store listening on tcp://{}", server.local_addr());
     loop {

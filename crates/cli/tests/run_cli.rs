@@ -172,9 +172,10 @@ ${RANK-unset} ${WORLD_SIZE-unset} ${MASTER_ADDR-unset}""#;
 fn the_launcher_serves_the_store_while_the_ranks_run() {
     let dir = scratch("store");
     let release = dir.join("release");
-    // Rank 0 announces the store and waits (bounded) for the test to be done with it.
+    // Rank 0 announces the store and the job's secret, and waits (bounded) for the test
+    // to be done with it.
     let script = format!(
-        r#"echo "store $TOPOCCL_STORE"
+        r#"echo "store $TOPOCCL_STORE $TOPOCCL_SECRET"
 i=0
 while [ ! -e "{}" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done"#,
         release.display()
@@ -191,9 +192,14 @@ while [ ! -e "{}" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done"#,
         .1
         .strip_prefix("store ")
         .map(str::to_string);
-    let used = url.as_deref().map(|url| {
+    let used = url.as_deref().map(|both| {
+        let (url, secret) = both.split_once(' ').expect("the store and the secret");
         let addr = url.strip_prefix("tcp://").expect("a tcp:// store");
-        let store = TcpStore::connect(addr, Instant::now() + Duration::from_secs(5))?;
+        let soon = || Instant::now() + Duration::from_secs(5);
+        // The launcher's store serves only clients that prove the job's secret.
+        assert!(TcpStore::connect(addr, soon()).is_err());
+        let key = topoccl::auth::JobKey::from_secret(secret.as_bytes());
+        let store = TcpStore::connect_with(addr, Some(key), soon())?;
         store.set("greeting", b"hello")?;
         let value = store.get("greeting", Instant::now() + Duration::from_secs(5))?;
         Ok::<_, topoccl::store::StoreError>((value, store.add("arrivals", 1)?))

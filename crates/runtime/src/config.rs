@@ -18,6 +18,7 @@
 //! | `TOPOCCL_SHM_RING` | bytes of each shared-memory ring (one per direction of a pair; 4KiB–256MiB) | 1 MiB |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
 
+use crate::auth::JobKey;
 use std::time::Duration;
 
 use topoccl_plan::units::{parse_bytes, parse_duration};
@@ -139,6 +140,13 @@ fn polling(key: &str, v: &str, max_s: f64, too_long: &str) -> Result<Duration> {
 }
 
 impl Config {
+    /// The key of `TOPOCCL_SECRET`, if one was given.
+    pub fn job_key(&self) -> Option<JobKey> {
+        self.secret
+            .as_deref()
+            .map(|s| JobKey::from_secret(s.as_bytes()))
+    }
+
     /// Sets `spin` and `yielding` where the user did not, for a host of `local_ranks`.
     pub fn fill_polling(&mut self, local_ranks: u32) {
         let (spin, yielding) = default_polling(fits_cores(local_ranks));

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use topoccl_plan::Rank;
 
+use crate::auth::{fresh, JobKey, NONCE_LEN};
 use crate::comm::{Communicator, DEFAULT_NET};
 use crate::config::Config;
 use crate::env::LaunchInfo;
@@ -23,15 +24,6 @@ use crate::wire::{self, FNV_OFFSET};
 
 /// World communicators created by this process so far: their rendezvous keys must differ.
 static WORLDS: AtomicU64 = AtomicU64::new(0);
-
-fn secret_from(text: &str) -> [u8; 32] {
-    let mut s = [0u8; 32];
-    for (i, chunk) in s.chunks_mut(8).enumerate() {
-        let h = wire::fnv1a(text.as_bytes(), wire::fnv1a(&[i as u8], FNV_OFFSET));
-        chunk.copy_from_slice(&h.to_le_bytes());
-    }
-    s
-}
 
 /// The address to listen on: the named interface, or the one that reaches the store.
 fn listen_ip(cfg: &Config, store: &StoreAddr) -> Result<IpAddr> {
@@ -82,7 +74,13 @@ fn listen_ip(cfg: &Config, store: &StoreAddr) -> Result<IpAddr> {
     }
 }
 
-fn host_store(addr: &StoreAddr) -> Result<TcpStoreServer> {
+/// Hosts the job's store where the job meets; with the job's key, it serves only the
+/// clients that prove it.
+fn host_store(addr: &StoreAddr, key: Option<JobKey>) -> Result<TcpStoreServer> {
+    let start = |a: &str| match &key {
+        Some(k) => TcpStoreServer::start_authenticated(a, k.clone()),
+        None => TcpStoreServer::start(a),
+    };
     let StoreAddr::Tcp(hostport) = addr else {
         return Err(Error::Config(
             "only a TCP store can be hosted by rank 0".into(),
@@ -101,7 +99,7 @@ fn host_store(addr: &StoreAddr) -> Result<TcpStoreServer> {
         .and_then(|mut a| a.next())
         .map(|a| a.ip())
         .ok_or_else(|| Error::Config(format!("cannot resolve store address {hostport}")))?;
-    match TcpStoreServer::start(&SocketAddr::new(ip, port).to_string()) {
+    match start(&SocketAddr::new(ip, port).to_string()) {
         Ok(server) => Ok(server),
         Err(e) if ip.is_loopback() || ip.is_unspecified() => Err(e.into()),
         Err(e) => {
@@ -109,7 +107,7 @@ fn host_store(addr: &StoreAddr) -> Result<TcpStoreServer> {
                 "hosting the store on {hostport} failed ({e}); listening on every interface \
                  instead"
             );
-            Ok(TcpStoreServer::start(&format!("0.0.0.0:{port}"))?)
+            Ok(start(&format!("0.0.0.0:{port}"))?)
         }
     }
 }
@@ -122,6 +120,7 @@ fn parse_endpoint(v: &[u8]) -> Option<Endpoint> {
             tcp,
             shm: None,
             host: String::new(),
+            nonce: [0; NONCE_LEN],
         });
     }
     serde_json::from_slice(v).ok()
@@ -139,11 +138,11 @@ impl Communicator {
         cfg.fill_polling(info.local_world);
         let deadline = Instant::now() + cfg.init_timeout;
         let server = if info.host_store {
-            Some(Arc::new(host_store(&info.store)?))
+            Some(Arc::new(host_store(&info.store, cfg.job_key())?))
         } else {
             None
         };
-        let store = info.store.open(deadline)?;
+        let store = info.store.open(cfg.job_key(), deadline)?;
         let generation = WORLDS.fetch_add(1, Ordering::SeqCst);
         let namespace = format!("topoccl/{}/world{generation}", info.job_id);
         let ip = listen_ip(&cfg, &info.store)?;
@@ -220,13 +219,18 @@ impl Communicator {
         deadline: Instant,
     ) -> Result<Communicator> {
         let key = |k: &str| format!("{namespace}/{k}");
-        let secret = match &cfg.secret {
-            Some(s) => secret_from(s),
+        let job_key = match cfg.job_key() {
+            Some(k) => k,
             None => {
-                if store.add(&key("secret-claim"), 1)? == 1 {
-                    let mut s = [0u8; 32];
-                    getrandom::fill(&mut s)
-                        .map_err(|e| Error::Io(format!("no randomness for the job secret: {e}")))?;
+                // The fallback: the secret rests in the store, so whoever can read the
+                // store can join (docs/security.md).
+                let s: [u8; 32] = if store.add(&key("secret-claim"), 1)? == 1 {
+                    tracing::warn!(
+                        "no TOPOCCL_SECRET: this job's secret is kept in its rendezvous store, \
+                         where anyone who can reach the store can read it and join the job; \
+                         launch with `topoccl run` or give every rank TOPOCCL_SECRET"
+                    );
+                    let s = fresh("the job secret").map_err(Error::Io)?;
                     store.set(&key("secret"), &s)?;
                     s
                 } else {
@@ -236,7 +240,8 @@ impl Communicator {
                     v.try_into().map_err(|_| {
                         Error::Rendezvous("the job secret in the store is malformed".into())
                     })?
-                }
+                };
+                JobKey::from_secret(&s)
             }
         };
         let id = Identity {
@@ -244,7 +249,8 @@ impl Communicator {
             world,
             job,
             comm: wire::fnv1a(namespace.as_bytes(), FNV_OFFSET),
-            secret,
+            key: job_key,
+            nonce: fresh("the handshake nonce").map_err(Error::Io)?,
         };
         let mut tr = Transports::new(
             id,
@@ -438,19 +444,19 @@ mod tests {
 
     #[test]
     fn rank_0_hosts_the_store_where_the_job_meets() {
-        let local = host_store(&StoreAddr::Tcp("127.0.0.1:0".into())).unwrap();
+        let local = host_store(&StoreAddr::Tcp("127.0.0.1:0".into()), None).unwrap();
         assert!(
             local.local_addr().ip().is_loopback(),
             "{}",
             local.local_addr()
         );
-        let named = host_store(&StoreAddr::Tcp("localhost:0".into())).unwrap();
+        let named = host_store(&StoreAddr::Tcp("localhost:0".into()), None).unwrap();
         assert!(
             named.local_addr().ip().is_loopback(),
             "{}",
             named.local_addr()
         );
-        let e = match host_store(&StoreAddr::Tcp("127.0.0.1".into())) {
+        let e = match host_store(&StoreAddr::Tcp("127.0.0.1".into()), None) {
             Ok(_) => panic!("an address without a port was hosted"),
             Err(e) => e.to_string(),
         };

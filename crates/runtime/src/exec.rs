@@ -396,7 +396,9 @@ impl Exec<'_> {
             ranks.push(peer);
             let open = tr.data_conn(peer, ch).is_some();
             what.push(match (open, tr.refused.get(&peer)) {
-                (false, Some(r)) => format!("rank {peer} tried to connect but was refused: {r}"),
+                (false, Some(r)) => {
+                    format!("rank {peer} never connected; a connection claiming to be it was refused: {r}")
+                }
                 (false, None) if tr.handshaking(peer) => {
                     format!("rank {peer} did not complete its connection handshake")
                 }

@@ -9,6 +9,7 @@
 //! nonblocking forms (start → [`Work`] → `test` / `wait`); [`Communicator::split`] makes
 //! sub-communicators.
 
+pub mod auth;
 pub mod comm;
 pub mod config;
 mod create;

@@ -1,15 +1,18 @@
 //! What goes over the sockets. All integers are little-endian.
 //!
 //! A connection starts with a **hello** from the lower rank (the one that connects) and an
-//! **ack** from the higher one. Then it carries **frames**: a fixed 56-byte header and
+//! **ack** from the higher one. The hello's MAC proves the dialler knows the job's secret
+//! and the ack's MAC proves the same of the acceptor (`crate::auth`); the secret itself
+//! never travels. Then it carries **frames**: a fixed 56-byte header and
 //! `len` payload bytes. Data frames carry one message of a plan; the header names the
 //! collective call (sequence number, and a fingerprint of spec, algorithm and parameters)
 //! so a rank that entered a different collective is detected, not silently mixed in.
 //!
 //! ```text
 //! hello (72 B): magic "TOCH" u32 | version u16 | purpose u8 | 0 u8 | stream u16 | 0 u16 |
-//!               world u32 | rank u32 | target u32 | job u64 | comm u64 | secret [32]
-//! ack:          magic "TOCA" u32 | status u8 | reason length u16 | reason (UTF-8, ≤ 512 B)
+//!               world u32 | rank u32 | target u32 | job u64 | comm u64 | mac [32]
+//! ack:          magic "TOCA" u32 | status u8 | length u16 | accepted: mac [32];
+//!               refused: reason (UTF-8, ≤ 512 B)
 //! frame (56 B): magic "TOCL" u32 | version u8 | kind u8 | collective u8 | dtype u8 |
 //!               op u8 | 0 u8 | channel u16 | link seq u32 | call seq u64 | count u64 |
 //!               len u64 | fingerprint u64 | root u32 | 0 u32
@@ -17,8 +20,11 @@
 
 use topoccl_plan::{Collective, DType, Rank, ReduceOp};
 
-pub const VERSION: u8 = 1;
+/// 2: MACs in the hello and the ack instead of the secret in the hello.
+pub const VERSION: u8 = 2;
 pub const HELLO_LEN: usize = 72;
+/// Where a hello's MAC starts: it covers the bytes before.
+pub const HELLO_MAC_AT: usize = 40;
 pub const HEADER_LEN: usize = 56;
 pub const ACK_FIXED_LEN: usize = 7;
 pub const MAX_REASON_LEN: usize = 512;
@@ -50,7 +56,8 @@ pub struct Hello {
     pub target: Rank,
     pub job: u64,
     pub comm: u64,
-    pub secret: [u8; 32],
+    /// `auth::Use::PeerHello` over the bytes before it and the acceptor's instance nonce.
+    pub mac: [u8; 32],
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -78,7 +85,7 @@ impl Hello {
         b[20..24].copy_from_slice(&self.target.to_le_bytes());
         b[24..32].copy_from_slice(&self.job.to_le_bytes());
         b[32..40].copy_from_slice(&self.comm.to_le_bytes());
-        b[40..72].copy_from_slice(&self.secret);
+        b[HELLO_MAC_AT..].copy_from_slice(&self.mac);
         b
     }
 
@@ -100,8 +107,8 @@ impl Hello {
             1 => Purpose::Control,
             x => return Err(format!("unknown connection purpose {x}")),
         };
-        let mut secret = [0u8; 32];
-        secret.copy_from_slice(&b[40..72]);
+        let mut mac = [0u8; 32];
+        mac.copy_from_slice(&b[HELLO_MAC_AT..]);
         Ok(Hello {
             purpose,
             stream: u16_at(b, 8),
@@ -110,28 +117,29 @@ impl Hello {
             target: u32_at(b, 20),
             job: u64_at(b, 24),
             comm: u64_at(b, 32),
-            secret,
+            mac,
         })
     }
 }
 
-/// The reply to a hello: accepted, or refused with the reason.
-pub fn encode_ack(result: &Result<(), String>) -> Vec<u8> {
-    let reason = match result {
-        Ok(()) => "",
-        Err(r) => &r[..r.len().min(MAX_REASON_LEN)],
+/// The reply to a hello: accepted (with the acceptor's MAC), or refused with the reason.
+pub fn encode_ack(result: &Result<[u8; 32], String>) -> Vec<u8> {
+    let body: &[u8] = match result {
+        Ok(mac) => mac,
+        Err(r) => {
+            // Cut on a character boundary.
+            let mut cut = r.len().min(MAX_REASON_LEN);
+            while !r.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            &r.as_bytes()[..cut]
+        }
     };
-    // Cut on a character boundary.
-    let mut cut = reason.len();
-    while !reason.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let reason = &reason[..cut];
-    let mut b = Vec::with_capacity(ACK_FIXED_LEN + reason.len());
+    let mut b = Vec::with_capacity(ACK_FIXED_LEN + body.len());
     b.extend_from_slice(&ACK_MAGIC.to_le_bytes());
     b.push(u8::from(result.is_err()));
-    b.extend_from_slice(&(reason.len() as u16).to_le_bytes());
-    b.extend_from_slice(reason.as_bytes());
+    b.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    b.extend_from_slice(body);
     b
 }
 
@@ -367,13 +375,17 @@ mod tests {
             target: 5,
             job: 42,
             comm: 7,
-            secret: [9; 32],
+            mac: [9; 32],
         };
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
         let ack = encode_ack(&Err("wrong secret".into()));
         let (refused, len) = decode_ack_head(ack[..7].try_into().unwrap()).unwrap();
         assert!(refused);
         assert_eq!(&ack[7..7 + len], b"wrong secret");
+        let ack = encode_ack(&Ok([3; 32]));
+        let (refused, len) = decode_ack_head(ack[..7].try_into().unwrap()).unwrap();
+        assert!(!refused);
+        assert_eq!(&ack[7..7 + len], &[3; 32]);
         let n = AbortNotice {
             origin: 1,
             culprit: Some(2),

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use topoccl::auth::{JobKey, Use};
 use topoccl::store::Store;
-use topoccl::wire::{encode_ack, Header, Kind, HELLO_LEN};
+use topoccl::wire::{encode_ack, Header, Kind, HELLO_LEN, HELLO_MAC_AT};
 use topoccl::{Communicator, Config, Error, ReduceOp};
 
 fn cfg(timeout_ms: u64) -> Config {
@@ -152,8 +153,11 @@ fn creation_is_bounded_by_the_init_timeout_not_the_call_timeout() {
     }
 }
 
-/// A rank 1 that accepts rank 0's connections, then does `misbehave` on the data
-/// connection (stream 0).
+/// The secret of the jobs with a fake peer: it is a rank of the job that misbehaves.
+const FAKE_SECRET: &str = "fake peer's job";
+
+/// A rank 1 that accepts rank 0's connections (proving [`FAKE_SECRET`]), then does
+/// `misbehave` on the data connection (stream 0).
 fn fake_peer(
     store: &Arc<dyn Store>,
     misbehave: impl FnOnce(&mut std::net::TcpStream) + Send + 'static,
@@ -170,7 +174,9 @@ fn fake_peer(
             let (mut s, _) = listener.accept().unwrap();
             let mut hello = [0u8; HELLO_LEN];
             s.read_exact(&mut hello).unwrap();
-            s.write_all(&encode_ack(&Ok(()))).unwrap();
+            let key = JobKey::from_secret(FAKE_SECRET.as_bytes());
+            let mac = key.mac(Use::PeerAck, &[&hello[HELLO_MAC_AT..]]);
+            s.write_all(&encode_ack(&Ok(mac))).unwrap();
             conns.push(s);
         }
         misbehave(&mut conns[1]);
@@ -183,7 +189,11 @@ fn run_against_fake(
 ) -> (Error, Duration) {
     let store = common::mem_store();
     let fake = fake_peer(&store, misbehave);
-    let mut c = init(&store, 0, 2, cfg(5000)).unwrap();
+    let config = Config {
+        secret: Some(FAKE_SECRET.into()),
+        ..cfg(5000)
+    };
+    let mut c = init(&store, 0, 2, config).unwrap();
     let t = Instant::now();
     let e = all_reduce(&mut c).unwrap_err();
     fake.join().unwrap();
@@ -312,4 +322,37 @@ fn abort_returns_promptly_during_a_call() {
     // Later calls fail at once.
     assert!(matches!(all_reduce(&mut c), Err(Error::CommAborted(_))));
     idle.join().unwrap();
+}
+
+#[test]
+fn a_stranger_listening_at_a_ranks_address_is_not_taken_for_it() {
+    // Something that accepts the hello but cannot prove the secret (it never sees it:
+    // only a MAC travels).
+    let store = common::mem_store();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    store
+        .set("topoccl/test/world/addr/1", addr.to_string().as_bytes())
+        .unwrap();
+    let stranger = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hello = [0u8; HELLO_LEN];
+        s.read_exact(&mut hello).unwrap();
+        // Not the secret in the hello: a MAC of it, which is no use as a key.
+        let guess = JobKey::from_secret(&hello[HELLO_MAC_AT..]);
+        let mac = guess.mac(Use::PeerAck, &[&hello[HELLO_MAC_AT..]]);
+        let _ = s.write_all(&encode_ack(&Ok(mac)));
+        thread::sleep(Duration::from_millis(300));
+    });
+    let config = Config {
+        secret: Some("the job's".into()),
+        ..cfg(3000)
+    };
+    let mut c = init(&store, 0, 2, config).unwrap();
+    let e = all_reduce(&mut c).unwrap_err();
+    stranger.join().unwrap();
+    assert!(
+        matches!(&e, Error::Handshake { rank: 1, reason } if reason.contains("without proof of this job's secret")),
+        "{e}"
+    );
 }

@@ -635,24 +635,30 @@ fn store_addr_parsing() {
 fn store_addr_opens_both_kinds() {
     let server = TcpStoreServer::start("127.0.0.1:0").unwrap();
     let tcp: StoreAddr = format!("tcp://{}", server.local_addr()).parse().unwrap();
-    let a = tcp.open(soon(5000)).unwrap();
+    let a = tcp.open(None, soon(5000)).unwrap();
     a.set("k", b"tcp").unwrap();
     assert_eq!(
-        tcp.open(soon(5000)).unwrap().try_get("k").unwrap(),
+        tcp.open(None, soon(5000)).unwrap().try_get("k").unwrap(),
         Some(b"tcp".to_vec())
     );
 
     let dir = TempDir::new("addr");
     let file: StoreAddr = format!("file://{}", dir.0.display()).parse().unwrap();
-    file.open(soon(1000)).unwrap().set("k", b"file").unwrap();
+    file.open(None, soon(1000))
+        .unwrap()
+        .set("k", b"file")
+        .unwrap();
     assert_eq!(
-        file.open(soon(1000)).unwrap().try_get("k").unwrap(),
+        file.open(None, soon(1000)).unwrap().try_get("k").unwrap(),
         Some(b"file".to_vec())
     );
 
     // A malformed TCP address fails at once instead of retrying until the deadline.
     let t0 = Instant::now();
     let bad: StoreAddr = "tcp://host:notaport".parse().unwrap();
-    assert!(matches!(bad.open(soon(5000)), Err(StoreError::Protocol(_))));
+    assert!(matches!(
+        bad.open(None, soon(5000)),
+        Err(StoreError::Protocol(_))
+    ));
     assert!(t0.elapsed() < Duration::from_secs(1));
 }

@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::codec::{self, Greeting, Reply, Request, GREETING_LEN, VERSION};
+use super::codec::{self, Greeting, Reply, Request, GREETING_LEN, VERSION, WELCOME_LEN};
 use super::limits::{
     check_key, check_value, DEFAULT_IO_TIMEOUT, MAX_CLIENT_CONNECTIONS, MAX_FRAME,
     MAX_IDLE_CONNECTIONS, MAX_MESSAGE_LEN, MIN_ATTEMPT_TIMEOUT, REPLY_GRACE, RETRY_FIRST,
@@ -18,6 +18,7 @@ use super::limits::{
 };
 use super::socket::{read_frame, FrameError};
 use super::{lock, shown, Store, StoreError};
+use crate::auth::{JobKey, NONCE_LEN};
 
 fn nonzero(d: Duration) -> Duration {
     d.max(Duration::from_millis(1))
@@ -41,6 +42,8 @@ struct Pool {
 pub struct TcpStore {
     addr: String,
     peer: SocketAddr,
+    /// The job's key, proven to the server on every connection.
+    key: Option<JobKey>,
     io_timeout: Duration,
     pool: Mutex<Pool>,
     freed: Condvar,
@@ -66,10 +69,21 @@ enum AttemptError {
     Fatal(StoreError),
 }
 
-/// Opens one connection and completes the greeting and hello.
+/// A refusal's reason: a string of at most [`MAX_MESSAGE_LEN`] bytes worth reading.
+fn read_reason(mut r: &TcpStream) -> Option<String> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).ok()?;
+    let n = (u32::from_be_bytes(len) as usize).min(MAX_MESSAGE_LEN);
+    let mut msg = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut msg).ok()?;
+    Some(String::from_utf8_lossy(&msg).into_owned())
+}
+
+/// Opens one connection and completes the greeting, hello and welcome.
 fn connect_once(
     addr: &str,
     peer: SocketAddr,
+    key: Option<&JobKey>,
     timeout: Duration,
 ) -> Result<TcpStream, AttemptError> {
     let timeout = nonzero(timeout);
@@ -108,23 +122,27 @@ fn connect_once(
             ))))
         }
         Greeting::Refused => {
-            let mut len = [0u8; 4];
-            let mut why = String::from("no reason given");
-            if r.read_exact(&mut len).is_ok() {
-                let n = (u32::from_be_bytes(len) as usize).min(MAX_MESSAGE_LEN);
-                let mut msg = Vec::with_capacity(n);
-                if r.take(n as u64).read_to_end(&mut msg).is_ok() {
-                    why = String::from_utf8_lossy(&msg).into_owned();
-                }
-            }
+            let why = read_reason(r).unwrap_or_else(|| "no reason given".into());
             return Err(AttemptError::Full(format!(
                 "the store refused the connection: {why}"
             )));
         }
     }
+    let mut nonce = [0u8; NONCE_LEN];
+    r.read_exact(&mut nonce)
+        .map_err(|e| AttemptError::Retry(format!("{peer} sent half a greeting ({e})")))?;
     let mut w = &stream;
-    w.write_all(&codec::hello())
+    w.write_all(&codec::hello(key, &nonce))
         .map_err(|e| AttemptError::Retry(format!("sending hello to {peer}: {e}")))?;
+    let mut welcome = [0u8; WELCOME_LEN];
+    r.read_exact(&mut welcome)
+        .map_err(|e| AttemptError::Retry(format!("{peer} did not answer the hello ({e})")))?;
+    if welcome[0] != 0 {
+        let why = read_reason(r).unwrap_or_else(|| "no reason given".into());
+        return Err(AttemptError::Fatal(StoreError::Protocol(format!(
+            "the store at {addr} refused this client: {why}"
+        ))));
+    }
     Ok(stream)
 }
 
@@ -174,8 +192,18 @@ impl Drop for Lease<'_> {
 }
 
 impl TcpStore {
-    /// Connects to `addr` (`host:port`), retrying while it refuses, until `deadline`.
+    /// Connects to `addr` (`host:port`), retrying while it refuses, until `deadline`,
+    /// as a client without the job's key.
     pub fn connect(addr: &str, deadline: Instant) -> Result<TcpStore, StoreError> {
+        Self::connect_with(addr, None, deadline)
+    }
+
+    /// Connects proving `key` (the job's secret's) to the server on every connection.
+    pub fn connect_with(
+        addr: &str,
+        key: Option<JobKey>,
+        deadline: Instant,
+    ) -> Result<TcpStore, StoreError> {
         let io_timeout = DEFAULT_IO_TIMEOUT;
         let mut pause = RETRY_FIRST;
         let mut attempts = 0u32;
@@ -191,7 +219,7 @@ impl TcpStore {
                     let mut last = String::new();
                     let mut found = None;
                     for peer in peers {
-                        match connect_once(addr, peer, attempt_timeout) {
+                        match connect_once(addr, peer, key.as_ref(), attempt_timeout) {
                             Ok(s) => {
                                 found = Some((peer, s));
                                 break;
@@ -215,6 +243,7 @@ impl TcpStore {
                         return Ok(TcpStore {
                             addr: addr.to_string(),
                             peer,
+                            key,
                             io_timeout,
                             pool: Mutex::new(Pool {
                                 idle: vec![stream],
@@ -281,7 +310,7 @@ impl TcpStore {
                 let timeout = deadline
                     .saturating_duration_since(Instant::now())
                     .min(self.io_timeout);
-                match connect_once(&self.addr, self.peer, timeout) {
+                match connect_once(&self.addr, self.peer, self.key.as_ref(), timeout) {
                     Ok(s) => lease.stream = Some(s),
                     Err(AttemptError::Fatal(e)) => return Err(e),
                     Err(AttemptError::Retry(e) | AttemptError::Full(e)) => {
@@ -552,9 +581,10 @@ mod tests {
         let a = l.local_addr().unwrap().to_string();
         let t = thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            (&s).write_all(&codec::greeting()).unwrap();
+            (&s).write_all(&codec::greeting(&[0; NONCE_LEN])).unwrap();
             let mut hello = [0u8; codec::HELLO_LEN];
             (&s).read_exact(&mut hello).unwrap();
+            (&s).write_all(&codec::welcome(&Ok(()))).unwrap();
             let _ = read_frame(&s, Some(Duration::from_secs(5)), Duration::from_secs(5));
             (&s).write_all(&reply).unwrap();
         });

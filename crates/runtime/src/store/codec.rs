@@ -2,18 +2,24 @@
 //! bytes or bytes into values, so the protocol is tested with byte strings and the server
 //! and client only move frames.
 //!
-//! # Wire protocol (version 1)
+//! # Wire protocol (version 2)
 //!
 //! Integers are big-endian. A *string* is a `u32` length and that many UTF-8 bytes; *bytes*
 //! is a `u32` length and that many raw bytes.
 //!
 //! 1. On accepting a connection the server sends a greeting: the magic `b"TOPOSTOR"`, a
-//!    `u16` version and a `u8` status, 0 (accepted) or 1 (refused, followed by a string
-//!    saying why; the server then closes the connection). The server speaks first so that
-//!    a refusal reaches a client that has sent nothing yet: closing a socket with unread
-//!    input resets it, and the reset would destroy the message.
-//! 2. The client answers with a hello: the same magic and its `u16` version.
-//! 3. Requests and replies then alternate on the connection, one at a time. Each is a
+//!    `u16` version and a `u8` status, 0 (accepted, followed by the connection's 16-byte
+//!    nonce) or 1 (refused, followed by a string saying why; the server then closes the
+//!    connection). The server speaks first so that a refusal reaches a client that has
+//!    sent nothing yet: closing a socket with unread input resets it, and the reset would
+//!    destroy the message.
+//! 2. The client answers with a hello: the same magic, its `u16` version and a 32-byte
+//!    proof, the MAC of the nonce under the job's key (`crate::auth`, `StoreClient`), or
+//!    zeros from a client without one.
+//! 3. The server answers the hello with a `u8`: 0 (welcome), or 1 and a string saying why
+//!    not (a server that holds a key refuses a proof that does not match it; any server
+//!    refuses another magic or version), and then closes.
+//! 4. Requests and replies then alternate on the connection, one at a time. Each is a
 //!    frame: a `u32` body length (at most [`MAX_FRAME`]) and the body.
 //!
 //! A request body is a `u8` opcode and its fields:
@@ -56,13 +62,17 @@
 //! A reply's missing keys fit in a frame because they came in a request that did.
 
 use super::limits::{MAX_FRAME, MAX_KEY_LEN, MAX_MESSAGE_LEN, MAX_VALUE_LEN, MAX_WAIT_KEYS};
+use crate::auth::{JobKey, Use, MAC_LEN, NONCE_LEN};
 
 pub(super) const MAGIC: [u8; 8] = *b"TOPOSTOR";
-pub(super) const VERSION: u16 = 1;
-/// Magic, version, status.
+/// 2: the greeting's nonce, the hello's proof, the welcome.
+pub(super) const VERSION: u16 = 2;
+/// Magic, version, status (an accepted greeting's nonce follows).
 pub(super) const GREETING_LEN: usize = 11;
-/// Magic, version.
-pub(super) const HELLO_LEN: usize = 10;
+/// Magic, version, proof.
+pub(super) const HELLO_LEN: usize = 10 + MAC_LEN;
+/// The welcome's status byte (a refusal's string follows).
+pub(super) const WELCOME_LEN: usize = 1;
 /// The `u32` body length in front of every frame.
 pub(super) const FRAME_HEADER_LEN: usize = 4;
 
@@ -87,12 +97,13 @@ const WAIT_FIXED_LEN: usize = 1 + 8 + 4;
 // ---------------------------------------------------------------------------------------
 // Greeting and hello
 
-/// The server's greeting to a connection it serves.
-pub(super) fn greeting() -> [u8; GREETING_LEN] {
-    let mut g = [0u8; GREETING_LEN];
+/// The server's greeting to a connection it serves, with the connection's nonce.
+pub(super) fn greeting(nonce: &[u8; NONCE_LEN]) -> [u8; GREETING_LEN + NONCE_LEN] {
+    let mut g = [0u8; GREETING_LEN + NONCE_LEN];
     g[..8].copy_from_slice(&MAGIC);
     g[8..10].copy_from_slice(&VERSION.to_be_bytes());
     g[10] = GREETING_ACCEPTED;
+    g[GREETING_LEN..].copy_from_slice(nonce);
     g
 }
 
@@ -136,21 +147,52 @@ pub(super) fn parse_greeting(g: &[u8; GREETING_LEN]) -> Greeting {
 }
 
 /// The client's hello.
-pub(super) fn hello() -> [u8; HELLO_LEN] {
+pub(super) fn hello(key: Option<&JobKey>, nonce: &[u8; NONCE_LEN]) -> [u8; HELLO_LEN] {
     let mut h = [0u8; HELLO_LEN];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..].copy_from_slice(&VERSION.to_be_bytes());
+    h[8..10].copy_from_slice(&VERSION.to_be_bytes());
+    if let Some(k) = key {
+        h[10..].copy_from_slice(&k.mac(Use::StoreClient, &[nonce]));
+    }
     h
 }
 
-/// Checks a client's hello; `Err` carries the version it claims when the magic or the
-/// version is not ours.
-pub(super) fn check_hello(h: &[u8; HELLO_LEN]) -> Result<(), u16> {
+/// Checks a client's hello: `Ok`, or the refusal to send it.
+pub(super) fn check_hello(
+    h: &[u8; HELLO_LEN],
+    key: Option<&JobKey>,
+    nonce: &[u8; NONCE_LEN],
+) -> Result<(), String> {
     let version = u16::from_be_bytes([h[8], h[9]]);
     if h[..8] != MAGIC || version != VERSION {
-        return Err(version);
+        return Err(format!(
+            "this is a topoccl TCP store speaking protocol version {VERSION}; the client \
+             sent another magic or version ({version}); use matching topoccl versions"
+        ));
     }
-    Ok(())
+    match key {
+        Some(k) if !k.verify(Use::StoreClient, &[nonce], &h[10..]) => Err(
+            "this store serves only clients that prove the job's secret, and this one did \
+             not: give it the same TOPOCCL_SECRET as the store"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The server's answer to a hello: welcome, or the refusal.
+pub(super) fn welcome(result: &Result<(), String>) -> Vec<u8> {
+    match result {
+        Ok(()) => vec![0],
+        Err(why) => {
+            let why = clip(why).as_bytes();
+            let mut b = Vec::with_capacity(WELCOME_LEN + 4 + why.len());
+            b.push(1);
+            b.extend_from_slice(&(why.len() as u32).to_be_bytes());
+            b.extend_from_slice(why);
+            b
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -656,25 +698,53 @@ mod tests {
 
     #[test]
     fn greeting_and_hello() {
-        assert_eq!(parse_greeting(&greeting()), Greeting::Accepted);
+        let nonce = [5u8; NONCE_LEN];
+        let g = greeting(&nonce);
+        let fixed = |g: &[u8]| -> [u8; GREETING_LEN] { g[..GREETING_LEN].try_into().unwrap() };
+        assert_eq!(parse_greeting(&fixed(&g)), Greeting::Accepted);
+        assert_eq!(&g[GREETING_LEN..], &nonce);
         let r = refusal("full");
         assert_eq!(&r[GREETING_LEN..], &[0, 0, 0, 4, b'f', b'u', b'l', b'l']);
-        assert_eq!(
-            parse_greeting(r[..GREETING_LEN].try_into().unwrap()),
-            Greeting::Refused
-        );
-        let mut other = greeting();
+        assert_eq!(parse_greeting(&fixed(&r)), Greeting::Refused);
+        let mut other = fixed(&g);
         other[9] = 7;
         assert_eq!(parse_greeting(&other), Greeting::OtherVersion(7));
         let http: [u8; GREETING_LEN] = b"HTTP/1.1 40".to_owned();
         assert_eq!(parse_greeting(&http), Greeting::NotAStore);
-        assert_eq!(check_hello(&hello()), Ok(()));
-        let mut h = hello();
-        h[9] = 2;
-        assert_eq!(check_hello(&h), Err(2));
-        h = hello();
+        assert_eq!(check_hello(&hello(None, &nonce), None, &nonce), Ok(()));
+        let mut h = hello(None, &nonce);
+        h[9] = 7;
+        assert!(check_hello(&h, None, &nonce).unwrap_err().contains("(7)"));
+        h = hello(None, &nonce);
         h[0] = b'X';
-        assert_eq!(check_hello(&h), Err(VERSION));
+        assert!(check_hello(&h, None, &nonce).is_err());
+    }
+
+    #[test]
+    fn a_store_with_a_key_welcomes_only_proofs_of_it_over_this_connections_nonce() {
+        let key = JobKey::from_secret(b"job");
+        let nonce = [5u8; NONCE_LEN];
+        assert_eq!(
+            check_hello(&hello(Some(&key), &nonce), Some(&key), &nonce),
+            Ok(())
+        );
+        // No proof, another key's, or one made for another connection's nonce.
+        let other = JobKey::from_secret(b"other");
+        for h in [
+            hello(None, &nonce),
+            hello(Some(&other), &nonce),
+            hello(Some(&key), &[6; NONCE_LEN]),
+        ] {
+            let e = check_hello(&h, Some(&key), &nonce).unwrap_err();
+            assert!(e.contains("TOPOCCL_SECRET"), "{e}");
+        }
+        // A store without a key welcomes any proof.
+        assert_eq!(
+            check_hello(&hello(Some(&other), &nonce), None, &nonce),
+            Ok(())
+        );
+        assert_eq!(welcome(&Ok(())), vec![0]);
+        assert_eq!(welcome(&Err("no".into())), vec![1, 0, 0, 0, 2, b'n', b'o']);
     }
 
     #[test]

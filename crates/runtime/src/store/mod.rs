@@ -21,6 +21,7 @@
 //!
 //! Counters are decimal ASCII in every store, so `get` of a counter reads e.g. `b"42"`.
 
+use crate::auth::JobKey;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -143,10 +144,14 @@ impl fmt::Display for StoreAddr {
 
 impl StoreAddr {
     /// Connects to (or opens) the store, retrying a store that is not up yet until
-    /// `deadline`.
-    pub fn open(&self, deadline: Instant) -> Result<Arc<dyn Store>, StoreError> {
+    /// `deadline`; a TCP store's connections prove `key` (the job's secret's).
+    pub fn open(
+        &self,
+        key: Option<JobKey>,
+        deadline: Instant,
+    ) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
-            StoreAddr::Tcp(a) => Arc::new(TcpStore::connect(a, deadline)?),
+            StoreAddr::Tcp(a) => Arc::new(TcpStore::connect_with(a, key, deadline)?),
             StoreAddr::File(p) => Arc::new(FileStore::new(p.clone())?),
         })
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::codec::{self, Reply, Request, HELLO_LEN, VERSION};
+use super::codec::{self, Reply, Request, HELLO_LEN};
 use super::limits::{
     ACCEPT_RETRY, CONN_THREAD_STACK, DEFAULT_IO_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIME,
     LIVENESS_PERIOD, MAX_CONNECTIONS, MAX_FRAME, MAX_KEY_LEN, MAX_SERVER_WAIT, MAX_VALUE_LEN,
@@ -25,6 +25,7 @@ use super::limits::{
 use super::socket::{read_frame, FrameError};
 use super::state::{Capacity, State, WaitOutcome, Watch};
 use super::{lock, StoreError};
+use crate::auth::{fresh, JobKey, NONCE_LEN};
 
 /// Limits of one server; tests shrink them.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +47,8 @@ impl Default for ServerLimits {
 
 struct Shared {
     state: State,
+    /// The job's key: clients must prove it (`None`: any client is served).
+    key: Option<JobKey>,
     /// A handle on every open connection, so stopping can unblock their threads.
     conns: Mutex<HashMap<u64, TcpStream>>,
     limits: ServerLimits,
@@ -88,12 +91,21 @@ const LISTENER: mio::Token = mio::Token(0);
 const WAKER: mio::Token = mio::Token(1);
 
 impl TcpStoreServer {
-    /// Binds `addr` (port 0 picks a free port) and starts serving.
+    /// Binds `addr` (port 0 picks a free port) and starts serving any client.
     pub fn start(addr: &str) -> Result<TcpStoreServer, StoreError> {
-        Self::start_with(addr, ServerLimits::default())
+        Self::start_with(addr, ServerLimits::default(), None)
     }
 
-    fn start_with(addr: &str, limits: ServerLimits) -> Result<TcpStoreServer, StoreError> {
+    /// Binds `addr` and serves only clients that prove `key` (the job's secret's).
+    pub fn start_authenticated(addr: &str, key: JobKey) -> Result<TcpStoreServer, StoreError> {
+        Self::start_with(addr, ServerLimits::default(), Some(key))
+    }
+
+    fn start_with(
+        addr: &str,
+        limits: ServerLimits,
+        key: Option<JobKey>,
+    ) -> Result<TcpStoreServer, StoreError> {
         let io_err = |what: &str, e: io::Error| {
             StoreError::Io(format!("TCP store server on {addr}: {what}: {e}"))
         };
@@ -118,6 +130,7 @@ impl TcpStoreServer {
             mio::Waker::new(poll.registry(), WAKER).map_err(|e| io_err("creating a waker", e))?;
         let shared = Arc::new(Shared {
             state: State::new(limits.capacity),
+            key,
             conns: Mutex::new(HashMap::new()),
             limits,
         });
@@ -289,7 +302,14 @@ fn refuse(stream: &TcpStream, why: &str) {
 fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared) {
     let io_timeout = shared.limits.io_timeout;
     let mut w = stream;
-    if let Err(e) = w.write_all(&codec::greeting()) {
+    let nonce: [u8; NONCE_LEN] = match fresh("the connection's nonce") {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(%peer, "TCP store: {e}");
+            return;
+        }
+    };
+    if let Err(e) = w.write_all(&codec::greeting(&nonce)) {
         tracing::debug!(%peer, "TCP store: client left before the greeting: {e}");
         return;
     }
@@ -301,13 +321,10 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared) {
         tracing::debug!(%peer, "TCP store: no hello from client: {e}");
         return;
     }
-    if let Err(version) = codec::check_hello(&hello) {
-        tracing::warn!(%peer, "TCP store: client is not a topoccl store client of version {VERSION}");
-        let msg = format!(
-            "this is a topoccl TCP store speaking protocol version {VERSION}; the client \
-             sent another magic or version ({version}); use matching topoccl versions"
-        );
-        let _ = w.write_all(&Reply::Error(&msg).encode());
+    let admitted = codec::check_hello(&hello, shared.key.as_ref(), &nonce);
+    let _ = w.write_all(&codec::welcome(&admitted));
+    if let Err(why) = admitted {
+        tracing::warn!(%peer, "TCP store: refused a client: {why}");
         return;
     }
     tracing::debug!(%peer, "TCP store: client connected");
@@ -413,10 +430,15 @@ mod tests {
     fn raw(addr: &str) -> TcpStream {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut g = [0u8; codec::GREETING_LEN];
+        let mut g = [0u8; codec::GREETING_LEN + NONCE_LEN];
         (&s).read_exact(&mut g).unwrap();
-        assert_eq!(codec::parse_greeting(&g), codec::Greeting::Accepted);
-        (&s).write_all(&codec::hello()).unwrap();
+        let fixed: [u8; codec::GREETING_LEN] = g[..codec::GREETING_LEN].try_into().unwrap();
+        assert_eq!(codec::parse_greeting(&fixed), codec::Greeting::Accepted);
+        let nonce = g[codec::GREETING_LEN..].try_into().unwrap();
+        (&s).write_all(&codec::hello(None, &nonce)).unwrap();
+        let mut welcome = [9u8; 1];
+        (&s).read_exact(&mut welcome).unwrap();
+        assert_eq!(welcome, [0]);
         s
     }
 
@@ -507,17 +529,41 @@ mod tests {
     }
 
     #[test]
+    fn a_store_with_the_jobs_key_serves_only_clients_that_prove_it() {
+        let key = JobKey::from_secret(b"the job");
+        let s = TcpStoreServer::start_authenticated("127.0.0.1:0", key.clone()).unwrap();
+        let a = s.local_addr().to_string();
+        let c = TcpStore::connect_with(&a, Some(key), soon(2000)).unwrap();
+        c.set("secret-ish", b"v").unwrap();
+        for stranger in [None, Some(JobKey::from_secret(b"a guess"))] {
+            let t = Instant::now();
+            let e = TcpStore::connect_with(&a, stranger, soon(5000)).unwrap_err();
+            // Refused at once, not retried until the deadline, and said why.
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            assert!(
+                matches!(&e, StoreError::Protocol(m) if m.contains("refused this client")
+                    && m.contains("TOPOCCL_SECRET")),
+                "{e}"
+            );
+        }
+        assert_eq!(c.get("secret-ish", soon(1000)).unwrap(), b"v");
+    }
+
+    #[test]
     fn a_client_of_another_version_is_told_so() {
         let (_s, a) = server();
         let s = TcpStream::connect(&a).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut g = [0u8; codec::GREETING_LEN];
+        let mut g = [0u8; codec::GREETING_LEN + NONCE_LEN];
         (&s).read_exact(&mut g).unwrap();
-        let mut hello = codec::hello();
+        let mut hello = codec::hello(None, &[0; NONCE_LEN]);
         hello[9] = 9;
         (&s).write_all(&hello).unwrap();
-        let e = error_text(&reply(&s));
-        assert!(e.contains("version 1") && e.contains("(9)"), "{e}");
+        let mut answer = Vec::new();
+        (&s).read_to_end(&mut answer).unwrap();
+        let e = String::from_utf8_lossy(&answer[5..]);
+        assert_eq!(answer[0], 1);
+        assert!(e.contains("version 2") && e.contains("(9)"), "{e}");
     }
 
     #[test]
@@ -573,7 +619,7 @@ mod tests {
             max_connections: 2,
             ..ServerLimits::default()
         };
-        let s = TcpStoreServer::start_with("127.0.0.1:0", limits).unwrap();
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None).unwrap();
         let a = s.local_addr().to_string();
         let c1 = TcpStore::connect(&a, soon(2000)).unwrap();
         let c2 = TcpStore::connect(&a, soon(2000)).unwrap();
@@ -599,7 +645,7 @@ mod tests {
             },
             ..ServerLimits::default()
         };
-        let s = TcpStoreServer::start_with("127.0.0.1:0", limits).unwrap();
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None).unwrap();
         let c = TcpStore::connect(&s.local_addr().to_string(), soon(2000)).unwrap();
         c.set("a", b"1").unwrap();
         c.set("b", b"2").unwrap();

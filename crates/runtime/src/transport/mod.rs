@@ -25,8 +25,9 @@
 //! Connections are opened on first use by the lower rank of a pair (so two ranks never
 //! dial each other at once). Handshakes are non-blocking state machines advanced by the
 //! same loop as the data, so a rank waiting for a missing peer keeps accepting everyone
-//! else. A handshake carries the job, communicator, world size, both ranks and the job's
-//! secret; anything else is refused with a reason the dialler reports and the listener
+//! else. A handshake carries the job, communicator, world size, both ranks and a MAC that
+//! proves the dialler knows the job's secret (the ack's MAC proves the acceptor does:
+//! `crate::auth`); anything else is refused with a reason the dialler reports and the listener
 //! logs and remembers (to blame the rank if it is later waited for).
 
 pub mod faults;
@@ -46,8 +47,9 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use topoccl_plan::Rank;
 
+use crate::auth::{JobKey, Use, MAC_LEN, NONCE_LEN};
 use crate::error::{Error, Result};
-use crate::wire::{AbortNotice, Header, Hello, Kind, Purpose, HEADER_LEN};
+use crate::wire::{AbortNotice, Header, Hello, Kind, Purpose, HEADER_LEN, HELLO_MAC_AT};
 use faults::{Gate, LinkFaults, Rule};
 
 pub use shm::{DEFAULT_RING_BYTES, RING_BYTES_RANGE};
@@ -132,7 +134,51 @@ pub struct Identity {
     pub world: u32,
     pub job: u64,
     pub comm: u64,
-    pub secret: [u8; 32],
+    /// The key derived from the job's secret.
+    pub key: JobKey,
+    /// This rank's instance nonce (published in its [`Endpoint`]): hellos to it are MACed
+    /// over it, so none made for another communicator or run opens a connection here.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+impl Identity {
+    /// The hello that asks `peer` (whose instance nonce is `peer_nonce`) for a connection.
+    pub fn hello(&self, purpose: Purpose, stream: u16, peer: Rank, peer_nonce: &[u8]) -> Hello {
+        let mut h = Hello {
+            purpose,
+            stream,
+            world: self.world,
+            rank: self.rank,
+            target: peer,
+            job: self.job,
+            comm: self.comm,
+            mac: [0; MAC_LEN],
+        };
+        h.mac = self
+            .key
+            .mac(Use::PeerHello, &[&h.encode()[..HELLO_MAC_AT], peer_nonce]);
+        h
+    }
+
+    /// The MAC an acceptor answers a hello's MAC with.
+    pub fn ack_mac(&self, hello_mac: &[u8]) -> [u8; MAC_LEN] {
+        self.key.mac(Use::PeerAck, &[hello_mac])
+    }
+
+    /// Checks an accepted ack's MAC: an error naming `peer` if it does not prove the secret.
+    fn check_ack(&self, peer: Rank, hello_mac: &[u8], ack_mac: &[u8]) -> Result<()> {
+        if self.key.verify(Use::PeerAck, &[hello_mac], ack_mac) {
+            return Ok(());
+        }
+        Err(Error::Handshake {
+            rank: peer,
+            reason: format!(
+                "what answered at rank {peer}'s address accepted the connection without proof \
+                 of this job's secret: it is not rank {peer} of this job (check TOPOCCL_SECRET, \
+                 and what else listens there)"
+            ),
+        })
+    }
 }
 
 /// Where a rank can be reached, as published in the rendezvous store.
@@ -144,6 +190,8 @@ pub struct Endpoint {
     pub shm: Option<String>,
     /// Its host key: boot id and network namespace.
     pub host: String,
+    /// Its instance nonce ([`Identity::nonce`]).
+    pub nonce: [u8; NONCE_LEN],
 }
 
 /// How a communicator's transports are set up.
@@ -222,6 +270,18 @@ pub enum Hs {
     Tcp(tcp::Hs),
     Shm(shm::Hs),
     Ready,
+}
+
+impl Hs {
+    /// Since when an accepted connection has been waiting for its hello (`None` once the
+    /// hello came, or for connections this rank dialled).
+    fn unproven_since(&self) -> Option<Instant> {
+        match self {
+            Hs::Tcp(tcp::Hs::Accepting { since, .. }) => Some(*since),
+            Hs::Shm(shm::Hs::Accepting { since, .. }) => Some(*since),
+            _ => None,
+        }
+    }
 }
 
 /// One connection (or shared-memory lane) to a peer.
@@ -487,6 +547,8 @@ pub struct Transports {
     forwarded: bool,
     faults: Vec<Rule>,
     world_ranks: Vec<Rank>,
+    /// Accepting stopped short of the backlog (out of descriptors): try at the next wait.
+    accept_later: bool,
 }
 
 impl Transports {
@@ -539,6 +601,7 @@ impl Transports {
             forwarded: false,
             faults: setup.faults,
             world_ranks: setup.world_ranks,
+            accept_later: false,
         })
     }
 
@@ -548,6 +611,7 @@ impl Transports {
             tcp: self.tcp.local_addr()?,
             shm: self.shm.as_ref().map(|s| s.name().to_string()),
             host: shm::host_key(),
+            nonce: self.id.nonce,
         })
     }
 
@@ -700,7 +764,7 @@ impl Transports {
                 .as_ref()
                 .expect("shared-memory routes need shared memory");
             let name = ep.shm.as_deref().expect("shared-memory routes have a name");
-            match shm.dial(&self.id, peer, name) {
+            match shm.dial(&self.id, peer, name, &ep.nonce) {
                 Ok((io, hs)) => {
                     self.insert(Io::Unix(io), Hs::Shm(hs), peer, Purpose::Control, 0)?;
                     return Ok(());
@@ -708,14 +772,15 @@ impl Transports {
                 Err(reason) => self.fall_back(peer, reason)?,
             }
         }
-        self.dial_tcp(peer, ep.tcp)
+        self.dial_tcp(peer, &ep)
     }
 
-    fn dial_tcp(&mut self, peer: Rank, addr: SocketAddr) -> Result<()> {
+    fn dial_tcp(&mut self, peer: Rank, ep: &Endpoint) -> Result<()> {
         let mut wanted: Vec<(Purpose, u16)> = vec![(Purpose::Control, 0)];
         wanted.extend((0..self.streams).map(|s| (Purpose::Data, s)));
         for (purpose, stream) in wanted {
-            let (sock, hs) = tcp::dial(&self.id, peer, addr, purpose, stream)?;
+            let hello = self.id.hello(purpose, stream, peer, &ep.nonce);
+            let (sock, hs) = tcp::dial(peer, ep.tcp, &hello)?;
             self.insert(Io::Tcp(sock), Hs::Tcp(hs), peer, purpose, stream)?;
         }
         Ok(())
@@ -836,9 +901,9 @@ impl Transports {
                     self.drop_conn(i);
                     self.peers.remove(&peer);
                     self.fall_back(peer, reason)?;
-                    let addr = self.endpoints[peer as usize].tcp;
+                    let ep = self.endpoints[peer as usize].clone();
                     self.peers.entry(peer).or_default();
-                    self.dial_tcp(peer, addr)?;
+                    self.dial_tcp(peer, &ep)?;
                 }
                 Err(e) => {
                     self.drop_conn(i);
@@ -851,20 +916,62 @@ impl Transports {
 
     /// Accepts pending connections; their handshakes continue in [`Transports::advance`].
     fn accept_all(&mut self, kind: TransportKind) -> Result<()> {
+        self.accept_later = false;
         loop {
             let accepted = match kind {
-                TransportKind::Tcp => self.tcp.accept()?.map(|(s, hs)| (Io::Tcp(s), Hs::Tcp(hs))),
+                TransportKind::Tcp => self
+                    .tcp
+                    .accept()
+                    .map(|a| a.map(|(s, hs)| (Io::Tcp(s), Hs::Tcp(hs)))),
                 TransportKind::Shm => match &self.shm {
-                    Some(shm) => shm.accept()?.map(|(s, hs)| (Io::Unix(s), Hs::Shm(hs))),
-                    None => None,
+                    Some(shm) => shm
+                        .accept()
+                        .map(|a| a.map(|(s, hs)| (Io::Unix(s), Hs::Shm(hs)))),
+                    None => Ok(None),
                 },
             };
-            let Some((io, hs)) = accepted else {
-                return Ok(());
+            let (io, hs) = match accepted {
+                Ok(Some(a)) => a,
+                Ok(None) => return Ok(()),
+                Err(e) if out_of_descriptors(&e) => {
+                    // Connections that never say hello (a stranger's flood) must not end
+                    // the job: close the one that has waited longest and try again.
+                    if self.evict_oldest_unproven() {
+                        continue;
+                    }
+                    tracing::warn!(
+                        "cannot accept a {} connection: {e}; trying again at the next wait \
+                         (raise the descriptor limit, `ulimit -n`, if this rank needs more)",
+                        kind.name()
+                    );
+                    self.accept_later = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(io_err("accept", e)),
             };
             // Peer, purpose and lane are known once the hello is read.
             self.insert(io, hs, Rank::MAX, Purpose::Data, 0)?;
         }
+    }
+
+    /// Closes the accepted connection that has waited longest for its hello; false if
+    /// there is none.
+    fn evict_oldest_unproven(&mut self) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((c.as_ref()?.hs.unproven_since()?, i)))
+            .min();
+        let Some((since, i)) = oldest else {
+            return false;
+        };
+        tracing::warn!(
+            "out of descriptors: closed a connection that sent no hello in {:?}",
+            since.elapsed()
+        );
+        self.drop_conn(i);
+        true
     }
 
     /// Whether a shared-memory lane has news: bytes arrived, room appeared for a frame
@@ -894,6 +1001,11 @@ impl Transports {
     /// microseconds then costs no trip through the scheduler (which dominates small
     /// messages); longer waits sleep in epoll, shared-memory peers ringing the doorbell.
     pub fn wait(&mut self, until: Instant, polling: Polling) -> Result<bool> {
+        if self.accept_later {
+            // Edge-triggered: connections left in the backlog raise no new event.
+            self.accept_all(TransportKind::Tcp)?;
+            self.accept_all(TransportKind::Shm)?;
+        }
         let start = Instant::now();
         let spin_until = start + polling.spin;
         let poll_until = spin_until + polling.yielding;
@@ -1142,6 +1254,16 @@ impl<S: std::os::fd::AsRawFd> mio::event::Source for SourceOf<'_, S> {
 
 /// Checks a hello against this rank's identity (both transports).
 fn admit(id: &Identity, lanes: u16, h: &Hello) -> std::result::Result<(), String> {
+    // The proof first: a hello without it says nothing about who sent it, so none of
+    // its fields is worth an answer of its own.
+    let signed = &h.encode()[..HELLO_MAC_AT];
+    if !id.key.verify(Use::PeerHello, &[signed, &id.nonce], &h.mac) {
+        return Err(format!(
+            "wrong secret: the hello's MAC does not prove this job's secret (rank {} started \
+             with another TOPOCCL_SECRET, or someone else claiming to be it)",
+            h.rank
+        ));
+    }
     if h.job != id.job {
         return Err("it belongs to another job".into());
     }
@@ -1172,16 +1294,16 @@ fn admit(id: &Identity, lanes: u16, h: &Hello) -> std::result::Result<(), String
             h.stream
         ));
     }
-    // Constant time, so the comparison leaks nothing about the secret.
-    let diff = h
-        .secret
-        .iter()
-        .zip(&id.secret)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if diff != 0 {
-        return Err("wrong secret".into());
-    }
     Ok(())
+}
+
+/// Whether accepting failed for want of descriptors or memory (the process's or the
+/// system's), which closing connections can cure, rather than for good.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -1190,4 +1312,42 @@ fn would_block(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(rank: Rank, secret: &str, nonce: u8) -> Identity {
+        Identity {
+            rank,
+            world: 4,
+            job: 7,
+            comm: 9,
+            key: JobKey::from_secret(secret.as_bytes()),
+            nonce: [nonce; NONCE_LEN],
+        }
+    }
+
+    #[test]
+    fn a_hello_opens_only_the_rank_and_instance_it_was_made_for() {
+        let (dialler, acceptor) = (id(1, "s", 1), id(2, "s", 2));
+        let h = dialler.hello(Purpose::Data, 0, 2, &acceptor.nonce);
+        assert_eq!(admit(&acceptor, 1, &h), Ok(()));
+        // The ack's MAC proves the acceptor knows the secret too.
+        let ack = acceptor.ack_mac(&h.mac);
+        assert!(dialler.check_ack(2, &h.mac, &ack).is_ok());
+        let e = dialler.check_ack(2, &h.mac, &[0; MAC_LEN]).unwrap_err();
+        assert!(e.to_string().contains("without proof"), "{e}");
+        // Another run of the same job (new instance nonce): the old hello is refused.
+        let e = admit(&id(2, "s", 3), 1, &h).unwrap_err();
+        assert!(e.contains("wrong secret"), "{e}");
+        // Another secret, or any field changed after the MAC was made.
+        assert!(admit(&id(2, "t", 2), 1, &h).is_err());
+        let mut forged = h.clone();
+        forged.rank = 0;
+        assert!(admit(&acceptor, 1, &forged)
+            .unwrap_err()
+            .contains("wrong secret"));
+    }
 }

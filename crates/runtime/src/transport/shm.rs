@@ -51,6 +51,7 @@ use topoccl_plan::Rank;
 
 use super::ring::{self, RingRx, RingTx};
 use super::{admit, Conn, Hs as AnyHs, Identity, Io, Step, HELLO_TIMEOUT};
+use crate::auth::MAC_LEN;
 use crate::error::{Error, Result};
 use crate::wire::{self, Hello, Purpose, HELLO_LEN};
 
@@ -360,10 +361,10 @@ pub enum Hs {
     /// Hello sent with the segment; reading the ack.
     AwaitAck {
         seg: Arc<Segment>,
-        nonce: u64,
         buf: Vec<u8>,
         need: usize,
         bell: Option<OwnedFd>,
+        hello_mac: [u8; MAC_LEN],
     },
     /// Accepted; reading the dialler's hello and descriptors.
     Accepting {
@@ -375,9 +376,7 @@ pub enum Hs {
 }
 
 fn random_u64() -> std::result::Result<u64, String> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
-    Ok(u64::from_le_bytes(b))
+    crate::auth::fresh("a shared-memory nonce").map(u64::from_le_bytes)
 }
 
 impl Shm {
@@ -462,6 +461,7 @@ impl Shm {
         id: &Identity,
         peer: Rank,
         name: &str,
+        peer_nonce: &[u8],
     ) -> std::result::Result<(MioUnix, Hs), String> {
         let nonce = random_u64()?;
         let (seg, memfd) = Segment::create(
@@ -473,16 +473,7 @@ impl Shm {
             .map_err(|e| format!("abstract socket name: {e}"))?;
         let sock = UnixStream::connect_addr(&addr)
             .map_err(|e| format!("cannot connect to rank {peer} at @{name}: {e}"))?;
-        let hello = Hello {
-            purpose: Purpose::Control,
-            stream: 0,
-            world: id.world,
-            rank: id.rank,
-            target: peer,
-            job: id.job,
-            comm: id.comm,
-            secret: id.secret,
-        };
+        let hello = id.hello(Purpose::Control, 0, peer, peer_nonce);
         let mut msg = hello.encode().to_vec();
         msg.extend_from_slice(&nonce.to_le_bytes());
         let sent = send_with_fds(&sock, &msg, &[memfd.as_raw_fd(), self.doorbell.as_raw_fd()])
@@ -496,23 +487,22 @@ impl Shm {
             MioUnix::from_std(sock),
             Hs::AwaitAck {
                 seg: Arc::new(seg),
-                nonce,
                 buf: Vec::new(),
                 need: wire::ACK_FIXED_LEN,
                 bell: None,
+                hello_mac: hello.mac,
             },
         ))
     }
 
     /// Accepts one pending connection, if any.
-    pub fn accept(&self) -> Result<Option<(MioUnix, Hs)>> {
+    pub fn accept(&self) -> io::Result<Option<(MioUnix, Hs)>> {
         let sock = match self.listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) => return Err(Error::Io(format!("accept (shared memory): {e}"))),
+            Err(e) => return Err(e),
         };
-        sock.set_nonblocking(true)
-            .map_err(|e| Error::Io(format!("accepted socket: {e}")))?;
+        sock.set_nonblocking(true)?;
         let hs = Hs::Accepting {
             buf: [0; SHM_HELLO_LEN],
             got: 0,
@@ -563,10 +553,10 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
     match hs {
         Hs::AwaitAck {
             seg,
-            nonce,
             buf,
             need,
             bell,
+            hello_mac,
         } => {
             let mut tmp = [0u8; wire::ACK_FIXED_LEN + wire::MAX_REASON_LEN + 8];
             let want = *need - buf.len();
@@ -611,6 +601,7 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
                     reason: format!("rank {peer} refused the connection: {reason}"),
                 });
             }
+            id.check_ack(peer, hello_mac, &buf[wire::ACK_FIXED_LEN..][..len])?;
             let theirs = u64::from_le_bytes(buf[total - 8..total].try_into().expect("8 bytes"));
             if seg.word(24).load(std::sync::atomic::Ordering::Acquire) != theirs || theirs == 0 {
                 return Ok(Step::Fallback(format!(
@@ -620,7 +611,6 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
             let Some(bell) = bell.take() else {
                 return Ok(Step::Fallback(format!("rank {peer} sent no doorbell")));
             };
-            let _ = nonce;
             let cap = seg.word(8).load(std::sync::atomic::Ordering::Relaxed) as usize;
             let lane = RingLane::new(seg.clone(), cap, true, bell);
             Ok(Step::DoneShm(lane))
@@ -653,24 +643,18 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
                 Ok(h) => h,
                 Err(reason) => {
                     tracing::warn!("refused a shared-memory connection: {reason}");
-                    reply(sock, 1, &reason, 0, None);
+                    refuse(sock, 1, &reason);
                     return Ok(Step::Close { refused: None });
                 }
             };
             if let Err(reason) = admit(id, 1, &h) {
                 tracing::warn!("refused a connection claiming rank {}: {reason}", h.rank);
-                reply(sock, 1, &reason, 0, None);
+                refuse(sock, 1, &reason);
                 let refused = (h.rank < id.world).then_some((h.rank, reason));
                 return Ok(Step::Close { refused });
             }
             let Some(shm) = shm else {
-                reply(
-                    sock,
-                    ACK_UNSHAREABLE,
-                    "this rank offers no shared memory",
-                    0,
-                    None,
-                );
+                refuse(sock, ACK_UNSHAREABLE, "this rank offers no shared memory");
                 return Ok(Step::Close { refused: None });
             };
             let attached = match fds.len() {
@@ -681,7 +665,7 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
                 Ok(x) => x,
                 Err(reason) => {
                     tracing::warn!("cannot share memory with rank {}: {reason}", h.rank);
-                    reply(sock, ACK_UNSHAREABLE, &reason, 0, None);
+                    refuse(sock, ACK_UNSHAREABLE, &reason);
                     return Ok(Step::Close { refused: None });
                 }
             };
@@ -689,7 +673,8 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
             seg.word(24)
                 .store(mine, std::sync::atomic::Ordering::Release);
             let bell = fds.remove(1);
-            if !reply(sock, 0, "", mine, Some(shm.doorbell.as_raw_fd())) {
+            let accepted = Ok(id.ack_mac(&h.mac));
+            if !send_ack(sock, 0, &accepted, mine, Some(shm.doorbell.as_raw_fd())) {
                 return Ok(Step::Close { refused: None });
             }
             c.peer = h.rank;
@@ -700,14 +685,21 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
     }
 }
 
-/// Sends an ack (status, reason, and when accepted this rank's nonce and doorbell).
-/// Returns false if it could not be sent whole.
-fn reply(sock: &mut MioUnix, status: u8, reason: &str, nonce: u64, bell: Option<RawFd>) -> bool {
-    let mut ack = wire::encode_ack(&if status == 0 {
-        Ok(())
-    } else {
-        Err(reason.to_string())
-    });
+/// Sends a refusal: `status` and the reason (best effort: the connection closes next).
+fn refuse(sock: &mut MioUnix, status: u8, reason: &str) {
+    send_ack(sock, status, &Err(reason.to_string()), 0, None);
+}
+
+/// Sends an ack: `status` with the reason, or when accepted the MAC, this rank's segment
+/// nonce and its doorbell. Returns false if it could not be sent whole.
+fn send_ack(
+    sock: &mut MioUnix,
+    status: u8,
+    body: &std::result::Result<[u8; MAC_LEN], String>,
+    nonce: u64,
+    bell: Option<RawFd>,
+) -> bool {
+    let mut ack = wire::encode_ack(body);
     ack[4] = status;
     if status == 0 {
         ack.extend_from_slice(&nonce.to_le_bytes());

@@ -18,8 +18,9 @@ use mio::{Interest, Registry, Token};
 use topoccl_plan::Rank;
 
 use super::{admit, io_err, would_block, Conn, Hs as AnyHs, Identity, Io, Step, HELLO_TIMEOUT};
+use crate::auth::MAC_LEN;
 use crate::error::{Error, Result};
-use crate::wire::{self, Hello, Purpose, HELLO_LEN};
+use crate::wire::{self, Hello, HELLO_LEN, HELLO_MAC_AT};
 
 /// Kernel socket buffers: large enough to keep a loopback or LAN link busy.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -29,8 +30,12 @@ const SOCKET_BUFFER: usize = 4 << 20;
 pub enum Hs {
     /// Dialled; sending the hello once connected.
     Dialing { hello: [u8; HELLO_LEN], sent: usize },
-    /// Hello sent; reading the ack and its reason.
-    AwaitAck { buf: Vec<u8>, need: usize },
+    /// Hello sent; reading the ack and its reason or MAC.
+    AwaitAck {
+        buf: Vec<u8>,
+        need: usize,
+        hello_mac: [u8; MAC_LEN],
+    },
     /// Accepted; reading the dialler's hello.
     Accepting {
         buf: [u8; HELLO_LEN],
@@ -98,15 +103,13 @@ impl Tcp {
     }
 
     /// Accepts one pending connection, if any.
-    pub fn accept(&self) -> Result<Option<(MioStream, Hs)>> {
+    pub fn accept(&self) -> io::Result<Option<(MioStream, Hs)>> {
         let sock = match self.listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) => return Err(io_err("accept", e)),
+            Err(e) => return Err(e),
         };
-        tune(&sock)
-            .and_then(|_| sock.set_nonblocking(true))
-            .map_err(|e| io_err("accepted socket", e))?;
+        tune(&sock).and_then(|_| sock.set_nonblocking(true))?;
         let hs = Hs::Accepting {
             buf: [0; HELLO_LEN],
             got: 0,
@@ -116,30 +119,14 @@ impl Tcp {
     }
 }
 
-/// Starts a connection to `peer` at `addr` (non-blocking; the handshake continues in
-/// [`step`]).
-pub fn dial(
-    id: &Identity,
-    peer: Rank,
-    addr: SocketAddr,
-    purpose: Purpose,
-    stream: u16,
-) -> Result<(MioStream, Hs)> {
+/// Starts a connection to `peer` at `addr` that opens with `hello` (non-blocking; the
+/// handshake continues in [`step`]).
+pub fn dial(peer: Rank, addr: SocketAddr, hello: &Hello) -> Result<(MioStream, Hs)> {
     let sock = MioStream::connect(addr).map_err(|e| Error::PeerFailed {
         op: "connecting".into(),
         rank: peer,
         reason: format!("cannot connect to {addr}: {e}"),
     })?;
-    let hello = Hello {
-        purpose,
-        stream,
-        world: id.world,
-        rank: id.rank,
-        target: peer,
-        job: id.job,
-        comm: id.comm,
-        secret: id.secret,
-    };
     let hs = Hs::Dialing {
         hello: hello.encode(),
         sent: 0,
@@ -179,10 +166,15 @@ pub(super) fn step(c: &mut Conn, id: &Identity, streams: u16) -> Result<Step> {
                     *hs = Hs::AwaitAck {
                         buf: Vec::new(),
                         need: wire::ACK_FIXED_LEN,
+                        hello_mac: hello[HELLO_MAC_AT..].try_into().expect("a MAC"),
                     };
                 }
             }
-            Hs::AwaitAck { buf, need } => {
+            Hs::AwaitAck {
+                buf,
+                need,
+                hello_mac,
+            } => {
                 let mut tmp = [0u8; wire::ACK_FIXED_LEN + wire::MAX_REASON_LEN];
                 let want = *need - buf.len();
                 match sock.read(&mut tmp[..want]) {
@@ -215,6 +207,7 @@ pub(super) fn step(c: &mut Conn, id: &Identity, streams: u16) -> Result<Step> {
                             ),
                         });
                     }
+                    id.check_ack(peer, hello_mac, &buf[wire::ACK_FIXED_LEN..])?;
                     return Ok(Step::Done);
                 }
             }
@@ -234,7 +227,7 @@ pub(super) fn step(c: &mut Conn, id: &Identity, streams: u16) -> Result<Step> {
                 if *got == HELLO_LEN {
                     let (ack, admitted) = match Hello::decode(buf) {
                         Ok(h) => match admit(id, streams, &h) {
-                            Ok(()) => (wire::encode_ack(&Ok(())), Some(h)),
+                            Ok(()) => (wire::encode_ack(&Ok(id.ack_mac(&h.mac))), Some(h)),
                             Err(reason) => {
                                 tracing::warn!(
                                     "refused a connection claiming rank {}: {reason}",

@@ -1,0 +1,256 @@
+//! A stranger on the same machine, acting as the security review did, step by step,
+//! against a running job of two ranks (real processes, a real store, TCP between them)
+//! whose store and ranks share a secret the stranger does not have. It knows everything
+//! else: the store's address, the job id, the ranks' ports, the wire format.
+//!
+//! It cannot read the secret (or anything) from the store, cannot write or delete keys,
+//! cannot join as a rank, cannot abort the job, cannot exhaust a rank's descriptors with
+//! idle connections; the job finishes with correct results.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use topoccl::auth::JobKey;
+use topoccl::store::{Store, StoreError, TcpStore};
+use topoccl::wire::{self, AbortNotice, Header, Hello, Kind, Purpose, ACK_FIXED_LEN};
+
+const SECRET: &str = "the job's own secret, which the stranger never sees";
+const JOB: &str = "stranger-test";
+
+/// Kills a process when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_store() -> (Proc, String) {
+    let mut store = Command::new(env!("CARGO_BIN_EXE_topoccl"))
+        .args(["store", "--listen", "127.0.0.1:0"])
+        .env("TOPOCCL_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the store");
+    let mut line = String::new();
+    BufReader::new(store.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    (Proc(store), url)
+}
+
+/// Descriptors a rank may hold: far fewer than the stranger opens.
+const RANK_FILES: u32 = 64;
+/// Idle connections the stranger opens to each of a rank's ports.
+const FLOOD: usize = 150;
+
+fn start_rank(
+    rank: u32,
+    store: &str,
+    progress: mpsc::Sender<u32>,
+) -> (Proc, mpsc::Receiver<String>) {
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!(r#"ulimit -n {RANK_FILES} && exec "$0" "$@""#),
+            env!("CARGO_BIN_EXE_topoccl"),
+        ])
+        .args([
+            "internal",
+            "allreduce-loop",
+            "--count",
+            "65536",
+            "--iters",
+            "6000",
+        ])
+        .env("TOPOCCL_RANK", rank.to_string())
+        .env("TOPOCCL_WORLD_SIZE", "2")
+        .env("TOPOCCL_STORE", store)
+        .env("TOPOCCL_JOB_ID", JOB)
+        .env("TOPOCCL_SECRET", SECRET)
+        .env("TOPOCCL_TRANSPORT", "tcp")
+        .env("TOPOCCL_TIMEOUT", "20s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a rank");
+    let out = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line == "iteration 0 done" {
+                let _ = progress.send(rank);
+            }
+        }
+    });
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let text: Vec<String> = BufReader::new(err).lines().map_while(Result::ok).collect();
+        let _ = tx.send(text.join("\n"));
+    });
+    (Proc(child), rx)
+}
+
+/// The TCP ports process `pid` listens on (its sockets' inodes, found in /proc/net).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local address, state 0A = LISTEN, inode.
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
+                let port = f[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
+}
+
+#[test]
+fn a_stranger_cannot_read_join_or_abort_a_job_and_it_finishes_correctly() {
+    let (_store, url) = start_store();
+    let addr = url.strip_prefix("tcp://").unwrap();
+    let (tx, progress) = mpsc::channel();
+    let mut ranks: Vec<(Proc, mpsc::Receiver<String>)> =
+        (0..2).map(|r| start_rank(r, &url, tx.clone())).collect();
+    for _ in 0..2 {
+        progress
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the ranks never got going");
+    }
+
+    // 1. The store: without the secret (or with a guess) no request is served, so the
+    //    stranger reads nothing (no secret, no endpoints) and writes or deletes nothing.
+    for guess in [None, Some(JobKey::from_secret(b"a guess"))] {
+        let e = TcpStore::connect_with(addr, guess, Instant::now() + Duration::from_secs(5))
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Protocol(m) if m.contains("refused this client")),
+            "{e}"
+        );
+    }
+    // The job's own clients still are.
+    let job = TcpStore::connect_with(
+        addr,
+        Some(JobKey::from_secret(SECRET.as_bytes())),
+        Instant::now() + Duration::from_secs(5),
+    )
+    .unwrap();
+    let secret_key = format!("topoccl/{JOB}/world0/secret");
+    assert_eq!(
+        job.try_get(&secret_key).unwrap(),
+        None,
+        "the secret rests in the store"
+    );
+
+    // 2. Rank 1's listener: a hello claiming to be rank 0 with a guessed MAC is refused,
+    //    and an abort notice sent after it reaches nobody.
+    let ports = listening_ports(ranks[1].0 .0.id());
+    assert!(!ports.is_empty(), "rank 1 listens on no TCP port");
+    let namespace = format!("topoccl/{JOB}/world0");
+    for port in ports {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let hello = Hello {
+            purpose: Purpose::Control,
+            stream: 0,
+            world: 2,
+            rank: 0,
+            target: 1,
+            job: wire::fnv1a(JOB.as_bytes(), wire::FNV_OFFSET),
+            comm: wire::fnv1a(namespace.as_bytes(), wire::FNV_OFFSET),
+            mac: [0x5a; 32],
+        };
+        s.write_all(&hello.encode()).unwrap();
+        let mut ack = Vec::new();
+        let _ = s.read_to_end(&mut ack);
+        assert!(ack.len() > ACK_FIXED_LEN, "no answer from port {port}");
+        let (refused, _) = wire::decode_ack_head(ack[..ACK_FIXED_LEN].try_into().unwrap()).unwrap();
+        let reason = String::from_utf8_lossy(&ack[ACK_FIXED_LEN..]);
+        assert!(
+            refused && reason.contains("wrong secret"),
+            "port {port}: {reason}"
+        );
+        let notice = AbortNotice {
+            origin: 0,
+            culprit: Some(0),
+            reason: "forged by a stranger".into(),
+        }
+        .encode();
+        let header = Header {
+            kind: Kind::Abort,
+            collective: None,
+            dtype: topoccl::DType::U8,
+            op: topoccl::ReduceOp::Sum,
+            channel: 0,
+            link_seq: 0,
+            seq: 0,
+            count: 0,
+            len: notice.len() as u64,
+            fingerprint: 0,
+            root: 0,
+        };
+        let _ = s.write_all(&header.encode());
+        let _ = s.write_all(&notice);
+    }
+    // 3. Idle connections, far more than a rank has descriptors: the rank closes the
+    //    oldest of them to make room rather than failing its job.
+    let mut idle = Vec::new();
+    for (p, _) in &ranks {
+        for port in listening_ports(p.0.id()) {
+            for _ in 0..FLOOD {
+                if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                    idle.push(s);
+                }
+            }
+        }
+    }
+    assert!(
+        idle.len() >= FLOOD,
+        "the flood opened {} connections",
+        idle.len()
+    );
+    thread::sleep(Duration::from_millis(200));
+    for (r, (p, _)) in ranks.iter_mut().enumerate() {
+        assert!(
+            p.0.try_wait().unwrap().is_none(),
+            "rank {r} finished before the stranger was done: make the job longer"
+        );
+    }
+
+    // 4. The job goes on and finishes with correct results (each rank checks every one).
+    for (r, (p, err)) in ranks.iter_mut().enumerate() {
+        let until = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = p.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < until, "rank {r} never finished");
+            thread::sleep(Duration::from_millis(20));
+        };
+        let err = err.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        assert!(status.success(), "rank {r}: {status}: {err}");
+        assert!(!err.contains("forged"), "rank {r}: {err}");
+    }
+}
