@@ -471,3 +471,37 @@ fn long_lines_are_split_at_64_kib() {
     assert_eq!(lines[1], format!("[0] {}", "x".repeat(100_000 - 64 * 1024)));
     assert_eq!(lines[2], "[0] end");
 }
+
+#[test]
+fn the_summary_names_a_suspended_rank_not_the_survivor_that_failed_first() {
+    // Rank 1 is stopped (SIGSTOP) in the middle of a loop of all-reduces; the others give
+    // up on it after their 2 s deadline and exit first.
+    let script = r#"if [ "$TOPOCCL_RANK" = 1 ]; then (sleep 0.5; kill -STOP $$) & fi
+exec "$0" internal allreduce-loop --count 1024 --iters 100000000"#;
+    let out = topoccl(&[
+        "-n",
+        "3",
+        "--timeout",
+        "60s",
+        "sh",
+        "-c",
+        script,
+        env!("CARGO_BIN_EXE_topoccl"),
+    ])
+    .env("TOPOCCL_TIMEOUT", "2s")
+    .stdout(Stdio::null())
+    .output()
+    .expect("run topoccl");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let summary = err
+        .lines()
+        .find(|l| l.starts_with("topoccl run: "))
+        .unwrap_or_else(|| panic!("no summary in {err}"));
+    assert!(
+        summary.starts_with("topoccl run: rank 1 was suspended (SIGSTOP or a debugger)"),
+        "{summary}"
+    );
+    // The survivors' own errors name it too.
+    assert!(err.contains("culprits: 1"), "{err}");
+}

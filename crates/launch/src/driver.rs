@@ -208,16 +208,36 @@ fn supervise(
 /// Reaps every rank that has exited and reports it. Ranks are looked at in rank order, so
 /// when several have died since the last look, the lowest is reported first.
 fn look_for_exits(sup: &mut Supervisor, children: &mut [Option<Child>], now: Duration) {
-    for (rank, slot) in (0u32..).zip(children.iter_mut()) {
-        let Some(child) = slot else { continue };
+    for rank in 0..children.len() {
+        let Some(child) = &mut children[rank] else {
+            continue;
+        };
         let status = match child.try_wait() {
             Ok(Some(status)) => rank_status(status),
             Ok(None) => continue,
             Err(_) => RankStatus::Lost,
         };
-        *slot = None;
-        sup.exited(rank, status, now);
+        children[rank] = None;
+        if !status.success() && !sup.has_failed() {
+            sup.suspended(&suspended_ranks(children));
+        }
+        sup.exited(rank as u32, status, now);
     }
+}
+
+/// The running ranks that are suspended: stopped by a signal (`SIGSTOP`, `SIGTSTP`) or
+/// held by a debugger, as `/proc/PID/stat` says (state `T` or `t`).
+fn suspended_ranks(children: &[Option<Child>]) -> Vec<u32> {
+    (0u32..)
+        .zip(children)
+        .filter_map(|(rank, c)| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.as_ref()?.id())).ok()?;
+            // The state follows the command name, which is in parentheses and may hold any
+            // character: read after the last ')'.
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            matches!(state, "T" | "t").then_some(rank)
+        })
+        .collect()
 }
 
 fn rank_status(status: ExitStatus) -> RankStatus {

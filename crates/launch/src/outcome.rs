@@ -90,6 +90,9 @@ pub struct LaunchOutcome {
     pub ending: Ending,
     /// The ranks still running when the job was stopped, which the launcher terminated.
     pub stopped: Vec<u32>,
+    /// Ranks that were suspended (stopped by a signal or held by a debugger) when the
+    /// first failure came: the ones the others were most likely waiting for.
+    pub suspended: Vec<u32>,
     /// Ranks still there [`crate::REAP_GRACE`] after SIGKILL (stuck in the kernel), which
     /// the launcher gave up waiting for. Empty unless something is badly wrong.
     pub unreaped: Vec<u32>,
@@ -138,6 +141,18 @@ impl LaunchOutcome {
                 format!("rank {rank} could not be started{}", stopped("killed"))
             }
         };
+        if !self.suspended.is_empty() {
+            let who = describe_ranks(&self.suspended);
+            let was = if self.suspended.len() == 1 {
+                "was"
+            } else {
+                "were"
+            };
+            line = format!(
+                "{who} {was} suspended (SIGSTOP or a debugger) and made no progress, so the \
+                 others could not go on; {line}"
+            );
+        }
         if !self.unreaped.is_empty() {
             line.push_str(&format!(
                 "; {} still there {} s after SIGKILL",
@@ -178,6 +193,7 @@ mod tests {
         LaunchOutcome {
             ending,
             stopped: stopped.to_vec(),
+            suspended: vec![],
             unreaped: vec![],
         }
     }
@@ -232,6 +248,14 @@ mod tests {
             "rank 2 could not be started; killed ranks 0, 1"
         );
         assert_eq!(not_started.exit_code(), 1);
+        let mut blamed = failed.clone();
+        blamed.suspended = vec![3];
+        assert_eq!(
+            blamed.summary().unwrap(),
+            "rank 3 was suspended (SIGSTOP or a debugger) and made no progress, so the others \
+             could not go on; rank 2 failed first: killed by signal 9 (SIGKILL); stopped ranks \
+             0, 1, 3"
+        );
         let done = outcome(Ending::Completed, &[]);
         assert_eq!((done.summary(), done.exit_code()), (None, 0));
     }

@@ -140,6 +140,9 @@ pub struct Supervisor {
     /// The signal the stop sent last: ranks spawned during the stop get it too.
     stop_signal: i32,
     stopped: Vec<u32>,
+    /// Ranks found suspended (stopped by a signal or held by a debugger) when the job
+    /// failed: what the others were most likely waiting for.
+    suspended: Vec<u32>,
     drain_until: Option<Duration>,
     actions: VecDeque<Action>,
 }
@@ -159,6 +162,7 @@ impl Supervisor {
             phase: Phase::Running,
             stop_signal: libc::SIGTERM,
             stopped: Vec::new(),
+            suspended: Vec::new(),
             drain_until: None,
             actions: VecDeque::new(),
         }
@@ -230,6 +234,22 @@ impl Supervisor {
             }
         }
         self.advance(now);
+    }
+
+    /// Whether the job has failed (a rank, the timeout or a signal ended it): a launcher
+    /// looks for suspended ranks ([`Supervisor::suspended`]) before reporting the first
+    /// failure.
+    pub fn has_failed(&self) -> bool {
+        self.ending.is_some()
+    }
+
+    /// These running ranks are suspended (stopped by `SIGSTOP` or held by a debugger) as
+    /// the first failure is about to be reported: the summary names them, since the
+    /// others most likely failed waiting for them. Ignored once the job has failed.
+    pub fn suspended(&mut self, ranks: &[u32]) {
+        if self.ending.is_none() {
+            self.suspended = ranks.to_vec();
+        }
     }
 
     /// Rank `rank` exited (and was reaped) with `status`.
@@ -393,6 +413,7 @@ impl Supervisor {
         let outcome = LaunchOutcome {
             ending: self.ending.clone().unwrap_or(Ending::Completed),
             stopped: std::mem::take(&mut self.stopped),
+            suspended: std::mem::take(&mut self.suspended),
             unreaped: self.running_ranks().map(|(r, _)| r).collect(),
         };
         self.phase = Phase::Finished;

@@ -111,6 +111,34 @@ fn the_first_failure_stops_the_job() {
 }
 
 #[test]
+fn a_rank_suspended_when_the_first_failure_comes_is_named_before_it() {
+    let mut s = started(Config::new(4));
+    // Rank 3 was stopped (SIGSTOP); rank 2 gave up waiting for it.
+    assert!(!s.has_failed());
+    s.suspended(&[3]);
+    s.exited(2, Exited(1), ms(50));
+    assert!(s.has_failed());
+    // Later looks change nothing: the first failure's picture stands.
+    s.suspended(&[0, 1]);
+    for r in [0, 1, 3] {
+        ends(&mut s, r, killed(SIGTERM), ms(60));
+    }
+    s.closed(2, Stream::Stdout, ms(60));
+    s.closed(2, Stream::Stderr, ms(60));
+    let outcome = finished(&mut s);
+    assert_eq!(outcome.suspended, [3]);
+    assert_eq!(outcome.exit_code(), 1);
+    assert!(
+        outcome.summary().unwrap().starts_with(
+            "rank 3 was suspended (SIGSTOP or a debugger) and made no progress, so the others \
+             could not go on; rank 2 failed first: exited with status 1"
+        ),
+        "{}",
+        outcome.summary().unwrap()
+    );
+}
+
+#[test]
 fn a_rank_killed_by_a_signal_fails_the_job_with_128_plus_the_signal() {
     let mut s = started(Config::new(2));
     s.exited(1, killed(SIGKILL), ms(5));

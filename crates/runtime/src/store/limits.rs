@@ -39,6 +39,11 @@ pub(super) const MAX_WAIT_KEYS: usize = 65_536;
 
 /// Connections the server serves at once.
 pub(super) const MAX_CONNECTIONS: usize = 4096;
+/// Connections from one address that have not finished their hello; more are refused, so
+/// that idle connections from one stranger cannot take every slot.
+pub(super) const MAX_UNWELCOMED_PER_ADDRESS: usize = 256;
+/// How long a new connection has to send its hello before it is closed.
+pub(super) const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 /// Keys the store holds.
 pub(super) const MAX_ENTRIES: usize = 1 << 20;
 /// Bytes of keys and values the store holds.

@@ -11,16 +11,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::codec::{self, Reply, Request, HELLO_LEN};
 use super::limits::{
-    ACCEPT_RETRY, CONN_THREAD_STACK, DEFAULT_IO_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIME,
-    LIVENESS_PERIOD, MAX_CONNECTIONS, MAX_FRAME, MAX_KEY_LEN, MAX_SERVER_WAIT, MAX_VALUE_LEN,
-    REFUSAL_WRITE_TIMEOUT,
+    ACCEPT_RETRY, CONN_THREAD_STACK, DEFAULT_IO_TIMEOUT, HELLO_DEADLINE, KEEPALIVE_INTERVAL,
+    KEEPALIVE_TIME, LIVENESS_PERIOD, MAX_CONNECTIONS, MAX_FRAME, MAX_KEY_LEN, MAX_SERVER_WAIT,
+    MAX_UNWELCOMED_PER_ADDRESS, MAX_VALUE_LEN, REFUSAL_WRITE_TIMEOUT,
 };
 use super::socket::{read_frame, FrameError};
 use super::state::{Capacity, State, WaitOutcome, Watch};
@@ -31,6 +31,8 @@ use crate::auth::{fresh, JobKey, NONCE_LEN};
 #[derive(Clone, Copy, Debug)]
 struct ServerLimits {
     max_connections: usize,
+    max_unwelcomed_per_address: usize,
+    hello_deadline: Duration,
     capacity: Capacity,
     io_timeout: Duration,
 }
@@ -39,6 +41,8 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: MAX_CONNECTIONS,
+            max_unwelcomed_per_address: MAX_UNWELCOMED_PER_ADDRESS,
+            hello_deadline: HELLO_DEADLINE,
             capacity: Capacity::default(),
             io_timeout: DEFAULT_IO_TIMEOUT,
         }
@@ -51,6 +55,8 @@ struct Shared {
     key: Option<JobKey>,
     /// A handle on every open connection, so stopping can unblock their threads.
     conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Per address, the connections that have not finished their hello.
+    unwelcomed: Mutex<HashMap<IpAddr, usize>>,
     limits: ServerLimits,
 }
 
@@ -132,6 +138,7 @@ impl TcpStoreServer {
             state: State::new(limits.capacity),
             key,
             conns: Mutex::new(HashMap::new()),
+            unwelcomed: Mutex::new(HashMap::new()),
             limits,
         });
         let acceptor = {
@@ -240,6 +247,21 @@ fn admit(
         .with_interval(KEEPALIVE_INTERVAL);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
 
+    let Some(unwelcomed) = Unwelcomed::count(shared, peer.ip()) else {
+        tracing::warn!(%peer, "TCP store server: refusing a connection, too many unwelcomed from its address");
+        refuse(
+            &stream,
+            &format!(
+                "{} connections from {} have not finished their hello; the store takes at \
+                 most {} such from one address (each has {:?})",
+                limits.max_unwelcomed_per_address,
+                peer.ip(),
+                limits.max_unwelcomed_per_address,
+                limits.hello_deadline
+            ),
+        );
+        return None;
+    };
     let registered = {
         let mut conns = lock(&shared.conns);
         if conns.len() >= limits.max_connections {
@@ -274,7 +296,7 @@ fn admit(
         .name("topoccl-store-conn".into())
         .stack_size(CONN_THREAD_STACK)
         .spawn(move || {
-            serve(&stream, peer, &worker_shared);
+            serve(&stream, peer, &worker_shared, unwelcomed);
             lock(&worker_shared.conns).remove(&id);
         });
     match spawned {
@@ -292,6 +314,40 @@ fn admit(
     }
 }
 
+/// A connection counted among its address's unwelcomed ones until dropped.
+struct Unwelcomed {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Unwelcomed {
+    /// Counts a new connection from `ip`; `None` if its address has too many already.
+    fn count(shared: &Arc<Shared>, ip: IpAddr) -> Option<Unwelcomed> {
+        let mut m = lock(&shared.unwelcomed);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= shared.limits.max_unwelcomed_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(Unwelcomed {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Unwelcomed {
+    fn drop(&mut self) {
+        let mut m = lock(&self.shared.unwelcomed);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 fn refuse(stream: &TcpStream, why: &str) {
     let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
     let mut w = stream;
@@ -299,7 +355,7 @@ fn refuse(stream: &TcpStream, why: &str) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared) {
+fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwelcomed) {
     let io_timeout = shared.limits.io_timeout;
     let mut w = stream;
     let nonce: [u8; NONCE_LEN] = match fresh("the connection's nonce") {
@@ -315,7 +371,7 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared) {
     }
     let mut hello = [0u8; HELLO_LEN];
     let hello_read = stream
-        .set_read_timeout(Some(io_timeout))
+        .set_read_timeout(Some(io_timeout.min(shared.limits.hello_deadline)))
         .and_then(|()| w.read_exact(&mut hello));
     if let Err(e) = hello_read {
         tracing::debug!(%peer, "TCP store: no hello from client: {e}");
@@ -327,6 +383,7 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared) {
         tracing::warn!(%peer, "TCP store: refused a client: {why}");
         return;
     }
+    drop(unwelcomed);
     tracing::debug!(%peer, "TCP store: client connected");
     loop {
         let body = match read_frame(stream, None, io_timeout) {
@@ -634,6 +691,40 @@ mod tests {
         let c3 = TcpStore::connect(&a, soon(2000)).unwrap();
         c3.set("k", b"v").unwrap();
         assert_eq!(c2.try_get("k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn idle_connections_from_one_address_cannot_lock_clients_out() {
+        // A stranger opens connections and never says hello.
+        let limits = ServerLimits {
+            max_unwelcomed_per_address: 4,
+            hello_deadline: Duration::from_millis(400),
+            ..ServerLimits::default()
+        };
+        let key = JobKey::from_secret(b"job");
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, Some(key.clone())).unwrap();
+        let a = s.local_addr().to_string();
+        let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&a).unwrap()).collect();
+        thread::sleep(Duration::from_millis(100));
+        // One more is refused at once, saying why.
+        let extra = TcpStream::connect(&a).unwrap();
+        extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = Vec::new();
+        let _ = (&extra).read_to_end(&mut answer);
+        let why = String::from_utf8_lossy(&answer);
+        assert!(why.contains("have not finished their hello"), "{why}");
+        // A client of the job gets in once the idle ones are past their hello deadline,
+        // long before its own deadline.
+        let t = Instant::now();
+        let c = TcpStore::connect_with(&a, Some(key), soon(5000)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        c.set("k", b"v").unwrap();
+        // The idle ones were closed.
+        for mut s in idle {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }
     }
 
     #[test]
