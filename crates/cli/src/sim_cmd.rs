@@ -150,6 +150,8 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     };
     let cap =
         parse_bytes(&args.memory_cap).map_err(|e| CliError::usage(format!("--memory-cap: {e}")))?;
+    // Before any plan is built: choosing one (`--algo auto`) prices every candidate.
+    topoccl_sim::check_memory(t.world(), &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
     let params = PlanParams::default().with_chunks(args.pipeline_chunks);
     let (label, chosen) = choose(&t, &spec, &args.algo, endpoints, params)?;
     if label.starts_with("hier(") {
@@ -165,9 +167,6 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
             "--chunk-level: in-network reduction is a traffic pattern of the flow level, not a \
              plan the chunk level can run; drop --chunk-level or pick a plan with --algo",
         ));
-    }
-    if let Chosen::Plan(plan) = &chosen {
-        topoccl_sim::check_memory(plan, &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
     }
     let run = |faults: &[Fault]| {
         let mut report = match &chosen {

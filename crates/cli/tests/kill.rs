@@ -2,7 +2,9 @@
 //! naming it within their deadline (3 s) + 1 s, many times in a row, without a hang — over
 //! shared memory and over TCP — and the job leaves nothing in `/dev/shm`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::start_store;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -11,35 +13,6 @@ use std::time::{Duration, Instant};
 const WORLD: u32 = 4;
 /// 64 MiB of f32.
 const COUNT: &str = "16777216";
-
-/// Kills the store when the test ends, however it ends.
-struct Store(Child);
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_store() -> (Store, String) {
-    let mut store = Command::new(env!("CARGO_BIN_EXE_topoccl"))
-        .args(["store", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the store");
-    let mut line = String::new();
-    BufReader::new(store.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("store address")
-        .to_string();
-    (Store(store), url)
-}
 
 struct Rank {
     child: Child,
@@ -79,20 +52,7 @@ fn start_rank(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start a rank");
-    let out = child.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.starts_with("iteration") {
-                let _ = progress.send(rank);
-            }
-        }
-    });
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let text: Vec<String> = BufReader::new(err).lines().map_while(Result::ok).collect();
-        let _ = tx.send(text.join("\n"));
-    });
+    let rx = common::watch_rank(&mut child, rank, progress);
     Rank { child, stderr: rx }
 }
 
@@ -120,7 +80,7 @@ fn killed_rank_is_named_by_every_survivor_over_tcp() {
 }
 
 fn kill_repeatedly(transport: &str, reps: u32) {
-    let (_store, url) = start_store();
+    let (_store, url) = start_store(&[]);
     let before = dev_shm();
     for rep in 0..reps {
         let job = format!("kill-{transport}-{rep}-{}", std::process::id());

@@ -98,6 +98,30 @@ fn faults_change_the_time_and_cuts_are_named() {
 }
 
 #[test]
+fn choosing_the_algorithm_respects_the_memory_cap_before_it_starts() {
+    // Pricing every candidate for 131,072 ranks took over 6 GiB and 2 minutes before the
+    // cap was looked at; now the cap is checked first, as for a named algorithm.
+    let topo = example("fat-tree-128k.toml");
+    let t = std::time::Instant::now();
+    let out = topoccl(&[
+        "sim",
+        "--topo",
+        &topo,
+        "--algo",
+        "auto",
+        "--memory-cap",
+        "50M",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("above the cap of 50.0 MiB"));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
 fn chunk_level_checks_the_flow_level() {
     let topo = example("two-sites.toml");
     let sim = |extra: &[&str]| {

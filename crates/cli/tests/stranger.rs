@@ -7,10 +7,13 @@
 //! cannot join as a rank, cannot abort the job, cannot exhaust a rank's descriptors with
 //! idle connections; the job finishes with correct results.
 
+mod common;
+
+use common::{start_store, Proc};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,32 +24,6 @@ use topoccl::wire::{self, AbortNotice, Header, Hello, Kind, Purpose, ACK_FIXED_L
 
 const SECRET: &str = "the job's own secret, which the stranger never sees";
 const JOB: &str = "stranger-test";
-
-/// Kills a process when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_store() -> (Proc, String) {
-    let mut store = Command::new(env!("CARGO_BIN_EXE_topoccl"))
-        .args(["store", "--listen", "127.0.0.1:0"])
-        .env("TOPOCCL_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the store");
-    let mut line = String::new();
-    BufReader::new(store.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    (Proc(store), url)
-}
 
 /// Descriptors a rank may hold: far fewer than the stranger opens.
 const RANK_FILES: u32 = 64;
@@ -83,20 +60,7 @@ fn start_rank(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start a rank");
-    let out = child.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line == "iteration 0 done" {
-                let _ = progress.send(rank);
-            }
-        }
-    });
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let text: Vec<String> = BufReader::new(err).lines().map_while(Result::ok).collect();
-        let _ = tx.send(text.join("\n"));
-    });
+    let rx = common::watch_rank(&mut child, rank, progress);
     (Proc(child), rx)
 }
 
@@ -129,7 +93,7 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 
 #[test]
 fn a_stranger_cannot_read_join_or_abort_a_job_and_it_finishes_correctly() {
-    let (_store, url) = start_store();
+    let (_store, url) = start_store(&[("TOPOCCL_SECRET", SECRET)]);
     let addr = url.strip_prefix("tcp://").unwrap();
     let (tx, progress) = mpsc::channel();
     let mut ranks: Vec<(Proc, mpsc::Receiver<String>)> =

@@ -141,7 +141,7 @@ impl LaunchInfo {
         ]
         .iter()
         .find_map(|k| lookup(k))
-        .unwrap_or_else(|| "default".into());
+        .unwrap_or_else(|| derived_job_id(&store));
         Ok(LaunchInfo {
             rank,
             world,
@@ -153,6 +153,17 @@ impl LaunchInfo {
             source: source.name,
         })
     }
+}
+
+/// The job id when no launcher gave one: named after the store the job meets in (which
+/// every rank knows), so two jobs meeting in different stores never share keys, and two
+/// in one store need ids of their own (`TOPOCCL_JOB_ID`).
+fn derived_job_id(store: &StoreAddr) -> String {
+    let text = store.to_string();
+    format!(
+        "store-{:016x}",
+        crate::wire::fnv1a(text.as_bytes(), crate::wire::FNV_OFFSET)
+    )
 }
 
 #[cfg(test)]
@@ -194,6 +205,15 @@ mod tests {
         .unwrap();
         assert_eq!(tr.store, StoreAddr::Tcp("10.0.0.1:29500".into()));
         assert!(tr.host_store);
+        // No job id given: one of the store's, the same on every rank, never "default".
+        assert_eq!(tr.job_id, derived_job_id(&tr.store));
+        assert!(
+            tr.job_id.starts_with("store-") && tr.job_id.len() == 22,
+            "{}",
+            tr.job_id
+        );
+        let other = derived_job_id(&StoreAddr::Tcp("10.0.0.1:29501".into()));
+        assert_ne!(tr.job_id, other);
         let mpi = info(&[
             ("OMPI_COMM_WORLD_RANK", "3"),
             ("OMPI_COMM_WORLD_SIZE", "4"),

@@ -306,12 +306,14 @@ pub fn chrome_trace(r: &SimReport) -> serde_json::Value {
     serde_json::json!({"traceEvents": events, "displayTimeUnit": "ns"})
 }
 
-/// A rough upper estimate of the memory a flow-level run of `plan` on `t` takes, fitted
+/// A rough upper estimate of the memory a flow-level run of a plan of `world` ranks on `t`
+/// takes (it depends on the plan only through its world, so it can be checked before any
+/// plan is built or chosen), fitted
 /// to peak resident sizes measured on generated fat-trees (16,384 and 131,072 ranks; see
 /// docs/benchmarks.md): the topology, one column of fabric distances per leaf switch, and
 /// per rank its ways out of and into its host plus a cached route per partner (about
 /// log2 p + 2 partners for the plans here) and its share of a round's flat arrays.
-pub fn estimate_memory(plan: &Plan, t: &Topology) -> u64 {
+pub fn estimate_memory(world: u32, t: &Topology) -> u64 {
     let is_fabric = |n: &topoccl_topo::Node| n.host.is_none() && n.kind != NodeKind::Host;
     let fabric = t.nodes().iter().filter(|n| is_fabric(n)).count() as u64;
     let leaves = t
@@ -320,7 +322,7 @@ pub fn estimate_memory(plan: &Plan, t: &Topology) -> u64 {
         .filter(|n| is_fabric(n) && n.tier == Some(Tier::Leaf))
         .count()
         .max(1) as u64;
-    let p = plan.world() as u64;
+    let p = world as u64;
     let partners = 64 - p.leading_zeros() as u64 + 2;
     let topology = t.nodes().len() as u64 * 300 + t.links().len() as u64 * 100;
     topology + leaves.min(fabric) * fabric * 16 + p * 768 * partners
@@ -331,14 +333,15 @@ pub(crate) fn check_world(plan: &Plan, t: &Topology) -> Result<(), SimError> {
     Ok(topoccl_topo::cost::check_world(plan, t)?)
 }
 
-/// Refuses a run whose estimate is above `cap` bytes, saying by how much and what to do.
-pub fn check_memory(plan: &Plan, t: &Topology, cap: u64) -> Result<(), SimError> {
-    let need = estimate_memory(plan, t);
+/// Refuses a run of `world` ranks whose estimate is above `cap` bytes, saying by how much
+/// and what to do.
+pub fn check_memory(world: u32, t: &Topology, cap: u64) -> Result<(), SimError> {
+    let need = estimate_memory(world, t);
     if need > cap {
         return Err(SimError::Invalid(format!(
             "simulating {} ranks on '{}' needs about {:.1} MiB, above the cap of {:.1} MiB; \
              raise --memory-cap or simulate a smaller cluster",
-            plan.world(),
+            world,
             t.name(),
             need as f64 / 1048576.0,
             cap as f64 / 1048576.0

@@ -2,7 +2,43 @@
 
 #![allow(dead_code)]
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+/// A process killed when the test ends, however it ends.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `topoccl store` on a free loopback port with `env`; returns it and its
+/// `tcp://` address (read from the line it prints).
+pub fn start_store(env: &[(&str, &str)]) -> (Proc, String) {
+    let mut store = Command::new(env!("CARGO_BIN_EXE_topoccl"))
+        .args(["store", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the store");
+    let mut line = String::new();
+    BufReader::new(store.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the store's address");
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("an address")
+        .to_string();
+    (Proc(store), url)
+}
 
 /// Runs the `topoccl` binary with `args` and `env` on top of a clean selection
 /// environment (no inherited TOPOCCL_ALGO / RULES / TOPO), echoing its output so a failing
@@ -58,4 +94,29 @@ pub fn netns_script(name: &str, env: &[(&str, &str)]) -> Option<String> {
     }
     assert!(out.status.success(), "scripts/{name}.sh failed");
     Some(stdout)
+}
+
+/// Follows a rank started with piped output: each line of stdout starting `iteration`
+/// (the internal loops' progress) sends `rank` to `progress`; the receiver returned gets
+/// all of its stderr once it closes.
+pub fn watch_rank(
+    child: &mut Child,
+    rank: u32,
+    progress: mpsc::Sender<u32>,
+) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("piped stdout");
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.starts_with("iteration") {
+                let _ = progress.send(rank);
+            }
+        }
+    });
+    let err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let text: Vec<String> = BufReader::new(err).lines().map_while(Result::ok).collect();
+        let _ = tx.send(text.join("\n"));
+    });
+    rx
 }

@@ -779,3 +779,98 @@ mod tests {
         assert!(over.len() - 4 > MAX_FRAME);
     }
 }
+
+/// The decoders of the store's network bytes against arbitrary input (the fuzzing of this
+/// protocol): they never panic, and what they accept is what was encoded.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z0-9/._-]{0,40}").unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_take_any_bytes_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            first in 0u8..8,
+        ) {
+            let mut body = bytes.clone();
+            if let Some(b) = body.first_mut() {
+                // Often a real opcode or status, so the decoders get past the first byte.
+                *b = first;
+            }
+            for b in [&bytes, &body] {
+                let _ = Request::decode(b);
+                for ok in [OkFields::None, OkFields::Value, OkFields::Count] {
+                    let _ = Reply::decode(b, ok);
+                }
+            }
+            let mut header = [0u8; FRAME_HEADER_LEN];
+            for (h, b) in header.iter_mut().zip(&bytes) {
+                *h = *b;
+            }
+            let _ = frame_len(header);
+            let mut g = [0u8; GREETING_LEN];
+            for (h, b) in g.iter_mut().zip(&bytes) {
+                *h = *b;
+            }
+            let _ = parse_greeting(&g);
+            let mut hello = [0u8; HELLO_LEN];
+            for (h, b) in hello.iter_mut().zip(&bytes) {
+                *h = *b;
+            }
+            let key = JobKey::from_secret(b"k");
+            let _ = check_hello(&hello, Some(&key), &[0; NONCE_LEN]);
+            let _ = check_hello(&hello, None, &[0; NONCE_LEN]);
+        }
+
+        #[test]
+        fn requests_round_trip(
+            k in key(),
+            value in proptest::collection::vec(any::<u8>(), 0..64),
+            keys in proptest::collection::vec(key(), 0..8),
+            timeout_ms in any::<u64>(),
+            delta in any::<i64>(),
+        ) {
+            let requests = [
+                Request::Set { key: &k, value: &value },
+                Request::Get { timeout_ms, key: &k },
+                Request::TryGet { key: &k },
+                Request::Wait { timeout_ms, keys: keys.iter().map(String::as_str).collect() },
+                Request::Add { key: &k, delta },
+                Request::Delete { key: &k },
+            ];
+            for r in requests {
+                let frame = r.encode();
+                let len = frame_len(frame[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
+                prop_assert_eq!(len, frame.len() - FRAME_HEADER_LEN);
+                prop_assert_eq!(Request::decode(&frame[FRAME_HEADER_LEN..]).unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn replies_round_trip(
+            value in proptest::collection::vec(any::<u8>(), 0..64),
+            n in any::<i64>(),
+            missing in proptest::collection::vec(key(), 0..8),
+            msg in "[ -~]{0,80}",
+        ) {
+            let cases = [
+                (Reply::Done, OkFields::None),
+                (Reply::Value(&value), OkFields::Value),
+                (Reply::Count(n), OkFields::Count),
+                (Reply::NotFound, OkFields::Value),
+                (Reply::Timeout(missing.clone()), OkFields::None),
+                (Reply::Error(&msg), OkFields::Count),
+            ];
+            for (r, ok) in cases {
+                let frame = r.encode();
+                prop_assert_eq!(Reply::decode(&frame[FRAME_HEADER_LEN..], ok).unwrap(), r);
+            }
+        }
+    }
+}

@@ -708,7 +708,9 @@ mod tests {
         thread::sleep(Duration::from_millis(100));
         // One more is refused at once, saying why.
         let extra = TcpStream::connect(&a).unwrap();
-        extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut answer = Vec::new();
         let _ = (&extra).read_to_end(&mut answer);
         let why = String::from_utf8_lossy(&answer);
