@@ -16,7 +16,7 @@ topoccl=${TOPOCCL:-$here/target/release/topoccl}
 mkdir -p "$out"
 for round in $(seq 1 "$rounds"); do
   for n in "${ranks[@]}"; do
-    "$topoccl" bench allreduce -n "$n" -b 8 -e 64M -f 2 > "$out/topoccl_${n}_${round}.txt" 2>&1
+    "$topoccl" bench allreduce -N "$n" -a 3 -c 0 -b 8 -e 64M -f 2 > "$out/topoccl_${n}_${round}.txt" 2>&1
     "$anchors/bin/python" "$scripts/gloo_allreduce.py" "$n" 8 67108864 20 > "$out/gloo_${n}_${round}.txt" 2>&1
     mpirun --allow-run-as-root --oversubscribe --mca btl tcp,self -np "$n" \
       "$anchors/bin/mpi_allreduce" 8 67108864 20 > "$out/mpi_${n}_${round}.txt" 2>&1

@@ -20,14 +20,14 @@ max_bytes=$(numfmt --from=iec "$max")
 mkdir -p "$out"
 for round in $(seq 1 "$rounds"); do
   for n in "${ranks[@]}"; do
-    TOPOCCL_TRANSPORT=shm "$topoccl" bench allreduce -n "$n" -b 8 -e "$max" -f 2 \
+    TOPOCCL_TRANSPORT=shm "$topoccl" bench allreduce -N "$n" -a 3 -c 0 -b 8 -e "$max" -f 2 \
       > "$out/topoccl-shm_${n}_${round}.txt" 2>&1
-    TOPOCCL_TRANSPORT=tcp "$topoccl" bench allreduce -n "$n" -b 8 -e "$max" -f 2 \
+    TOPOCCL_TRANSPORT=tcp "$topoccl" bench allreduce -N "$n" -a 3 -c 0 -b 8 -e "$max" -f 2 \
       > "$out/topoccl-tcp_${n}_${round}.txt" 2>&1
     mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np "$n" \
       "$anchors/bin/mpi_allreduce" 8 "$max_bytes" 20 > "$out/mpi_${n}_${round}.txt" 2>&1
   done
   "$memcpy" 16777216 50 > "$out/memcpy_${round}.txt"
-  TOPOCCL_TRANSPORT=shm "$topoccl" bench allreduce -n 2 -b 16M -e 16M --time-split \
+  TOPOCCL_TRANSPORT=shm "$topoccl" bench allreduce -N 2 -a 3 -c 0 -b 16M -e 16M --time-split \
     > "$out/split_${round}.txt" 2>&1
 done

@@ -144,7 +144,7 @@ netns_job() {
       TOPOCCL_STORE=tcp://10.77.0.1:29400 TOPOCCL_JOB_ID="$name-$$" \
       TOPOCCL_RANK="$r" TOPOCCL_WORLD_SIZE="${#on[@]}" TOPOCCL_LOCAL_RANK=0 \
       TOPOCCL_LOCAL_WORLD_SIZE=1 TOPOCCL_TIMEOUT=120s \
-      "$bin" bench "$collective" -b "$size" -e "$size" --iters "$iters" --warmup 1 --check \
+      "$bin" bench "$collective" -b "$size" -e "$size" --iters "$iters" --warmup 1 -a 3 --check \
       > "$work/$name.$r.txt" 2>&1 &
     pids+=($!)
   done

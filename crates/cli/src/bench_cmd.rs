@@ -1,12 +1,14 @@
 //! `topoccl bench`: collective performance in the nccl-tests layout.
 //!
-//! For each size from `-b` to `-e` (multiplied by `-f`), every rank runs `--warmup` calls,
-//! then times `--iters` calls out of place and in place; the time reported is the slowest
-//! rank's average (as nccl-tests does). algbw = size / time; busbw = algbw × the
+//! The flags are nccl-tests' (`-b -e -f -n -w -c -a -z -d -o -r`); the rank count is
+//! `-N`/`--ranks` (`-np` as in mpirun). For each size from `-b` to `-e` (multiplied by
+//! `-f`), every rank runs `-w` calls, then times `-n` calls out of place and in place; the
+//! time reported is, by `-a`, rank 0's, the average over ranks (default, as nccl-tests),
+//! the fastest or the slowest rank's mean time. algbw = size / time; busbw = algbw × the
 //! collective's bus factor (`Collective::bus_factor`, shared with `plan compare` and the
 //! simulator): 2(n−1)/n for all-reduce, (n−1)/n for all-gather, reduce-scatter,
 //! all-to-all(-v), gather and scatter, 1 for broadcast and reduce. `size` is the bytes of
-//! the larger user buffer. With `--check`, one more call of each placement
+//! the larger user buffer. With `-c 1` (the default), one more call of each placement
 //! runs on fresh data and every element is compared with the reference executor
 //! (`#wrong` counts the elements that differ, summed over ranks). With `--time-split`,
 //! `--iters` more out-of-place calls are measured part by part (copy, reduce, wait,
@@ -34,8 +36,8 @@ pub struct BenchArgs {
     /// A collective (allreduce, allgather, reducescatter, broadcast, reduce, alltoall,
     /// gather, scatter) or `all`.
     collective: String,
-    /// Ranks to launch (ignored under a launcher).
-    #[arg(short = 'n', long, default_value_t = 4)]
+    /// Ranks to launch (ignored under a launcher); `-np N` works too, as in mpirun.
+    #[arg(short = 'N', long, default_value_t = 4)]
     ranks: u32,
     /// Smallest size (bytes; K, M, G suffixes are binary).
     #[arg(short = 'b', long, default_value = "8")]
@@ -58,15 +60,37 @@ pub struct BenchArgs {
     /// Force an algorithm (as TOPOCCL_ALGO does); default: chosen by cost per size.
     #[arg(long)]
     algo: Option<String>,
-    /// Timed calls per size and placement.
-    #[arg(long, default_value_t = 20)]
+    /// Timed calls per size and placement (nccl-tests' -n).
+    #[arg(short = 'n', long, default_value_t = 20)]
     iters: u32,
-    /// Untimed calls first.
-    #[arg(long, default_value_t = 5)]
+    /// Untimed calls first (nccl-tests' -w).
+    #[arg(
+        short = 'w',
+        long = "warmup_iters",
+        visible_alias = "warmup",
+        default_value_t = 5
+    )]
     warmup: u32,
-    /// Check every result against the reference executor.
-    #[arg(long)]
+    /// Check every result against the reference executor: 1 (the default, as in
+    /// nccl-tests) or 0; `--check` alone means 1.
+    #[arg(short = 'c', long, value_name = "0|1", default_value = "1", num_args = 0..=1,
+          default_missing_value = "1", value_parser = parse_switch)]
     check: bool,
+    /// Which time a row reports (nccl-tests' -a): 0 rank 0's, 1 the average over ranks,
+    /// 2 the fastest rank's, 3 the slowest rank's; each rank's own is its mean over the
+    /// timed calls.
+    #[arg(short = 'a', long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=3))]
+    average: u8,
+    /// Blocking calls (nccl-tests' -z): topoccl's calls always complete before the next
+    /// starts, so 0 and 1 run alike.
+    #[arg(short = 'z', long, value_name = "0|1", default_value = "1", value_parser = parse_switch)]
+    blocking: bool,
+    /// nccl-tests' GPUs per thread: refused (ranks are processes here; use -N).
+    #[arg(short = 'g', hide = true)]
+    gpus: Option<String>,
+    /// nccl-tests' threads per process: refused (ranks are processes here; use -N).
+    #[arg(short = 't', hide = true)]
+    threads: Option<String>,
     /// Also show where each rank's time goes (copy, reduce, wait, other) under every row,
     /// from `--iters` more out-of-place calls measured apart from the timed ones.
     #[arg(long)]
@@ -315,17 +339,23 @@ impl Ctx<'_> {
                 wrong[1] = self.wrong::<T>(spec, Placement::InPlace)? as f64;
             }
         }
-        // The slowest rank's time; wrong elements summed.
-        let mut slowest = vec![0.0f64; times.len()];
-        self.comm.all_reduce(&times, &mut slowest, ReduceOp::Max)?;
+        // Every rank's times, combined as -a says; wrong elements summed.
+        let mut all = vec![0.0f64; times.len() * p as usize];
+        self.comm.all_gather(&times, &mut all)?;
+        let reported: Vec<f64> = (0..times.len())
+            .map(|i| {
+                let per_rank: Vec<f64> = all.chunks(times.len()).map(|t| t[i]).collect();
+                combine(self.args.average, &per_rank)
+            })
+            .collect();
         let mut total_wrong = vec![0.0f64; wrong.len()];
         self.comm
             .all_reduce(&wrong, &mut total_wrong, ReduceOp::Sum)?;
         let bytes = spec.size_bytes();
         let timing = |i: usize| {
-            let bw = spec.bandwidth(slowest[i]);
+            let bw = spec.bandwidth(reported[i]);
             Timing {
-                time_us: slowest[i] * 1e6,
+                time_us: reported[i] * 1e6,
                 algbw_gbps: bw.algbw_gbps,
                 busbw_gbps: bw.busbw_gbps,
                 wrong: self.args.check.then_some(total_wrong[i] as u64),
@@ -538,11 +568,17 @@ fn rank_list(ranks: &[u32]) -> String {
 
 fn print_header(c: Collective, world: u32, args: &BenchArgs) {
     println!(
-        "# topoccl bench {c}: {world} ranks, iters {} warmup {}, algorithm {}",
+        "# topoccl bench {c}: {world} ranks, iters {} warmup {}, time: {}, check {}, \
+         algorithm {}",
         args.iters,
         args.warmup,
-        args.algo.as_deref().unwrap_or("chosen by cost per size")
+        average_name(args.average),
+        u8::from(args.check),
+        algorithm_source(args)
     );
+    if !c.has_in_place() {
+        println!("# in-place: {c} has no in-place form, so its in-place columns are -");
+    }
     println!("#{:>52}   {:^32}   {:^32}", "", "out-of-place", "in-place");
     println!(
         "#{:>11} {:>12} {:>8} {:>6} {:>6} {:>10} {:>7} {:>7} {:>6} {:>10} {:>7} {:>7} {:>6}  algo",
@@ -576,6 +612,55 @@ fn print_header(c: Collective, world: u32, args: &BenchArgs) {
         "(GB/s)",
         ""
     );
+}
+
+/// `0` or `1` (nccl-tests' switches), or a word for them.
+fn parse_switch(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "on" | "true" | "yes" => Ok(true),
+        "0" | "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("'{v}' is not 0 or 1")),
+    }
+}
+
+/// How `-a` combines the ranks' times, as nccl-tests does.
+fn combine(average: u8, times: &[f64]) -> f64 {
+    match average {
+        0 => times[0],
+        2 => times.iter().copied().fold(f64::INFINITY, f64::min),
+        3 => times.iter().copied().fold(0.0, f64::max),
+        _ => times.iter().sum::<f64>() / times.len() as f64,
+    }
+}
+
+fn average_name(average: u8) -> &'static str {
+    match average {
+        0 => "rank 0's mean",
+        2 => "the fastest rank's mean",
+        3 => "the slowest rank's mean",
+        _ => "the ranks' means averaged",
+    }
+}
+
+/// Where the algorithm of each row comes from, for the header.
+fn algorithm_source(args: &BenchArgs) -> String {
+    let forced = match (&args.algo, std::env::var("TOPOCCL_ALGO")) {
+        (Some(a), _) => Some(format!("{a} (--algo)")),
+        (None, Ok(a)) if !a.is_empty() => Some(format!("{a} (TOPOCCL_ALGO)")),
+        _ => None,
+    };
+    let otherwise = forced.unwrap_or_else(|| "chosen by cost per size".into());
+    match std::env::var("TOPOCCL_RULES") {
+        Ok(r) if !r.is_empty() => {
+            let r = if r.trim_start().starts_with('[') {
+                "inline JSON".to_string()
+            } else {
+                r
+            };
+            format!("from TOPOCCL_RULES ({r}) where a rule matches, else {otherwise}")
+        }
+        _ => otherwise,
+    }
 }
 
 /// The sizes of a sweep from `-b` to `-e` by `-f`.
@@ -612,11 +697,31 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         }
         vec![c]
     };
+    for (flag, given) in [
+        ("-g (GPUs per thread)", &args.gpus),
+        ("-t (threads per process)", &args.threads),
+    ] {
+        if given.is_some() {
+            return Err(CliError::usage(format!(
+                "{flag} is an nccl-tests option for GPUs; topoccl's ranks are processes: \
+                 give their number with -N (or -np)"
+            )));
+        }
+    }
     let dtype: DType = args.dtype.parse()?;
     let op: ReduceOp = args.op.parse()?;
     let sizes = size_list(&args.minbytes, &args.maxbytes, args.factor)?;
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
+        // What can be checked before any rank starts is.
+        if args.root >= args.ranks {
+            return Err(CliError::usage(format!(
+                "-r {} is out of range for -N {} ranks (roots are 0 to {})",
+                args.root,
+                args.ranks,
+                args.ranks.saturating_sub(1)
+            )));
+        }
         return job::relaunch(args.ranks, Some(limit));
     }
     let info = LaunchInfo::from_env().map_err(|e| CliError::failed(e.to_string()))?;
@@ -721,8 +826,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
         .filter_map(|t| t.wrong)
         .sum();
     if comm.rank() == 0 {
+        let busbw: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| [Some(r.out_of_place), r.in_place])
+            .flatten()
+            .map(|t| t.busbw_gbps)
+            .collect();
         if args.check {
             println!("# {} wrong elements in total", wrong);
+        }
+        if !busbw.is_empty() {
+            println!(
+                "# Avg bus bandwidth    : {:.4} GB/s",
+                busbw.iter().sum::<f64>() / busbw.len() as f64
+            );
         }
         if let Some(path) = &args.json {
             let text = serde_json::to_string_pretty(&rows).expect("rows serialise");

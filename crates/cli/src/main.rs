@@ -108,8 +108,22 @@ fn die_on_closed_stdout() {
     }
 }
 
+/// `topoccl bench -np N`, as mpirun spells the rank count, is `--ranks N` (only for
+/// `bench`, whose other flags are nccl-tests'; `run`'s program arguments are left alone).
+fn mpirun_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.collect();
+    if args.get(1).is_some_and(|a| a == "bench") {
+        for a in args.iter_mut().skip(2).take_while(|a| *a != "--") {
+            if a == "-np" {
+                *a = "--ranks".into();
+            }
+        }
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(mpirun_spellings(std::env::args_os()));
     if matches!(
         cli.command,
         Command::Plan(_) | Command::Sim(_) | Command::Topo(_)

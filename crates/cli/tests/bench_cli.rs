@@ -22,7 +22,7 @@ fn allreduce_sweep_is_checked_and_written_as_json() {
     let out = topoccl(&[
         "bench",
         "allreduce",
-        "-n",
+        "-N",
         "3",
         "-b",
         "8",
@@ -81,7 +81,7 @@ fn allreduce_sweep_is_checked_and_written_as_json() {
 #[test]
 fn all_collectives_with_a_forced_dtype_and_root() {
     let out = topoccl(&[
-        "bench", "all", "-n", "2", "-b", "1K", "-e", "2K", "-d", "bf16", "-o", "max", "-r", "1",
+        "bench", "all", "-N", "2", "-b", "1K", "-e", "2K", "-d", "bf16", "-o", "max", "-r", "1",
         "--iters", "1", "--warmup", "0", "--check",
     ]);
     assert!(out.status.success());
@@ -154,32 +154,92 @@ fn runs_inside_an_existing_launcher() {
 #[test]
 fn bad_arguments_are_usage_errors() {
     for (args, needle) in [
-        (&["bench", "barrier", "-n", "2"][..], "not one"),
+        (&["bench", "barrier", "-N", "2"][..], "not one"),
         (
-            &["bench", "allreduce", "-n", "2", "-b", "1M", "-e", "1K"][..],
+            &["bench", "allreduce", "-N", "2", "-b", "1M", "-e", "1K"][..],
             "-b ≤ -e",
         ),
-        (&["bench", "allreduce", "-n", "2", "-f", "1"][..], "-f ≥ 2"),
-        (&["bench", "allreduce", "-n", "2", "-d", "f128"][..], "f128"),
-        (&["bench", "frobnicate", "-n", "2"][..], "frobnicate"),
-        (&["bench", "allreduce", "-n", "0"][..], "rank"),
+        (&["bench", "allreduce", "-N", "2", "-f", "1"][..], "-f ≥ 2"),
+        (&["bench", "allreduce", "-N", "2", "-d", "f128"][..], "f128"),
+        (&["bench", "frobnicate", "-N", "2"][..], "frobnicate"),
+        (&["bench", "allreduce", "-N", "0"][..], "rank"),
+        // nccl-tests' GPU options name what to use instead.
+        (
+            &["bench", "allreduce", "-g", "8"][..],
+            "give their number with -N",
+        ),
+        (&["bench", "allreduce", "-c", "2"][..], "not 0 or 1"),
+        (&["bench", "allreduce", "-a", "4"][..], "-a"),
+        // A root outside the world is refused before any rank starts.
+        (
+            &["bench", "broadcast", "-N", "2", "-r", "5", "-e", "8"][..],
+            "-r 5 is out of range for -N 2",
+        ),
     ] {
         let out = topoccl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
-    // A root outside the world is found once the world is known.
-    let out = topoccl(&["bench", "broadcast", "-n", "2", "-r", "5", "-e", "8"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("root 5 is out of range"));
+}
+
+#[test]
+fn nccl_tests_spellings_and_output() {
+    // -np as mpirun, -n iterations, -w warm-up, -c 0 (no #wrong), -a 3.
+    let out = topoccl(&[
+        "bench", "alltoall", "-np", "3", "-n", "3", "-w", "1", "-c", "0", "-a", "3", "-b", "1K",
+        "-e", "2K",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "# topoccl bench alltoall: 3 ranks, iters 3 warmup 1, time: the slowest rank's mean, \
+             check 0, algorithm chosen by cost per size"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("in-place columns are -"), "{stdout}");
+    assert!(stdout.contains("   none "), "{stdout}");
+    assert!(stdout.contains("N/A"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("# Avg bus bandwidth    : "),
+        "{stdout}"
+    );
+    // Checking is on by default, as in nccl-tests; rules are named in the header.
+    let out = common::topoccl_env(
+        &["bench", "allreduce", "-N", "2", "-n", "2", "-e", "64"],
+        &[(
+            "TOPOCCL_RULES",
+            r#"[{"collective":"allreduce","algo":"ring"}]"#,
+        )],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("0 wrong elements in total"), "{stdout}");
+    assert!(
+        stdout.contains("algorithm from TOPOCCL_RULES (inline JSON) where a rule matches"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn every_collective_is_right_over_shared_memory_only() {
     let out = common::topoccl_env(
         &[
-            "bench", "all", "-n", "4", "-b", "8", "-e", "256K", "-f", "32", "--iters", "2",
+            "bench", "all", "-N", "4", "-b", "8", "-e", "256K", "-f", "32", "--iters", "2",
             "--check",
         ],
         &[("TOPOCCL_TRANSPORT", "shm")],
@@ -213,7 +273,7 @@ fn bad_transport_settings_are_clear_errors() {
         ("TOPOCCL_SHM_RING", "1K", "TOPOCCL_SHM_RING"),
     ] {
         let out = common::topoccl_env(
-            &["bench", "allreduce", "-n", "2", "-e", "8", "--iters", "1"],
+            &["bench", "allreduce", "-N", "2", "-e", "8", "--iters", "1"],
             &[(key, value)],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -233,7 +293,7 @@ fn time_split_shows_every_rank_under_every_row() {
     let out = topoccl(&[
         "bench",
         "allreduce",
-        "-n",
+        "-N",
         "2",
         "-b",
         "64K",

@@ -159,7 +159,7 @@ fn a_job_runs_topology_aware_plans_from_a_file() {
     ));
     let out = topoccl(
         &[
-            "bench", "all", "-n", "4", "-b", "8", "-e", "1M", "-f", "32", "--iters", "2",
+            "bench", "all", "-N", "4", "-b", "8", "-e", "1M", "-f", "32", "--iters", "2",
             "--warmup", "1", "--check",
         ],
         &[("TOPOCCL_TOPO", topo.to_str().unwrap())],
@@ -177,7 +177,7 @@ fn a_job_runs_topology_aware_plans_from_a_file() {
     let algo = big.split_whitespace().last().unwrap_or("");
     assert!(algo.starts_with("hier(") && algo.ends_with(')'), "{big}");
     let out = topoccl(
-        &["bench", "allreduce", "-n", "3"],
+        &["bench", "allreduce", "-N", "3"],
         &[("TOPOCCL_TOPO", topo.to_str().unwrap())],
     );
     assert!(!out.status.success());
@@ -200,7 +200,7 @@ fn measure_saves_a_matrix_that_serves_as_a_topology() {
         &[
             "bench",
             "allreduce",
-            "-n",
+            "-N",
             "3",
             "-b",
             "8",

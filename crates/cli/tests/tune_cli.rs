@@ -63,7 +63,7 @@ fn a_measured_table_drives_a_checked_bench() {
         &[
             "bench",
             "allreduce",
-            "-n",
+            "-N",
             "4",
             "-b",
             "8",
@@ -104,7 +104,7 @@ fn a_topology_aware_rule_needs_the_topology() {
     let bench = [
         "bench",
         "allreduce",
-        "-n",
+        "-N",
         "4",
         "-b",
         "8",
