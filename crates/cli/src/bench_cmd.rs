@@ -566,7 +566,7 @@ fn rank_list(ranks: &[u32]) -> String {
     out.join(",")
 }
 
-fn print_header(c: Collective, world: u32, args: &BenchArgs) {
+fn print_header(c: Collective, world: u32, args: &BenchArgs, source: &str) {
     println!(
         "# topoccl bench {c}: {world} ranks, iters {} warmup {}, time: {}, check {}, \
          algorithm {}",
@@ -574,7 +574,7 @@ fn print_header(c: Collective, world: u32, args: &BenchArgs) {
         args.warmup,
         average_name(args.average),
         u8::from(args.check),
-        algorithm_source(args)
+        source
     );
     if !c.has_in_place() {
         println!("# in-place: {c} has no in-place form, so its in-place columns are -");
@@ -642,24 +642,20 @@ fn average_name(average: u8) -> &'static str {
     }
 }
 
-/// Where the algorithm of each row comes from, for the header.
-fn algorithm_source(args: &BenchArgs) -> String {
-    let forced = match (&args.algo, std::env::var("TOPOCCL_ALGO")) {
-        (Some(a), _) => Some(format!("{a} (--algo)")),
-        (None, Ok(a)) if !a.is_empty() => Some(format!("{a} (TOPOCCL_ALGO)")),
-        _ => None,
+/// Where the algorithm of each row comes from, for the header: the settings the
+/// communicator was made with (`--algo` having replaced `TOPOCCL_ALGO`).
+fn algorithm_source(cfg: &Config, from_flag: bool) -> String {
+    let otherwise = match &cfg.algo {
+        Some(a) if from_flag => format!("{a} (--algo)"),
+        Some(a) => format!("{a} (TOPOCCL_ALGO)"),
+        None => "chosen by cost per size".into(),
     };
-    let otherwise = forced.unwrap_or_else(|| "chosen by cost per size".into());
-    match std::env::var("TOPOCCL_RULES") {
-        Ok(r) if !r.is_empty() => {
-            let r = if r.trim_start().starts_with('[') {
-                "inline JSON".to_string()
-            } else {
-                r
-            };
+    match &cfg.rules {
+        Some(r) => {
+            let r = if cfg.rules_inline() { "inline JSON" } else { r };
             format!("from TOPOCCL_RULES ({r}) where a rule matches, else {otherwise}")
         }
-        _ => otherwise,
+        None => otherwise,
     }
 }
 
@@ -729,6 +725,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     if let Some(a) = &args.algo {
         cfg.algo = Some(a.clone());
     }
+    let source = algorithm_source(&cfg, args.algo.is_some());
     let started = Instant::now();
     let mut comm = Communicator::init(info, cfg)
         .map_err(|e| CliError::failed(format!("cannot create the communicator: {e}")))?;
@@ -762,7 +759,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let mut rows = Vec::new();
     for c in collectives {
         if comm.rank() == 0 {
-            print_header(c, world, &args);
+            print_header(c, world, &args, &source);
         }
         let mut last = None;
         for &bytes in &sizes {

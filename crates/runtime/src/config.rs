@@ -140,6 +140,13 @@ fn polling(key: &str, v: &str, max_s: f64, too_long: &str) -> Result<Duration> {
 }
 
 impl Config {
+    /// Whether `TOPOCCL_RULES` holds the JSON itself rather than a file's path.
+    pub fn rules_inline(&self) -> bool {
+        self.rules
+            .as_deref()
+            .is_some_and(|r| r.trim_start().starts_with('['))
+    }
+
     /// The key of `TOPOCCL_SECRET`, if one was given.
     pub fn job_key(&self) -> Option<JobKey> {
         self.secret

@@ -137,12 +137,13 @@ impl Communicator {
     pub fn init(info: LaunchInfo, mut cfg: Config) -> Result<Communicator> {
         cfg.fill_polling(info.local_world);
         let deadline = Instant::now() + cfg.init_timeout;
+        let key = cfg.job_key();
         let server = if info.host_store {
-            Some(Arc::new(host_store(&info.store, cfg.job_key())?))
+            Some(Arc::new(host_store(&info.store, key.clone())?))
         } else {
             None
         };
-        let store = info.store.open(cfg.job_key(), deadline)?;
+        let store = info.store.open(key, deadline)?;
         let generation = WORLDS.fetch_add(1, Ordering::SeqCst);
         let namespace = format!("topoccl/{}/world{generation}", info.job_id);
         let ip = listen_ip(&cfg, &info.store)?;
@@ -295,7 +296,7 @@ impl Communicator {
             selector = selector.with_algo_env(a)?;
         }
         if let Some(rules) = &cfg.rules {
-            selector = if rules.trim_start().starts_with('[') {
+            selector = if cfg.rules_inline() {
                 selector.with_rules_json(rules, "TOPOCCL_RULES")?
             } else {
                 let json = std::fs::read_to_string(rules)
