@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every test of the project: the Rust workspace's (`cargo test --workspace`), then the
 # Python package's: built with maturin into a cached virtual environment
-# ($TOPOCCL_VENV, default ~/.cache/topoccl-venv), linted (ruff), type-checked (mypy) and
-# tested (pytest, jobs of real processes started with the topoccl binary the Rust tests
-# built). Needs python3 with venv, and PyPI for the first run's installs.
+# ($TOPOCCL_VENV, default ~/.cache/topoccl-venv, with torch and scikit-learn for the
+# torch.distributed backend and the DDP example), linted (ruff), type-checked (mypy) and
+# tested (pytest: jobs of real processes started by the topoccl binary the Rust tests
+# built, and by torchrun). Needs python3 with venv, and PyPI for the first run's installs
+# (torch with its dependencies is several GB; later runs reuse the environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
@@ -12,10 +14,17 @@ venv=${TOPOCCL_VENV:-$HOME/.cache/topoccl-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check maturin numpy pytest ruff mypy
+# torch is pinned: the backend implements the process-group interface of this release.
+{ "$venv/bin/python" -c 'import torch, sklearn, maturin, pytest, mypy, numpy, expecttest' \
+  && [ -x "$venv/bin/ruff" ]; } 2>/dev/null \
+  || "$venv/bin/pip" install -q --disable-pip-version-check \
+    maturin numpy pytest ruff mypy torch==2.15.0 scikit-learn expecttest hypothesis
 (cd crates/python && "$venv/bin/maturin" build --release -o ../../target/wheels/py -q)
 "$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps \
   target/wheels/py/topoccl-*.whl
 (cd crates/python && "$venv/bin/ruff" format --check . && "$venv/bin/ruff" check . \
-  && "$venv/bin/mypy" python tests)
+  && "$venv/bin/mypy" python tests conformance)
+"$venv/bin/ruff" format --check --config crates/python/pyproject.toml examples/python
+"$venv/bin/ruff" check --config crates/python/pyproject.toml examples/python
+"$venv/bin/mypy" --strict examples/python
 TOPOCCL_BIN="$PWD/target/debug/topoccl" "$venv/bin/pytest" -q crates/python/tests

@@ -1,9 +1,11 @@
-//! Python buffers (numpy arrays, `bytearray`, `memoryview`, anything with the buffer
-//! protocol) as typed slices for the collectives, without copying.
+//! Python buffers as typed slices for the collectives, without copying: CPU torch tensors
+//! (through their data pointer: bfloat16 has no buffer format) and anything with the
+//! buffer protocol (numpy arrays, `bytearray`, `memoryview`).
 //!
-//! A buffer must be C-contiguous, of a format topoccl has a type for, in native byte
-//! order and aligned for its type; outputs must be writable. What is held is released when
-//! the [`Buffer`] is dropped, so a slice made from it must not outlive it.
+//! A buffer must be C-contiguous, of a type topoccl has (float32, float64, float16,
+//! bfloat16, int32, int64, uint8), in native byte order and aligned for its type; outputs
+//! must be writable. What is held is released when the [`Buffer`] is dropped (under the
+//! GIL), so a slice made from it must not outlive it.
 
 use std::ffi::CStr;
 use std::os::raw::c_int;
@@ -15,10 +17,19 @@ use topoccl::DType;
 
 /// A held buffer.
 pub struct Buffer {
-    view: Box<ffi::Py_buffer>,
+    hold: Hold,
+    ptr: *mut u8,
     pub dtype: DType,
     /// Elements.
     pub len: usize,
+}
+
+/// What keeps a buffer's memory alive.
+enum Hold {
+    /// A buffer-protocol view, released with `PyBuffer_Release`.
+    View(Box<ffi::Py_buffer>),
+    /// A reference to a torch tensor (its storage lives as long as the tensor).
+    Tensor(#[allow(dead_code)] Py<PyAny>),
 }
 
 /// A buffer's memory, to be used while the GIL is released (the [`Buffer`] it came from
@@ -49,12 +60,19 @@ impl Raw {
     /// # Safety
     /// The `Buffer` this came from is still held, and no other slice of it is alive.
     pub unsafe fn slice<'a, T>(self) -> &'a [T] {
+        if self.len == 0 {
+            // An empty tensor's data pointer may be null, which no slice may hold.
+            return &[];
+        }
         std::slice::from_raw_parts(self.ptr as *const T, self.len)
     }
 
     /// # Safety
     /// As [`Raw::slice`], and the buffer was acquired writable.
     pub unsafe fn slice_mut<'a, T>(self) -> &'a mut [T] {
+        if self.len == 0 {
+            return &mut [];
+        }
         std::slice::from_raw_parts_mut(self.ptr as *mut T, self.len)
     }
 }
@@ -78,17 +96,90 @@ fn dtype_of(format: &str, itemsize: usize) -> Result<DType, String> {
         _ => {
             return Err(format!(
                 "a buffer of format '{format}' ({itemsize}-byte items) has no topoccl type; \
-                 topoccl takes float32, float64, float16, int32, int64 and uint8 arrays \
-                 (bfloat16 through torch tensors)"
+                 topoccl takes {TYPES} arrays (bfloat16 through torch tensors)"
             ))
         }
     };
     Ok(t)
 }
 
+/// The types topoccl reduces, for messages.
+const TYPES: &str = "float32, float64, float16, bfloat16, int32, int64 and uint8";
+
+/// The topoccl type of a torch dtype (`str(tensor.dtype)`).
+fn dtype_of_torch(name: &str) -> Option<DType> {
+    Some(match name {
+        "torch.float32" => DType::F32,
+        "torch.float64" => DType::F64,
+        "torch.float16" => DType::F16,
+        "torch.bfloat16" => DType::BF16,
+        "torch.int32" => DType::I32,
+        "torch.int64" => DType::I64,
+        "torch.uint8" => DType::U8,
+        _ => return None,
+    })
+}
+
+/// Whether `obj` is a torch tensor (or a subclass: parameters), told without importing
+/// torch.
+fn is_tensor(obj: &Bound<'_, PyAny>) -> bool {
+    obj.hasattr("data_ptr").unwrap_or(false) && obj.hasattr("__torch_function__").unwrap_or(false)
+}
+
 impl Buffer {
-    /// Holds `obj`'s buffer, writable if `writable`; `what` names it in errors.
+    /// Holds `obj`'s memory, writable if `writable`; `what` names it in errors.
     pub fn get(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Buffer> {
+        if is_tensor(obj) {
+            return Self::tensor(obj, what);
+        }
+        Self::view(obj, writable, what)
+    }
+
+    /// A CPU torch tensor's memory, by its data pointer.
+    fn tensor(t: &Bound<'_, PyAny>, what: &str) -> PyResult<Buffer> {
+        let device: String = t.getattr("device")?.getattr("type")?.extract()?;
+        if device != "cpu" {
+            return Err(PyTypeError::new_err(format!(
+                "{what} is a {device} tensor; topoccl runs on CPU tensors: move it to the CPU \
+                 (tensor.cpu()) or use the nccl backend for GPU tensors"
+            )));
+        }
+        let layout = t.getattr("layout")?.str()?.to_string();
+        if layout != "torch.strided" {
+            return Err(PyTypeError::new_err(format!(
+                "{what} is a {layout} tensor; topoccl takes dense tensors (tensor.to_dense())"
+            )));
+        }
+        let name = t.getattr("dtype")?.str()?.to_string();
+        let dtype = dtype_of_torch(&name).ok_or_else(|| {
+            PyTypeError::new_err(format!(
+                "{what} is a {name} tensor, which topoccl has no type for; it takes {TYPES} \
+                 tensors (convert with tensor.to(...))"
+            ))
+        })?;
+        if !t.call_method0("is_contiguous")?.extract::<bool>()? {
+            return Err(PyValueError::new_err(format!(
+                "{what} is not contiguous; pass tensor.contiguous() (and copy the result back \
+                 if it is an output)"
+            )));
+        }
+        let len: usize = t.call_method0("numel")?.extract()?;
+        let ptr: usize = t.call_method0("data_ptr")?.extract()?;
+        if ptr % dtype.size() != 0 {
+            return Err(PyValueError::new_err(format!(
+                "{what} is not aligned for {dtype}; pass tensor.clone() first"
+            )));
+        }
+        Ok(Buffer {
+            hold: Hold::Tensor(t.clone().unbind()),
+            ptr: ptr as *mut u8,
+            dtype,
+            len,
+        })
+    }
+
+    /// A buffer-protocol object's memory.
+    fn view(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Buffer> {
         let mut flags: c_int = ffi::PyBUF_C_CONTIGUOUS | ffi::PyBUF_FORMAT;
         if writable {
             flags |= ffi::PyBUF_WRITABLE;
@@ -102,8 +193,8 @@ impl Buffer {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             return Err(PyTypeError::new_err(format!(
-                "{what} must be a C-contiguous{} array (numpy array, bytearray, memoryview): \
-                 {cause}",
+                "{what} must be a CPU torch tensor or a C-contiguous{} array (numpy array, \
+                 bytearray, memoryview): {cause}",
                 if writable { ", writable" } else { "" }
             )));
         }
@@ -119,12 +210,13 @@ impl Buffer {
         let itemsize = view.itemsize.max(1) as usize;
         let mut held = Buffer {
             len: view.len as usize / itemsize,
-            view,
+            ptr: view.buf as *mut u8,
+            hold: Hold::View(view),
             dtype: DType::U8,
         };
         let dtype = dtype_of(&format, itemsize)
             .map_err(|e| PyTypeError::new_err(format!("{what}: {e}")))?;
-        if held.view.buf as usize % dtype.size() != 0 {
+        if held.ptr as usize % dtype.size() != 0 {
             return Err(PyValueError::new_err(format!(
                 "{what} is not aligned for {dtype}; copy it (numpy.ascontiguousarray) first"
             )));
@@ -135,7 +227,7 @@ impl Buffer {
 
     pub fn raw(&self) -> Raw {
         Raw {
-            ptr: self.view.buf as *mut u8,
+            ptr: self.ptr,
             len: self.len,
             dtype: self.dtype,
         }
@@ -144,9 +236,16 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: a Buffer exists only for a view PyObject_GetBuffer filled (a failed call
-        // returns before one is built). Releasing needs the GIL, which every Buffer is
-        // dropped under: Buffers never cross allow_threads (their `Raw`s do).
-        unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+        if let Hold::View(view) = &mut self.hold {
+            // SAFETY: a View exists only for a view PyObject_GetBuffer filled (a failed
+            // call returns before one is built). Releasing needs the GIL: taken here (a
+            // no-op where it is held), since a queued call's buffers are let go on the
+            // progress thread.
+            Python::with_gil(|_| unsafe { ffi::PyBuffer_Release(&mut **view) });
+        }
     }
 }
+
+// SAFETY: a Buffer is only read (its pointer and type) off the thread that made it, and
+// what it holds is released under the GIL (`Drop`; pyo3 defers a `Py` drop to the GIL).
+unsafe impl Send for Buffer {}

@@ -1,21 +1,36 @@
-//! `topoccl._topoccl`: the Python binding of the runtime. A `Communicator` made from the
-//! launcher's environment runs every collective on buffers (numpy arrays, bytearrays,
-//! memoryviews) in place in memory, with the GIL released while it waits; failures raise
-//! `TopocclError`, whose `culprits` lists the ranks the runtime blames.
+//! `topoccl._topoccl`: the Python binding of the runtime. A `Communicator` (made from the
+//! launcher's environment, or from a torch.distributed store) runs every collective on
+//! CPU torch tensors and buffers (numpy arrays, bytearrays, memoryviews) in place in
+//! memory, with the GIL released while it waits, blocking or with `async_op=True` (a
+//! `Work` handle); failures raise `TopocclError`, whose `culprits` lists the ranks the
+//! runtime blames; Ctrl-C aborts a call in flight.
 //!
-//! This is the thin I/O shell around `topoccl::Communicator`: it converts buffers and
-//! errors, and decides nothing.
+//! This is the thin I/O shell around `topoccl::Communicator`: it converts buffers, stores
+//! and errors, and decides nothing.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `buffer` | Python memory as typed slices |
+//! | `work` | where calls run: this thread, or the progress thread behind a `Work` |
+//! | `interrupt` | Ctrl-C aborting calls in flight |
+//! | `store` | a torch.distributed store as the runtime's rendezvous store |
 
 mod buffer;
+mod interrupt;
+mod store;
+mod work;
 
-use std::sync::Mutex;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use topoccl::{DType, ReduceOp};
+use topoccl::store::StoreAddr;
+use topoccl::{CountMatrix, DType, ReduceOp};
 
 use buffer::{Buffer, Raw};
+use work::{Call, Queue, Run, Shared, Work};
 
 create_exception!(
     _topoccl,
@@ -60,13 +75,37 @@ macro_rules! typed {
     };
 }
 
-fn error(py: Python<'_>, e: topoccl::Error) -> PyErr {
-    let err = TopocclError::new_err(e.to_string());
-    let culprits: Vec<u32> = e.culprits();
-    if let Err(set) = err.value(py).setattr("culprits", culprits) {
-        return set;
+/// A failure to raise in Python: the runtime's message and the ranks it blames.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    message: String,
+    culprits: Vec<u32>,
+}
+
+impl Failure {
+    fn plain(message: String) -> Failure {
+        Failure {
+            message,
+            culprits: vec![],
+        }
     }
-    err
+
+    fn to_py(&self, py: Python<'_>) -> PyErr {
+        let err = TopocclError::new_err(self.message.clone());
+        if let Err(set) = err.value(py).setattr("culprits", self.culprits.clone()) {
+            return set;
+        }
+        err
+    }
+}
+
+impl From<topoccl::Error> for Failure {
+    fn from(e: topoccl::Error) -> Failure {
+        Failure {
+            culprits: e.culprits(),
+            message: e.to_string(),
+        }
+    }
 }
 
 fn op_of(op: &str) -> PyResult<ReduceOp> {
@@ -84,63 +123,160 @@ fn same_type(a: &Buffer, b: &Buffer) -> PyResult<()> {
     Ok(())
 }
 
+/// A call on one writable buffer.
+fn one<F>(what: &'static str, buf: &Bound<'_, PyAny>, name: &str, f: F) -> PyResult<Call>
+where
+    F: FnOnce(&mut topoccl::Communicator, Raw) -> topoccl::Result<()> + Send + 'static,
+{
+    let b = Buffer::get(buf, true, name)?;
+    let r = b.raw();
+    Ok(Call {
+        what,
+        run: Box::new(move |c| f(c, r)),
+        held: vec![b],
+    })
+}
+
+/// A call on an input and a writable output of one type.
+fn two<F>(
+    what: &'static str,
+    input: &Bound<'_, PyAny>,
+    output: &Bound<'_, PyAny>,
+    f: F,
+) -> PyResult<Call>
+where
+    F: FnOnce(&mut topoccl::Communicator, Raw, Raw) -> topoccl::Result<()> + Send + 'static,
+{
+    let i = Buffer::get(input, false, "input")?;
+    let o = Buffer::get(output, true, "output")?;
+    same_type(&i, &o)?;
+    let (ri, ro) = (i.raw(), o.raw());
+    Ok(Call {
+        what,
+        run: Box::new(move |c| f(c, ri, ro)),
+        held: vec![i, o],
+    })
+}
+
+/// Counts given per peer, as elements.
+fn counts(name: &str, v: Vec<i64>, world: u32) -> PyResult<Vec<u64>> {
+    if v.len() != world as usize {
+        return Err(PyValueError::new_err(format!(
+            "{name} has {} entries; give one per rank ({world})",
+            v.len()
+        )));
+    }
+    v.into_iter()
+        .enumerate()
+        .map(|(peer, n)| {
+            u64::try_from(n).map_err(|_| {
+                PyValueError::new_err(format!("{name}[{peer}] is {n}; counts are ≥ 0"))
+            })
+        })
+        .collect()
+}
+
 /// A communicator over the ranks of a job.
-#[pyclass(module = "topoccl")]
+#[pyclass(module = "topoccl", frozen)]
 struct Communicator {
-    inner: Mutex<topoccl::Communicator>,
-    /// Aborts calls in flight without waiting for the lock they hold.
-    handle: topoccl::AbortHandle,
+    shared: Arc<Shared>,
+    /// Started by the first call that cannot run on the caller's thread.
+    queue: OnceLock<Queue>,
     rank: u32,
     world: u32,
 }
 
 impl Communicator {
-    /// Runs `f` on the communicator with the GIL released.
-    fn call<F>(&self, py: Python<'_>, f: F) -> PyResult<()>
-    where
-        F: FnOnce(&mut topoccl::Communicator) -> topoccl::Result<()> + Send,
-    {
-        let result = py.allow_threads(|| {
-            let mut c = self
-                .inner
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut c)
-        });
-        result.map_err(|e| error(py, e))
+    fn new(c: topoccl::Communicator) -> Communicator {
+        Communicator {
+            rank: c.rank(),
+            world: c.world(),
+            shared: Arc::new(Shared::new(c)),
+            queue: OnceLock::new(),
+        }
     }
 
-    /// `f(input, output)` on two buffers of one type (`output` writable).
-    fn two<F>(
+    fn queue(&self) -> PyResult<&Queue> {
+        if let Some(q) = self.queue.get() {
+            return Ok(q);
+        }
+        let q = Queue::start(self.shared.clone(), self.rank)
+            .map_err(|e| TopocclError::new_err(format!("cannot start the progress thread: {e}")))?;
+        // Two threads racing here both made one; the loser's thread ends with its queue.
+        Ok(self.queue.get_or_init(|| q))
+    }
+
+    /// Runs `call`: blocking (on this thread when nothing is queued) or, with `async_op`,
+    /// queued on the progress thread, returning its `Work`.
+    fn dispatch(&self, py: Python<'_>, call: Call, async_op: bool) -> PyResult<Option<Work>> {
+        interrupt::install(py);
+        if !async_op && self.queue.get().is_none_or(Queue::idle) {
+            let Call { what, run, held } = call;
+            let shared = &self.shared;
+            let result = py.allow_threads(|| shared.run(what, run));
+            drop(held);
+            return result.map(|()| None).map_err(|e| match py.check_signals() {
+                Err(interrupted) => interrupted,
+                Ok(()) => Failure::from(e).to_py(py),
+            });
+        }
+        let work = self
+            .queue()?
+            .submit(call, &self.shared)
+            .map_err(|f| f.to_py(py))?;
+        if async_op {
+            return Ok(Some(work));
+        }
+        work.wait_for(py, Duration::MAX)?;
+        Ok(None)
+    }
+
+    /// The typed all-to-all-v of `input` and `output` with this rank's counts: the ranks
+    /// first share their send counts (an all-gather), so each knows the whole matrix.
+    fn all_to_all_v_call(
         &self,
-        py: Python<'_>,
         input: &Bound<'_, PyAny>,
         output: &Bound<'_, PyAny>,
-        f: F,
-    ) -> PyResult<()>
-    where
-        F: FnOnce(&mut topoccl::Communicator, Raw, Raw) -> topoccl::Result<()> + Send,
-    {
-        let i = Buffer::get(input, false, "input")?;
-        let o = Buffer::get(output, true, "output")?;
-        same_type(&i, &o)?;
-        let (ri, ro) = (i.raw(), o.raw());
-        self.call(py, move |c| f(c, ri, ro))
-    }
-
-    /// `f(buf)` on one writable buffer.
-    fn one<F>(&self, py: Python<'_>, buf: &Bound<'_, PyAny>, what: &str, f: F) -> PyResult<()>
-    where
-        F: FnOnce(&mut topoccl::Communicator, Raw) -> topoccl::Result<()> + Send,
-    {
-        let b = Buffer::get(buf, true, what)?;
-        let r = b.raw();
-        self.call(py, move |c| f(c, r))
+        send: Vec<u64>,
+        recv: Vec<u64>,
+    ) -> PyResult<Call> {
+        let world = self.world as usize;
+        let (rank, sent) = (self.rank as usize, send.iter().sum::<u64>());
+        let call = two("all_to_all_v", input, output, move |c, i, o| {
+            let mut rows = vec![0i64; world * world];
+            let mine: Vec<i64> = send.iter().map(|&n| n as i64).collect();
+            c.all_gather(&mine, &mut rows)?;
+            let rows: Vec<Vec<u64>> = rows
+                .chunks(world)
+                .map(|r| r.iter().map(|&n| n as u64).collect())
+                .collect();
+            for (peer, row) in rows.iter().enumerate() {
+                if row[rank] != recv[peer] {
+                    return Err(topoccl::Error::Config(format!(
+                        "all_to_all_v: rank {rank} expects {} elements from rank {peer}, which \
+                         sends it {}; give matching split sizes on both ranks",
+                        recv[peer], row[rank]
+                    )));
+                }
+            }
+            let matrix = CountMatrix::from_rows(&rows)
+                .map_err(|e| topoccl::Error::Config(format!("all_to_all_v: {e}")))?;
+            typed!(i.dtype, T => c.all_to_all_v(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, &matrix))
+        })?;
+        if let Some(b) = call.held.first() {
+            if b.len as u64 != sent {
+                return Err(PyValueError::new_err(format!(
+                    "the input holds {} elements but the send counts add up to {sent}",
+                    b.len
+                )));
+            }
+        }
+        Ok(call)
     }
 }
 
-// SAFETY of the `slice`/`slice_mut` calls below: each `Raw` comes from a `Buffer` that
-// `two`/`one` hold until the call returns, input and output are distinct Raws of distinct
+// SAFETY of the `slice`/`slice_mut` calls below: each `Raw` comes from a `Buffer` its
+// `Call` holds until the call has run, input and output are distinct Raws of distinct
 // buffers (an aliasing pair would be two Python objects exporting one memory, which the
 // runtime reads and writes as it would any two slices), and `typed!` matched `T` to the
 // buffer's type.
@@ -152,13 +288,50 @@ impl Communicator {
     fn from_env(py: Python<'_>) -> PyResult<Communicator> {
         let c = py
             .allow_threads(topoccl::Communicator::from_env)
-            .map_err(|e| error(py, e))?;
-        Ok(Communicator {
-            rank: c.rank(),
-            world: c.world(),
-            handle: c.abort_handle(),
-            inner: Mutex::new(c),
-        })
+            .map_err(|e| Failure::from(e).to_py(py))?;
+        Ok(Communicator::new(c))
+    }
+
+    /// A communicator meeting in `store` (a torch.distributed store), as rank `rank` of
+    /// `world`: the torch backend's constructor. `reach` is where the store lives
+    /// (`tcp://HOST:PORT`; each rank listens on the address that reaches it), `timeout` in
+    /// seconds bounds creation and each call, `local_world` is the ranks on this host.
+    #[staticmethod]
+    #[pyo3(signature = (store, rank, world, timeout, name, reach=None, local_world=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_store(
+        py: Python<'_>,
+        store: PyObject,
+        rank: u32,
+        world: u32,
+        timeout: f64,
+        name: &str,
+        reach: Option<&str>,
+        local_world: Option<u32>,
+    ) -> PyResult<Communicator> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "timeout={timeout}: give a number of seconds > 0"
+            )));
+        }
+        let reach = reach
+            .map(|r| r.parse::<StoreAddr>())
+            .transpose()
+            .map_err(|e| PyValueError::new_err(format!("reach={reach:?}: {e}")))?;
+        let mut cfg = topoccl::Config::from_env().map_err(|e| Failure::from(e).to_py(py))?;
+        cfg.timeout = Duration::from_secs_f64(timeout);
+        cfg.init_timeout = cfg.timeout;
+        cfg.fill_polling(local_world.unwrap_or(world));
+        let store: Arc<dyn topoccl::store::Store> = Arc::new(store::PyStore::new(store));
+        let c = py
+            .allow_threads(|| match &reach {
+                Some(r) => topoccl::Communicator::with_store_reaching(
+                    store, rank, world, "torch", name, cfg, r,
+                ),
+                None => topoccl::Communicator::with_store(store, rank, world, "torch", name, cfg),
+            })
+            .map_err(|e| Failure::from(e).to_py(py))?;
+        Ok(Communicator::new(c))
     }
 
     #[getter]
@@ -172,39 +345,85 @@ impl Communicator {
     }
 
     /// `output = op over ranks of input`; without `output`, in place on `input`.
-    #[pyo3(signature = (input, output=None, op="sum"))]
+    #[pyo3(signature = (input, output=None, op="sum", async_op=false))]
     fn all_reduce(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
         output: Option<&Bound<'_, PyAny>>,
         op: &str,
-    ) -> PyResult<()> {
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
         let op = op_of(op)?;
-        match output {
-            None => self.one(py, input, "input", move |c, b| {
-                typed!(b.dtype, T => c.all_reduce_in_place(unsafe { b.slice_mut::<T>() }, op))
-            }),
-            Some(output) => self.two(py, input, output, move |c, i, o| {
-                typed!(i.dtype, T => c.all_reduce(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op))
-            }),
-        }
+        let call = match output {
+            None => one(
+                "all_reduce",
+                input,
+                "input",
+                move |c, b| typed!(b.dtype, T => c.all_reduce_in_place(unsafe { b.slice_mut::<T>() }, op)),
+            )?,
+            Some(output) => two(
+                "all_reduce",
+                input,
+                output,
+                move |c, i, o| typed!(i.dtype, T => c.all_reduce(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op)),
+            )?,
+        };
+        self.dispatch(py, call, async_op)
+    }
+
+    /// Each buffer of `bufs` all-reduced in place, one call after another, as one
+    /// operation (one `Work` for all of them with `async_op`).
+    #[pyo3(signature = (bufs, op="sum", async_op=false))]
+    fn all_reduce_many(
+        &self,
+        py: Python<'_>,
+        bufs: Vec<Bound<'_, PyAny>>,
+        op: &str,
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let op = op_of(op)?;
+        let held = bufs
+            .iter()
+            .enumerate()
+            .map(|(k, b)| Buffer::get(b, true, &format!("bufs[{k}]")))
+            .collect::<PyResult<Vec<_>>>()?;
+        let raws: Vec<Raw> = held.iter().map(Buffer::raw).collect();
+        let run: Run = Box::new(move |c| {
+            for b in raws {
+                typed!(b.dtype, T => c.all_reduce_in_place(unsafe { b.slice_mut::<T>() }, op))?;
+            }
+            Ok(())
+        });
+        let call = Call {
+            what: "all_reduce",
+            run,
+            held,
+        };
+        self.dispatch(py, call, async_op)
     }
 
     /// `buf` on every rank becomes `root`'s.
-    #[pyo3(signature = (buf, root=0))]
-    fn broadcast(&self, py: Python<'_>, buf: &Bound<'_, PyAny>, root: u32) -> PyResult<()> {
-        self.one(
-            py,
+    #[pyo3(signature = (buf, root=0, async_op=false))]
+    fn broadcast(
+        &self,
+        py: Python<'_>,
+        buf: &Bound<'_, PyAny>,
+        root: u32,
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let call = one(
+            "broadcast",
             buf,
             "buf",
             move |c, b| typed!(b.dtype, T => c.broadcast(unsafe { b.slice_mut::<T>() }, root)),
-        )
+        )?;
+        self.dispatch(py, call, async_op)
     }
 
     /// `output` on `root` = op over ranks of `input` (other ranks' `output`, of any size, is
     /// not touched); without `output`, in place.
-    #[pyo3(signature = (input, output=None, root=0, op="sum"))]
+    #[pyo3(signature = (input, output=None, root=0, op="sum", async_op=false))]
     fn reduce(
         &self,
         py: Python<'_>,
@@ -212,123 +431,221 @@ impl Communicator {
         output: Option<&Bound<'_, PyAny>>,
         root: u32,
         op: &str,
-    ) -> PyResult<()> {
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
         let op = op_of(op)?;
-        match output {
-            None => self.one(py, input, "input", move |c, b| {
-                typed!(b.dtype, T => c.reduce_in_place(unsafe { b.slice_mut::<T>() }, op, root))
-            }),
-            Some(output) => self.two(py, input, output, move |c, i, o| {
+        let call = match output {
+            None => one(
+                "reduce",
+                input,
+                "input",
+                move |c, b| typed!(b.dtype, T => c.reduce_in_place(unsafe { b.slice_mut::<T>() }, op, root)),
+            )?,
+            Some(output) => two("reduce", input, output, move |c, i, o| {
                 let o = o.only_on(c.rank() == root);
                 typed!(i.dtype, T => c.reduce(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op, root))
-            }),
-        }
+            })?,
+        };
+        self.dispatch(py, call, async_op)
     }
 
     /// Every rank's `input`, in rank order, into every rank's `output` (world × input).
+    #[pyo3(signature = (input, output, async_op=false))]
     fn all_gather(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
         output: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        self.two(py, input, output, |c, i, o| {
-            typed!(i.dtype, T => c.all_gather(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }))
-        })
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let call = two(
+            "all_gather",
+            input,
+            output,
+            |c, i, o| typed!(i.dtype, T => c.all_gather(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() })),
+        )?;
+        self.dispatch(py, call, async_op)
     }
 
     /// Block r of op over ranks of `input` (world × output) into rank r's `output`.
-    #[pyo3(signature = (input, output, op="sum"))]
+    #[pyo3(signature = (input, output, op="sum", async_op=false))]
     fn reduce_scatter(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
         output: &Bound<'_, PyAny>,
         op: &str,
-    ) -> PyResult<()> {
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
         let op = op_of(op)?;
-        self.two(py, input, output, move |c, i, o| {
-            typed!(i.dtype, T => c.reduce_scatter(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op))
-        })
+        let call = two(
+            "reduce_scatter",
+            input,
+            output,
+            move |c, i, o| typed!(i.dtype, T => c.reduce_scatter(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op)),
+        )?;
+        self.dispatch(py, call, async_op)
     }
 
     /// Every rank's `input` into `root`'s `output` (world × input; other ranks' `output`,
     /// of any size, is not touched).
-    #[pyo3(signature = (input, output, root=0))]
+    #[pyo3(signature = (input, output, root=0, async_op=false))]
     fn gather(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
         output: &Bound<'_, PyAny>,
         root: u32,
-    ) -> PyResult<()> {
-        self.two(py, input, output, move |c, i, o| {
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let call = two("gather", input, output, move |c, i, o| {
             let o = o.only_on(c.rank() == root);
             typed!(i.dtype, T => c.gather(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, root))
-        })
+        })?;
+        self.dispatch(py, call, async_op)
     }
 
     /// Block r of `root`'s `input` (world × output) into rank r's `output` (other ranks'
     /// `input`, of any size, is not read).
-    #[pyo3(signature = (input, output, root=0))]
+    #[pyo3(signature = (input, output, root=0, async_op=false))]
     fn scatter(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
         output: &Bound<'_, PyAny>,
         root: u32,
-    ) -> PyResult<()> {
-        self.two(py, input, output, move |c, i, o| {
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let call = two("scatter", input, output, move |c, i, o| {
             let i = i.only_on(c.rank() == root);
             typed!(i.dtype, T => c.scatter(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, root))
-        })
+        })?;
+        self.dispatch(py, call, async_op)
     }
 
     /// Block j of rank i's `input` into block i of rank j's `output`.
+    #[pyo3(signature = (input, output, async_op=false))]
     fn all_to_all(
         &self,
         py: Python<'_>,
         input: &Bound<'_, PyAny>,
         output: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        self.two(py, input, output, |c, i, o| {
-            typed!(i.dtype, T => c.all_to_all(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }))
-        })
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let call = two(
+            "all_to_all",
+            input,
+            output,
+            |c, i, o| typed!(i.dtype, T => c.all_to_all(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() })),
+        )?;
+        self.dispatch(py, call, async_op)
+    }
+
+    /// All-to-all with per-peer counts: `send_counts[j]` elements of `input` (blocks back
+    /// to back) go to rank j, `recv_counts[i]` elements of `output` come from rank i.
+    #[pyo3(signature = (input, output, send_counts, recv_counts, async_op=false))]
+    fn all_to_all_v(
+        &self,
+        py: Python<'_>,
+        input: &Bound<'_, PyAny>,
+        output: &Bound<'_, PyAny>,
+        send_counts: Vec<i64>,
+        recv_counts: Vec<i64>,
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let send = counts("send_counts", send_counts, self.world)?;
+        let recv = counts("recv_counts", recv_counts, self.world)?;
+        let received: u64 = recv.iter().sum();
+        let call = self.all_to_all_v_call(input, output, send, recv)?;
+        if let Some(b) = call.held.get(1) {
+            if b.len as u64 != received {
+                return Err(PyValueError::new_err(format!(
+                    "the output holds {} elements but the receive counts add up to {received}",
+                    b.len
+                )));
+            }
+        }
+        self.dispatch(py, call, async_op)
     }
 
     /// Returns once every rank has entered it.
-    fn barrier(&self, py: Python<'_>) -> PyResult<()> {
-        self.call(py, |c| c.barrier())
+    #[pyo3(signature = (async_op=false))]
+    fn barrier(&self, py: Python<'_>, async_op: bool) -> PyResult<Option<Work>> {
+        let call = Call {
+            what: "barrier",
+            run: Box::new(|c| c.barrier()),
+            held: vec![],
+        };
+        self.dispatch(py, call, async_op)
     }
 
     /// Sends `buf` to rank `peer` (which calls `recv` with a buffer of the same size).
-    fn send(&self, py: Python<'_>, buf: &Bound<'_, PyAny>, peer: u32) -> PyResult<()> {
+    #[pyo3(signature = (buf, peer, async_op=false))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        buf: &Bound<'_, PyAny>,
+        peer: u32,
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
         let b = Buffer::get(buf, false, "buf")?;
         let r = b.raw();
-        self.call(
-            py,
-            move |c| typed!(r.dtype, T => c.send(unsafe { r.slice::<T>() }, peer)),
-        )
+        let call = Call {
+            what: "send",
+            run: Box::new(move |c| typed!(r.dtype, T => c.send(unsafe { r.slice::<T>() }, peer))),
+            held: vec![b],
+        };
+        self.dispatch(py, call, async_op)
     }
 
     /// Receives into `buf` what rank `peer` sends.
-    fn recv(&self, py: Python<'_>, buf: &Bound<'_, PyAny>, peer: u32) -> PyResult<()> {
-        self.one(
-            py,
+    #[pyo3(signature = (buf, peer, async_op=false))]
+    fn recv(
+        &self,
+        py: Python<'_>,
+        buf: &Bound<'_, PyAny>,
+        peer: u32,
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let call = one(
+            "recv",
             buf,
             "buf",
             move |c, b| typed!(b.dtype, T => c.recv(unsafe { b.slice_mut::<T>() }, peer)),
-        )
+        )?;
+        self.dispatch(py, call, async_op)
     }
 
     /// Ends the communicator: calls in flight on any rank fail, naming this one.
     #[pyo3(signature = (reason="aborted from Python"))]
     fn abort(&self, reason: &str) {
-        match self.inner.try_lock() {
-            Ok(mut c) => c.abort(reason),
+        match self.shared.try_lock() {
+            Some(mut c) => {
+                if let Some(c) = c.as_mut() {
+                    c.abort(reason)
+                }
+            }
             // A call in flight holds the communicator: it ends through the handle.
-            Err(_) => self.handle.abort(),
+            None => self.shared.abort.abort(),
         }
+    }
+
+    /// Waits for the calls started (up to their deadlines), then ends the communicator,
+    /// saying goodbye to the peers; later calls raise.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(q) = self.queue.get().filter(|q| !q.idle()) {
+            let last = Call {
+                what: "close",
+                run: Box::new(|_| Ok(())),
+                held: vec![],
+            };
+            let work = q.submit(last, &self.shared).map_err(|f| f.to_py(py))?;
+            // The calls before it raise on their own `wait`s; closing goes on regardless.
+            let _ = work.wait_for(py, Duration::MAX);
+        }
+        let shared = &self.shared;
+        py.allow_threads(|| shared.close());
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
@@ -342,6 +659,11 @@ impl Communicator {
 #[pymodule]
 fn _topoccl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Communicator>()?;
+    m.add_class::<Work>()?;
+    let at_exit = wrap_pyfunction!(work::at_exit, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (at_exit,))?;
     m.add("TopocclError", m.py().get_type::<TopocclError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

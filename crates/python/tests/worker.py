@@ -79,7 +79,7 @@ if p > 1:
 comm.barrier()
 
 # Bad input: a clear exception before anything reaches the wire.
-bad: list[tuple[Callable[[], None], type[Exception], str]] = [
+bad: list[tuple[Callable[[], object], type[Exception], str]] = [
     (lambda: comm.all_reduce(np.zeros((4, 4), dtype=np.float32)[:, 0]), TypeError, "contiguous"),
     (lambda: comm.all_reduce(np.zeros(4, dtype=np.int8)), TypeError, "no topoccl type"),
     (lambda: comm.all_reduce(np.zeros(4, dtype=np.float32), op="median"), ValueError, "median"),

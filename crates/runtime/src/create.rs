@@ -166,16 +166,45 @@ impl Communicator {
     }
 
     /// Creates a communicator that meets in `store` (any [`Store`]: one the caller hosts
-    /// or shares). `name` separates communicators that share a store and job.
+    /// or shares), for ranks of one host: it listens on loopback unless
+    /// `TOPOCCL_SOCKET_IFNAME` names an interface. `name` separates communicators that
+    /// share a store and job.
     pub fn with_store(
         store: Arc<dyn Store>,
         rank: Rank,
         world: u32,
         job_id: &str,
         name: &str,
-        mut cfg: Config,
+        cfg: Config,
     ) -> Result<Communicator> {
-        // Ranks sharing a store this way are usually threads or processes of one host.
+        Self::meet_in(store, rank, world, job_id, name, cfg, None)
+    }
+
+    /// As [`Communicator::with_store`], for ranks on several hosts: each listens on the
+    /// address that reaches `reach` (where the store lives, e.g. torch's `MASTER_ADDR`), or
+    /// on the interface `TOPOCCL_SOCKET_IFNAME` names.
+    pub fn with_store_reaching(
+        store: Arc<dyn Store>,
+        rank: Rank,
+        world: u32,
+        job_id: &str,
+        name: &str,
+        cfg: Config,
+        reach: &StoreAddr,
+    ) -> Result<Communicator> {
+        Self::meet_in(store, rank, world, job_id, name, cfg, Some(reach))
+    }
+
+    fn meet_in(
+        store: Arc<dyn Store>,
+        rank: Rank,
+        world: u32,
+        job_id: &str,
+        name: &str,
+        mut cfg: Config,
+        reach: Option<&StoreAddr>,
+    ) -> Result<Communicator> {
+        // Without a word on the host's ranks, assume all of them share this host.
         cfg.fill_polling(world);
         if world == 0 || rank >= world {
             return Err(Error::Config(format!(
@@ -183,9 +212,10 @@ impl Communicator {
             )));
         }
         let deadline = Instant::now() + cfg.init_timeout;
-        let ip = match &cfg.ifname {
-            Some(_) => listen_ip(&cfg, &StoreAddr::File(Default::default()))?,
-            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        let ip = match (reach, &cfg.ifname) {
+            (Some(reach), _) => listen_ip(&cfg, reach)?,
+            (None, Some(_)) => listen_ip(&cfg, &StoreAddr::File(Default::default()))?,
+            (None, None) => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let job = wire::fnv1a(job_id.as_bytes(), FNV_OFFSET);
         let namespace = format!("topoccl/{job_id}/{name}");

@@ -68,9 +68,10 @@ pub enum Error {
         reason: String,
     },
 
-    /// Ranks called different collectives (or the same one with other arguments).
-    #[error("mismatched collectives: {0}")]
-    Mismatch(String),
+    /// Ranks called different collectives (or the same one with other arguments):
+    /// `detail` says what this rank and `peer` entered.
+    #[error("mismatched collectives: {detail}")]
+    Mismatch { peer: Rank, detail: String },
 
     /// A connection was refused during its handshake.
     #[error("handshake with rank {rank} failed: {reason}")]
@@ -93,6 +94,7 @@ impl Error {
     pub fn culprits(&self) -> Vec<Rank> {
         match self {
             Error::PeerFailed { rank, .. } | Error::Handshake { rank, .. } => vec![*rank],
+            Error::Mismatch { peer, .. } => vec![*peer],
             Error::Aborted {
                 culprit: Some(c), ..
             } => vec![*c],

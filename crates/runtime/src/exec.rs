@@ -808,7 +808,7 @@ impl Exec<'_> {
 /// A frame the matcher refused.
 fn reject(peer: Rank, r: Reject) -> Fail {
     match r {
-        Reject::Mismatch(m) => Fatal(Error::Mismatch(m)),
+        Reject::Mismatch(detail) => Fatal(Error::Mismatch { peer, detail }),
         Reject::Protocol(p) => Fail::refused(peer, p),
     }
 }

@@ -1,5 +1,6 @@
 """Type stubs of the compiled module (see src/lib.rs)."""
 
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 __version__: str
@@ -10,29 +11,78 @@ class TopocclError(RuntimeError):
     culprits: list[int]
     """The ranks the runtime blames (may be empty)."""
 
-# Anything with the buffer protocol, C-contiguous: numpy arrays, bytearray, memoryview.
+# A CPU torch tensor, or anything with the buffer protocol, C-contiguous: numpy arrays,
+# bytearray, memoryview.
 Buffer: TypeAlias = Any
+
+class Work:
+    """A call started with ``async_op=True``."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Blocks until the call ends (Ctrl-C aborts it); raises what it raised."""
+    def is_completed(self) -> bool: ...
+    def is_success(self) -> bool: ...
+    def exception(self) -> TopocclError | None: ...
+    def add_done_callback(self, callback: Callable[[], object]) -> None:
+        """Calls ``callback()`` once the call has ended (on the progress thread)."""
 
 class Communicator:
     @staticmethod
     def from_env() -> Communicator:
         """This rank's communicator, from the launcher's environment and TOPOCCL_* settings."""
+    @staticmethod
+    def from_store(
+        store: Any,
+        rank: int,
+        world: int,
+        timeout: float,
+        name: str,
+        reach: str | None = None,
+        local_world: int | None = None,
+    ) -> Communicator:
+        """A communicator meeting in a torch.distributed store (the torch backend's)."""
     @property
     def rank(self) -> int: ...
     @property
     def world(self) -> int: ...
-    def all_reduce(self, input: Buffer, output: Buffer | None = None, op: str = "sum") -> None:
+    def all_reduce(
+        self, input: Buffer, output: Buffer | None = None, op: str = "sum", async_op: bool = False
+    ) -> Work | None:
         """output = op over ranks of input; without output, in place. op: sum, prod, min, max, avg."""
-    def broadcast(self, buf: Buffer, root: int = 0) -> None: ...
+    def all_reduce_many(
+        self, bufs: Sequence[Buffer], op: str = "sum", async_op: bool = False
+    ) -> Work | None: ...
+    def broadcast(self, buf: Buffer, root: int = 0, async_op: bool = False) -> Work | None: ...
     def reduce(
-        self, input: Buffer, output: Buffer | None = None, root: int = 0, op: str = "sum"
-    ) -> None: ...
-    def all_gather(self, input: Buffer, output: Buffer) -> None: ...
-    def reduce_scatter(self, input: Buffer, output: Buffer, op: str = "sum") -> None: ...
-    def gather(self, input: Buffer, output: Buffer, root: int = 0) -> None: ...
-    def scatter(self, input: Buffer, output: Buffer, root: int = 0) -> None: ...
-    def all_to_all(self, input: Buffer, output: Buffer) -> None: ...
-    def barrier(self) -> None: ...
-    def send(self, buf: Buffer, peer: int) -> None: ...
-    def recv(self, buf: Buffer, peer: int) -> None: ...
+        self,
+        input: Buffer,
+        output: Buffer | None = None,
+        root: int = 0,
+        op: str = "sum",
+        async_op: bool = False,
+    ) -> Work | None: ...
+    def all_gather(self, input: Buffer, output: Buffer, async_op: bool = False) -> Work | None: ...
+    def reduce_scatter(
+        self, input: Buffer, output: Buffer, op: str = "sum", async_op: bool = False
+    ) -> Work | None: ...
+    def gather(
+        self, input: Buffer, output: Buffer, root: int = 0, async_op: bool = False
+    ) -> Work | None: ...
+    def scatter(
+        self, input: Buffer, output: Buffer, root: int = 0, async_op: bool = False
+    ) -> Work | None: ...
+    def all_to_all(self, input: Buffer, output: Buffer, async_op: bool = False) -> Work | None: ...
+    def all_to_all_v(
+        self,
+        input: Buffer,
+        output: Buffer,
+        send_counts: Sequence[int],
+        recv_counts: Sequence[int],
+        async_op: bool = False,
+    ) -> Work | None: ...
+    def barrier(self, async_op: bool = False) -> Work | None: ...
+    def send(self, buf: Buffer, peer: int, async_op: bool = False) -> Work | None: ...
+    def recv(self, buf: Buffer, peer: int, async_op: bool = False) -> Work | None: ...
     def abort(self, reason: str = "aborted from Python") -> None: ...
+    def close(self) -> None:
+        """Waits for the calls started, then ends the communicator; later calls raise."""
