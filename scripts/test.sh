@@ -23,7 +23,7 @@ fi
 "$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps \
   target/wheels/py/topoccl-*.whl
 (cd crates/python && "$venv/bin/ruff" format --check . && "$venv/bin/ruff" check . \
-  && "$venv/bin/mypy" python tests conformance)
+  && "$venv/bin/mypy" python tests conformance bench)
 "$venv/bin/ruff" format --check --config crates/python/pyproject.toml examples/python
 "$venv/bin/ruff" check --config crates/python/pyproject.toml examples/python
 "$venv/bin/mypy" --strict examples/python

@@ -22,6 +22,19 @@ pub struct Buffer {
     pub dtype: DType,
     /// Elements.
     pub len: usize,
+    /// The bytes of one of the caller's elements (`dtype`'s size, unless taken as bytes).
+    pub item: usize,
+    /// The caller's type (torch dtype or buffer format), for messages.
+    pub type_name: String,
+}
+
+/// How a collective reads a buffer's elements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// As a type topoccl reduces (reductions).
+    Typed,
+    /// As bytes, whatever the type (collectives that only move data).
+    Bytes,
 }
 
 /// What keeps a buffer's memory alive.
@@ -127,16 +140,35 @@ fn is_tensor(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 impl Buffer {
-    /// Holds `obj`'s memory, writable if `writable`; `what` names it in errors.
+    /// Holds `obj`'s memory, writable if `writable`, typed; `what` names it in errors.
     pub fn get(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Buffer> {
-        if is_tensor(obj) {
-            return Self::tensor(obj, what);
-        }
-        Self::view(obj, writable, what)
+        Self::take(obj, writable, what, Take::Typed)
+    }
+
+    /// Holds `obj`'s memory as `take` says.
+    pub fn take(
+        obj: &Bound<'_, PyAny>,
+        writable: bool,
+        what: &str,
+        take: Take,
+    ) -> PyResult<Buffer> {
+        let b = if is_tensor(obj) {
+            Self::tensor(obj, what, take)?
+        } else {
+            Self::view(obj, writable, what, take)?
+        };
+        Ok(b)
+    }
+
+    /// This buffer as bytes (`dtype` u8, `len` its size in bytes).
+    fn into_bytes(mut self) -> Buffer {
+        self.len *= self.item;
+        self.dtype = DType::U8;
+        self
     }
 
     /// A CPU torch tensor's memory, by its data pointer.
-    fn tensor(t: &Bound<'_, PyAny>, what: &str) -> PyResult<Buffer> {
+    fn tensor(t: &Bound<'_, PyAny>, what: &str, take: Take) -> PyResult<Buffer> {
         let device: String = t.getattr("device")?.getattr("type")?.extract()?;
         if device != "cpu" {
             return Err(PyTypeError::new_err(format!(
@@ -151,12 +183,17 @@ impl Buffer {
             )));
         }
         let name = t.getattr("dtype")?.str()?.to_string();
-        let dtype = dtype_of_torch(&name).ok_or_else(|| {
-            PyTypeError::new_err(format!(
-                "{what} is a {name} tensor, which topoccl has no type for; it takes {TYPES} \
-                 tensors (convert with tensor.to(...))"
-            ))
-        })?;
+        let item: usize = t.call_method0("element_size")?.extract()?;
+        let dtype = match (dtype_of_torch(&name), take) {
+            (Some(d), _) => d,
+            (None, Take::Bytes) => DType::U8,
+            (None, Take::Typed) => {
+                return Err(PyTypeError::new_err(format!(
+                    "{what} is a {name} tensor, which topoccl cannot reduce; it reduces {TYPES} \
+                     tensors (convert with tensor.to(...))"
+                )))
+            }
+        };
         if !t.call_method0("is_contiguous")?.extract::<bool>()? {
             return Err(PyValueError::new_err(format!(
                 "{what} is not contiguous; pass tensor.contiguous() (and copy the result back \
@@ -170,16 +207,23 @@ impl Buffer {
                 "{what} is not aligned for {dtype}; pass tensor.clone() first"
             )));
         }
-        Ok(Buffer {
+        let b = Buffer {
             hold: Hold::Tensor(t.clone().unbind()),
             ptr: ptr as *mut u8,
             dtype,
             len,
+            item,
+            type_name: name,
+        };
+        Ok(if take == Take::Bytes {
+            b.into_bytes()
+        } else {
+            b
         })
     }
 
     /// A buffer-protocol object's memory.
-    fn view(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Buffer> {
+    fn view(obj: &Bound<'_, PyAny>, writable: bool, what: &str, take: Take) -> PyResult<Buffer> {
         let mut flags: c_int = ffi::PyBUF_C_CONTIGUOUS | ffi::PyBUF_FORMAT;
         if writable {
             flags |= ffi::PyBUF_WRITABLE;
@@ -213,7 +257,12 @@ impl Buffer {
             ptr: view.buf as *mut u8,
             hold: Hold::View(view),
             dtype: DType::U8,
+            item: itemsize,
+            type_name: format!("'{format}'"),
         };
+        if take == Take::Bytes {
+            return Ok(held.into_bytes());
+        }
         let dtype = dtype_of(&format, itemsize)
             .map_err(|e| PyTypeError::new_err(format!("{what}: {e}")))?;
         if held.ptr as usize % dtype.size() != 0 {

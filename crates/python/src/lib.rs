@@ -29,7 +29,7 @@ use pyo3::prelude::*;
 use topoccl::store::StoreAddr;
 use topoccl::{CountMatrix, DType, ReduceOp};
 
-use buffer::{Buffer, Raw};
+use buffer::{Buffer, Raw, Take};
 use work::{Call, Queue, Run, Shared, Work};
 
 create_exception!(
@@ -113,22 +113,37 @@ fn op_of(op: &str) -> PyResult<ReduceOp> {
         .map_err(|e| PyValueError::new_err(format!("op={op:?}: {e}")))
 }
 
-fn same_type(a: &Buffer, b: &Buffer) -> PyResult<()> {
-    if a.dtype != b.dtype {
+fn same_type(a: &Buffer, b: &Buffer, take: Take) -> PyResult<()> {
+    let differ = match take {
+        Take::Typed => a.dtype != b.dtype,
+        Take::Bytes => a.type_name != b.type_name,
+    };
+    if differ {
+        let name = |x: &Buffer| match take {
+            Take::Typed => x.dtype.to_string(),
+            Take::Bytes => x.type_name.clone(),
+        };
         return Err(PyValueError::new_err(format!(
             "input is {} but output is {}; give both the same type",
-            a.dtype, b.dtype
+            name(a),
+            name(b)
         )));
     }
     Ok(())
 }
 
 /// A call on one writable buffer.
-fn one<F>(what: &'static str, buf: &Bound<'_, PyAny>, name: &str, f: F) -> PyResult<Call>
+fn one<F>(
+    what: &'static str,
+    buf: &Bound<'_, PyAny>,
+    name: &str,
+    take: Take,
+    f: F,
+) -> PyResult<Call>
 where
     F: FnOnce(&mut topoccl::Communicator, Raw) -> topoccl::Result<()> + Send + 'static,
 {
-    let b = Buffer::get(buf, true, name)?;
+    let b = Buffer::take(buf, true, name, take)?;
     let r = b.raw();
     Ok(Call {
         what,
@@ -142,14 +157,15 @@ fn two<F>(
     what: &'static str,
     input: &Bound<'_, PyAny>,
     output: &Bound<'_, PyAny>,
+    take: Take,
     f: F,
 ) -> PyResult<Call>
 where
     F: FnOnce(&mut topoccl::Communicator, Raw, Raw) -> topoccl::Result<()> + Send + 'static,
 {
-    let i = Buffer::get(input, false, "input")?;
-    let o = Buffer::get(output, true, "output")?;
-    same_type(&i, &o)?;
+    let i = Buffer::take(input, false, "input", take)?;
+    let o = Buffer::take(output, true, "output", take)?;
+    same_type(&i, &o, take)?;
     let (ri, ro) = (i.raw(), o.raw());
     Ok(Call {
         what,
@@ -231,8 +247,9 @@ impl Communicator {
         Ok(None)
     }
 
-    /// The typed all-to-all-v of `input` and `output` with this rank's counts: the ranks
-    /// first share their send counts (an all-gather), so each knows the whole matrix.
+    /// The all-to-all-v of `input` and `output` (as bytes) with this rank's counts (in
+    /// elements): the ranks first share their send counts (an all-gather), so each knows
+    /// the whole matrix and checks its receive counts against it.
     fn all_to_all_v_call(
         &self,
         input: &Bound<'_, PyAny>,
@@ -240,38 +257,53 @@ impl Communicator {
         send: Vec<u64>,
         recv: Vec<u64>,
     ) -> PyResult<Call> {
-        let world = self.world as usize;
-        let (rank, sent) = (self.rank as usize, send.iter().sum::<u64>());
-        let call = two("all_to_all_v", input, output, move |c, i, o| {
+        let i = Buffer::take(input, false, "input", Take::Bytes)?;
+        let o = Buffer::take(output, true, "output", Take::Bytes)?;
+        same_type(&i, &o, Take::Bytes)?;
+        let item = i.item as u64;
+        for (b, counts, name) in [(&i, &send, "input"), (&o, &recv, "output")] {
+            let want: u64 = counts.iter().sum();
+            if b.len as u64 != want * item {
+                return Err(PyValueError::new_err(format!(
+                    "the {name} holds {} elements but its counts add up to {want}",
+                    b.len as u64 / item
+                )));
+            }
+        }
+        let (world, rank) = (self.world as usize, self.rank as usize);
+        let (ri, ro) = (i.raw(), o.raw());
+        let run: Run = Box::new(move |c| {
             let mut rows = vec![0i64; world * world];
             let mine: Vec<i64> = send.iter().map(|&n| n as i64).collect();
             c.all_gather(&mine, &mut rows)?;
             let rows: Vec<Vec<u64>> = rows
                 .chunks(world)
-                .map(|r| r.iter().map(|&n| n as u64).collect())
+                .map(|r| r.iter().map(|&n| n as u64 * item).collect())
                 .collect();
             for (peer, row) in rows.iter().enumerate() {
-                if row[rank] != recv[peer] {
+                if row[rank] != recv[peer] * item {
                     return Err(topoccl::Error::Config(format!(
                         "all_to_all_v: rank {rank} expects {} elements from rank {peer}, which \
                          sends it {}; give matching split sizes on both ranks",
-                        recv[peer], row[rank]
+                        recv[peer],
+                        row[rank] / item
                     )));
                 }
             }
             let matrix = CountMatrix::from_rows(&rows)
                 .map_err(|e| topoccl::Error::Config(format!("all_to_all_v: {e}")))?;
-            typed!(i.dtype, T => c.all_to_all_v(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, &matrix))
-        })?;
-        if let Some(b) = call.held.first() {
-            if b.len as u64 != sent {
-                return Err(PyValueError::new_err(format!(
-                    "the input holds {} elements but the send counts add up to {sent}",
-                    b.len
-                )));
-            }
-        }
-        Ok(call)
+            // SAFETY: as for every call below (the buffers are held by the Call).
+            c.all_to_all_v(
+                unsafe { ri.slice::<u8>() },
+                unsafe { ro.slice_mut::<u8>() },
+                &matrix,
+            )
+        });
+        Ok(Call {
+            what: "all_to_all_v",
+            run,
+            held: vec![i, o],
+        })
     }
 }
 
@@ -360,12 +392,14 @@ impl Communicator {
                 "all_reduce",
                 input,
                 "input",
+                Take::Typed,
                 move |c, b| typed!(b.dtype, T => c.all_reduce_in_place(unsafe { b.slice_mut::<T>() }, op)),
             )?,
             Some(output) => two(
                 "all_reduce",
                 input,
                 output,
+                Take::Typed,
                 move |c, i, o| typed!(i.dtype, T => c.all_reduce(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op)),
             )?,
         };
@@ -416,6 +450,7 @@ impl Communicator {
             "broadcast",
             buf,
             "buf",
+            Take::Bytes,
             move |c, b| typed!(b.dtype, T => c.broadcast(unsafe { b.slice_mut::<T>() }, root)),
         )?;
         self.dispatch(py, call, async_op)
@@ -439,9 +474,10 @@ impl Communicator {
                 "reduce",
                 input,
                 "input",
+                Take::Typed,
                 move |c, b| typed!(b.dtype, T => c.reduce_in_place(unsafe { b.slice_mut::<T>() }, op, root)),
             )?,
-            Some(output) => two("reduce", input, output, move |c, i, o| {
+            Some(output) => two("reduce", input, output, Take::Typed, move |c, i, o| {
                 let o = o.only_on(c.rank() == root);
                 typed!(i.dtype, T => c.reduce(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op, root))
             })?,
@@ -462,6 +498,7 @@ impl Communicator {
             "all_gather",
             input,
             output,
+            Take::Bytes,
             |c, i, o| typed!(i.dtype, T => c.all_gather(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() })),
         )?;
         self.dispatch(py, call, async_op)
@@ -482,6 +519,7 @@ impl Communicator {
             "reduce_scatter",
             input,
             output,
+            Take::Typed,
             move |c, i, o| typed!(i.dtype, T => c.reduce_scatter(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, op)),
         )?;
         self.dispatch(py, call, async_op)
@@ -498,7 +536,7 @@ impl Communicator {
         root: u32,
         async_op: bool,
     ) -> PyResult<Option<Work>> {
-        let call = two("gather", input, output, move |c, i, o| {
+        let call = two("gather", input, output, Take::Bytes, move |c, i, o| {
             let o = o.only_on(c.rank() == root);
             typed!(i.dtype, T => c.gather(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, root))
         })?;
@@ -516,7 +554,7 @@ impl Communicator {
         root: u32,
         async_op: bool,
     ) -> PyResult<Option<Work>> {
-        let call = two("scatter", input, output, move |c, i, o| {
+        let call = two("scatter", input, output, Take::Bytes, move |c, i, o| {
             let i = i.only_on(c.rank() == root);
             typed!(i.dtype, T => c.scatter(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, root))
         })?;
@@ -536,6 +574,7 @@ impl Communicator {
             "all_to_all",
             input,
             output,
+            Take::Bytes,
             |c, i, o| typed!(i.dtype, T => c.all_to_all(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() })),
         )?;
         self.dispatch(py, call, async_op)
@@ -555,16 +594,7 @@ impl Communicator {
     ) -> PyResult<Option<Work>> {
         let send = counts("send_counts", send_counts, self.world)?;
         let recv = counts("recv_counts", recv_counts, self.world)?;
-        let received: u64 = recv.iter().sum();
         let call = self.all_to_all_v_call(input, output, send, recv)?;
-        if let Some(b) = call.held.get(1) {
-            if b.len as u64 != received {
-                return Err(PyValueError::new_err(format!(
-                    "the output holds {} elements but the receive counts add up to {received}",
-                    b.len
-                )));
-            }
-        }
         self.dispatch(py, call, async_op)
     }
 
@@ -588,7 +618,7 @@ impl Communicator {
         peer: u32,
         async_op: bool,
     ) -> PyResult<Option<Work>> {
-        let b = Buffer::get(buf, false, "buf")?;
+        let b = Buffer::take(buf, false, "buf", Take::Bytes)?;
         let r = b.raw();
         let call = Call {
             what: "send",
@@ -611,6 +641,7 @@ impl Communicator {
             "recv",
             buf,
             "buf",
+            Take::Bytes,
             move |c, b| typed!(b.dtype, T => c.recv(unsafe { b.slice_mut::<T>() }, peer)),
         )?;
         self.dispatch(py, call, async_op)

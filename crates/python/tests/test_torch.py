@@ -105,7 +105,7 @@ def bad(case: str, ranks: int = 2, **env: str) -> str:
     [
         ("meta", "TypeError", "topoccl runs on CPU tensors"),
         ("strided", "ValueError", "not contiguous"),
-        ("dtype", "TypeError", "torch.int16 tensor, which topoccl has no type for"),
+        ("dtype", "TypeError", "torch.int16 tensor, which topoccl cannot reduce"),
         ("op", "ValueError", "topoccl does not implement RedOpType.BAND"),
     ],
 )

@@ -150,12 +150,32 @@ def check_type(dt: torch.dtype, rank: int, world: int) -> None:
             same(got, every[0], f"send/recv {t}")
 
 
+def check_moved_types(rank: int, world: int) -> None:
+    """Types topoccl does not reduce still move: collectives that only move data take
+    any type, as bytes."""
+    for dt in (torch.int8, torch.bool, torch.int16, torch.complex64):
+        mine = (torch.arange(6) + rank).to(dt)
+        outs = [torch.empty(6, dtype=dt) for _ in range(world)]
+        dist.all_gather(outs, mine)
+        for r in range(world):
+            same(outs[r], (torch.arange(6) + r).to(dt), f"all_gather {dt} block {r}")
+        b = mine.clone() if rank == 0 else torch.zeros(6, dtype=dt)
+        dist.broadcast(b, 0)
+        same(b, torch.arange(6).to(dt), f"broadcast {dt}")
+        send = torch.cat([torch.full((j + 1,), 10 * rank + j) for j in range(world)]).to(dt)
+        recv = torch.empty(world * (rank + 1), dtype=dt)
+        dist.all_to_all_single(recv, send, [rank + 1] * world, [j + 1 for j in range(world)])
+        want = torch.cat([torch.full((rank + 1,), 10 * i + rank) for i in range(world)])
+        same(recv, want, f"all_to_all_single with splits {dt}")
+
+
 def main() -> None:
     init()
     rank, world = dist.get_rank(), dist.get_world_size()
     assert dist.get_backend() == "topoccl", dist.get_backend()
     for dt in TYPES:
         check_type(dt, rank, world)
+    check_moved_types(rank, world)
 
     # Async: a future completed by the progress thread, chained as DDP's hooks do.
     x = torch.full((1000,), float(rank + 1))

@@ -196,6 +196,22 @@ class ProcessGroupTopoccl(dist.ProcessGroup):
             local_world=int(local) if local and world == str(size) else None,
         )
 
+    # torch keeps a group's name and description on its C++ backends, which a Python
+    # process group has none of: they live here.
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    @property
+    def group_name(self) -> str:  # type: ignore[override]
+        return getattr(self, "_group_name", "")
+
+    def _set_group_desc(self, desc: str) -> None:
+        self._group_desc = desc
+
+    @property
+    def group_desc(self) -> str:
+        return getattr(self, "_group_desc", "")
+
     def getBackendName(self) -> str:  # torch's name
         return BACKEND
 
@@ -270,7 +286,11 @@ class ProcessGroupTopoccl(dist.ProcessGroup):
     def allgather_coalesced(
         self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: Any = None
     ) -> _Work:
-        works = [self.allgather([o], [i], opts) for o, i in zip(outputs, inputs)]
+        # outputs[r][k] receives rank r's inputs[k].
+        works = [
+            self.allgather([[per_rank[k] for per_rank in outputs]], [t], opts)
+            for k, t in enumerate(inputs)
+        ]
         calls = [c for w in works for c in w._calls]
         finishes = [w._finish for w in works if w._finish is not None]
 
