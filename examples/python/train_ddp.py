@@ -26,6 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -53,6 +55,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="global batch size (default 64)")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--hook",
+        default="none",
+        choices=["none", "fp16", "bf16", "powersgd"],
+        help="a DDP communication hook of torch's (default: none, DDP's own all-reduce)",
+    )
     ap.add_argument("--losses", metavar="FILE", help="write every step's loss and time (JSON)")
     args = ap.parse_args()
 
@@ -70,12 +78,24 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     model = DistributedDataParallel(model_for(args.model))
+    if args.hook in ("fp16", "bf16"):
+        hook = (
+            default_hooks.fp16_compress_hook
+            if args.hook == "fp16"
+            else default_hooks.bf16_compress_hook
+        )
+        model.register_comm_hook(None, hook)
+    elif args.hook == "powersgd":
+        state = powerSGD.PowerSGDState(
+            process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=10
+        )
+        model.register_comm_hook(state, powerSGD.powerSGD_hook)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     params = sum(p.numel() for p in model.parameters())
     if rank == 0:
         print(
             f"{args.backend}: {world} ranks, model {args.model} ({params / 1e6:.2f} M "
-            f"parameters), {args.steps} steps of {args.batch}",
+            f"parameters), {args.steps} steps of {args.batch}, hook {args.hook}",
             flush=True,
         )
 

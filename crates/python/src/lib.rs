@@ -12,10 +12,12 @@
 //! |---|---|
 //! | `buffer` | Python memory as typed slices |
 //! | `work` | where calls run: this thread, or the progress thread behind a `Work` |
+//! | `finish` | what a queued call leaves for Python, run with the GIL off the progress thread |
 //! | `interrupt` | Ctrl-C aborting calls in flight |
 //! | `store` | a torch.distributed store as the runtime's rendezvous store |
 
 mod buffer;
+mod finish;
 mod interrupt;
 mod store;
 mod work;
@@ -691,7 +693,7 @@ impl Communicator {
 fn _topoccl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Communicator>()?;
     m.add_class::<Work>()?;
-    let at_exit = wrap_pyfunction!(work::at_exit, m)?;
+    let at_exit = wrap_pyfunction!(finish::at_exit, m)?;
     m.py()
         .import("atexit")?
         .call_method1("register", (at_exit,))?;

@@ -15,13 +15,12 @@
 //! gives up after the communicator's deadline (plus slack) for each call queued up to and
 //! including its own.
 //!
-//! At interpreter exit a thread that asks for the GIL is ended by Python mid-call, which
-//! aborts the process. So an `atexit` hook ([`at_exit`]) tells the progress threads to
-//! leave Python alone from then on (what they hold is leaked, the process is ending), and
-//! waits, GIL released, for any that is already between deciding to take the GIL and
-//! letting it go.
+//! What needs Python after a queued call (letting go of its buffers, its done-callbacks)
+//! is handed to the finishing threads ([`crate::finish`]), never run on the progress
+//! thread: a callback may start another call and wait for it (PyTorch's PowerSGD hook
+//! does), which the progress thread must be free to run.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
@@ -39,39 +38,6 @@ pub const QUEUE_DEPTH: usize = 1024;
 pub const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// Slack per queued call on top of its deadline, for the diagnosis a timeout runs.
 const PER_CALL_SLACK: Duration = Duration::from_secs(3);
-
-/// How long the exit hook waits for a progress thread to let go of Python.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
-
-/// Set once the interpreter is exiting.
-static EXITING: AtomicBool = AtomicBool::new(false);
-/// Progress threads that decided to take the GIL and have not let it go yet.
-static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
-
-/// Runs `f` with the GIL on a progress thread, unless the interpreter is exiting (then
-/// `f` is handed back, for its captures to be leaked).
-fn with_python<F: FnOnce(Python<'_>)>(f: F) -> Option<F> {
-    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
-    if EXITING.load(Ordering::SeqCst) {
-        IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
-        return Some(f);
-    }
-    Python::with_gil(f);
-    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
-    None
-}
-
-/// The `atexit` hook: from now on progress threads leave Python alone.
-#[pyfunction]
-pub fn at_exit(py: Python<'_>) {
-    EXITING.store(true, Ordering::SeqCst);
-    py.allow_threads(|| {
-        let deadline = Instant::now() + EXIT_GRACE;
-        while IN_PYTHON.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
-}
 
 pub type Run = Box<dyn FnOnce(&mut topoccl::Communicator) -> topoccl::Result<()> + Send>;
 
@@ -160,17 +126,14 @@ impl Queue {
                     if held.is_empty() && callbacks.is_empty() {
                         continue;
                     }
-                    let finish = move |py: Python<'_>| {
+                    crate::finish::later(Box::new(move |py: Python<'_>| {
                         drop(held);
                         for cb in callbacks {
                             if let Err(e) = cb.call0(py) {
                                 e.write_unraisable(py, Some(cb.bind(py)));
                             }
                         }
-                    };
-                    if let Some(unrun) = with_python(finish) {
-                        std::mem::forget(unrun);
-                    }
+                    }));
                 }
             })?;
         Ok(Queue { tx, pending })
