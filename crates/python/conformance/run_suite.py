@@ -15,6 +15,7 @@ os.environ.setdefault("WORLD_SIZE", "2")
 os.environ.setdefault("TEMP_DIR", "/tmp")
 
 import importlib.util
+import re
 import types
 
 import topoccl.torch  # noqa: F401 - registers the backend in every spawned process
@@ -27,9 +28,23 @@ BACKEND = os.environ["BACKEND"]
 
 # Tests that name the backends they run on instead of asking the feature sets: topoccl
 # joins the names for what it implements (DDP and its communication hooks, which need
-# `get_future`). Each pattern must still be in the suite, so a torch upgrade that changes
-# them fails here rather than quietly skipping. Left to Gloo: CUDA tensors, sparse
-# all-reduce, Gloo's own timeout messages and its batched send/recv test.
+# `get_future`; the CPU tests gated on Gloo or on the set of GPU-capable backends, which
+# Gloo is in for its CPU tests). Each pattern must still be in the suite, so a torch
+# upgrade that changes them fails here rather than quietly skipping. Left to Gloo: CUDA
+# tensors, sparse all-reduce, Gloo's own timeout messages, its batched send/recv test
+# and monitored_barrier (torch implements it for Gloo only).
+GATES = [
+    (
+        re.compile(
+            r'@require_backend_is_available\(\{"gloo"\}\)(?=\s+def test_(?!monitored_barrier))'
+        ),
+        '@require_backend_is_available({"gloo", "topoccl"})',
+    ),
+    (
+        re.compile(r'@require_backend_is_available\(DistTestCases\.backend_feature\["gpu"\]\)'),
+        '@require_backend_is_available(DistTestCases.backend_feature["gpu"] | {"topoccl"})',
+    ),
+]
 NAMED = [
     (
         'BACKEND != "mpi" and BACKEND != "nccl" and BACKEND != "gloo"',
@@ -60,6 +75,10 @@ def load_suite() -> types.ModuleType:
             if old not in source:
                 raise SystemExit(f"{spec.origin} no longer has {old!r}; update NAMED")
             source = source.replace(old, new)
+        for pattern, gate in GATES:
+            source, n = pattern.subn(gate, source)
+            if n == 0:
+                raise SystemExit(f"{spec.origin} no longer has {pattern.pattern!r}; update GATES")
     module = importlib.util.module_from_spec(spec)
     sys.modules[SUITE] = module
     exec(compile(source, spec.origin, "exec"), module.__dict__)  # noqa: S102 - torch's own file

@@ -9,7 +9,11 @@
 //!
 //! A blocking call runs on the caller's thread when nothing is queued (no hand-off between
 //! threads on the hot path) and waits behind the queue otherwise, so every call starts in
-//! the order the program made it, as all ranks require. A queued call's buffers stay held
+//! the order the program made it, as all ranks require. Likewise `wait` on a queued call
+//! that is the only one pending and not yet taken by the progress thread runs it on the
+//! waiting thread (whoever takes the call out of its `Work` runs it): torch's blocking
+//! collectives start a call and wait for it at once, and pay no hand-off. The progress
+//! thread leaves such a lone call [`STEAL_GRACE`] before taking it itself. A queued call's buffers stay held
 //! until it ends; they are let go, and its done-callbacks run, on the progress thread with
 //! the GIL (the torch backend completes its futures there). No wait is unbounded: `wait`
 //! gives up after the communicator's deadline (plus slack) for each call queued up to and
@@ -36,6 +40,10 @@ use crate::Failure;
 pub const QUEUE_DEPTH: usize = 1024;
 /// How long `wait` sleeps between checks for Ctrl-C.
 pub const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// How long the progress thread leaves a call that is the only one pending for its caller
+/// to take with `wait` before it runs it itself: torch's blocking collectives wait right
+/// after starting, and then pay no hand-off between threads.
+pub const STEAL_GRACE: Duration = Duration::from_micros(50);
 /// Slack per queued call on top of its deadline, for the diagnosis a timeout runs.
 const PER_CALL_SLACK: Duration = Duration::from_secs(3);
 
@@ -105,8 +113,9 @@ pub struct Queue {
     pending: Arc<AtomicUsize>,
 }
 
+/// A queued call: its `State` holds the call until the progress thread or a waiter takes
+/// it.
 struct Job {
-    call: Call,
     state: Arc<State>,
 }
 
@@ -118,8 +127,14 @@ impl Queue {
         std::thread::Builder::new()
             .name(format!("topoccl-py-rank{rank}"))
             .spawn(move || {
-                while let Ok(Job { call, state }) = rx.recv() {
-                    let Call { what, run, held } = call;
+                while let Ok(Job { state }) = rx.recv() {
+                    if left.load(Ordering::SeqCst) == 1 {
+                        std::thread::sleep(STEAL_GRACE);
+                    }
+                    // A waiter that took the call ran it (and counted it done).
+                    let Some(Call { what, run, held }) = state.take_call() else {
+                        continue;
+                    };
                     let outcome = shared.run(what, run).map_err(Failure::from);
                     left.fetch_sub(1, Ordering::SeqCst);
                     let callbacks = state.finish(outcome);
@@ -128,11 +143,7 @@ impl Queue {
                     }
                     crate::finish::later(Box::new(move |py: Python<'_>| {
                         drop(held);
-                        for cb in callbacks {
-                            if let Err(e) = cb.call0(py) {
-                                e.write_unraisable(py, Some(cb.bind(py)));
-                            }
-                        }
+                        run_callbacks(py, callbacks);
                     }));
                 }
             })?;
@@ -145,16 +156,16 @@ impl Queue {
     }
 
     /// Queues `call` behind those already started.
-    pub fn submit(&self, call: Call, shared: &Shared) -> Result<Work, Failure> {
+    pub fn submit(&self, call: Call, shared: &Arc<Shared>) -> Result<Work, Failure> {
         let what = call.what;
         let ahead = self.pending.fetch_add(1, Ordering::SeqCst);
         let state = Arc::new(State {
             what,
+            call: Mutex::new(Some(call)),
             inner: Mutex::new(Inner::default()),
             cv: Condvar::new(),
         });
         let job = Job {
-            call,
             state: state.clone(),
         };
         if let Err(e) = self.tx.try_send(job) {
@@ -171,7 +182,17 @@ impl Queue {
             state,
             abort: shared.abort.clone(),
             limit: (shared.timeout + PER_CALL_SLACK) * (ahead as u32 + 1),
+            shared: shared.clone(),
+            pending: self.pending.clone(),
         })
+    }
+}
+
+fn run_callbacks(py: Python<'_>, callbacks: Vec<Py<PyAny>>) {
+    for cb in callbacks {
+        if let Err(e) = cb.call0(py) {
+            e.write_unraisable(py, Some(cb.bind(py)));
+        }
     }
 }
 
@@ -183,11 +204,20 @@ struct Inner {
 
 struct State {
     what: &'static str,
+    /// The call, until the progress thread or a waiter takes it to run.
+    call: Mutex<Option<Call>>,
     inner: Mutex<Inner>,
     cv: Condvar,
 }
 
 impl State {
+    fn take_call(&self) -> Option<Call> {
+        self.call
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -213,11 +243,34 @@ pub struct Work {
     abort: AbortHandle,
     /// How long `wait` waits at most by default.
     limit: Duration,
+    /// To run the call here when it is the only one pending.
+    shared: Arc<Shared>,
+    pending: Arc<AtomicUsize>,
 }
 
 impl Work {
+    /// Runs the call on this thread if it is the only call pending and the progress thread
+    /// has not taken it.
+    fn steal(&self, py: Python<'_>) -> PyResult<()> {
+        if self.pending.load(Ordering::SeqCst) != 1 {
+            return Ok(());
+        }
+        let Some(Call { what, run, held }) = self.state.take_call() else {
+            return Ok(());
+        };
+        let shared = &self.shared;
+        let outcome = py.allow_threads(|| shared.run(what, run)).map_err(Failure::from);
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+        let interrupted = outcome.is_err().then(|| py.check_signals().err()).flatten();
+        let callbacks = self.state.finish(outcome);
+        drop(held);
+        run_callbacks(py, callbacks);
+        interrupted.map_or(Ok(()), Err)
+    }
+
     /// Waits (GIL released, Ctrl-C checked every [`WAIT_SLICE`]) up to `limit`.
     pub fn wait_for(&self, py: Python<'_>, limit: Duration) -> PyResult<()> {
+        self.steal(py)?;
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

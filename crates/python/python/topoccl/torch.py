@@ -20,6 +20,7 @@ as Gloo does.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -59,8 +60,9 @@ def _op(reduce_op: Any) -> str:
 class _Work(dist.Work):
     """Calls started on the progress thread, done when all of them are.
 
-    ``finish`` (copies out of a staging buffer) runs on the progress thread once every
-    call has succeeded, before the future completes with ``result``.
+    ``finish`` (copies out of a staging buffer) runs once every call has succeeded, before
+    the future completes with ``result``: on the thread that waits, or else on a finishing
+    thread when the last call ends (whichever comes first; the other finds it done).
     """
 
     def __init__(
@@ -74,19 +76,27 @@ class _Work(dist.Work):
         self._result = result
         self._finish = finish
         self._future: torch.futures.Future[list[torch.Tensor]] = torch.futures.Future()
+        # Finishing threads and the waiter may race (the GIL switches between bytecodes).
+        self._lock = threading.Lock()
         self._left = len(self._calls)
+        self._completed = False
         if not self._calls:
             self._complete()
         for c in self._calls:
             c.add_done_callback(self._one_done)
 
     def _one_done(self) -> None:
-        # Callbacks run one at a time on the progress thread (or here, under the GIL).
-        self._left -= 1
-        if self._left == 0:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
             self._complete()
 
     def _complete(self) -> None:
+        with self._lock:
+            if self._completed:
+                return
+            self._completed = True
         for c in self._calls:
             failure = c.exception()
             if failure is not None:
@@ -103,8 +113,10 @@ class _Work(dist.Work):
     def wait(self, timeout: timedelta = timedelta(0)) -> bool:
         seconds = timeout.total_seconds() if timeout else None
         for c in self._calls:
-            # Interruptible (Ctrl-C aborts) and bounded by the communicator's deadline.
+            # Interruptible (Ctrl-C aborts), bounded by the communicator's deadline, and
+            # run right here when nothing else is pending.
             c.wait(seconds)
+        self._complete()
         self._future.wait()
         return True
 
