@@ -259,7 +259,9 @@ impl Work {
             return Ok(());
         };
         let shared = &self.shared;
-        let outcome = py.allow_threads(|| shared.run(what, run)).map_err(Failure::from);
+        let outcome = py
+            .allow_threads(|| shared.run(what, run))
+            .map_err(Failure::from);
         self.pending.fetch_sub(1, Ordering::SeqCst);
         let interrupted = outcome.is_err().then(|| py.check_signals().err()).flatten();
         let callbacks = self.state.finish(outcome);
