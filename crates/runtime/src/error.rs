@@ -69,9 +69,13 @@ pub enum Error {
     },
 
     /// Ranks called different collectives (or the same one with other arguments):
-    /// `detail` says what this rank and `peer` entered.
-    #[error("mismatched collectives: {detail}")]
-    Mismatch { peer: Rank, detail: String },
+    /// `detail` says what `rank` (this one) and `peer` entered, with `rank` as its subject.
+    #[error("mismatched collectives: rank {rank} {detail}")]
+    Mismatch {
+        rank: Rank,
+        peer: Rank,
+        detail: String,
+    },
 
     /// A connection was refused during its handshake.
     #[error("handshake with rank {rank} failed: {reason}")]

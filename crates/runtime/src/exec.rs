@@ -225,7 +225,15 @@ pub(crate) fn run<T: Dtype>(
     let start = ex.sw.start();
     let result = ex.run(tr, departed, prog, bufs);
     ex.sw.call(start);
-    result
+    // The matcher knows peers, not this rank: the subject of a mismatch is filled here.
+    result.map_err(|e| match e {
+        Error::Mismatch { peer, detail, .. } => Error::Mismatch {
+            rank: tr.rank(),
+            peer,
+            detail,
+        },
+        e => e,
+    })
 }
 
 /// The notice that tells the other ranks this call failed, and whom to blame.
@@ -808,7 +816,12 @@ impl Exec<'_> {
 /// A frame the matcher refused.
 fn reject(peer: Rank, r: Reject) -> Fail {
     match r {
-        Reject::Mismatch(detail) => Fatal(Error::Mismatch { peer, detail }),
+        // `rank` is this one's, filled in by `run` (the matcher does not know it).
+        Reject::Mismatch(detail) => Fatal(Error::Mismatch {
+            rank: 0,
+            peer,
+            detail,
+        }),
         Reject::Protocol(p) => Fail::refused(peer, p),
     }
 }

@@ -270,7 +270,7 @@ impl Matcher {
             // something on this lane.
             if self.expects(peer, lane, lanes) {
                 return Err(Reject::Mismatch(format!(
-                    "this rank is in {} but rank {peer} sent a message of {}",
+                    "is in {} but rank {peer} sent a message of {}",
                     call.name,
                     h.describe_call()
                 )));
@@ -285,7 +285,7 @@ impl Matcher {
         }
         if h.fingerprint != call.fingerprint {
             return Err(Reject::Mismatch(format!(
-                "this rank entered {} but rank {peer} entered {}",
+                "entered {} but rank {peer} entered {}",
                 call.name,
                 h.describe_call()
             )));
@@ -314,7 +314,7 @@ impl Matcher {
         };
         if h.len != want {
             return Err(Reject::Mismatch(format!(
-                "in {} rank {peer} sent {} bytes where {want} were expected",
+                "is in {}, where rank {peer} sent {} bytes for a receive of {want}",
                 call.name, h.len
             )));
         }
@@ -567,7 +567,7 @@ mod tests {
         m.post(&ready(0, 0, 0, recv(1, 8)));
         assert!(matches!(
             m.on_bytes(1, 0, 1, &frame(3, 0, 0, 28)),
-            Err(Reject::Mismatch(msg)) if msg.contains("sent 28 bytes where 32")
+            Err(Reject::Mismatch(msg)) if msg.contains("sent 28 bytes for a receive of 32")
         ));
         let mut bytes = frame(3, 0, 0, 0);
         bytes[5] = 4; // Bye

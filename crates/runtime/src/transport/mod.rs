@@ -552,6 +552,11 @@ pub struct Transports {
 }
 
 impl Transports {
+    /// This rank.
+    pub(crate) fn rank(&self) -> Rank {
+        self.id.rank
+    }
+
     /// Opens the listeners. Peers' endpoints come later ([`Transports::set_endpoints`]),
     /// after the rendezvous.
     pub fn new(id: Identity, setup: Setup) -> Result<Transports> {
