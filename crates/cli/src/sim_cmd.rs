@@ -386,8 +386,8 @@ fn table(label: &str, r: &SimReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "rounds ({} runs of equal rounds; first 12):\n",
-        r.rounds.len()
+        "rounds ({} of equal rounds; first 12):\n",
+        crate::units::plural(r.rounds.len(), "run")
     ));
     s.push_str("   first  rounds   each(ms)  transfer(ms)  latency(ms)  reduce(ms)\n");
     for run in r.rounds.iter().take(12) {

@@ -185,8 +185,8 @@ fn write_table(path: &PathBuf, rules: &[Rule]) -> Result<(), CliError> {
     std::fs::write(path, text + "\n")
         .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
     println!(
-        "# {} rules written to {} (use: TOPOCCL_RULES={})",
-        rules.len(),
+        "# {} written to {} (use: TOPOCCL_RULES={})",
+        crate::units::plural(rules.len(), "rule"),
         path.display(),
         path.display()
     );

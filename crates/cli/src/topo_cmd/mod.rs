@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use topoccl_topo::{NodeKind, Tier, Topology};
 
+use crate::units::plural;
 use crate::CliError;
 
 mod discover;
@@ -74,10 +75,6 @@ fn summary(t: &Topology) -> String {
         t.nodes().len(),
         t.links().len()
     )
-}
-
-fn plural(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Refuses an output path whose directory does not exist, before any work is done.
