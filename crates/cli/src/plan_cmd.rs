@@ -47,11 +47,13 @@ pub struct PlanArgs {
     /// multiple of the number of ranks for block collectives.
     #[arg(long)]
     total: Option<u64>,
+    /// Element type: f32, f64, f16, bf16, i32, i64, u8.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Reduction: sum, prod, min, max, avg.
     #[arg(long, default_value = "sum")]
     op: String,
+    /// The root rank of broadcast, reduce, gather and scatter.
     #[arg(long, default_value_t = 0)]
     root: u32,
     /// Pipeline pieces per block.

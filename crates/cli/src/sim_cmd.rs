@@ -28,12 +28,15 @@ pub struct SimArgs {
     /// Topology file (TOML or JSON, a [generate] description, or a saved link matrix).
     #[arg(long, required = true)]
     topo: Option<PathBuf>,
+    /// The collective: allreduce, allgather, reducescatter, broadcast, reduce, gather,
+    /// scatter, alltoall, alltoallv.
     #[arg(long, default_value = "allreduce")]
     collective: String,
     /// Bytes of the whole buffer (nccl-tests convention): 16M, 1G…; with --skew, the
     /// all-to-all-v's bytes in all.
     #[arg(long, default_value = "16M")]
     size: String,
+    /// Element type: f32, f64, f16, bf16, i32, i64, u8.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// auto (the cheapest plan by the topology cost, or innet where it is faster), hier
