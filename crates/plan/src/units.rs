@@ -61,7 +61,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "GB" => 1e9,
         _ => {
             return Err(format!(
-                "unknown size unit '{unit}' in '{s}'; use B, KiB, MiB, GiB, KB, MB or GB"
+                "unknown size unit '{unit}' in '{s}'; use K, M or G (binary: 1K = 1024 B, also \
+                 spelled KiB, MiB, GiB), KB, MB or GB (decimal), or B"
             ))
         }
     };
