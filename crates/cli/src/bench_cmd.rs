@@ -684,11 +684,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let collectives: Vec<Collective> = if args.collective == "all" {
         ALL.to_vec()
     } else {
-        let c: Collective = args.collective.parse()?;
+        let measured = || format!("{} or all", ALL.map(|c| c.name()).join(", "));
+        let c: Collective = args.collective.parse().map_err(|_| {
+            CliError::usage(format!(
+                "unknown collective '{}'; bench measures {}",
+                args.collective,
+                measured()
+            ))
+        })?;
         if matches!(c, Collective::Barrier | Collective::AllToAllV) {
+            // All-to-all-v's sizes are a matrix, not one size per row of the table.
             return Err(CliError::usage(format!(
-                "bench measures collectives with a size; {c} is not one (use one of {} or all)",
-                ALL.map(|c| c.name()).join(", ")
+                "bench times one buffer size per row, which {c} does not have; it measures {}",
+                measured()
             )));
         }
         vec![c]

@@ -154,7 +154,16 @@ fn runs_inside_an_existing_launcher() {
 #[test]
 fn bad_arguments_are_usage_errors() {
     for (args, needle) in [
-        (&["bench", "barrier", "-N", "2"][..], "not one"),
+        (
+            &["bench", "barrier", "-N", "2"][..],
+            "one buffer size per row, which barrier does not have",
+        ),
+        (
+            &["bench", "alltoallv", "-N", "2"][..],
+            "it measures allreduce, allgather",
+        ),
+        // An unknown name lists what bench measures, `all` included.
+        (&["bench", "allredux", "-N", "2"][..], "scatter or all"),
         (
             &["bench", "allreduce", "-N", "2", "-b", "1M", "-e", "1K"][..],
             "-b ≤ -e",
