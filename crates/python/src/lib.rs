@@ -312,8 +312,9 @@ impl Communicator {
 // SAFETY of the `slice`/`slice_mut` calls below: each `Raw` comes from a `Buffer` its
 // `Call` holds until the call has run, input and output are distinct Raws of distinct
 // buffers (an aliasing pair would be two Python objects exporting one memory, which the
-// runtime reads and writes as it would any two slices), and `typed!` matched `T` to the
-// buffer's type.
+// runtime reads and writes as it would any two slices), and `T` is the buffer's type:
+// `typed!` matched it for reductions, and collectives that only move data take their
+// buffers as bytes (`Take::Bytes` makes every buffer u8).
 #[pymethods]
 impl Communicator {
     /// The communicator of this process's rank, from the launcher's environment
@@ -456,13 +457,9 @@ impl Communicator {
         root: u32,
         async_op: bool,
     ) -> PyResult<Option<Work>> {
-        let call = one(
-            "broadcast",
-            buf,
-            "buf",
-            Take::Bytes,
-            move |c, b| typed!(b.dtype, T => c.broadcast(unsafe { b.slice_mut::<T>() }, root)),
-        )?;
+        let call = one("broadcast", buf, "buf", Take::Bytes, move |c, b| {
+            c.broadcast(unsafe { b.slice_mut::<u8>() }, root)
+        })?;
         self.dispatch(py, call, async_op)
     }
 
@@ -504,13 +501,9 @@ impl Communicator {
         output: &Bound<'_, PyAny>,
         async_op: bool,
     ) -> PyResult<Option<Work>> {
-        let call = two(
-            "all_gather",
-            input,
-            output,
-            Take::Bytes,
-            |c, i, o| typed!(i.dtype, T => c.all_gather(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() })),
-        )?;
+        let call = two("all_gather", input, output, Take::Bytes, |c, i, o| {
+            c.all_gather(unsafe { i.slice::<u8>() }, unsafe { o.slice_mut::<u8>() })
+        })?;
         self.dispatch(py, call, async_op)
     }
 
@@ -548,7 +541,11 @@ impl Communicator {
     ) -> PyResult<Option<Work>> {
         let call = two("gather", input, output, Take::Bytes, move |c, i, o| {
             let o = o.only_on(c.rank() == root);
-            typed!(i.dtype, T => c.gather(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, root))
+            c.gather(
+                unsafe { i.slice::<u8>() },
+                unsafe { o.slice_mut::<u8>() },
+                root,
+            )
         })?;
         self.dispatch(py, call, async_op)
     }
@@ -566,7 +563,11 @@ impl Communicator {
     ) -> PyResult<Option<Work>> {
         let call = two("scatter", input, output, Take::Bytes, move |c, i, o| {
             let i = i.only_on(c.rank() == root);
-            typed!(i.dtype, T => c.scatter(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() }, root))
+            c.scatter(
+                unsafe { i.slice::<u8>() },
+                unsafe { o.slice_mut::<u8>() },
+                root,
+            )
         })?;
         self.dispatch(py, call, async_op)
     }
@@ -580,13 +581,9 @@ impl Communicator {
         output: &Bound<'_, PyAny>,
         async_op: bool,
     ) -> PyResult<Option<Work>> {
-        let call = two(
-            "all_to_all",
-            input,
-            output,
-            Take::Bytes,
-            |c, i, o| typed!(i.dtype, T => c.all_to_all(unsafe { i.slice::<T>() }, unsafe { o.slice_mut::<T>() })),
-        )?;
+        let call = two("all_to_all", input, output, Take::Bytes, |c, i, o| {
+            c.all_to_all(unsafe { i.slice::<u8>() }, unsafe { o.slice_mut::<u8>() })
+        })?;
         self.dispatch(py, call, async_op)
     }
 
@@ -632,7 +629,7 @@ impl Communicator {
         let r = b.raw();
         let call = Call {
             what: "send",
-            run: Box::new(move |c| typed!(r.dtype, T => c.send(unsafe { r.slice::<T>() }, peer))),
+            run: Box::new(move |c| c.send(unsafe { r.slice::<u8>() }, peer)),
             held: vec![b],
         };
         self.dispatch(py, call, async_op)
@@ -647,13 +644,9 @@ impl Communicator {
         peer: u32,
         async_op: bool,
     ) -> PyResult<Option<Work>> {
-        let call = one(
-            "recv",
-            buf,
-            "buf",
-            Take::Bytes,
-            move |c, b| typed!(b.dtype, T => c.recv(unsafe { b.slice_mut::<T>() }, peer)),
-        )?;
+        let call = one("recv", buf, "buf", Take::Bytes, move |c, b| {
+            c.recv(unsafe { b.slice_mut::<u8>() }, peer)
+        })?;
         self.dispatch(py, call, async_op)
     }
 
