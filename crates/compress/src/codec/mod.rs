@@ -1,0 +1,1 @@
+//! Codecs (placeholder: being written).

@@ -1,0 +1,1 @@
+//! Detectors (placeholder: being written).
