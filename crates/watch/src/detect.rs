@@ -1,0 +1,1 @@
+//! detect (placeholder: being written).

@@ -1,0 +1,1 @@
+//! flight (placeholder: being written).

@@ -1,0 +1,1 @@
+//! matrix (placeholder: being written).
