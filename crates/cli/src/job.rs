@@ -15,14 +15,23 @@ pub fn in_job() -> bool {
 }
 
 /// Starts `ranks` copies of this very command line as a local job and waits for them;
-/// rank 0's stdout (the report) is copied without a rank prefix.
-pub fn relaunch(ranks: u32, timeout: Option<Duration>) -> Result<ExitCode, CliError> {
+/// rank 0's stdout (the report) is copied without a rank prefix. With `metrics`, the
+/// job's metrics are served there (`--metrics`, [`crate::job_metrics`]).
+pub fn relaunch(
+    ranks: u32,
+    timeout: Option<Duration>,
+    metrics: Option<&str>,
+) -> Result<ExitCode, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find this program's path: {e}")))?;
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let job = new_job()?;
     let store = host_store(&job)?;
-    let env = job_env(Some(store.url()), &job);
+    let mut env = job_env(Some(store.url()), &job);
+    if let Some(addr) = metrics {
+        crate::job_metrics::serve(addr, store.url(), &job, ranks)?;
+        env.push(crate::job_metrics::rank_env());
+    }
     let opts = LaunchOptions {
         timeout,
         plain_stdout: Some(0),

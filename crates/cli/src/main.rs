@@ -11,6 +11,7 @@ mod compare_cmd;
 mod failures_cmd;
 mod internal_cmd;
 mod job;
+mod job_metrics;
 mod plan_cmd;
 mod run_cmd;
 mod selftest_cmd;

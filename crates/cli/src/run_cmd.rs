@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Stop the job if it has not finished after this long (e.g. 90s, 10m, 1h); exit 124.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
+    /// Serve the whole job's Prometheus metrics on this address (e.g. 127.0.0.1:9464;
+    /// port 0 picks a free one): every rank's, merged, with `topoccl_rank_up`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Do not host a rendezvous store (TOPOCCL_STORE is then not set).
     #[arg(long, hide = true)]
     no_store: bool,
@@ -73,7 +77,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     } else {
         Some(host_store(&job)?)
     };
-    let env = job_env(store.as_ref().map(JobStore::url), &job);
+    let mut env = job_env(store.as_ref().map(JobStore::url), &job);
+    if let Some(addr) = &args.metrics {
+        let Some(store) = &store else {
+            return Err(CliError::usage(
+                "--metrics needs the job's store: leave out --no-store".to_string(),
+            ));
+        };
+        crate::job_metrics::serve(addr, store.url(), &job, args.ranks)?;
+        env.push(crate::job_metrics::rank_env());
+    }
     let opts = LaunchOptions {
         timeout,
         plain_stdout: None,

@@ -32,7 +32,7 @@ pub struct SelftestArgs {
 pub fn run(args: SelftestArgs) -> Result<ExitCode, CliError> {
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
-        return job::relaunch(args.ranks, Some(limit));
+        return job::relaunch(args.ranks, Some(limit), None);
     }
     let mut comm = job::communicator()?;
     let mut wanted = Vec::new();

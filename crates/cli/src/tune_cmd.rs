@@ -257,7 +257,7 @@ pub fn run(args: TuneArgs) -> Result<ExitCode, CliError> {
     }
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
-        return job::relaunch(args.ranks, Some(limit));
+        return job::relaunch(args.ranks, Some(limit), None);
     }
     measured(&args, &s).map(|()| ExitCode::SUCCESS)
 }

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, Deadline, Departed, Dtype, OneOp, Storage};
 use crate::matcher::{CallInfo, CallName, Matcher};
+use crate::metrics::Meter;
 use crate::programs::Programs;
 use crate::select::Selector;
 use crate::split::TimeSplit;
@@ -75,6 +76,8 @@ pub struct Communicator {
     pub(crate) matrix: Option<Arc<LinkMatrix>>,
     /// Where calls' time goes, while measured ([`Communicator::measure_time_split`]).
     pub(crate) split: Option<TimeSplit>,
+    /// Prometheus metrics, when on (`TOPOCCL_METRICS`).
+    pub(crate) meter: Option<Meter>,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -410,6 +413,7 @@ impl Communicator {
             }
         };
         let deadline = self.deadline();
+        let began = self.meter.as_ref().map(Meter::enter);
         // The program compiled once per call shape; too long to compile: generated as it
         // runs.
         let mut generated: RankMachine;
@@ -431,6 +435,9 @@ impl Communicator {
             deadline,
             self.split.as_mut(),
         );
+        if let (Some(m), Some(began)) = (&mut self.meter, began) {
+            m.leave(plan, fingerprint, began, &result);
+        }
         if let Err(e) = result {
             let name = call.name.to_string();
             return Err(self.fail(self.diagnose(e, call.seq, &name), &name));

@@ -16,6 +16,7 @@
 //! | `TOPOCCL_YIELD` | how long a waiting call then goes on polling, giving its core to other processes between looks, before it sleeps (`0`: not at all) | 0 when this host's ranks fit on its cores, else 10 ms |
 //! | `TOPOCCL_TRANSPORT` | `auto` (shared memory within a host, TCP between hosts), `tcp`, or `shm` (every peer over shared memory; peers on other hosts are an error) | `auto` |
 //! | `TOPOCCL_SHM_RING` | bytes of each shared-memory ring (one per direction of a pair; 4KiB–256MiB) | 1 MiB |
+//! | `TOPOCCL_METRICS` | serve Prometheus metrics on this address (`127.0.0.1:9464`; port `0` picks a free one), see [`crate::metrics`] | off |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
 
 use crate::auth::JobKey;
@@ -52,6 +53,8 @@ pub struct Config {
     pub shm_ring: usize,
     /// Faults to inject (`TOPOCCL_FAULTS`).
     pub faults: Vec<Rule>,
+    /// Where to serve Prometheus metrics (`TOPOCCL_METRICS`); `None`: metrics off.
+    pub metrics: Option<String>,
 }
 
 /// Worlds up to this size measure their link matrix by default: it takes p−1 rounds of
@@ -76,6 +79,7 @@ impl Default for Config {
             transport: Mode::Auto,
             shm_ring: DEFAULT_RING_BYTES,
             faults: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -233,6 +237,16 @@ impl Config {
                 })?
                 // Rings are whole cache lines.
                 .next_multiple_of(64);
+        }
+        if let Some(v) = lookup(crate::metrics::ENV_METRICS).filter(|s| !s.trim().is_empty()) {
+            v.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                Error::Config(format!(
+                    "{}={v} is not an address to listen on; give IP:PORT, e.g. \
+                     127.0.0.1:9464 (port 0 picks a free one)",
+                    crate::metrics::ENV_METRICS
+                ))
+            })?;
+            c.metrics = Some(v.trim().to_string());
         }
         if let Some(v) = lookup("TOPOCCL_FAULTS").filter(|s| !s.trim().is_empty()) {
             c.faults = faults::parse(&v).map_err(|e| {

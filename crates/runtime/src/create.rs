@@ -17,6 +17,7 @@ use crate::comm::{Communicator, DEFAULT_NET};
 use crate::config::Config;
 use crate::env::LaunchInfo;
 use crate::error::{Error, Result};
+use crate::metrics::Meter;
 use crate::select::Selector;
 use crate::store::{Store, StoreAddr, StoreError, TcpStoreServer};
 use crate::transport::{Endpoint, Identity, Setup, Transports};
@@ -162,7 +163,32 @@ impl Communicator {
             deadline,
         )?;
         comm.tune_within(deadline)?;
+        comm.publish_metrics(&info.job_id)?;
         Ok(comm)
+    }
+
+    /// With metrics on: the measured links into the metrics, and the endpoint's address
+    /// into the store, where `topoccl run --metrics` looks for it.
+    fn publish_metrics(&self, job_id: &str) -> Result<()> {
+        let Some(meter) = &self.meter else {
+            return Ok(());
+        };
+        if let Some(m) = &self.matrix {
+            let r = self.rank as usize;
+            let links: Vec<(Rank, f64, f64)> = (0..self.world)
+                .filter(|&p| p != self.rank)
+                .map(|p| (p, m.bandwidth[r][p as usize], m.latency[r][p as usize]))
+                .collect();
+            meter.metrics().set_links(self.rank, &links);
+        }
+        if let Some(cfg) = &self.cfg.metrics {
+            let exporter = crate::metrics::exporter(cfg, crate::metrics::ENV_METRICS)?;
+            self.store.set(
+                &crate::metrics::store_key(job_id, self.rank),
+                exporter.addr.to_string().as_bytes(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Creates a communicator that meets in `store` (any [`Store`]: one the caller hosts
@@ -321,6 +347,16 @@ impl Communicator {
             })?);
         }
         tr.set_endpoints(endpoints)?;
+        let meter = match &cfg.metrics {
+            Some(addr) => {
+                let exporter = crate::metrics::exporter(addr, crate::metrics::ENV_METRICS)?;
+                Some(Meter::new(
+                    exporter.metrics.clone(),
+                    world_ranks[rank as usize],
+                ))
+            }
+            None => None,
+        };
         let mut selector = Selector::new(DEFAULT_NET, cfg.streams);
         if let Some(a) = &cfg.algo {
             selector = selector.with_algo_env(a)?;
@@ -357,6 +393,7 @@ impl Communicator {
             creating: None,
             matrix: None,
             split: None,
+            meter,
         })
     }
 

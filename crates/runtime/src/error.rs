@@ -94,6 +94,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// A short name of the error's kind: the `kind` label of `topoccl_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Rendezvous(_) => "rendezvous",
+            Error::Store(_) => "store",
+            Error::Plan(_) => "plan",
+            Error::InvalidPlan(_) => "invalid_plan",
+            Error::BufferSize { .. } => "buffer_size",
+            Error::Timeout { .. } => "timeout",
+            Error::PeerFailed { .. } => "peer_failed",
+            Error::Aborted { .. } => "aborted",
+            Error::Mismatch { .. } => "mismatch",
+            Error::Handshake { .. } => "handshake",
+            Error::CommAborted(_) => "comm_aborted",
+            Error::Busy(_) => "busy",
+            Error::Io(_) => "io",
+        }
+    }
+
     /// The ranks this error blames, if any (dead, refusing or mismatching peers).
     pub fn culprits(&self) -> Vec<Rank> {
         match self {

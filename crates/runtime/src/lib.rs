@@ -17,6 +17,7 @@ pub mod env;
 pub mod error;
 mod exec;
 mod matcher;
+pub mod metrics;
 pub mod nonblocking;
 mod probe;
 mod programs;

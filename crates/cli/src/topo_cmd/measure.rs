@@ -29,7 +29,7 @@ pub fn run(args: MeasureArgs) -> Result<ExitCode, CliError> {
     super::check_output_dir(args.output.as_deref())?;
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
-        return job::relaunch(args.ranks, Some(limit));
+        return job::relaunch(args.ranks, Some(limit), None);
     }
     let info = LaunchInfo::from_env().map_err(|e| CliError::failed(e.to_string()))?;
     let mut cfg = Config::from_env().map_err(|e| CliError::usage(e.to_string()))?;

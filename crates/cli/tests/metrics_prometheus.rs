@@ -1,0 +1,199 @@
+//! A job's metrics scraped by a real Prometheus server: `topoccl run --metrics ADDR`
+//! serves every rank's metrics at one address; Prometheus (Debian's `prometheus`
+//! package) scrapes it every second, and its query API must return every rank's series.
+//! The text also passes `promtool check metrics`. Says SKIP without `prometheus`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use topoccl::metrics::{http_get, PROMETHEUS_TEXT};
+
+/// A child stopped with SIGTERM (a launcher forwards it to its ranks), then killed.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The Prometheus query API's answer for `query`, as JSON.
+fn query(prometheus: SocketAddr, query: &str) -> serde_json::Value {
+    let q: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    http_get(
+        prometheus,
+        &format!("/api/v1/query?query={q}"),
+        "application/json",
+        Duration::from_secs(5),
+    )
+    .ok()
+    .and_then(|body| serde_json::from_str(&body).ok())
+    .unwrap_or(serde_json::Value::Null)
+}
+
+/// The `rank` labels of a query's series whose value satisfies `pred`.
+fn ranks_where(v: &serde_json::Value, pred: impl Fn(f64) -> bool) -> Vec<String> {
+    let mut ranks: Vec<String> = v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s["value"][1]
+                .as_str()
+                .and_then(|x| x.parse::<f64>().ok())
+                .is_some_and(&pred)
+        })
+        .filter_map(|s| s["metric"]["rank"].as_str().map(str::to_string))
+        .collect();
+    ranks.sort();
+    ranks.dedup();
+    ranks
+}
+
+#[test]
+fn prometheus_scrapes_a_running_job() {
+    if !have("prometheus") {
+        eprintln!("SKIP: `prometheus` is not installed (apt-get install prometheus)");
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let job_addr = free_port();
+    // A job that runs until stopped: a long benchmark of small all-reduces.
+    let job = Stopped(
+        Command::new(env!("CARGO_BIN_EXE_topoccl"))
+            .args(["run", "-n", "2", "--timeout", "120s", "--metrics"])
+            .arg(job_addr.to_string())
+            .args(["--", env!("CARGO_BIN_EXE_topoccl"), "bench", "allreduce"])
+            .args(["-b", "8", "-e", "64K", "-n", "1000000", "-w", "1"])
+            .env_remove("TOPOCCL_ALGO")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the job"),
+    );
+    let prom_addr = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+             scrape_configs:\n  - job_name: topoccl\n    static_configs:\n      \
+             - targets: ['{job_addr}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Stopped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let both = vec!["0".to_string(), "1".to_string()];
+    let (mut calls, mut up) = (vec![], vec![]);
+    while Instant::now() < deadline {
+        calls = ranks_where(&query(prom_addr, "topoccl_collectives_total"), |v| v > 0.0);
+        up = ranks_where(&query(prom_addr, "topoccl_rank_up"), |v| v == 1.0);
+        if calls == both && up == both {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(calls, both, "every rank's calls reach Prometheus");
+    assert_eq!(up, both, "every rank's endpoint answers the launcher");
+    let scraped = query(prom_addr, "up{job=\"topoccl\"}");
+    assert_eq!(scraped["data"]["result"][0]["value"][1], "1", "{scraped}");
+    // Histograms arrive with their buckets, under bounded labels.
+    let buckets = query(
+        prom_addr,
+        "sum by (size) (topoccl_collective_duration_seconds_bucket{le=\"+Inf\"})",
+    );
+    let sizes: Vec<&str> = buckets["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["metric"]["size"].as_str())
+        .collect();
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|s| s.ends_with('B')),
+        "{sizes:?}"
+    );
+
+    // The text a plain client gets passes promtool's lint.
+    let text = http_get(job_addr, "/metrics", "text/plain", Duration::from_secs(5)).unwrap();
+    assert!(
+        text.contains("topoccl_oldest_call_in_flight_seconds{rank=\"1\"}"),
+        "{text}"
+    );
+    if have("promtool") {
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Another path is a 404; the content type says which format was sent.
+    assert!(http_get(job_addr, "/nope", "text/plain", Duration::from_secs(5)).is_err());
+    assert!(PROMETHEUS_TEXT.starts_with("text/plain; version=0.0.4"));
+    drop(job);
+    let _ = std::fs::remove_dir_all(&dir);
+}
