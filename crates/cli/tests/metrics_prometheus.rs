@@ -197,3 +197,31 @@ fn prometheus_scrapes_a_running_job() {
     drop(job);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The alerting rules shipped in deploy/prometheus pass `promtool check rules`, and their
+/// unit tests (`promtool test rules`: each alert fires on its series, and only then) pass.
+#[test]
+fn shipped_alerting_rules_check_and_pass_their_tests() {
+    if !have("promtool") {
+        eprintln!("SKIP: `promtool` is not installed (apt-get install prometheus)");
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    for args in [
+        ["check", "rules", "topoccl-rules.yml"],
+        ["test", "rules", "topoccl-rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
