@@ -44,7 +44,7 @@ fn wraps_oldest_first_and_ignores_overwritten_ids() -> Result<(), FlightError> {
     assert_eq!(ring.dropped(), 2);
     let held: Vec<u64> = ring.entries().map(|e| e.record_id).collect();
     assert_eq!(held, vec![2, 3, 4]);
-    let seqs: Vec<u64> = ring.entries().map(|e| e.call.collective_seq_id).collect();
+    let seqs: Vec<u64> = ring.entries().map(|e| e.collective_seq_id).collect();
     assert_eq!(seqs, vec![12, 13, 14]);
 
     // Id 1 was overwritten by id 4 (same slot): its update must not touch id 4.

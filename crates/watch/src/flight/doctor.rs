@@ -43,7 +43,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::dump::Dump;
-use super::entry::{collective_name, Entry, State};
+use super::entry::{Entry, State};
 use super::error::FlightError;
 use super::human;
 use super::stats::{median, median_mad, median_without, MAD_TO_SIGMA};
@@ -132,13 +132,13 @@ pub struct CallSummary {
 impl CallSummary {
     fn of(e: &Entry) -> Self {
         CallSummary {
-            seq: e.call.collective_seq_id,
-            collective: collective_name(&e.call.profiling_name).to_string(),
-            dtype: e.call.dtype.to_string(),
-            count: e.call.count,
-            size_bytes: e.call.size_bytes,
-            root: e.call.root,
-            algorithm: e.call.algorithm.to_string(),
+            seq: e.collective_seq_id,
+            collective: e.collective().to_string(),
+            dtype: e.dtype.to_string(),
+            count: e.count,
+            size_bytes: e.size_bytes,
+            root: e.root,
+            algorithm: e.algorithm.to_string(),
         }
     }
 }
@@ -309,13 +309,13 @@ pub fn doctor(dumps: &[Dump]) -> Result<Report, FlightError> {
 pub fn doctor_with(dumps: &[Dump], config: &DoctorConfig) -> Result<Report, FlightError> {
     config.validate()?;
     let ranks = check_set(dumps)?;
-    let first = &ranks[0].meta;
-    let present: Vec<u32> = ranks.iter().map(|d| d.meta.rank).collect();
+    let first = ranks[0];
+    let present: Vec<u32> = ranks.iter().map(|d| d.rank).collect();
     let present_set: BTreeSet<u32> = present.iter().copied().collect();
     let missing_ranks = (0..first.world_size)
         .filter(|r| !present_set.contains(r))
         .collect();
-    let hosts: BTreeSet<&str> = ranks.iter().map(|d| d.meta.host.as_str()).collect();
+    let hosts: BTreeSet<&str> = ranks.iter().map(|d| d.host.as_str()).collect();
     let clock = match hosts.iter().next() {
         Some(host) if hosts.len() == 1 => ClockBasis::SameHost {
             host: host.to_string(),
@@ -324,7 +324,7 @@ pub fn doctor_with(dumps: &[Dump], config: &DoctorConfig) -> Result<Report, Flig
     };
     let seqs: BTreeSet<u64> = ranks
         .iter()
-        .flat_map(|d| d.entries.iter().map(|e| e.call.collective_seq_id))
+        .flat_map(|d| d.entries.iter().map(|e| e.collective_seq_id))
         .collect();
     let seq_range = seqs.first().copied().zip(seqs.last().copied());
     let calls_compared = seqs
@@ -369,16 +369,16 @@ fn check_set(dumps: &[Dump]) -> Result<Vec<&Dump>, FlightError> {
     for d in dumps {
         d.validate()?;
         let fields: [(&'static str, String, String); 3] = [
-            ("job_id", first.meta.job_id.clone(), d.meta.job_id.clone()),
+            ("job_id", first.job_id.clone(), d.job_id.clone()),
             (
                 "process_group",
-                first.meta.process_group.clone(),
-                d.meta.process_group.clone(),
+                first.process_group.clone(),
+                d.process_group.clone(),
             ),
             (
                 "world_size",
-                first.meta.world_size.to_string(),
-                d.meta.world_size.to_string(),
+                first.world_size.to_string(),
+                d.world_size.to_string(),
             ),
         ];
         for (field, first_value, other_value) in fields {
@@ -392,9 +392,9 @@ fn check_set(dumps: &[Dump]) -> Result<Vec<&Dump>, FlightError> {
                 });
             }
         }
-        if let Some(prev) = by_rank.insert(d.meta.rank, d) {
+        if let Some(prev) = by_rank.insert(d.rank, d) {
             return Err(FlightError::DuplicateRank {
-                rank: d.meta.rank,
+                rank: d.rank,
                 first_source: prev.source_label(),
                 other_source: d.source_label(),
             });
@@ -406,14 +406,14 @@ fn check_set(dumps: &[Dump]) -> Result<Vec<&Dump>, FlightError> {
 /// The entry of call `seq` in `d` (entries are sorted by sequence number).
 fn entry_at(d: &Dump, seq: u64) -> Option<&Entry> {
     d.entries
-        .binary_search_by_key(&seq, |e| e.call.collective_seq_id)
+        .binary_search_by_key(&seq, |e| e.collective_seq_id)
         .ok()
         .map(|i| &d.entries[i])
 }
 
 fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Finding> {
     let (lowest, furthest) = seq_range?;
-    let last = |d: &Dump| d.entries.last().map(|e| e.call.collective_seq_id);
+    let last = |d: &Dump| d.entries.last().map(|e| e.collective_seq_id);
     // The first call each lagging rank never entered; a rank that recorded nothing never
     // entered the earliest call any ring holds.
     let next_of = |d: &Dump| last(d).map_or(lowest, |s| s + 1);
@@ -429,18 +429,16 @@ fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Findi
         match entry_at(d, seq) {
             Some(e) => {
                 call.get_or_insert_with(|| CallSummary::of(e));
-                let end = e
-                    .time_discovered_completed_ns
-                    .unwrap_or(d.meta.dump_time_ns);
+                let end = e.time_discovered_completed_ns.unwrap_or(d.dump_time_ns);
                 waiting.push(Waiting {
-                    rank: d.meta.rank,
+                    rank: d.rank,
                     state: e.state,
                     waited_ns: end.saturating_sub(e.time_created_ns),
                     error: e.error.as_deref().map(str::to_string),
                 });
             }
             None if next_of(d) == seq => absent.push(Absent {
-                rank: d.meta.rank,
+                rank: d.rank,
                 last_seq: last(d),
                 last_state: d.entries.last().map(|e| e.state),
             }),
@@ -461,12 +459,7 @@ fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Findi
 type Signature<'a> = (&'a str, &'a str, u64, Option<u32>);
 
 fn signature(e: &Entry) -> Signature<'_> {
-    (
-        &e.call.profiling_name,
-        &e.call.dtype,
-        e.call.count,
-        e.call.root,
-    )
+    (&e.profiling_name, &e.dtype, e.count, e.root)
 }
 
 fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
@@ -478,8 +471,8 @@ fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
             let Some(e) = entry_at(d, seq) else { continue };
             let sig = signature(e);
             match groups.iter_mut().find(|g| g.0 == sig) {
-                Some(g) => g.2.push(d.meta.rank),
-                None => groups.push((sig, e, vec![d.meta.rank])),
+                Some(g) => g.2.push(d.rank),
+                None => groups.push((sig, e, vec![d.rank])),
             }
         }
         if groups.len() < 2 {
@@ -527,9 +520,9 @@ fn failures(ranks: &[&Dump], skip_seq: Option<u64>) -> Vec<Finding> {
             let e = d
                 .entries
                 .iter()
-                .find(|e| e.state == State::Failed && Some(e.call.collective_seq_id) != skip_seq)?;
+                .find(|e| e.state == State::Failed && Some(e.collective_seq_id) != skip_seq)?;
             Some(Finding::Failed {
-                rank: d.meta.rank,
+                rank: d.rank,
                 call: CallSummary::of(e),
                 error: e.error.as_deref().unwrap_or("(no error text)").to_string(),
             })
@@ -627,7 +620,7 @@ fn slow_ranks(
             .filter_map(|(_, d)| *d)
             .collect();
         found.push(Finding::Slow {
-            rank: ranks[i].meta.rank,
+            rank: ranks[i].rank,
             pattern: if persistent {
                 SlowPattern::Persistent
             } else {

@@ -38,8 +38,8 @@ pub enum DumpReason {
 }
 
 /// Whose dump it is and why it was written: the caller fills it in (it knows the job,
-/// the host name and the time).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// the host name and the time); [`Dump`] writes these fields at its top level.
+#[derive(Clone, Debug, PartialEq)]
 pub struct DumpMeta {
     /// The job's id, the same on every rank.
     pub job_id: String,
@@ -56,7 +56,6 @@ pub struct DumpMeta {
     /// Why.
     pub reason: DumpReason,
     /// Free text: the error, the signal's name, the requester.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
@@ -67,9 +66,23 @@ pub struct Dump {
     pub format: String,
     /// `"major.minor"`, [`FORMAT_VERSION`] when written by this build.
     pub version: String,
-    /// Whose dump and why.
-    #[serde(flatten)]
-    pub meta: DumpMeta,
+    /// See [`DumpMeta::job_id`].
+    pub job_id: String,
+    /// See [`DumpMeta::process_group`].
+    pub process_group: String,
+    /// See [`DumpMeta::rank`].
+    pub rank: u32,
+    /// See [`DumpMeta::world_size`].
+    pub world_size: u32,
+    /// See [`DumpMeta::host`].
+    pub host: String,
+    /// See [`DumpMeta::dump_time_ns`].
+    pub dump_time_ns: u64,
+    /// See [`DumpMeta::reason`].
+    pub reason: DumpReason,
+    /// See [`DumpMeta::detail`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The ring's capacity.
     pub capacity: u64,
     /// How many older entries the ring had overwritten.
@@ -92,10 +105,27 @@ struct Probe {
 impl Dump {
     /// A dump of `entries` (oldest first) in this build's format.
     pub fn new(meta: DumpMeta, capacity: usize, dropped: u64, entries: Vec<Entry>) -> Self {
+        let DumpMeta {
+            job_id,
+            process_group,
+            rank,
+            world_size,
+            host,
+            dump_time_ns,
+            reason,
+            detail,
+        } = meta;
         Dump {
             format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION.to_string(),
-            meta,
+            job_id,
+            process_group,
+            rank,
+            world_size,
+            host,
+            dump_time_ns,
+            reason,
+            detail,
             capacity: capacity as u64,
             dropped,
             entries,
@@ -151,7 +181,7 @@ impl Dump {
     /// The source's name, or `rank N's dump` for a dump built in memory.
     pub fn source_label(&self) -> String {
         if self.source.is_empty() {
-            format!("rank {}'s dump", self.meta.rank)
+            format!("rank {}'s dump", self.rank)
         } else {
             self.source.clone()
         }
@@ -165,7 +195,7 @@ impl Dump {
             source_name: self.source_label(),
             problem,
         };
-        let m = &self.meta;
+        let m = self;
         if m.world_size == 0 || m.world_size > MAX_WORLD {
             return Err(invalid(format!(
                 "world_size {} is out of range: 1..={MAX_WORLD}",
@@ -196,13 +226,13 @@ impl Dump {
                     a.record_id
                 )));
             }
-            if b.call.collective_seq_id <= a.call.collective_seq_id {
+            if b.collective_seq_id <= a.collective_seq_id {
                 return Err(invalid(format!(
                     "entries[{}] has collective_seq_id {} after {}: a communicator's \
                      calls have increasing sequence numbers",
                     i + 1,
-                    b.call.collective_seq_id,
-                    a.call.collective_seq_id
+                    b.collective_seq_id,
+                    a.collective_seq_id
                 )));
             }
         }
@@ -219,17 +249,30 @@ fn major_version(v: &str) -> Option<u32> {
 
 fn parse_error(e: &serde_json::Error, source_name: &str) -> FlightError {
     use serde_json::error::Category;
-    let what = match e.classify() {
-        Category::Eof => "truncated",
-        Category::Syntax => "corrupt",
-        Category::Data => "malformed",
-        Category::Io => "unreadable",
+    let (what, advice) = match e.classify() {
+        Category::Eof => (
+            "truncated",
+            "the file ends early (the process died while writing it, or the copy is \
+             incomplete): take it again or leave it out",
+        ),
+        Category::Syntax => (
+            "corrupt",
+            "the text is not JSON there (a damaged file, or not a dump): take it again \
+             or leave it out",
+        ),
+        Category::Data => (
+            "malformed",
+            "a field is missing or has the wrong type (an edited file, or one written by \
+             another topoccl version): take it again or leave it out",
+        ),
+        Category::Io => ("unreadable", "read the file again"),
     };
     FlightError::Parse {
         source_name: source_name.to_string(),
         line: e.line(),
         column: e.column(),
         what,
+        advice,
         message: without_position(&e.to_string()).to_string(),
     }
 }

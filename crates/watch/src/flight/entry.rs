@@ -66,15 +66,10 @@ impl Call {
             timeout_ms: 0,
         }
     }
-
-    /// The collective's name without the `topoccl:` (or any `backend:`) prefix.
-    pub fn collective(&self) -> &str {
-        collective_name(&self.profiling_name)
-    }
 }
 
 /// The part of a profiling name after its `backend:` prefix.
-pub(crate) fn collective_name(profiling_name: &str) -> &str {
+fn collective_name(profiling_name: &str) -> &str {
     profiling_name
         .split_once(':')
         .map_or(profiling_name, |(_, name)| name)
@@ -119,15 +114,32 @@ impl fmt::Display for State {
     }
 }
 
-/// One recorded call: the [`Call`], its ring id, state and times (ns of the caller's
-/// clock, as the caller passed them).
+/// One recorded call: what was called (the fields of [`Call`], written flat as PyTorch
+/// does), its ring id, state and times (ns of the caller's clock, as the caller passed
+/// them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// The ring's id of the entry (PyTorch's name): 0, 1, 2, … per ring, never reused.
     pub record_id: u64,
-    /// What was called.
-    #[serde(flatten)]
-    pub call: Call,
+    /// See [`Call::collective_seq_id`].
+    pub collective_seq_id: u64,
+    /// See [`Call::profiling_name`].
+    pub profiling_name: Cow<'static, str>,
+    /// See [`Call::dtype`].
+    pub dtype: Cow<'static, str>,
+    /// See [`Call::count`].
+    pub count: u64,
+    /// See [`Call::size_bytes`].
+    pub size_bytes: u64,
+    /// See [`Call::root`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<u32>,
+    /// See [`Call::algorithm`].
+    pub algorithm: Cow<'static, str>,
+    /// See [`Call::peers`].
+    pub peers: Peers,
+    /// See [`Call::timeout_ms`].
+    pub timeout_ms: u64,
     /// Where the call is.
     pub state: State,
     /// Why it failed (only in state `failed`).
@@ -151,9 +163,28 @@ pub struct Entry {
 impl Entry {
     /// A new entry in state `scheduled`.
     pub fn new(record_id: u64, call: Call, time_created_ns: u64) -> Self {
+        let Call {
+            collective_seq_id,
+            profiling_name,
+            dtype,
+            count,
+            size_bytes,
+            root,
+            algorithm,
+            peers,
+            timeout_ms,
+        } = call;
         Entry {
             record_id,
-            call,
+            collective_seq_id,
+            profiling_name,
+            dtype,
+            count,
+            size_bytes,
+            root,
+            algorithm,
+            peers,
+            timeout_ms,
             state: State::Scheduled,
             error: None,
             time_created_ns,
@@ -161,6 +192,11 @@ impl Entry {
             time_discovered_completed_ns: None,
             duration_ms: None,
         }
+    }
+
+    /// The collective's name without the `topoccl:` (or any `backend:`) prefix.
+    pub fn collective(&self) -> &str {
+        collective_name(&self.profiling_name)
     }
 
     /// Marks the call started at `t_ns`; false (and no change) unless it was scheduled.

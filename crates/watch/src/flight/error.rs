@@ -19,11 +19,7 @@ pub enum FlightError {
     },
 
     /// Text that is not JSON, or JSON whose fields do not fit a dump.
-    #[error(
-        "{source_name}:{line}:{column}: flight-recorder dump is {what}: {message}; \
-         dumps are written whole by the runtime, so a {what} file was cut or edited: \
-         take the file again or leave it out"
-    )]
+    #[error("{source_name}:{line}:{column}: flight-recorder dump is {what}: {message}; {advice}")]
     Parse {
         /// The file (or other source) the text came from.
         source_name: String,
@@ -36,6 +32,8 @@ pub enum FlightError {
         what: &'static str,
         /// serde_json's description.
         message: String,
+        /// What probably happened and what to do.
+        advice: &'static str,
     },
 
     /// JSON that is not a topoccl flight-recorder dump.
