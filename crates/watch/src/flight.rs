@@ -1,1 +1,0 @@
-//! flight (placeholder: being written).
