@@ -187,7 +187,7 @@ pub enum TableError {
         message: String,
     },
     /// A value is out of range or inconsistent with another key.
-    #[error("policy table key `{key}`{} = {value}: expected {expected}", at(*.line, None))]
+    #[error("policy table key `{key}` = {value}{}: expected {expected}", line_note(*.line))]
     Invalid {
         /// Dotted path of the key, e.g. `congestion.ratio` or `warmup.phases[0].ratio`.
         key: String,
@@ -206,6 +206,10 @@ fn at(line: Option<usize>, column: Option<usize>) -> String {
         (Some(l), None) => format!(" at line {l}"),
         _ => String::new(),
     }
+}
+
+fn line_note(line: Option<usize>) -> String {
+    line.map_or(String::new(), |l| format!(" (line {l})"))
 }
 
 fn quote(text: &Option<String>) -> String {
