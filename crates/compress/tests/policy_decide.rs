@@ -714,3 +714,31 @@ fn same_trace_same_log() {
     );
     assert!(a.stats().trips > 0 && a.stats().compressed > 0);
 }
+
+#[test]
+fn step_is_the_pure_core_of_decide() {
+    use topoccl_compress::policy::{step, State};
+    let t = no_dwell();
+    let mut p = policy(t.clone());
+    let mut state = State::default();
+    let trace = [
+        congested(1),
+        degraded(2, 0.5, 0.6),
+        with_loss(3, 0.05),
+        degraded(4, 0.5, 0.6),
+        degraded(5, 0.5, 0.6),
+        congested(6),
+    ];
+    for s in &trace {
+        let (next, d) = step(&t, &state, s, pays).unwrap();
+        // Calling it again on the same state gives the same answer: no hidden state.
+        assert_eq!(
+            step(&t, &state, s, pays).unwrap(),
+            (next.clone(), d.clone())
+        );
+        assert_eq!(p.decide(s, pays).unwrap(), d);
+        assert_eq!(p.state(), &next);
+        state = next;
+    }
+    assert_eq!(p.stats().trips, 1);
+}

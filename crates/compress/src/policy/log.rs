@@ -360,7 +360,8 @@ impl DecisionLog {
 
     pub(crate) fn push(&mut self, d: Decision) {
         *self.counts.entry(d.reason.kind()).or_insert(0) += 1;
-        if self.entries.len() >= self.capacity {
+        // `while`: a log deserialised with more entries than its capacity shrinks back.
+        while self.entries.len() >= self.capacity.max(1) {
             self.entries.pop_front();
             self.dropped += 1;
         }

@@ -3,9 +3,34 @@
 //! `Option<f64>` ratio (the kept fraction in (0, 1]; `None` = off) plus a reason; a codec
 //! without a ratio (int8, ...) only looks at on/off.
 //!
-//! Pure and deterministic: [`Policy::decide`] is a function of the rule [`Table`], the
-//! explicit [`State`] and the step's [`Signals`] (and the caller's cost predictions). No
-//! clock, no randomness, no I/O; the same signal trace gives the same decisions and log.
+//! Pure and deterministic: [`step`] computes the next [`State`] and the [`Decision`] from
+//! the rule [`Table`], the current state and the step's [`Signals`] (and the caller's cost
+//! predictions); [`Policy`] wraps it with the decision log and statistics. No clock, no
+//! randomness, no I/O; the same signal trace gives the same decisions and log.
+//!
+//! # Use
+//!
+//! ```
+//! use topoccl_compress::policy::{Policy, Signals, Table};
+//!
+//! let table = Table::from_toml("[congestion]\nthreshold = 0.8\n")?;
+//! let mut policy = Policy::new(table)?;
+//! let signals = Signals {
+//!     step: 1,
+//!     loss: Some(2.3),
+//!     congestion: Some(0.93),
+//!     uncompressed_time: Some(0.120),
+//!     ..Signals::default()
+//! };
+//! // The cost model's prediction at the candidate ratio: here, linear in the ratio.
+//! let decision = policy.decide(&signals, |ratio| Some(0.020 + 0.1 * ratio))?;
+//! assert_eq!(decision.ratio, Some(0.05)); // warm-up: 5% while the loss is >= 0.1
+//! assert_eq!(
+//!     decision.message,
+//!     "step 1: compress at ratio 0.05 — links congested: utilisation 0.93; predicted saving +79.2%"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Rule order (precedence)
 //!
@@ -91,7 +116,9 @@ pub struct State {
 }
 
 /// The adaptive policy: table, state, decision log and statistics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Serialisable for dumps and metrics; not deserialisable, so that every policy is built
+/// through a validated table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
     table: Table,
     state: State,
@@ -153,55 +180,17 @@ impl Policy {
     /// Decides step `signals.step`. `compressed_time(ratio)` returns the cost model's
     /// predicted step-communication time (seconds) with compression at `ratio`, or `None`
     /// when it cannot predict; it is called at most once, for the candidate ratio (see the
-    /// module documentation). The decision is logged and returned. On error nothing
-    /// changes.
+    /// module documentation). The decision is logged, counted and returned. On error
+    /// nothing changes.
     pub fn decide<F>(
         &mut self,
         signals: &Signals,
-        mut compressed_time: F,
+        compressed_time: F,
     ) -> Result<Decision, PolicyError>
     where
         F: FnMut(f64) -> Option<f64>,
     {
-        signals.validate(self.state.last_step)?;
-        let table = &self.table;
-        let step = signals.step;
-        let mut next = self.state.clone();
-        next.last_step = Some(step);
-        if let Some(loss) = signals.loss.filter(|l| l.is_finite()) {
-            next.last_loss = Some(loss);
-            next.warmup_phase = warmup_phase(&table.warmup, next.warmup_phase, loss);
-        }
-        if let Some(c) = signals.congestion {
-            next.congested = congested(&table.congestion, next.congested, c);
-        }
-
-        let (ratio, reason) = match next.breaker.step(&table.breaker, signals) {
-            Verdict::Cooldown { retry_at } => (None, Reason::BreakerCooldown { retry_at }),
-            Verdict::Tripped {
-                cause,
-                cooldown,
-                retry_at,
-            } => (
-                None,
-                Reason::BreakerTripped {
-                    cause,
-                    cooldown,
-                    retry_at,
-                },
-            ),
-            Verdict::Pass { probation } => {
-                let (ratio, reason) =
-                    rules(table, &next, signals, probation, &mut compressed_time)?;
-                hold_for_dwell(table, &next, step, ratio, reason)
-            }
-        };
-        if ratio.is_some() != next.ratio.is_some() {
-            next.last_switch = Some(step);
-        }
-        next.ratio = ratio;
-
-        let decision = Decision::new(step, ratio, reason);
+        let (next, decision) = step(&self.table, &self.state, signals, compressed_time)?;
         self.state = next;
         self.stats.steps += 1;
         if decision.is_on() {
@@ -215,6 +204,56 @@ impl Policy {
         self.log.push(decision.clone());
         Ok(decision)
     }
+}
+
+/// The pure core of [`Policy::decide`]: the next state and the decision, from the table
+/// (assumed valid: see [`Table::validate`]), the current state and the step's signals.
+/// No log, no statistics; [`Policy`] adds those.
+pub fn step<F>(
+    table: &Table,
+    state: &State,
+    signals: &Signals,
+    mut compressed_time: F,
+) -> Result<(State, Decision), PolicyError>
+where
+    F: FnMut(f64) -> Option<f64>,
+{
+    signals.validate(state.last_step)?;
+    let step = signals.step;
+    let mut next = state.clone();
+    next.last_step = Some(step);
+    if let Some(loss) = signals.loss.filter(|l| l.is_finite()) {
+        next.last_loss = Some(loss);
+        next.warmup_phase = warmup_phase(&table.warmup, next.warmup_phase, loss);
+    }
+    if let Some(c) = signals.congestion {
+        next.congested = congested(&table.congestion, next.congested, c);
+    }
+
+    let (ratio, reason) = match next.breaker.step(&table.breaker, signals) {
+        Verdict::Cooldown { retry_at } => (None, Reason::BreakerCooldown { retry_at }),
+        Verdict::Tripped {
+            cause,
+            cooldown,
+            retry_at,
+        } => (
+            None,
+            Reason::BreakerTripped {
+                cause,
+                cooldown,
+                retry_at,
+            },
+        ),
+        Verdict::Pass { probation } => {
+            let (ratio, reason) = rules(table, &next, signals, probation, &mut compressed_time)?;
+            hold_for_dwell(table, &next, step, ratio, reason)
+        }
+    };
+    if ratio.is_some() != next.ratio.is_some() {
+        next.last_switch = Some(step);
+    }
+    next.ratio = ratio;
+    Ok((next, Decision::new(step, ratio, reason)))
 }
 
 /// The warm-up phase for `loss`, given the current phase (see "Hysteresis").
