@@ -2,7 +2,7 @@
 //!
 //! Each decision carries a machine-readable [`Reason`] (serialised with a `kind` tag) and a
 //! human sentence, e.g. `step 120: off — breaker tripped: accuracy 0.81 vs reference 0.83
-//! (-2.4%) for 3 consecutive steps; retry at step 220`.
+//! (-2.4%) for 3 consecutive steps; off for 100 steps, retry at step 220`.
 //!
 //! Limits: the log keeps the last `capacity` decisions ([`DEFAULT_LOG_CAPACITY`] unless the
 //! caller chooses); older ones are dropped, but the count of decisions by

@@ -35,7 +35,9 @@ pub struct Signals {
     /// The time with compression is asked through the `compressed_time` callback of
     /// [`super::Policy::decide`], for the candidate ratio only.
     pub uncompressed_time: Option<f64>,
-    /// True when a NaN or an infinity was seen in the gradient.
+    /// True when a NaN or an infinity was seen in the gradient. It trips the breaker at
+    /// once, so with dynamic loss scaling report only values that reach the exchange, not
+    /// the overflow steps the scaler skips.
     pub gradient_non_finite: bool,
     /// Norm of the codec's error-feedback residual, when the codec keeps one.
     pub residual_norm: Option<f64>,
