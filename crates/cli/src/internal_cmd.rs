@@ -24,16 +24,33 @@ enum Internal {
         count: usize,
         #[arg(long, default_value_t = 1000)]
         iters: u64,
+        /// This rank stops calling (sleeps, outside any call) before iteration
+        /// `--hang-at`, for `--hang-secs` seconds: a rank stuck elsewhere.
+        #[arg(long)]
+        hang_rank: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        hang_at: u64,
+        #[arg(long, default_value_t = 0)]
+        hang_secs: u64,
     },
 }
 
 pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
     match args.what {
-        Internal::AllreduceLoop { count, iters } => {
+        Internal::AllreduceLoop {
+            count,
+            iters,
+            hang_rank,
+            hang_at,
+            hang_secs,
+        } => {
             let mut comm = job::communicator()?;
             let input = vec![1.0f32; count];
             let mut output = vec![0.0f32; count];
             for i in 0..iters {
+                if hang_rank == Some(comm.rank()) && i == hang_at {
+                    std::thread::sleep(std::time::Duration::from_secs(hang_secs));
+                }
                 if let Err(e) = comm.all_reduce(&input, &mut output, ReduceOp::Sum) {
                     let blamed: Vec<String> = e.culprits().iter().map(|r| r.to_string()).collect();
                     eprintln!("error: {e}");

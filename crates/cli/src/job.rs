@@ -35,6 +35,7 @@ pub fn relaunch(
     let opts = LaunchOptions {
         timeout,
         plain_stdout: Some(0),
+        dump: Some(crate::run_cmd::DUMP),
     };
     let outcome = launch(exe.as_os_str(), &args, ranks, &env, &opts)?;
     if let Some(line) = outcome.summary() {

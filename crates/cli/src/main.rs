@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_cmd;
 mod compare_cmd;
+mod doctor_cmd;
 mod failures_cmd;
 mod internal_cmd;
 mod job;
@@ -54,6 +55,9 @@ enum Command {
     /// Grid-search algorithm × pipeline pieces × channels per message size, predicted on
     /// a topology file (--topo) or measured on N ranks; write a TOPOCCL_RULES table.
     Tune(tune_cmd::TuneArgs),
+    /// Read the ranks' flight-recorder dumps and say who never arrived, who entered a
+    /// different call, who failed and who is slow.
+    Doctor(doctor_cmd::DoctorArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
     /// Cluster topologies: generate standard fabrics, discover this machine.
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
         Command::Tune(args) => tune_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Store(args) => store_cmd::run(args),
+        Command::Doctor(args) => doctor_cmd::run(args),
         Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Internal(args) => internal_cmd::run(args),
     };

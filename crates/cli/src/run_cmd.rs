@@ -11,7 +11,7 @@
 //! let job = new_job()?;
 //! let store = host_store(&job)?;                   // keep it alive while the ranks run
 //! let env = job_env(Some(store.url()), &job);
-//! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0) };
+//! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0), dump: Some(DUMP) };
 //! let outcome = launch(program, &args, ranks, &env, &opts)?;
 //! if let Some(line) = outcome.summary() { eprintln!("{line}"); }
 //! std::process::ExitCode::from(outcome.exit_code())
@@ -33,6 +33,10 @@ use crate::CliError;
 pub const ENV_STORE: &str = "TOPOCCL_STORE";
 pub const ENV_JOB_ID: &str = "TOPOCCL_JOB_ID";
 pub const ENV_SECRET: &str = "TOPOCCL_SECRET";
+
+/// When a job fails or times out, its running ranks get SIGUSR1 and this long to write
+/// their flight recorders (`topoccl doctor` reads them) before SIGTERM.
+pub const DUMP: (i32, Duration) = (libc::SIGUSR1, Duration::from_secs(1));
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -90,6 +94,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let opts = LaunchOptions {
         timeout,
         plain_stdout: None,
+        dump: Some(DUMP),
     };
     let outcome = launch(&args.program, &args.args, args.ranks, &env, &opts)?;
     drop(store);

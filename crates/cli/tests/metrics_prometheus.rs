@@ -191,6 +191,23 @@ fn prometheus_scrapes_a_running_job() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The job's flight recorders on request: one dump per rank's communicator.
+    let flight = http_get(
+        job_addr,
+        "/flight",
+        "application/json",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let dumps: Vec<serde_json::Value> = serde_json::from_str(&flight).expect("a JSON array");
+    let mut ranks: Vec<u64> = dumps.iter().filter_map(|d| d["rank"].as_u64()).collect();
+    ranks.sort();
+    assert_eq!(ranks, [0, 1], "{flight}");
+    for d in &dumps {
+        let parsed = topoccl::FlightDump::parse(&d.to_string(), "/flight").expect("a valid dump");
+        assert_eq!(parsed.reason, topoccl::DumpReason::Request);
+        assert!(!parsed.entries.is_empty());
+    }
     // Another path is a 404; the content type says which format was sent.
     assert!(http_get(job_addr, "/nope", "text/plain", Duration::from_secs(5)).is_err());
     assert!(PROMETHEUS_TEXT.starts_with("text/plain; version=0.0.4"));

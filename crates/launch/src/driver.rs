@@ -45,6 +45,8 @@ pub struct LaunchOptions {
     /// Copy this rank's stdout without the rank prefix (a report the rank prints for
     /// the whole job, like a benchmark table).
     pub plain_stdout: Option<u32>,
+    /// See [`Config::dump`](crate::supervisor::Config::dump).
+    pub dump: Option<(i32, Duration)>,
 }
 
 /// What the readers and the signal forwarder tell the loop.
@@ -93,6 +95,7 @@ pub fn launch(
     let mut sup = Supervisor::new(Config {
         timeout: opts.timeout,
         plain_stdout: opts.plain_stdout,
+        dump: opts.dump,
         ..Config::new(ranks)
     });
     let mut children: Vec<Option<Child>> = Vec::with_capacity(ranks as usize);

@@ -14,7 +14,9 @@
 //! 2. The first rank to exit non-zero or die by a signal, the timeout, or a signal to the
 //!    launcher stops the job: every running rank gets SIGTERM (the received signal, when
 //!    interrupted), then SIGKILL `kill_grace` later; a second signal skips the grace. A
-//!    rank that cannot be spawned stops the job with SIGKILL at once.
+//!    rank that cannot be spawned stops the job with SIGKILL at once. With
+//!    [`Config::dump`], a failed or timed-out job's ranks first get the dump signal and
+//!    its grace to write their diagnostics (flight recorders) before the stop.
 //! 3. `reap_grace` after SIGKILL the supervisor stops waiting for ranks that are still
 //!    there (stuck in the kernel) and finishes, naming them.
 //! 4. Once every rank is gone, their output gets `output_grace` to drain (a grandchild may
@@ -83,6 +85,10 @@ pub struct Config {
     pub reap_grace: Duration,
     /// From the last rank gone to giving up on their output.
     pub output_grace: Duration,
+    /// Before stopping a job that failed or timed out: the signal that asks the running
+    /// ranks to write their diagnostics (SIGUSR1 for topoccl's flight recorder), and how
+    /// long they get before the stop signal. `None`: stop at once.
+    pub dump: Option<(i32, Duration)>,
 }
 
 impl Config {
@@ -95,6 +101,7 @@ impl Config {
             kill_grace: KILL_GRACE,
             reap_grace: REAP_GRACE,
             output_grace: OUTPUT_GRACE,
+            dump: None,
         }
     }
 }
@@ -111,6 +118,10 @@ enum Life {
 enum Phase {
     /// Nothing has gone wrong.
     Running,
+    /// The job failed; the dump signal went out; the stop signal follows at `stop_at`.
+    Dumping {
+        stop_at: Duration,
+    },
     /// The stop signal went out; SIGKILL follows at `kill_at`.
     Stopping {
         kill_at: Duration,
@@ -287,6 +298,7 @@ impl Supervisor {
                 return;
             }
             Phase::Running => self.fail(Ending::Interrupted { signal }, signal, now),
+            Phase::Dumping { ref mut stop_at } => *stop_at = now,
             Phase::Stopping { ref mut kill_at } => *kill_at = now,
             Phase::Killed { .. } => {}
         }
@@ -310,6 +322,7 @@ impl Supervisor {
             Phase::Finished => return None,
             Phase::Running if self.running > 0 => self.config.timeout,
             Phase::Running => None,
+            Phase::Dumping { stop_at } => (self.running > 0).then_some(stop_at),
             Phase::Stopping { kill_at } => (self.running > 0).then_some(kill_at),
             Phase::Killed { give_up_at } => (self.running > 0).then_some(give_up_at),
         };
@@ -334,13 +347,26 @@ impl Supervisor {
     ///
     /// The first cause also starts the stop: the running ranks get `signal`, and SIGKILL
     /// after the grace (at once if `signal` is SIGKILL).
+    ///
+    /// A failed rank or the timeout, with [`Config::dump`], sends the dump signal first.
     fn fail(&mut self, cause: Ending, signal: i32, now: Duration) {
+        let dump = match cause {
+            Ending::RankFailed { .. } | Ending::TimedOut { .. } => self.config.dump,
+            _ => None,
+        };
         if self.ending.is_none() {
             self.ending = Some(cause);
         }
         if self.phase == Phase::Running {
             self.stopped = self.running_ranks().map(|(r, _)| r).collect();
             self.stop_signal = signal;
+            if let Some((dump_signal, grace)) = dump.filter(|_| signal != libc::SIGKILL) {
+                self.push_signal(dump_signal, self.running_ranks().collect());
+                self.phase = Phase::Dumping {
+                    stop_at: now + grace,
+                };
+                return;
+            }
             self.push_signal(signal, self.running_ranks().collect());
             self.phase = if signal == libc::SIGKILL {
                 Phase::Killed {
@@ -363,6 +389,14 @@ impl Supervisor {
                     if self.running > 0 && now >= after {
                         self.fail(Ending::TimedOut { after }, libc::SIGTERM, now);
                     }
+                }
+            }
+            Phase::Dumping { stop_at } => {
+                if self.running > 0 && now >= stop_at {
+                    self.push_signal(self.stop_signal, self.running_ranks().collect());
+                    self.phase = Phase::Stopping {
+                        kill_at: now + self.config.kill_grace,
+                    };
                 }
             }
             Phase::Stopping { kill_at } => {

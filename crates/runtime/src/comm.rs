@@ -20,6 +20,7 @@ use topoccl_plan::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, Deadline, Departed, Dtype, OneOp, Storage};
+use crate::flight::Recorder;
 use crate::matcher::{CallInfo, CallName, Matcher};
 use crate::metrics::Meter;
 use crate::programs::Programs;
@@ -78,6 +79,8 @@ pub struct Communicator {
     pub(crate) split: Option<TimeSplit>,
     /// Prometheus metrics, when on (`TOPOCCL_METRICS`).
     pub(crate) meter: Option<Meter>,
+    /// The flight recorder, unless off (`TOPOCCL_FLIGHT_ENTRIES=0`).
+    pub(crate) flight: Option<Recorder>,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -144,6 +147,18 @@ fn fingerprint(plan: &Plan) -> u64 {
 }
 
 impl Communicator {
+    /// This communicator's flight recorder as a dump (reason: request), or `None` when the
+    /// recorder is off (`TOPOCCL_FLIGHT_ENTRIES=0`). [`crate::flight`] says where dumps
+    /// are written on errors and `SIGUSR1`.
+    pub fn flight_dump(&self) -> Option<topoccl_watch::flight::Dump> {
+        self.flight.as_ref().map(|f| {
+            f.dump(
+                topoccl_watch::flight::DumpReason::Request,
+                Some("requested".into()),
+            )
+        })
+    }
+
     /// The rank-to-rank latencies and bandwidths measured at creation, if they were.
     pub fn link_matrix(&self) -> Option<&LinkMatrix> {
         self.matrix.as_deref()
@@ -417,14 +432,22 @@ impl Communicator {
         // The program compiled once per call shape; too long to compile: generated as it
         // runs.
         let mut generated: RankMachine;
-        let machine: &mut dyn exec::Program =
-            match self.programs.machine(plan, fingerprint, r, placement) {
-                Some(m) => m,
-                None => {
-                    generated = RankMachine::new(plan, r, placement, plan.params().in_flight);
-                    &mut generated
-                }
-            };
+        let compiled = self.programs.machine(plan, fingerprint, r, placement);
+        let (seq, timeout) = (self.seq, self.cfg.timeout);
+        let recorded = self.flight.as_mut().map(|f| {
+            f.enter(seq, plan, fingerprint, timeout, || {
+                compiled
+                    .as_ref()
+                    .map_or_else(Vec::new, |m| crate::flight::peers_of(m.program().ops()))
+            })
+        });
+        let machine: &mut dyn exec::Program = match compiled {
+            Some(m) => m,
+            None => {
+                generated = RankMachine::new(plan, r, placement, plan.params().in_flight);
+                &mut generated
+            }
+        };
         let result = exec::run(
             &mut self.tr,
             &mut self.matcher,
@@ -440,7 +463,24 @@ impl Communicator {
         }
         if let Err(e) = result {
             let name = call.name.to_string();
-            return Err(self.fail(self.diagnose(e, call.seq, &name), &name));
+            let e = self.diagnose(e, call.seq, &name);
+            if let (Some(f), Some(id)) = (&self.flight, recorded) {
+                let failed = Err(e.clone());
+                f.leave(id, &failed);
+                match f.write_after(&e) {
+                    Ok(p) => {
+                        tracing::error!("{name} failed; flight recorder written to {}", p.display())
+                    }
+                    Err(w) => tracing::warn!(
+                        "cannot write the flight recorder to {}: {w}",
+                        f.path().display()
+                    ),
+                }
+            }
+            return Err(self.fail(e, &name));
+        }
+        if let (Some(f), Some(id)) = (&self.flight, recorded) {
+            f.leave(id, &Ok(()));
         }
         // `Avg` divides once, at the end, where the output is.
         if let Some(out) = match alias {

@@ -17,6 +17,7 @@
 //! | `TOPOCCL_TRANSPORT` | `auto` (shared memory within a host, TCP between hosts), `tcp`, or `shm` (every peer over shared memory; peers on other hosts are an error) | `auto` |
 //! | `TOPOCCL_SHM_RING` | bytes of each shared-memory ring (one per direction of a pair; 4KiB–256MiB) | 1 MiB |
 //! | `TOPOCCL_METRICS` | serve Prometheus metrics on this address (`127.0.0.1:9464`; port `0` picks a free one), see [`crate::metrics`] | off |
+//! | `TOPOCCL_FLIGHT_ENTRIES`, `TOPOCCL_FLIGHT_DIR` | the flight recorder: calls kept per communicator (`0` off) and where dumps go, see [`crate::flight`] | 2,000; `$TMPDIR/topoccl-flight` |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
 
 use crate::auth::JobKey;
@@ -55,6 +56,8 @@ pub struct Config {
     pub faults: Vec<Rule>,
     /// Where to serve Prometheus metrics (`TOPOCCL_METRICS`); `None`: metrics off.
     pub metrics: Option<String>,
+    /// The flight recorder (`TOPOCCL_FLIGHT_ENTRIES`, `TOPOCCL_FLIGHT_DIR`).
+    pub flight: crate::flight::FlightConfig,
 }
 
 /// Worlds up to this size measure their link matrix by default: it takes p−1 rounds of
@@ -80,6 +83,7 @@ impl Default for Config {
             shm_ring: DEFAULT_RING_BYTES,
             faults: Vec::new(),
             metrics: None,
+            flight: Default::default(),
         }
     }
 }
@@ -248,6 +252,7 @@ impl Config {
             })?;
             c.metrics = Some(v.trim().to_string());
         }
+        c.flight = crate::flight::FlightConfig::from_lookup(lookup)?;
         if let Some(v) = lookup("TOPOCCL_FAULTS").filter(|s| !s.trim().is_empty()) {
             c.faults = faults::parse(&v).map_err(|e| {
                 Error::Config(format!(

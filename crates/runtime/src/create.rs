@@ -347,6 +347,9 @@ impl Communicator {
             })?);
         }
         tr.set_endpoints(endpoints)?;
+        // Namespaces are `topoccl/JOB/...`.
+        let job_id = namespace.split('/').nth(1).unwrap_or("unknown");
+        let flight = crate::flight::Recorder::new(&cfg.flight, job_id, &namespace, rank, world)?;
         let meter = match &cfg.metrics {
             Some(addr) => {
                 let exporter = crate::metrics::exporter(addr, crate::metrics::ENV_METRICS)?;
@@ -394,6 +397,7 @@ impl Communicator {
             matrix: None,
             split: None,
             meter,
+            flight,
         })
     }
 

@@ -25,7 +25,8 @@
 //! Recording costs a clock read on entry and return, one hash lookup of the call's
 //! cached handles, a histogram observation (an uncontended lock) and two atomic adds.
 //!
-//! The endpoint answers `GET /metrics` (OpenMetrics text) and 404 to any other path; it is
+//! The endpoint answers `GET /metrics` (OpenMetrics when asked for, else Prometheus text
+//! 0.0.4), `GET /flight` (the flight recorders, [`crate::flight`]) and 404 elsewhere; it is
 //! meant for loopback or a trusted network (it takes no secret: it shows sizes and
 //! timings, never data).
 
@@ -373,19 +374,29 @@ pub fn exporter(addr: &str, setting: &str) -> Result<Arc<Exporter>> {
 fn start(addr: &str) -> std::result::Result<Arc<Exporter>, String> {
     let metrics = Arc::new(Metrics::new());
     let serving = metrics.clone();
-    let addr = serve(addr, move || serving.encode())?;
+    let flight: Page = (
+        "/flight",
+        "application/json",
+        Box::new(|| crate::flight::dump_all_json(topoccl_watch::flight::DumpReason::Request)),
+    );
+    let addr = serve(addr, move || serving.encode(), vec![flight])?;
     Ok(Arc::new(Exporter { metrics, addr }))
 }
 
 /// Content type of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// A page besides `/metrics`: its path, content type, and what makes its body.
+pub type Page = (&'static str, &'static str, Box<dyn Fn() -> String + Send>);
+
 /// Serves `GET /metrics` on `addr` (IP:PORT; port 0 picks a free one) from a thread of
-/// its own, answering with what `body` returns at each request; any other path gets 404.
-/// Returns the address bound. The launcher serves its job's merged metrics with it.
+/// its own, answering with what `body` returns at each request, and `pages`; any other
+/// path gets 404. Returns the address bound. The launcher serves its job's merged metrics
+/// with it; a rank's exporter adds `/flight` (its flight recorders' dumps, a JSON array).
 pub fn serve(
     addr: &str,
     body: impl Fn() -> String + Send + 'static,
+    pages: Vec<Page>,
 ) -> std::result::Result<std::net::SocketAddr, String> {
     let sock: std::net::SocketAddr = addr.trim().parse().map_err(|_| {
         "not an address to listen on; give IP:PORT, e.g. 127.0.0.1:9464 (port 0 picks a free one)"
@@ -400,12 +411,12 @@ pub fn serve(
         .ok_or_else(|| "the server did not bind an IP address".to_string())?;
     std::thread::Builder::new()
         .name("topoccl-metrics".into())
-        .spawn(move || answer(server, body))
+        .spawn(move || answer(server, body, pages))
         .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
     Ok(bound)
 }
 
-fn answer(server: tiny_http::Server, body: impl Fn() -> String) {
+fn answer(server: tiny_http::Server, body: impl Fn() -> String, pages: Vec<Page>) {
     let header = |v: &str| {
         tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes()).expect("a valid header")
     };
@@ -422,8 +433,16 @@ fn answer(server: tiny_http::Server, body: impl Fn() -> String) {
                 tiny_http::Response::from_string(to_prometheus_text(&body()))
                     .with_header(header(PROMETHEUS_TEXT))
             }
+            (tiny_http::Method::Get, p) if pages.iter().any(|(at, ..)| *at == p) => {
+                let (_, kind, make) = pages.iter().find(|(at, ..)| *at == p).expect("found");
+                tiny_http::Response::from_string(make()).with_header(header(kind))
+            }
             _ => tiny_http::Response::from_string(format!(
-                "no such page: {path} (this endpoint serves GET /metrics)\n"
+                "no such page: {path} (this endpoint serves GET /metrics{})\n",
+                pages
+                    .iter()
+                    .map(|(p, ..)| format!(", {p}"))
+                    .collect::<String>()
             ))
             .with_status_code(404)
             .with_header(header("text/plain; charset=utf-8")),

@@ -689,3 +689,59 @@ proptest! {
         run(n, timeout, fail_at, lazy, &events);
     }
 }
+
+#[test]
+fn a_failed_job_asks_for_dumps_before_the_stop() {
+    const SIGUSR1: i32 = libc::SIGUSR1;
+    let mut s = started(Config {
+        dump: Some((SIGUSR1, ms(1000))),
+        ..Config::new(3)
+    });
+    ends(&mut s, 1, Exited(3), ms(100));
+    // The others are asked to dump, and stopped only after the grace.
+    assert_eq!(actions(&mut s), [signal(SIGUSR1, &[0, 2])]);
+    assert_eq!(s.next_deadline(), Some(ms(1100)));
+    s.tick(ms(1099));
+    assert_eq!(actions(&mut s), []);
+    s.tick(ms(1100));
+    assert_eq!(actions(&mut s), [signal(SIGTERM, &[0, 2])]);
+    assert_eq!(s.next_deadline(), Some(ms(1100) + KILL_GRACE));
+    ends(&mut s, 0, killed(SIGTERM), ms(1200));
+    ends(&mut s, 2, killed(SIGTERM), ms(1200));
+    let outcome = finished(&mut s);
+    assert_eq!(
+        outcome.ending,
+        Ending::RankFailed {
+            rank: 1,
+            status: Exited(3)
+        },
+        "the dump changes nothing about who is blamed"
+    );
+}
+
+#[test]
+fn the_dump_grace_ends_early_when_ranks_are_gone_or_the_launcher_is_interrupted() {
+    const SIGUSR1: i32 = libc::SIGUSR1;
+    let config = Config {
+        dump: Some((SIGUSR1, ms(1000))),
+        timeout: Some(ms(50)),
+        ..Config::new(2)
+    };
+    // The timeout asks for dumps too; ranks that exit after dumping end the wait.
+    let mut s = started(config.clone());
+    s.tick(ms(50));
+    assert_eq!(actions(&mut s), [signal(SIGUSR1, &[0, 1])]);
+    ends(&mut s, 0, killed(SIGUSR1), ms(60));
+    ends(&mut s, 1, killed(SIGUSR1), ms(60));
+    assert_eq!(finished(&mut s).ending, Ending::TimedOut { after: ms(50) });
+    // A signal to the launcher while they dump stops them at once.
+    let mut s = started(config.clone());
+    s.tick(ms(50));
+    assert_eq!(actions(&mut s), [signal(SIGUSR1, &[0, 1])]);
+    s.signal(SIGINT, ms(70));
+    assert_eq!(actions(&mut s), [signal(SIGTERM, &[0, 1])]);
+    // Ctrl-C itself is not a failure to diagnose: no dump signal.
+    let mut s = started(config);
+    s.signal(SIGINT, ms(10));
+    assert_eq!(actions(&mut s), [signal(SIGINT, &[0, 1])]);
+}
