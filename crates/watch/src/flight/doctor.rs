@@ -462,19 +462,24 @@ fn signature(e: &Entry) -> Signature<'_> {
     (&e.profiling_name, &e.dtype, e.count, e.root)
 }
 
+/// The dump of `rank` among `ranks` (sorted by rank).
+fn ranks_dump<'a>(ranks: &[&'a Dump], rank: u32) -> Option<&'a Dump> {
+    ranks
+        .binary_search_by_key(&rank, |d| d.rank)
+        .ok()
+        .map(|i| ranks[i])
+}
+
 fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
     let mut first: Option<(u64, Vec<CallGroup>, Vec<String>)> = None;
     let mut later = 0u64;
     for &seq in seqs {
-        let mut groups: Vec<(Signature<'_>, &Entry, Vec<u32>)> = Vec::new();
-        for d in ranks {
-            let Some(e) = entry_at(d, seq) else { continue };
-            let sig = signature(e);
-            match groups.iter_mut().find(|g| g.0 == sig) {
-                Some(g) => g.2.push(d.rank),
-                None => groups.push((sig, e, vec![d.rank])),
-            }
-        }
+        let (mut groups, _) = group_ranks(
+            ranks
+                .iter()
+                .filter_map(|d| entry_at(d, seq).map(|e| (signature(e), d.rank))),
+            usize::MAX,
+        );
         if groups.len() < 2 {
             continue;
         }
@@ -495,12 +500,15 @@ fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
             .filter(|(_, d)| *d)
             .map(|(n, _)| n.to_string())
             .collect();
-        groups.sort_by_key(|g| (g.2.len(), g.2[0]));
+        groups.sort_by_key(|g| (g.1.len(), g.1[0]));
         let groups = groups
             .into_iter()
-            .map(|(_, e, ranks)| CallGroup {
-                call: CallSummary::of(e),
-                ranks,
+            .filter_map(|(_, members)| {
+                let d = ranks_dump(ranks, members[0])?;
+                Some(CallGroup {
+                    call: CallSummary::of(entry_at(d, seq)?),
+                    ranks: members,
+                })
             })
             .collect();
         first = Some((seq, groups, differs));
@@ -679,8 +687,8 @@ impl fmt::Display for Report {
                 writeln!(f, "; {hosts} hosts: durations compared, clocks not trusted")?
             }
         }
-        for r in &self.missing_ranks {
-            writeln!(f, "no dump from rank {r}")?;
+        if !self.missing_ranks.is_empty() {
+            writeln!(f, "no dump from {}", human::ranks(&self.missing_ranks))?;
         }
         for finding in &self.findings {
             write!(f, "{finding}")?;
@@ -722,43 +730,50 @@ impl fmt::Display for Finding {
                 }
                 if !waiting.is_empty() {
                     let ranks: Vec<u32> = waiting.iter().map(|w| w.rank).collect();
-                    let lo = waiting.iter().map(|w| w.waited_ns).min().unwrap_or(0);
-                    let hi = waiting.iter().map(|w| w.waited_ns).max().unwrap_or(0);
-                    write!(f, "; {} waited ", human::ranks(&ranks))?;
-                    if hi - lo > hi / 10 {
-                        write!(
-                            f,
-                            "{} to {}",
-                            human::duration(lo as f64),
-                            human::duration(hi as f64)
-                        )?;
-                    } else {
-                        write!(f, "{}", human::duration(hi as f64))?;
-                    }
+                    let span = wait_span(waiting.iter().map(|w| w.waited_ns));
+                    write!(f, "; {} waited {span}", human::ranks(&ranks))?;
                 }
                 writeln!(f)?;
-                for a in absent {
-                    match (a.last_seq, a.last_state) {
+                let (absent_groups, absent_more) = group_ranks(
+                    absent.iter().map(|a| ((a.last_seq, a.last_state), a.rank)),
+                    MAX_EVIDENCE_LINES,
+                );
+                for ((last_seq, last_state), ranks) in absent_groups {
+                    match (last_seq, last_state) {
                         (Some(s), Some(state)) => writeln!(
                             f,
-                            "  rank {}: last call #{s} ({state}); others reached #{furthest_seq}",
-                            a.rank
+                            "  {}: last call #{s} ({state}); others reached #{furthest_seq}",
+                            human::ranks(&ranks)
                         )?,
-                        _ => writeln!(f, "  rank {}: recorded no calls", a.rank)?,
+                        _ => writeln!(f, "  {}: recorded no calls", human::ranks(&ranks))?,
                     }
                 }
-                for w in waiting {
-                    write!(
-                        f,
-                        "  rank {}: {} after {}",
-                        w.rank,
-                        w.state,
-                        human::duration(w.waited_ns as f64)
-                    )?;
-                    if let Some(e) = &w.error {
+                let (waiting_groups, waiting_more) = group_ranks(
+                    waiting
+                        .iter()
+                        .map(|w| ((w.state, w.error.as_deref()), w.rank)),
+                    MAX_EVIDENCE_LINES,
+                );
+                for ((state, error), ranks) in waiting_groups {
+                    let waits = waiting
+                        .iter()
+                        .filter(|w| ranks.contains(&w.rank))
+                        .map(|w| w.waited_ns);
+                    let span = wait_span(waits);
+                    write!(f, "  {}: ", human::ranks(&ranks))?;
+                    match state {
+                        State::Completed | State::Failed => write!(f, "{state} after {span}")?,
+                        State::Scheduled | State::Started => {
+                            write!(f, "still inside ({state}) after {span}, at the dump")?
+                        }
+                    }
+                    if let Some(e) = error {
                         write!(f, ": {e}")?;
                     }
                     writeln!(f)?;
+                }
+                if absent_more + waiting_more > 0 {
+                    writeln!(f, "  ({} more ranks not shown)", absent_more + waiting_more)?;
                 }
                 Ok(())
             }
@@ -816,7 +831,7 @@ impl fmt::Display for Finding {
                     SlowPattern::Episode => writeln!(
                         f,
                         "rank {rank} straggled: entered call #{} ({}) {} late; late at \
-                         {calls_late} of {calls_compared} calls, otherwise median {}",
+                         {calls_late} of {calls_compared} calls, otherwise on time (median {})",
                         worst_call.seq,
                         worst_call,
                         human::duration(*worst_late_ns),
@@ -835,5 +850,42 @@ impl fmt::Display for Finding {
                 writeln!(f)
             }
         }
+    }
+}
+
+/// Ranks grouped by `key`, groups in order of first appearance, at most `max_groups`
+/// groups; returns them and how many ranks fitted none.
+fn group_ranks<K: PartialEq>(
+    items: impl Iterator<Item = (K, u32)>,
+    max_groups: usize,
+) -> (Vec<(K, Vec<u32>)>, usize) {
+    let mut groups: Vec<(K, Vec<u32>)> = Vec::new();
+    let mut overflow = 0;
+    for (key, rank) in items {
+        let full = groups.len() >= max_groups;
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(rank),
+            None if !full => groups.push((key, vec![rank])),
+            None => overflow += 1,
+        }
+    }
+    (groups, overflow)
+}
+
+/// The most evidence lines a never-arrived finding prints per list.
+const MAX_EVIDENCE_LINES: usize = 8;
+
+/// `30.2 s`, or `29.8 s to 30.2 s` when the waits differ by more than a tenth.
+fn wait_span(waits: impl Iterator<Item = u64> + Clone) -> String {
+    let lo = waits.clone().min().unwrap_or(0);
+    let hi = waits.max().unwrap_or(0);
+    if hi - lo > hi / 10 {
+        format!(
+            "{} to {}",
+            human::duration(lo as f64),
+            human::duration(hi as f64)
+        )
+    } else {
+        human::duration(hi as f64)
     }
 }
