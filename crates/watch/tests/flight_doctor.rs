@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use topoccl_watch::flight::doctor::{SlowPattern, Waiting};
 use topoccl_watch::flight::{
     doctor, Call, ClockBasis, DoctorConfig, Dump, DumpMeta, DumpReason, Finding, FlightError,
-    Report, Ring, State,
+    Peers, Report, Ring, State,
 };
 
 const MS: u64 = 1_000_000;
@@ -38,9 +38,9 @@ struct Job {
     capacity: usize,
     hosts: Vec<String>,
     offsets: Vec<u64>,
-    /// Whether ranks waiting for one that never arrives time out (else they are still
-    /// inside the call when the dump is taken 12 s later, as on SIGUSR1).
-    time_out: bool,
+    /// Ranks waiting for one that never arrives time out after 30.2 s if `None`, else
+    /// are still inside the call when the dump is taken this long after (as on SIGUSR1).
+    inside_ns: Option<u64>,
 }
 
 impl Job {
@@ -51,7 +51,7 @@ impl Job {
             capacity: 2_000,
             hosts: vec!["node-a".to_string(); world as usize],
             offsets: vec![0; world as usize],
-            time_out: true,
+            inside_ns: None,
         }
     }
 
@@ -81,7 +81,11 @@ impl Job {
             let mut missing = false;
             for r in ranks.clone() {
                 match call(r, seq) {
-                    Some(c) => {
+                    Some(mut c) => {
+                        if c.peers == Peers::NONE {
+                            let w = self.world;
+                            c.peers = Peers::new(&[(r + w - 1) % w, (r + 1) % w]);
+                        }
                         let enter = t + jitter(r, seq) + late(r, seq);
                         let sig = (c.profiling_name.clone(), c.count, c.root);
                         let id = rings[r as usize].record_start(c, enter + off(r));
@@ -93,8 +97,8 @@ impl Job {
             }
             let last = entered.iter().map(|e| e.2).max().unwrap_or(t);
             if missing {
-                if !self.time_out {
-                    t += 12 * S;
+                if let Some(inside) = self.inside_ns {
+                    t += inside;
                     break;
                 }
                 for &(r, id, enter, _) in &entered {
@@ -243,7 +247,7 @@ fn rank_that_never_arrived_is_named_with_the_wait() {
 #[test]
 fn ranks_still_waiting_at_the_dump_and_a_rank_with_no_calls() {
     let job = Job {
-        time_out: false,
+        inside_ns: Some(12 * S),
         ..Job::new(6, 1..=3)
     };
     let mut dumps = job.run(on_time, |r, s| (r != 4 || s < 3).then(|| all_reduce(s)));
@@ -271,6 +275,30 @@ fn ranks_still_waiting_at_the_dump_and_a_rank_with_no_calls() {
     assert!(
         report.to_string().contains("  rank 5: recorded no calls\n"),
         "{report}"
+    );
+}
+
+#[test]
+fn dump_of_a_running_job_mid_call_is_not_a_missing_rank() {
+    let job = Job {
+        inside_ns: Some(5 * MS),
+        ..Job::new(4, 1..=10)
+    };
+    let dumps = job.run(on_time, |r, s| (r != 3 || s < 10).then(|| all_reduce(s)));
+    let report = check(&dumps);
+    assert!(report.all_agree(), "{report}");
+    // The same dumps with a stricter setting: rank 3 is named.
+    let strict = DoctorConfig {
+        min_wait_ns: MS,
+        ..DoctorConfig::default()
+    };
+    let report = topoccl_watch::flight::doctor_with(&dumps, &strict);
+    assert!(
+        matches!(
+            report.as_ref().map(|r| r.findings.first()),
+            Ok(Some(Finding::NeverArrived { seq: 10, .. }))
+        ),
+        "{report:?}"
     );
 }
 

@@ -6,7 +6,10 @@
 //! 1. **Never arrived**: the furthest call any rank entered is `hi`; a rank whose last
 //!    entry is below `hi` stopped early. The first call such a rank never entered is
 //!    reported with the ranks that entered it and how long they waited (from entering to
-//!    their end, or to their dump if still inside), each on its own clock.
+//!    their end, or to their dump if still inside), each on its own clock. A dump of a
+//!    running job (signal, request) catches ranks mid-call, so if the ranks inside that
+//!    call all entered it less than `min_wait` before their dump and none failed, the
+//!    call is taken as in flight and not reported.
 //! 2. **Mismatch**: the first call number at which ranks entered different calls
 //!    (collective, dtype, count or root differ), with the groups of ranks and what each
 //!    entered; later mismatching calls are counted.
@@ -62,6 +65,10 @@ pub struct DoctorConfig {
     pub mad_k: f64,
     /// Fewest compared calls before a rank can be called persistently slow (default 5).
     pub min_calls: usize,
+    /// A call that other ranks are still inside for less than this, ns, none of them
+    /// failed, is taken as in flight when the dumps were taken, not as one a rank never
+    /// arrived at (default 1 s).
+    pub min_wait_ns: u64,
 }
 
 impl Default for DoctorConfig {
@@ -70,6 +77,7 @@ impl Default for DoctorConfig {
             min_late_ns: 20_000_000,
             mad_k: 5.0,
             min_calls: 5,
+            min_wait_ns: 1_000_000_000,
         }
     }
 }
@@ -334,7 +342,7 @@ pub fn doctor_with(dumps: &[Dump], config: &DoctorConfig) -> Result<Report, Flig
 
     let mut findings = Vec::new();
     let mut omitted = 0u64;
-    let never = never_arrived(&ranks, seq_range);
+    let never = never_arrived(&ranks, seq_range, config);
     let waiting_seq = match &never {
         Some(Finding::NeverArrived { seq, .. }) => Some(*seq),
         _ => None,
@@ -411,7 +419,11 @@ fn entry_at(d: &Dump, seq: u64) -> Option<&Entry> {
         .map(|i| &d.entries[i])
 }
 
-fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Finding> {
+fn never_arrived(
+    ranks: &[&Dump],
+    seq_range: Option<(u64, u64)>,
+    config: &DoctorConfig,
+) -> Option<Finding> {
     let (lowest, furthest) = seq_range?;
     let last = |d: &Dump| d.entries.last().map(|e| e.collective_seq_id);
     // The first call each lagging rank never entered; a rank that recorded nothing never
@@ -445,6 +457,12 @@ fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Findi
             // Passed it, but its ring no longer holds it.
             None => {}
         }
+    }
+    // A dump of a running job catches ranks mid-call: a call the others are still inside
+    // since less than `min_wait_ns`, none failed, is in flight, not missing a rank.
+    let in_flight = |w: &Waiting| !w.state.is_final() && w.waited_ns < config.min_wait_ns;
+    if !waiting.is_empty() && waiting.iter().all(in_flight) {
+        return None;
     }
     Some(Finding::NeverArrived {
         seq,
