@@ -49,7 +49,7 @@ use super::dump::Dump;
 use super::entry::{Entry, State};
 use super::error::FlightError;
 use super::human;
-use super::stats::{median, median_mad, median_without, MAD_TO_SIGMA};
+use super::stats::{median, median_mad, median_sorted, median_without, MAD_TO_SIGMA};
 
 /// The most failed-call findings listed.
 pub const MAX_FAILED_LISTED: usize = 8;
@@ -330,29 +330,26 @@ pub fn doctor_with(dumps: &[Dump], config: &DoctorConfig) -> Result<Report, Flig
         },
         _ => ClockBasis::Durations { hosts: hosts.len() },
     };
-    let seqs: BTreeSet<u64> = ranks
-        .iter()
-        .flat_map(|d| d.entries.iter().map(|e| e.collective_seq_id))
-        .collect();
-    let seq_range = seqs.first().copied().zip(seqs.last().copied());
-    let calls_compared = seqs
-        .iter()
-        .filter(|&&s| ranks.iter().filter(|d| entry_at(d, s).is_some()).count() >= 2)
-        .count() as u64;
+    let calls = line_up(&ranks);
+    let seq_range = calls
+        .first_key_value()
+        .map(|(&s, _)| s)
+        .zip(calls.last_key_value().map(|(&s, _)| s));
+    let calls_compared = calls.values().filter(|c| c.len() >= 2).count() as u64;
 
     let mut findings = Vec::new();
     let mut omitted = 0u64;
-    let never = never_arrived(&ranks, seq_range, config);
+    let never = never_arrived(&ranks, &calls, config);
     let waiting_seq = match &never {
         Some(Finding::NeverArrived { seq, .. }) => Some(*seq),
         _ => None,
     };
     findings.extend(never);
-    findings.extend(mismatch(&ranks, &seqs));
+    findings.extend(mismatch(&ranks, &calls));
     let failed = failures(&ranks, waiting_seq);
     omitted += failed.len().saturating_sub(MAX_FAILED_LISTED) as u64;
     findings.extend(failed.into_iter().take(MAX_FAILED_LISTED));
-    let slow = slow_ranks(&ranks, &seqs, &clock, config);
+    let slow = slow_ranks(&ranks, &calls, &clock, config);
     omitted += slow.len().saturating_sub(MAX_SLOW_LISTED) as u64;
     findings.extend(slow.into_iter().take(MAX_SLOW_LISTED));
 
@@ -411,20 +408,24 @@ fn check_set(dumps: &[Dump]) -> Result<Vec<&Dump>, FlightError> {
     Ok(by_rank.into_values().collect())
 }
 
-/// The entry of call `seq` in `d` (entries are sorted by sequence number).
-fn entry_at(d: &Dump, seq: u64) -> Option<&Entry> {
-    d.entries
-        .binary_search_by_key(&seq, |e| e.collective_seq_id)
-        .ok()
-        .map(|i| &d.entries[i])
+/// Every recorded call number with the ranks' entries for it: `(index into ranks,
+/// entry)`, in rank order.
+type LinedUp<'a> = BTreeMap<u64, Vec<(usize, &'a Entry)>>;
+
+/// Lines the dumps (sorted by rank) up by sequence number.
+fn line_up<'a>(ranks: &[&'a Dump]) -> LinedUp<'a> {
+    let mut calls: LinedUp<'a> = BTreeMap::new();
+    for (i, d) in ranks.iter().enumerate() {
+        for e in &d.entries {
+            calls.entry(e.collective_seq_id).or_default().push((i, e));
+        }
+    }
+    calls
 }
 
-fn never_arrived(
-    ranks: &[&Dump],
-    seq_range: Option<(u64, u64)>,
-    config: &DoctorConfig,
-) -> Option<Finding> {
-    let (lowest, furthest) = seq_range?;
+fn never_arrived(ranks: &[&Dump], calls: &LinedUp<'_>, config: &DoctorConfig) -> Option<Finding> {
+    let lowest = *calls.first_key_value()?.0;
+    let furthest = *calls.last_key_value()?.0;
     let last = |d: &Dump| d.entries.last().map(|e| e.collective_seq_id);
     // The first call each lagging rank never entered; a rank that recorded nothing never
     // entered the earliest call any ring holds.
@@ -437,8 +438,13 @@ fn never_arrived(
     let mut absent = Vec::new();
     let mut waiting = Vec::new();
     let mut call = None;
-    for d in ranks {
-        match entry_at(d, seq) {
+    let inside = calls.get(&seq).map_or(&[][..], Vec::as_slice);
+    for (i, d) in ranks.iter().enumerate() {
+        let entry = inside
+            .binary_search_by_key(&i, |&(j, _)| j)
+            .ok()
+            .map(|k| inside[k].1);
+        match entry {
             Some(e) => {
                 call.get_or_insert_with(|| CallSummary::of(e));
                 let end = e.time_discovered_completed_ns.unwrap_or(d.dump_time_ns);
@@ -480,22 +486,14 @@ fn signature(e: &Entry) -> Signature<'_> {
     (&e.profiling_name, &e.dtype, e.count, e.root)
 }
 
-/// The dump of `rank` among `ranks` (sorted by rank).
-fn ranks_dump<'a>(ranks: &[&'a Dump], rank: u32) -> Option<&'a Dump> {
-    ranks
-        .binary_search_by_key(&rank, |d| d.rank)
-        .ok()
-        .map(|i| ranks[i])
-}
-
-fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
+fn mismatch(ranks: &[&Dump], calls: &LinedUp<'_>) -> Option<Finding> {
     let mut first: Option<(u64, Vec<CallGroup>, Vec<String>)> = None;
     let mut later = 0u64;
-    for &seq in seqs {
+    for (&seq, inside) in calls {
         let (mut groups, _) = group_ranks(
-            ranks
+            inside
                 .iter()
-                .filter_map(|d| entry_at(d, seq).map(|e| (signature(e), d.rank))),
+                .map(|&(i, e)| (signature(e), (ranks[i].rank, e))),
             usize::MAX,
         );
         if groups.len() < 2 {
@@ -518,15 +516,12 @@ fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
             .filter(|(_, d)| *d)
             .map(|(n, _)| n.to_string())
             .collect();
-        groups.sort_by_key(|g| (g.1.len(), g.1[0]));
+        groups.sort_by_key(|g| (g.1.len(), g.1[0].0));
         let groups = groups
             .into_iter()
-            .filter_map(|(_, members)| {
-                let d = ranks_dump(ranks, members[0])?;
-                Some(CallGroup {
-                    call: CallSummary::of(entry_at(d, seq)?),
-                    ranks: members,
-                })
+            .map(|(_, members)| CallGroup {
+                call: CallSummary::of(members[0].1),
+                ranks: members.iter().map(|m| m.0).collect(),
             })
             .collect();
         first = Some((seq, groups, differs));
@@ -557,25 +552,24 @@ fn failures(ranks: &[&Dump], skip_seq: Option<u64>) -> Vec<Finding> {
 }
 
 /// One rank's lateness at one call.
-struct Late {
-    seq: u64,
+struct Late<'a> {
+    entry: &'a Entry,
     late_ns: f64,
 }
 
 fn slow_ranks(
     ranks: &[&Dump],
-    seqs: &BTreeSet<u64>,
+    calls: &LinedUp<'_>,
     clock: &ClockBasis,
     config: &DoctorConfig,
 ) -> Vec<Finding> {
     let same_host = matches!(clock, ClockBasis::SameHost { .. });
-    let mut late: Vec<Vec<Late>> = ranks.iter().map(|_| Vec::new()).collect();
+    let mut late: Vec<Vec<Late<'_>>> = ranks.iter().map(|_| Vec::new()).collect();
     let mut at_seq: Vec<(f64, usize, &Entry)> = Vec::with_capacity(ranks.len());
     let mut sorted: Vec<f64> = Vec::with_capacity(ranks.len());
-    for &seq in seqs {
+    for inside in calls.values() {
         at_seq.clear();
-        for (i, d) in ranks.iter().enumerate() {
-            let Some(e) = entry_at(d, seq) else { continue };
+        for &(i, e) in inside {
             // Same host: entry times, relative to the earliest (exact in f64). Several
             // hosts: minus the duration (a later entry means a shorter wait).
             let a = if same_host {
@@ -596,10 +590,10 @@ fn slow_ranks(
         let base = at_seq[0].0;
         sorted.clear();
         sorted.extend(at_seq.iter().map(|x| x.0 - base));
-        for (k, &(_, i, _)) in at_seq.iter().enumerate() {
+        for (k, &(_, i, entry)) in at_seq.iter().enumerate() {
             if let Some(m) = median_without(&sorted, k) {
                 late[i].push(Late {
-                    seq,
+                    entry,
                     late_ns: sorted[k] - m,
                 });
             }
@@ -616,6 +610,16 @@ fn slow_ranks(
     let threshold = (config.min_late_ns as f64).max(config.mad_k * jitter);
 
     let durations: Vec<Option<f64>> = ranks.iter().map(|d| median_duration(d)).collect();
+    let mut sorted_durations: Vec<f64> = durations.iter().flatten().copied().collect();
+    sorted_durations.sort_by(f64::total_cmp);
+    // The median of the other ranks' durations: drop one copy of rank i's own value.
+    let others_median = |own: Option<f64>| match own {
+        Some(d) => {
+            let at = sorted_durations.partition_point(|x| x.total_cmp(&d).is_lt());
+            median_without(&sorted_durations, at)
+        }
+        None => median_sorted(&sorted_durations),
+    };
     let mut found: Vec<Finding> = Vec::new();
     for (i, l) in late.iter().enumerate() {
         let Some(m) = median(&mut l.iter().map(|x| x.late_ns).collect::<Vec<_>>()) else {
@@ -636,15 +640,6 @@ fn slow_ranks(
         let Some(worst) = l.iter().max_by(|a, b| a.late_ns.total_cmp(&b.late_ns)) else {
             continue;
         };
-        let Some(worst_entry) = entry_at(ranks[i], worst.seq) else {
-            continue;
-        };
-        let mut others: Vec<f64> = durations
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != i)
-            .filter_map(|(_, d)| *d)
-            .collect();
         found.push(Finding::Slow {
             rank: ranks[i].rank,
             pattern: if persistent {
@@ -656,10 +651,10 @@ fn slow_ranks(
             calls_late,
             median_late_ns: m,
             worst_late_ns: worst.late_ns,
-            worst_call: CallSummary::of(worst_entry),
+            worst_call: CallSummary::of(worst.entry),
             threshold_ns: threshold,
             median_duration_ns: durations[i],
-            others_median_duration_ns: median(&mut others),
+            others_median_duration_ns: others_median(durations[i]),
         });
     }
     found.sort_by(|a, b| worst_of(b).total_cmp(&worst_of(a)));
@@ -871,13 +866,13 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Ranks grouped by `key`, groups in order of first appearance, at most `max_groups`
-/// groups; returns them and how many ranks fitted none.
-fn group_ranks<K: PartialEq>(
-    items: impl Iterator<Item = (K, u32)>,
+/// Items (ranks) grouped by `key`, groups in order of first appearance, at most
+/// `max_groups` groups; returns them and how many items fitted none.
+fn group_ranks<K: PartialEq, T>(
+    items: impl Iterator<Item = (K, T)>,
     max_groups: usize,
-) -> (Vec<(K, Vec<u32>)>, usize) {
-    let mut groups: Vec<(K, Vec<u32>)> = Vec::new();
+) -> (Vec<(K, Vec<T>)>, usize) {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
     let mut overflow = 0;
     for (key, rank) in items {
         let full = groups.len() >= max_groups;
