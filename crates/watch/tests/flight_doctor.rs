@@ -611,3 +611,100 @@ proptest! {
         prop_assert_eq!(report.findings.len(), 1);
     }
 }
+
+/// An arbitrary entry of call `seq`: any times, states and names.
+fn arb_entry(seq: u64) -> impl Strategy<Value = topoccl_watch::flight::Entry> {
+    (
+        prop::sample::select(vec!["topoccl:all_reduce", "topoccl:broadcast", "odd"]),
+        0u64..3,
+        prop::option::of(0u32..3),
+        any::<u64>(),
+        prop::option::of(any::<u64>()),
+        0u8..4,
+    )
+        .prop_map(move |(name, count, root, created, end, fate)| {
+            let c = Call {
+                root,
+                ..Call::new(seq, name, "f32", count, count * 4)
+            };
+            let mut ring = Ring::new(1).unwrap_or_default();
+            let id = ring.record_start(c, created);
+            if fate >= 1 {
+                ring.mark_started(id, created / 2);
+            }
+            match (fate, end) {
+                (2, Some(t)) => ring.mark_completed(id, t),
+                (3, Some(t)) => ring.mark_failed(id, t, "boom"),
+                _ => false,
+            };
+            let entry = ring.entries().next().cloned();
+            entry.unwrap_or_else(|| topoccl_watch::flight::Entry::new(0, all_reduce(seq), created))
+        })
+}
+
+/// One rank's dump: increasing call numbers from `start` (near u64::MAX included).
+fn arb_dump(rank: u32, world: u32) -> impl Strategy<Value = Dump> {
+    (
+        prop_oneof![0u64..20, Just(u64::MAX - 8)],
+        prop::collection::vec(0u64..3, 0..8),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_flat_map(move |(start, gaps, other_host, dump_time)| {
+            let mut seq = start;
+            let seqs: Vec<u64> = gaps
+                .iter()
+                .map(|g| {
+                    seq = seq.saturating_add(g + 1);
+                    seq
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let entries: Vec<_> = seqs.iter().map(|&s| arb_entry(s)).collect();
+            entries.prop_map(move |mut entries| {
+                for (i, e) in entries.iter_mut().enumerate() {
+                    e.record_id = i as u64;
+                }
+                let host = if other_host { "node-b" } else { "node-a" };
+                Dump::new(
+                    DumpMeta {
+                        job_id: "j".to_string(),
+                        process_group: "world".to_string(),
+                        rank,
+                        world_size: world,
+                        host: host.to_string(),
+                        dump_time_ns: dump_time,
+                        reason: DumpReason::Signal,
+                        detail: None,
+                    },
+                    16,
+                    0,
+                    entries,
+                )
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the (valid) dumps hold, the doctor answers, never panics, and its report
+    /// prints and serialises.
+    #[test]
+    fn doctor_never_panics(
+        (ranks, dumps) in (1u32..6, prop::collection::vec(any::<bool>(), 6)).prop_flat_map(
+            |(world, keep)| {
+                let ranks: Vec<u32> = (0..world).filter(|&r| keep[r as usize] || r == 0).collect();
+                let dumps: Vec<_> = ranks.iter().map(|&r| arb_dump(r, world)).collect();
+                (Just(ranks), dumps)
+            }
+        )
+    ) {
+        let report = doctor(&dumps).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(!report.to_string().is_empty());
+        prop_assert_eq!(report.ranks.clone(), ranks);
+        let json = serde_json::to_string(&report).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(json.contains("\"findings\""));
+    }
+}

@@ -429,7 +429,7 @@ fn never_arrived(ranks: &[&Dump], calls: &LinedUp<'_>, config: &DoctorConfig) ->
     let last = |d: &Dump| d.entries.last().map(|e| e.collective_seq_id);
     // The first call each lagging rank never entered; a rank that recorded nothing never
     // entered the earliest call any ring holds.
-    let next_of = |d: &Dump| last(d).map_or(lowest, |s| s + 1);
+    let next_of = |d: &Dump| last(d).map_or(lowest, |s| s.saturating_add(1));
     let seq = ranks
         .iter()
         .filter(|d| last(d).is_none_or(|s| s < furthest))
@@ -565,19 +565,19 @@ fn slow_ranks(
 ) -> Vec<Finding> {
     let same_host = matches!(clock, ClockBasis::SameHost { .. });
     let mut late: Vec<Vec<Late<'_>>> = ranks.iter().map(|_| Vec::new()).collect();
-    let mut at_seq: Vec<(f64, usize, &Entry)> = Vec::with_capacity(ranks.len());
+    let mut at_seq: Vec<(i128, usize, &Entry)> = Vec::with_capacity(ranks.len());
     let mut sorted: Vec<f64> = Vec::with_capacity(ranks.len());
     for inside in calls.values() {
         at_seq.clear();
         for &(i, e) in inside {
-            // Same host: entry times, relative to the earliest (exact in f64). Several
-            // hosts: minus the duration (a later entry means a shorter wait).
+            // Same host: entry times. Several hosts: minus the duration (a later entry
+            // means a shorter wait). Integers, so that the differences below are exact.
             let a = if same_host {
-                Some(e.time_created_ns as f64)
+                Some(i128::from(e.time_created_ns))
             } else {
                 e.duration_ns()
                     .filter(|_| e.state == State::Completed)
-                    .map(|d| -(d as f64))
+                    .map(|d| -i128::from(d))
             };
             if let Some(a) = a {
                 at_seq.push((a, i, e));
@@ -586,10 +586,11 @@ fn slow_ranks(
         if at_seq.len() < 2 {
             continue;
         }
-        at_seq.sort_by(|x, y| x.0.total_cmp(&y.0));
+        at_seq.sort_by_key(|x| x.0);
         let base = at_seq[0].0;
         sorted.clear();
-        sorted.extend(at_seq.iter().map(|x| x.0 - base));
+        // Relative to the earliest: exact in f64 below 2^53 ns (104 days).
+        sorted.extend(at_seq.iter().map(|x| (x.0 - base) as f64));
         for (k, &(_, i, entry)) in at_seq.iter().enumerate() {
             if let Some(m) = median_without(&sorted, k) {
                 late[i].push(Late {
