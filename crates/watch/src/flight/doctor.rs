@@ -8,7 +8,7 @@
 //!    reported with the ranks that entered it and how long they waited (from entering to
 //!    their end, or to their dump if still inside), each on its own clock. A dump of a
 //!    running job (signal, request) catches ranks mid-call, so if the ranks inside that
-//!    call all entered it less than `min_wait` before their dump and none failed, the
+//!    call all entered it less than [`DoctorConfig::min_wait_ns`] before their dump and none failed, the
 //!    call is taken as in flight and not reported.
 //! 2. **Mismatch**: the first call number at which ranks entered different calls
 //!    (collective, dtype, count or root differ), with the groups of ranks and what each
@@ -19,9 +19,10 @@
 //!    ranks that entered s, where `a` is the entry time (`time_created_ns`). Per rank,
 //!    `m_r` = median of its lateness; the jitter is 1.4826 × the median over ranks of
 //!    each rank's MAD of lateness (a robust σ of ordinary call-to-call noise), and the
-//!    threshold `θ = max(min_late, k × jitter)`. A rank with `m_r > θ` over at least
-//!    `min_calls` calls is *persistently slow*; otherwise calls where `late − m_r > θ`
-//!    are *episodes* (a stall: SIGSTOP, swapping, a long GC), of which the worst is shown.
+//!    threshold `θ = max(min_late_ns, mad_k × jitter)` ([`DoctorConfig`]). A rank with
+//!    `m_r > θ` over at least `min_calls` calls is *persistently slow*; otherwise calls
+//!    where `late − m_r > θ` are *episodes* (a stall: SIGSTOP, swapping, a long GC), of
+//!    which the worst is shown.
 //!
 //! # Clocks
 //!
