@@ -104,6 +104,22 @@ fn json_uses_pytorch_field_names() -> Result<(), serde_json::Error> {
     Ok(())
 }
 
+#[test]
+fn one_entry_a_line() {
+    let d = sample();
+    let json = d.to_json();
+    let lines: Vec<&str> = json.lines().collect();
+    let entry_lines: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("    {\"record_id\": "))
+        .collect();
+    assert_eq!(entry_lines.len(), d.entries.len(), "{json}");
+    assert!(lines.contains(&"  \"rank\": 1,"), "{json}");
+    assert_eq!(lines.last(), Some(&"}"));
+    let empty = Ring::default().dump(meta(0)).to_json();
+    assert!(empty.contains("\"entries\": []\n}"), "{empty}");
+}
+
 /// 1-based line and column of byte `at` in `text`.
 fn position(text: &str, at: usize) -> (usize, usize) {
     let before = &text[..at];

@@ -6,7 +6,10 @@
 //! 1. **Never arrived**: the furthest call any rank entered is `hi`; a rank whose last
 //!    entry is below `hi` stopped early. The first call such a rank never entered is
 //!    reported with the ranks that entered it and how long they waited (from entering to
-//!    their end, or to their dump if still inside), each on its own clock.
+//!    their end, or to their dump if still inside), each on its own clock. A dump of a
+//!    running job (signal, request) catches ranks mid-call, so if the ranks inside that
+//!    call all entered it less than [`DoctorConfig::min_wait_ns`] before their dump and none failed, the
+//!    call is taken as in flight and not reported.
 //! 2. **Mismatch**: the first call number at which ranks entered different calls
 //!    (collective, dtype, count or root differ), with the groups of ranks and what each
 //!    entered; later mismatching calls are counted.
@@ -16,9 +19,10 @@
 //!    ranks that entered s, where `a` is the entry time (`time_created_ns`). Per rank,
 //!    `m_r` = median of its lateness; the jitter is 1.4826 × the median over ranks of
 //!    each rank's MAD of lateness (a robust σ of ordinary call-to-call noise), and the
-//!    threshold `θ = max(min_late, k × jitter)`. A rank with `m_r > θ` over at least
-//!    `min_calls` calls is *persistently slow*; otherwise calls where `late − m_r > θ`
-//!    are *episodes* (a stall: SIGSTOP, swapping, a long GC), of which the worst is shown.
+//!    threshold `θ = max(min_late_ns, mad_k × jitter)` ([`DoctorConfig`]). A rank with
+//!    `m_r > θ` over at least `min_calls` calls is *persistently slow*; otherwise calls
+//!    where `late − m_r > θ` are *episodes* (a stall: SIGSTOP, swapping, a long GC), of
+//!    which the worst is shown.
 //!
 //! # Clocks
 //!
@@ -46,7 +50,7 @@ use super::dump::Dump;
 use super::entry::{Entry, State};
 use super::error::FlightError;
 use super::human;
-use super::stats::{median, median_mad, median_without, MAD_TO_SIGMA};
+use super::stats::{median, median_mad, median_sorted, median_without, MAD_TO_SIGMA};
 
 /// The most failed-call findings listed.
 pub const MAX_FAILED_LISTED: usize = 8;
@@ -62,6 +66,10 @@ pub struct DoctorConfig {
     pub mad_k: f64,
     /// Fewest compared calls before a rank can be called persistently slow (default 5).
     pub min_calls: usize,
+    /// A call that other ranks are still inside for less than this, ns, none of them
+    /// failed, is taken as in flight when the dumps were taken, not as one a rank never
+    /// arrived at (default 1 s).
+    pub min_wait_ns: u64,
 }
 
 impl Default for DoctorConfig {
@@ -70,6 +78,7 @@ impl Default for DoctorConfig {
             min_late_ns: 20_000_000,
             mad_k: 5.0,
             min_calls: 5,
+            min_wait_ns: 1_000_000_000,
         }
     }
 }
@@ -322,29 +331,26 @@ pub fn doctor_with(dumps: &[Dump], config: &DoctorConfig) -> Result<Report, Flig
         },
         _ => ClockBasis::Durations { hosts: hosts.len() },
     };
-    let seqs: BTreeSet<u64> = ranks
-        .iter()
-        .flat_map(|d| d.entries.iter().map(|e| e.collective_seq_id))
-        .collect();
-    let seq_range = seqs.first().copied().zip(seqs.last().copied());
-    let calls_compared = seqs
-        .iter()
-        .filter(|&&s| ranks.iter().filter(|d| entry_at(d, s).is_some()).count() >= 2)
-        .count() as u64;
+    let calls = line_up(&ranks);
+    let seq_range = calls
+        .first_key_value()
+        .map(|(&s, _)| s)
+        .zip(calls.last_key_value().map(|(&s, _)| s));
+    let calls_compared = calls.values().filter(|c| c.len() >= 2).count() as u64;
 
     let mut findings = Vec::new();
     let mut omitted = 0u64;
-    let never = never_arrived(&ranks, seq_range);
+    let never = never_arrived(&ranks, &calls, config);
     let waiting_seq = match &never {
         Some(Finding::NeverArrived { seq, .. }) => Some(*seq),
         _ => None,
     };
     findings.extend(never);
-    findings.extend(mismatch(&ranks, &seqs));
+    findings.extend(mismatch(&ranks, &calls));
     let failed = failures(&ranks, waiting_seq);
     omitted += failed.len().saturating_sub(MAX_FAILED_LISTED) as u64;
     findings.extend(failed.into_iter().take(MAX_FAILED_LISTED));
-    let slow = slow_ranks(&ranks, &seqs, &clock, config);
+    let slow = slow_ranks(&ranks, &calls, &clock, config);
     omitted += slow.len().saturating_sub(MAX_SLOW_LISTED) as u64;
     findings.extend(slow.into_iter().take(MAX_SLOW_LISTED));
 
@@ -403,20 +409,28 @@ fn check_set(dumps: &[Dump]) -> Result<Vec<&Dump>, FlightError> {
     Ok(by_rank.into_values().collect())
 }
 
-/// The entry of call `seq` in `d` (entries are sorted by sequence number).
-fn entry_at(d: &Dump, seq: u64) -> Option<&Entry> {
-    d.entries
-        .binary_search_by_key(&seq, |e| e.collective_seq_id)
-        .ok()
-        .map(|i| &d.entries[i])
+/// Every recorded call number with the ranks' entries for it: `(index into ranks,
+/// entry)`, in rank order.
+type LinedUp<'a> = BTreeMap<u64, Vec<(usize, &'a Entry)>>;
+
+/// Lines the dumps (sorted by rank) up by sequence number.
+fn line_up<'a>(ranks: &[&'a Dump]) -> LinedUp<'a> {
+    let mut calls: LinedUp<'a> = BTreeMap::new();
+    for (i, d) in ranks.iter().enumerate() {
+        for e in &d.entries {
+            calls.entry(e.collective_seq_id).or_default().push((i, e));
+        }
+    }
+    calls
 }
 
-fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Finding> {
-    let (lowest, furthest) = seq_range?;
+fn never_arrived(ranks: &[&Dump], calls: &LinedUp<'_>, config: &DoctorConfig) -> Option<Finding> {
+    let lowest = *calls.first_key_value()?.0;
+    let furthest = *calls.last_key_value()?.0;
     let last = |d: &Dump| d.entries.last().map(|e| e.collective_seq_id);
     // The first call each lagging rank never entered; a rank that recorded nothing never
     // entered the earliest call any ring holds.
-    let next_of = |d: &Dump| last(d).map_or(lowest, |s| s + 1);
+    let next_of = |d: &Dump| last(d).map_or(lowest, |s| s.saturating_add(1));
     let seq = ranks
         .iter()
         .filter(|d| last(d).is_none_or(|s| s < furthest))
@@ -425,8 +439,13 @@ fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Findi
     let mut absent = Vec::new();
     let mut waiting = Vec::new();
     let mut call = None;
-    for d in ranks {
-        match entry_at(d, seq) {
+    let inside = calls.get(&seq).map_or(&[][..], Vec::as_slice);
+    for (i, d) in ranks.iter().enumerate() {
+        let entry = inside
+            .binary_search_by_key(&i, |&(j, _)| j)
+            .ok()
+            .map(|k| inside[k].1);
+        match entry {
             Some(e) => {
                 call.get_or_insert_with(|| CallSummary::of(e));
                 let end = e.time_discovered_completed_ns.unwrap_or(d.dump_time_ns);
@@ -446,6 +465,12 @@ fn never_arrived(ranks: &[&Dump], seq_range: Option<(u64, u64)>) -> Option<Findi
             None => {}
         }
     }
+    // A dump of a running job catches ranks mid-call: a call the others are still inside
+    // since less than `min_wait_ns`, none failed, is in flight, not missing a rank.
+    let in_flight = |w: &Waiting| !w.state.is_final() && w.waited_ns < config.min_wait_ns;
+    if !waiting.is_empty() && waiting.iter().all(in_flight) {
+        return None;
+    }
     Some(Finding::NeverArrived {
         seq,
         call,
@@ -462,19 +487,16 @@ fn signature(e: &Entry) -> Signature<'_> {
     (&e.profiling_name, &e.dtype, e.count, e.root)
 }
 
-fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
+fn mismatch(ranks: &[&Dump], calls: &LinedUp<'_>) -> Option<Finding> {
     let mut first: Option<(u64, Vec<CallGroup>, Vec<String>)> = None;
     let mut later = 0u64;
-    for &seq in seqs {
-        let mut groups: Vec<(Signature<'_>, &Entry, Vec<u32>)> = Vec::new();
-        for d in ranks {
-            let Some(e) = entry_at(d, seq) else { continue };
-            let sig = signature(e);
-            match groups.iter_mut().find(|g| g.0 == sig) {
-                Some(g) => g.2.push(d.rank),
-                None => groups.push((sig, e, vec![d.rank])),
-            }
-        }
+    for (&seq, inside) in calls {
+        let (mut groups, _) = group_ranks(
+            inside
+                .iter()
+                .map(|&(i, e)| (signature(e), (ranks[i].rank, e))),
+            usize::MAX,
+        );
         if groups.len() < 2 {
             continue;
         }
@@ -495,12 +517,12 @@ fn mismatch(ranks: &[&Dump], seqs: &BTreeSet<u64>) -> Option<Finding> {
             .filter(|(_, d)| *d)
             .map(|(n, _)| n.to_string())
             .collect();
-        groups.sort_by_key(|g| (g.2.len(), g.2[0]));
+        groups.sort_by_key(|g| (g.1.len(), g.1[0].0));
         let groups = groups
             .into_iter()
-            .map(|(_, e, ranks)| CallGroup {
-                call: CallSummary::of(e),
-                ranks,
+            .map(|(_, members)| CallGroup {
+                call: CallSummary::of(members[0].1),
+                ranks: members.iter().map(|m| m.0).collect(),
             })
             .collect();
         first = Some((seq, groups, differs));
@@ -531,33 +553,32 @@ fn failures(ranks: &[&Dump], skip_seq: Option<u64>) -> Vec<Finding> {
 }
 
 /// One rank's lateness at one call.
-struct Late {
-    seq: u64,
+struct Late<'a> {
+    entry: &'a Entry,
     late_ns: f64,
 }
 
 fn slow_ranks(
     ranks: &[&Dump],
-    seqs: &BTreeSet<u64>,
+    calls: &LinedUp<'_>,
     clock: &ClockBasis,
     config: &DoctorConfig,
 ) -> Vec<Finding> {
     let same_host = matches!(clock, ClockBasis::SameHost { .. });
-    let mut late: Vec<Vec<Late>> = ranks.iter().map(|_| Vec::new()).collect();
-    let mut at_seq: Vec<(f64, usize, &Entry)> = Vec::with_capacity(ranks.len());
+    let mut late: Vec<Vec<Late<'_>>> = ranks.iter().map(|_| Vec::new()).collect();
+    let mut at_seq: Vec<(i128, usize, &Entry)> = Vec::with_capacity(ranks.len());
     let mut sorted: Vec<f64> = Vec::with_capacity(ranks.len());
-    for &seq in seqs {
+    for inside in calls.values() {
         at_seq.clear();
-        for (i, d) in ranks.iter().enumerate() {
-            let Some(e) = entry_at(d, seq) else { continue };
-            // Same host: entry times, relative to the earliest (exact in f64). Several
-            // hosts: minus the duration (a later entry means a shorter wait).
+        for &(i, e) in inside {
+            // Same host: entry times. Several hosts: minus the duration (a later entry
+            // means a shorter wait). Integers, so that the differences below are exact.
             let a = if same_host {
-                Some(e.time_created_ns as f64)
+                Some(i128::from(e.time_created_ns))
             } else {
                 e.duration_ns()
                     .filter(|_| e.state == State::Completed)
-                    .map(|d| -(d as f64))
+                    .map(|d| -i128::from(d))
             };
             if let Some(a) = a {
                 at_seq.push((a, i, e));
@@ -566,14 +587,15 @@ fn slow_ranks(
         if at_seq.len() < 2 {
             continue;
         }
-        at_seq.sort_by(|x, y| x.0.total_cmp(&y.0));
+        at_seq.sort_by_key(|x| x.0);
         let base = at_seq[0].0;
         sorted.clear();
-        sorted.extend(at_seq.iter().map(|x| x.0 - base));
-        for (k, &(_, i, _)) in at_seq.iter().enumerate() {
+        // Relative to the earliest: exact in f64 below 2^53 ns (104 days).
+        sorted.extend(at_seq.iter().map(|x| (x.0 - base) as f64));
+        for (k, &(_, i, entry)) in at_seq.iter().enumerate() {
             if let Some(m) = median_without(&sorted, k) {
                 late[i].push(Late {
-                    seq,
+                    entry,
                     late_ns: sorted[k] - m,
                 });
             }
@@ -590,6 +612,16 @@ fn slow_ranks(
     let threshold = (config.min_late_ns as f64).max(config.mad_k * jitter);
 
     let durations: Vec<Option<f64>> = ranks.iter().map(|d| median_duration(d)).collect();
+    let mut sorted_durations: Vec<f64> = durations.iter().flatten().copied().collect();
+    sorted_durations.sort_by(f64::total_cmp);
+    // The median of the other ranks' durations: drop one copy of rank i's own value.
+    let others_median = |own: Option<f64>| match own {
+        Some(d) => {
+            let at = sorted_durations.partition_point(|x| x.total_cmp(&d).is_lt());
+            median_without(&sorted_durations, at)
+        }
+        None => median_sorted(&sorted_durations),
+    };
     let mut found: Vec<Finding> = Vec::new();
     for (i, l) in late.iter().enumerate() {
         let Some(m) = median(&mut l.iter().map(|x| x.late_ns).collect::<Vec<_>>()) else {
@@ -610,15 +642,6 @@ fn slow_ranks(
         let Some(worst) = l.iter().max_by(|a, b| a.late_ns.total_cmp(&b.late_ns)) else {
             continue;
         };
-        let Some(worst_entry) = entry_at(ranks[i], worst.seq) else {
-            continue;
-        };
-        let mut others: Vec<f64> = durations
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != i)
-            .filter_map(|(_, d)| *d)
-            .collect();
         found.push(Finding::Slow {
             rank: ranks[i].rank,
             pattern: if persistent {
@@ -630,10 +653,10 @@ fn slow_ranks(
             calls_late,
             median_late_ns: m,
             worst_late_ns: worst.late_ns,
-            worst_call: CallSummary::of(worst_entry),
+            worst_call: CallSummary::of(worst.entry),
             threshold_ns: threshold,
             median_duration_ns: durations[i],
-            others_median_duration_ns: median(&mut others),
+            others_median_duration_ns: others_median(durations[i]),
         });
     }
     found.sort_by(|a, b| worst_of(b).total_cmp(&worst_of(a)));
@@ -679,8 +702,8 @@ impl fmt::Display for Report {
                 writeln!(f, "; {hosts} hosts: durations compared, clocks not trusted")?
             }
         }
-        for r in &self.missing_ranks {
-            writeln!(f, "no dump from rank {r}")?;
+        if !self.missing_ranks.is_empty() {
+            writeln!(f, "no dump from {}", human::ranks(&self.missing_ranks))?;
         }
         for finding in &self.findings {
             write!(f, "{finding}")?;
@@ -722,43 +745,50 @@ impl fmt::Display for Finding {
                 }
                 if !waiting.is_empty() {
                     let ranks: Vec<u32> = waiting.iter().map(|w| w.rank).collect();
-                    let lo = waiting.iter().map(|w| w.waited_ns).min().unwrap_or(0);
-                    let hi = waiting.iter().map(|w| w.waited_ns).max().unwrap_or(0);
-                    write!(f, "; {} waited ", human::ranks(&ranks))?;
-                    if hi - lo > hi / 10 {
-                        write!(
-                            f,
-                            "{} to {}",
-                            human::duration(lo as f64),
-                            human::duration(hi as f64)
-                        )?;
-                    } else {
-                        write!(f, "{}", human::duration(hi as f64))?;
-                    }
+                    let span = wait_span(waiting.iter().map(|w| w.waited_ns));
+                    write!(f, "; {} waited {span}", human::ranks(&ranks))?;
                 }
                 writeln!(f)?;
-                for a in absent {
-                    match (a.last_seq, a.last_state) {
+                let (absent_groups, absent_more) = group_ranks(
+                    absent.iter().map(|a| ((a.last_seq, a.last_state), a.rank)),
+                    MAX_EVIDENCE_LINES,
+                );
+                for ((last_seq, last_state), ranks) in absent_groups {
+                    match (last_seq, last_state) {
                         (Some(s), Some(state)) => writeln!(
                             f,
-                            "  rank {}: last call #{s} ({state}); others reached #{furthest_seq}",
-                            a.rank
+                            "  {}: last call #{s} ({state}); others reached #{furthest_seq}",
+                            human::ranks(&ranks)
                         )?,
-                        _ => writeln!(f, "  rank {}: recorded no calls", a.rank)?,
+                        _ => writeln!(f, "  {}: recorded no calls", human::ranks(&ranks))?,
                     }
                 }
-                for w in waiting {
-                    write!(
-                        f,
-                        "  rank {}: {} after {}",
-                        w.rank,
-                        w.state,
-                        human::duration(w.waited_ns as f64)
-                    )?;
-                    if let Some(e) = &w.error {
+                let (waiting_groups, waiting_more) = group_ranks(
+                    waiting
+                        .iter()
+                        .map(|w| ((w.state, w.error.as_deref()), w.rank)),
+                    MAX_EVIDENCE_LINES,
+                );
+                for ((state, error), ranks) in waiting_groups {
+                    let waits = waiting
+                        .iter()
+                        .filter(|w| ranks.contains(&w.rank))
+                        .map(|w| w.waited_ns);
+                    let span = wait_span(waits);
+                    write!(f, "  {}: ", human::ranks(&ranks))?;
+                    match state {
+                        State::Completed | State::Failed => write!(f, "{state} after {span}")?,
+                        State::Scheduled | State::Started => {
+                            write!(f, "still inside ({state}) after {span}, at the dump")?
+                        }
+                    }
+                    if let Some(e) = error {
                         write!(f, ": {e}")?;
                     }
                     writeln!(f)?;
+                }
+                if absent_more + waiting_more > 0 {
+                    writeln!(f, "  ({} more ranks not shown)", absent_more + waiting_more)?;
                 }
                 Ok(())
             }
@@ -816,7 +846,7 @@ impl fmt::Display for Finding {
                     SlowPattern::Episode => writeln!(
                         f,
                         "rank {rank} straggled: entered call #{} ({}) {} late; late at \
-                         {calls_late} of {calls_compared} calls, otherwise median {}",
+                         {calls_late} of {calls_compared} calls, otherwise on time (median {})",
                         worst_call.seq,
                         worst_call,
                         human::duration(*worst_late_ns),
@@ -835,5 +865,42 @@ impl fmt::Display for Finding {
                 writeln!(f)
             }
         }
+    }
+}
+
+/// Items (ranks) grouped by `key`, groups in order of first appearance, at most
+/// `max_groups` groups; returns them and how many items fitted none.
+fn group_ranks<K: PartialEq, T>(
+    items: impl Iterator<Item = (K, T)>,
+    max_groups: usize,
+) -> (Vec<(K, Vec<T>)>, usize) {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    let mut overflow = 0;
+    for (key, rank) in items {
+        let full = groups.len() >= max_groups;
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(rank),
+            None if !full => groups.push((key, vec![rank])),
+            None => overflow += 1,
+        }
+    }
+    (groups, overflow)
+}
+
+/// The most evidence lines a never-arrived finding prints per list.
+const MAX_EVIDENCE_LINES: usize = 8;
+
+/// `30.2 s`, or `29.8 s to 30.2 s` when the waits differ by more than a tenth.
+fn wait_span(waits: impl Iterator<Item = u64> + Clone) -> String {
+    let lo = waits.clone().min().unwrap_or(0);
+    let hi = waits.max().unwrap_or(0);
+    if hi - lo > hi / 10 {
+        format!(
+            "{} to {}",
+            human::duration(lo as f64),
+            human::duration(hi as f64)
+        )
+    } else {
+        human::duration(hi as f64)
     }
 }

@@ -9,6 +9,8 @@
 //! the line:column serde_json stopped at and whether the text ends early (`truncated`),
 //! is not JSON (`corrupt`) or has a field missing or mistyped (`malformed`).
 
+use std::io;
+
 use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
@@ -133,11 +135,16 @@ impl Dump {
         }
     }
 
-    /// The dump as pretty JSON (one field a line).
+    /// The dump as JSON: one header field a line, then one entry a line (so that
+    /// `grep` and `diff` work on entries and a parse error's line names the entry).
     pub fn to_json(&self) -> String {
-        // Serialising structs with string keys, strings and numbers cannot fail
-        // (serde_json writes a non-finite float as null).
-        serde_json::to_string_pretty(self).expect("a Dump always serialises to JSON")
+        let mut out = Vec::with_capacity(512 + 400 * self.entries.len());
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, EntryPerLine::default());
+        // Serialising structs with string keys, strings and numbers into memory cannot
+        // fail (serde_json writes a non-finite float as null), and the output is UTF-8.
+        self.serialize(&mut ser)
+            .expect("a Dump always serialises to JSON");
+        String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 
     /// Reads a dump from `text`; `source_name` (the file name) goes into every error
@@ -283,4 +290,92 @@ fn without_position(message: &str) -> &str {
     message
         .rfind(" at line ")
         .map_or(message, |at| &message[..at])
+}
+
+/// serde_json layout: objects and arrays down to [`EntryPerLine::LINE_DEPTH`] levels get
+/// one member a line, indented by two spaces; deeper ones (an entry's fields) stay on one
+/// line, separated by `", "` and `": "`.
+#[derive(Default)]
+struct EntryPerLine {
+    depth: usize,
+    has_value: bool,
+}
+
+impl EntryPerLine {
+    /// The dump object (1) and its `entries` array (2) are laid out a member a line.
+    const LINE_DEPTH: usize = 2;
+
+    fn open<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.depth += 1;
+        self.has_value = false;
+        w.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        let by_line = self.depth <= Self::LINE_DEPTH;
+        self.depth -= 1;
+        if by_line && self.has_value {
+            w.write_all(b"\n")?;
+            self.indent(w)?;
+        }
+        w.write_all(bracket)
+    }
+
+    fn member<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if self.depth <= Self::LINE_DEPTH {
+            w.write_all(if first { b"\n" } else { b",\n" })?;
+            self.indent(w)
+        } else if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn indent<W: ?Sized + io::Write>(&self, w: &mut W) -> io::Result<()> {
+        for _ in 0..self.depth {
+            w.write_all(b"  ")?;
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for EntryPerLine {
+    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"[")
+    }
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"]")
+    }
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.member(w, first)
+    }
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"{")
+    }
+    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"}")
+    }
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.member(w, first)
+    }
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
 }

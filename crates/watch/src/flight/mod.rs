@@ -7,7 +7,7 @@
 //!   the oldest entry when full ([`ring`]).
 //! - [`Dump`]: the JSON a rank writes on an error, a timeout, a signal or on request, and
 //!   its parser with errors that name the file and the line:column ([`dump`]).
-//! - [`doctor`]: reads all ranks' dumps of one communicator and says who never arrived,
+//! - [`doctor()`]: reads all ranks' dumps of one communicator and says who never arrived,
 //!   who entered a different call, who failed and who is slow, with the evidence
 //!   ([`mod@doctor`]).
 //!
@@ -33,6 +33,44 @@
 //! `dropped`. Not kept: `pg_id`/`pg_config`/`pg_status` (one communicator per dump),
 //! `p2p_seq_id`/`is_p2p`/`op_id` (topoccl has no point-to-point or coalesced calls),
 //! `frames` (no stack traces), `retired`.
+//!
+//! # Use
+//!
+//! ```
+//! use topoccl_watch::flight::{doctor, Call, Dump, DumpMeta, DumpReason, Ring};
+//!
+//! # fn main() -> Result<(), topoccl_watch::flight::FlightError> {
+//! // Each rank: record its calls (times from the caller's clock, in ns).
+//! let mut dumps = Vec::new();
+//! for rank in 0..2u32 {
+//!     let mut ring = Ring::new(2_000)?;
+//!     for seq in 1..=3u64 {
+//!         let t = seq * 1_000_000 + u64::from(rank) * 1_000;
+//!         let id = ring.record_start(Call::new(seq, "topoccl:all_reduce", "f32", 1024, 4096), t);
+//!         ring.mark_started(id, t + 100);
+//!         ring.mark_completed(id, seq * 1_000_000 + 50_000);
+//!     }
+//!     let meta = DumpMeta {
+//!         job_id: "job-1".into(),
+//!         process_group: "world".into(),
+//!         rank,
+//!         world_size: 2,
+//!         host: "node-a".into(),
+//!         dump_time_ns: 9_000_000,
+//!         reason: DumpReason::Request,
+//!         detail: None,
+//!     };
+//!     // The runtime writes this text to a file ...
+//!     let text = ring.dump(meta).to_json();
+//!     // ... and `topoccl doctor` reads it back, naming the file in any error.
+//!     dumps.push(Dump::parse(&text, &format!("rank{rank}.json"))?);
+//! }
+//! let report = doctor(&dumps)?;
+//! assert!(report.all_agree());
+//! assert!(report.to_string().ends_with("all ranks agree\n"));
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Limits
 //!

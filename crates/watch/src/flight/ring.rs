@@ -8,8 +8,9 @@
 //! caller's strings are borrowed (`Cow::Borrowed`), except a failure's owned error text.
 //!
 //! Capacity: 1..=[`MAX_CAPACITY`], default [`DEFAULT_CAPACITY`] = 2,000 (PyTorch's
-//! `TORCH_NCCL_TRACE_BUFFER_SIZE` default). An entry is about 200 bytes, so the default
-//! ring holds about 400 KB.
+//! `TORCH_NCCL_TRACE_BUFFER_SIZE` default). An entry takes 248 bytes (64-bit targets),
+//! so the default ring holds about 500 KB, allocated at construction. Recording, starting
+//! and completing a call costs tens of nanoseconds (see `tests/flight_perf.rs`).
 
 use std::borrow::Cow;
 
