@@ -637,6 +637,11 @@ impl LinkMatrix {
         (index != NO_SLOT).then_some(index as usize)
     }
 
+    /// The baseline of the link at `index` (in the order of [`LinkMatrix::links`]).
+    pub(crate) fn baseline_at(&self, index: usize) -> Option<Baseline> {
+        self.slots.get(index)?.stats.baseline
+    }
+
     /// The link `peer` is counted under, once added.
     pub fn dest_of(&self, peer: usize) -> Option<Dest> {
         let index = *self.slot_of.get(peer)?;

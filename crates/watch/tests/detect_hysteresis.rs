@@ -4,25 +4,9 @@
 use proptest::prelude::*;
 use topoccl_watch::detect::{Hysteresis, HysteresisConfig, Persist, Reading, Transition};
 
-const MS: u64 = 1_000_000;
-
-/// Deterministic noise: splitmix64.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn symmetric(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-}
+#[path = "detect_support.rs"]
+mod support;
+use support::{SplitMix, MS};
 
 fn config(raise: Persist, clear: Persist) -> HysteresisConfig {
     HysteresisConfig {

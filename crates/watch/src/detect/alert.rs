@@ -105,7 +105,8 @@ pub enum Metric {
     Utilisation,
     /// Smoothed latency, seconds (bad when high); baseline: the probe's latency.
     LatencyS,
-    /// Age of the oldest transfer in flight, seconds (bad when high).
+    /// Age of the most overdue transfer in flight, seconds (bad when high); threshold: its
+    /// expected time plus the stall allowance; baseline: its expected time.
     InFlightS,
     /// Fraction of recent calls a rank was late into (bad when high); baseline: the
     /// number of calls judged.
@@ -180,13 +181,14 @@ impl Evidence {
         let (obs, thr) = (self.observed, self.threshold);
         let call = call.map_or_else(|| "its call".to_string(), |seq| format!("call {seq}"));
         match (self.metric, self.baseline) {
-            (Metric::ThroughputBps, Some(base)) => format!(
-                "{} achieved vs {} baseline ({}× {cmp} {}×)",
-                rate(obs),
-                rate(base),
-                number(obs / base),
-                number(thr / base)
-            ),
+            (Metric::ThroughputBps, Some(base)) => {
+                let (ratio, limit) = distinct(obs / base, thr / base);
+                format!(
+                    "{} achieved vs {} baseline ({ratio}× {cmp} {limit}×)",
+                    rate(obs),
+                    rate(base)
+                )
+            }
             (Metric::ThroughputBps, None) => {
                 format!("{} achieved ({cmp} {})", rate(obs), rate(thr))
             }
@@ -202,9 +204,10 @@ impl Evidence {
                 duration(thr),
                 base.map_or_else(String::new, |b| format!(" (baseline {})", duration(b)))
             ),
-            (Metric::InFlightS, _) => format!(
-                "a transfer in flight for {} ({cmp} {})",
+            (Metric::InFlightS, expected) => format!(
+                "a transfer in flight for {}{} ({cmp} {})",
                 duration(obs),
+                expected.map_or_else(String::new, |e| format!(", {} expected", duration(e))),
                 duration(thr)
             ),
             (Metric::LateFraction, Some(calls)) => format!(
@@ -307,10 +310,15 @@ impl Alert {
         }
     }
 
+    /// The sentence: a firing alert names the criteria that hold (all when none does), a
+    /// resolved one every criterion's figures now.
     fn sentence(&self) -> String {
+        let firing = self.state == AlertState::Firing;
+        let any_holds = self.evidence.iter().any(Evidence::holds);
         let clauses: Vec<String> = self
             .evidence
             .iter()
+            .filter(|e| !(firing && any_holds) || e.holds())
             .map(|e| e.phrase(self.state, self.call))
             .collect();
         let clauses = clauses.join("; ");
@@ -508,11 +516,27 @@ fn percent(fraction: f64) -> String {
     format!("{:.0}%", fraction * 100.0)
 }
 
-/// Up to two decimals, trailing zeros dropped (`0.35`, `0.5`, `1`).
-fn number(value: f64) -> String {
-    let text = format!("{value:.2}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    text.to_string()
+/// Up to `decimals` decimals, trailing zeros dropped (`0.35`, `0.5`, `1`).
+fn number(value: f64, decimals: usize) -> String {
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+/// Two figures with two decimals, or as many more (up to six) as it takes for them not
+/// to read the same when they differ (`0.498` vs `0.5`, not `0.5` vs `0.5`).
+fn distinct(value: f64, limit: f64) -> (String, String) {
+    let mut decimals = 2;
+    loop {
+        let (a, b) = (number(value, decimals), number(limit, decimals));
+        if a != b || value == limit || decimals >= 6 {
+            return (a, b);
+        }
+        decimals += 1;
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, clamped to years 1970 ..= 9999.
@@ -570,9 +594,13 @@ mod tests {
         assert_eq!(duration(2.1), "2.1 s");
         assert_eq!(duration(0.14), "140 ms");
         assert_eq!(duration(35e-6), "35 µs");
-        assert_eq!(number(0.35), "0.35");
-        assert_eq!(number(0.5), "0.5");
-        assert_eq!(number(1.0), "1");
+        assert_eq!(number(0.35, 2), "0.35");
+        assert_eq!(number(0.5, 2), "0.5");
+        assert_eq!(number(1.0, 2), "1");
+        assert_eq!(number(120.0, 0), "120");
+        assert_eq!(distinct(0.35, 0.5), ("0.35".into(), "0.5".into()));
+        assert_eq!(distinct(0.4981, 0.5), ("0.498".into(), "0.5".into()));
+        assert_eq!(distinct(0.5, 0.5), ("0.5".into(), "0.5".into()));
         assert_eq!(percent(0.823), "82%");
     }
 }

@@ -18,10 +18,13 @@
 //! its alert until fresh evidence (traffic or a re-probe) clears it, rather than resolving
 //! for lack of traffic and drawing the traffic back.
 //!
-//! Stall: the caller lists its transfers in flight ([`InFlight`]); a link whose oldest one
-//! is older than `stall_after_s` (100 ms) reads `Bad`, else `Good`, through the `stall`
-//! hysteresis (raise at once, clear after 0.5 s). A resolved stall reports the longest
-//! age seen while firing.
+//! Stall: the caller lists its transfers in flight ([`InFlight`]). A transfer of `b`
+//! bytes is expected to take `L + b/B` on its link's baseline (0 without one); one in
+//! flight for longer than that plus `stall_after_s` (100 ms) is *overdue*. A link with an
+//! overdue transfer reads `Bad`, else `Good`, through the `stall` hysteresis (raise at
+//! once, clear after 0.5 s); the evidence is the most overdue transfer's age against its
+//! expected time. A resolved stall reports the figures of its last `Bad` reading. (Age
+//! alone would call every large transfer a stall.)
 //!
 //! Memory: one state per link of the matrix (bounded by the matrix's caps), one scratch
 //! slot per link; an evaluation is O(links + in-flight transfers).
@@ -122,8 +125,17 @@ impl CongestionConfig {
 pub struct InFlight {
     /// The peer it goes to or comes from.
     pub peer: usize,
+    /// Its size, bytes.
+    pub bytes: u64,
     /// When it started, ns.
     pub started_ns: u64,
+}
+
+/// The most overdue transfer of a link: its age and expected time, seconds.
+#[derive(Clone, Copy, Debug)]
+struct Overdue {
+    age_s: f64,
+    expected_s: f64,
 }
 
 /// Per-link state.
@@ -140,7 +152,7 @@ pub struct CongestionDetector {
     config: CongestionConfig,
     stale_ns: u64,
     links: Vec<LinkState>,
-    oldest: Vec<u64>,
+    worst: Vec<Option<Overdue>>,
 }
 
 impl CongestionDetector {
@@ -151,7 +163,7 @@ impl CongestionDetector {
             stale_ns: seconds_to_ns(config.stale_after_s),
             config,
             links: Vec::new(),
-            oldest: Vec::new(),
+            worst: Vec::new(),
         })
     }
 
@@ -168,15 +180,22 @@ impl CongestionDetector {
         in_flight: &[InFlight],
         now_ns: u64,
     ) -> Result<Vec<Alert>, DetectError> {
-        self.oldest.clear();
-        self.oldest.resize(matrix.len(), u64::MAX);
+        self.worst.clear();
+        self.worst.resize(matrix.len(), None);
         for transfer in in_flight {
             let index = matrix
                 .link_index(transfer.peer)
                 .ok_or(MatrixError::UnknownPeer {
                     peer: transfer.peer,
                 })?;
-            self.oldest[index] = self.oldest[index].min(transfer.started_ns);
+            let expected_s = matrix.baseline_at(index).map_or(0.0, |base| {
+                base.latency_s + transfer.bytes as f64 / base.throughput_bps
+            });
+            let age_s = now_ns.saturating_sub(transfer.started_ns) as f64 / 1e9;
+            let worst = &mut self.worst[index];
+            if worst.is_none_or(|w| age_s - expected_s > w.age_s - w.expected_s) {
+                *worst = Some(Overdue { age_s, expected_s });
+            }
         }
         let src = matrix.rank();
         let mut events = Vec::new();
@@ -199,16 +218,15 @@ impl CongestionDetector {
             let (reading, evidence) = self.congestion_reading(&stats, now_ns);
             let state = &mut self.links[index];
             events.extend(state.congestion.step(reading, now_ns, evidence, None));
-            let (reading, evidence) = match self.oldest[index] {
-                u64::MAX => (Reading::Good, Vec::new()),
-                started => {
-                    let age_s = now_ns.saturating_sub(started) as f64 / 1e9;
-                    let limit = self.config.stall_after_s;
+            let (reading, evidence) = match self.worst[index] {
+                None => (Reading::Good, Vec::new()),
+                Some(Overdue { age_s, expected_s }) => {
+                    let limit = expected_s + self.config.stall_after_s;
                     let evidence = Evidence {
                         metric: Metric::InFlightS,
                         observed: age_s,
                         threshold: limit,
-                        baseline: None,
+                        baseline: Some(expected_s),
                     };
                     (Reading::above(age_s, limit, limit), vec![evidence])
                 }
