@@ -17,9 +17,12 @@
 //! * **Throughput** (transfers with `b > S`, which are bandwidth-bound): the sample is
 //!   `r = b / t` (bytes/s), folded into an exponentially weighted mean that runs on
 //!   *transfer time*: `ewma ← ewma + w·(r − ewma)` with `w = 1 − exp(−t/τ)`,
-//!   `τ` = [`MatrixConfig::throughput_tau_s`]. The mean thus weighs the last `τ` seconds
-//!   of time spent transferring; idle gaps carry no information about the link's rate and
-//!   do not age it. The first sample initialises it.
+//!   `τ` = [`MatrixConfig::throughput_tau_s`] (0.2 s by default). The mean thus weighs
+//!   the last `τ` seconds of time spent transferring; idle gaps carry no information
+//!   about the link's rate and do not age it, so one sample after a long pause cannot
+//!   swing it. The price: on a link busy a fraction `u` of the time, the mean covers 63%
+//!   of a step in `τ/u` of wall time (0.2 s when busy throughout, 2 s at 10% duty).
+//!   The first sample initialises it.
 //! * **Latency** (transfers with `b ≤ S`, which are latency-bound): the sample is the
 //!   startup estimate `ℓ = max(t − b/B, 0)` with `B` the baseline throughput (`ℓ = t`
 //!   without a baseline), folded in with a constant gain `g` per sample
@@ -199,7 +202,7 @@ pub struct MatrixConfig {
     pub max_peers: usize,
     /// Aggregate groups beyond those (0 ..= 65 536; default 64).
     pub max_groups: usize,
-    /// Time constant of the throughput mean, in seconds of transfer time (default 1).
+    /// Time constant of the throughput mean, in seconds of transfer time (default 0.2).
     pub throughput_tau_s: f64,
     /// Length of the windows, in seconds (default 1).
     pub window_s: f64,
@@ -215,7 +218,7 @@ impl Default for MatrixConfig {
         MatrixConfig {
             max_peers: 64,
             max_groups: 64,
-            throughput_tau_s: 1.0,
+            throughput_tau_s: 0.2,
             window_s: 1.0,
             small_transfer_bytes: 64 * 1024,
             latency_gain: 0.125,

@@ -48,10 +48,16 @@ fn totals_and_steady_throughput() {
 
 #[test]
 fn throughput_mean_runs_on_transfer_time() {
-    let mut m = matrix(0, 2);
-    m.record(1, 1_000_000, 0, 10 * MS).unwrap(); // 100 MB/s initialises the mean
-                                                 // Then 50 MB/s: 50 transfers of 20 ms = 1 s of transfer time = τ, separated by long
-                                                 // idle gaps that must not matter.
+    let config = MatrixConfig {
+        throughput_tau_s: 1.0,
+        ..MatrixConfig::default()
+    };
+    let mut m = LinkMatrix::new(0, 2, config).unwrap();
+    m.add_peer(1, spec(1e9)).unwrap();
+    // 100 MB/s initialises the mean.
+    m.record(1, 1_000_000, 0, 10 * MS).unwrap();
+    // Then 50 MB/s: 50 transfers of 20 ms = 1 s of transfer time = τ, separated by long
+    // idle gaps that must not matter.
     let mut t = 100 * S;
     for _ in 0..50 {
         m.record(1, 1_000_000, t, t + 20 * MS).unwrap();
