@@ -111,8 +111,8 @@ pub enum Metric {
     /// Fraction of recent calls a rank was late into (bad when high); baseline: the
     /// number of calls judged.
     LateFraction,
-    /// A rank's mean lateness behind the median, seconds (bad when high); threshold: the
-    /// smallest lateness that can count as late.
+    /// A rank's mean lateness behind the median over its late calls, seconds (bad when
+    /// high); threshold: the smallest lateness that can count as late.
     LatenessS,
     /// How long a rank has not entered a call all others entered, seconds (bad when high).
     StoppedS,
@@ -225,7 +225,7 @@ impl Evidence {
                 )
             }
             (Metric::LatenessS, _) => format!(
-                "{} behind the median on average (late counts from {})",
+                "{} behind the median when late (late counts from {})",
                 duration(obs),
                 duration(thr)
             ),

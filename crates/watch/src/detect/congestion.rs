@@ -217,7 +217,7 @@ impl CongestionDetector {
             }
             let (reading, evidence) = self.congestion_reading(&stats, now_ns);
             let state = &mut self.links[index];
-            events.extend(state.congestion.step(reading, now_ns, evidence, None));
+            events.extend(state.congestion.step(reading, now_ns, evidence, None, None));
             let (reading, evidence) = match self.worst[index] {
                 None => (Reading::Good, Vec::new()),
                 Some(Overdue { age_s, expected_s }) => {
@@ -231,7 +231,7 @@ impl CongestionDetector {
                     (Reading::above(age_s, limit, limit), vec![evidence])
                 }
             };
-            events.extend(state.stall.step(reading, now_ns, evidence, None));
+            events.extend(state.stall.step(reading, now_ns, evidence, None, None));
         }
         Ok(events)
     }

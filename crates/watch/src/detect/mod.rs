@@ -91,24 +91,29 @@ impl Stream {
     }
 
     /// Feeds a reading taken at `now_ns` with its evidence; returns the event it caused.
+    /// An alert's `since` is `onset_ns` when the caller knows when the condition began
+    /// (a stopped rank: when the others were all in), else the first `Bad` reading.
     pub(crate) fn step(
         &mut self,
         reading: Reading,
         now_ns: u64,
         evidence: Vec<Evidence>,
         call: Option<u64>,
+        onset_ns: Option<u64>,
     ) -> Option<Alert> {
         let (kind, subject) = (self.kind, self.subject);
         let alert = |state, since_ns, evidence| {
             Alert::new(kind, subject, state, since_ns, now_ns, call, evidence)
         };
+        let raised_since = self.current.as_ref().map(|a| a.since_ns);
         match self.hysteresis.update(reading, now_ns) {
             Some(Transition::Raised { since_ns }) => {
-                let raised = alert(AlertState::Firing, since_ns, evidence);
+                let raised = alert(AlertState::Firing, onset_ns.unwrap_or(since_ns), evidence);
                 self.current = Some(raised.clone());
                 Some(raised)
             }
             Some(Transition::Cleared { since_ns, .. }) => {
+                let since_ns = raised_since.unwrap_or(since_ns);
                 let evidence = match self.current.take() {
                     Some(last) if self.keep_firing_evidence => last.evidence,
                     _ => evidence,
@@ -118,7 +123,7 @@ impl Stream {
             None => {
                 let refresh =
                     !evidence.is_empty() && (!self.keep_firing_evidence || reading == Reading::Bad);
-                if let (Some(since_ns), true) = (self.hysteresis.firing_since(), refresh) {
+                if let (Some(since_ns), true) = (raised_since, refresh) {
                     self.current = Some(alert(AlertState::Firing, since_ns, evidence));
                 }
                 None

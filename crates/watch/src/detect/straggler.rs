@@ -346,7 +346,7 @@ impl StragglerDetector {
                     baseline: None,
                 });
             }
-            events.extend(state.straggler.step(reading, now_ns, evidence, None));
+            events.extend(state.straggler.step(reading, now_ns, evidence, None, None));
         }
         events
     }
@@ -380,7 +380,7 @@ impl StragglerDetector {
         let limit_s = self.config.stop_after_s;
         let mut events = Vec::new();
         for (state, waiting) in self.ranks.iter_mut().zip(&self.waiting) {
-            let (reading, evidence, call) = match *waiting {
+            let (reading, evidence, call, onset) = match *waiting {
                 Some((seq, since_ns)) => {
                     let waited_s = now_ns.saturating_sub(since_ns) as f64 / 1e9;
                     let bad = now_ns.saturating_sub(since_ns) > self.stop_ns;
@@ -394,7 +394,7 @@ impl StragglerDetector {
                         baseline: None,
                     };
                     let reading = if bad { Reading::Bad } else { Reading::Marginal };
-                    (reading, vec![evidence], Some(seq))
+                    (reading, vec![evidence], Some(seq), Some(since_ns))
                 }
                 None => {
                     let stopped = state.stopped_on.take();
@@ -408,10 +408,11 @@ impl StragglerDetector {
                         Reading::Good,
                         evidence.into_iter().collect(),
                         stopped.map(|(seq, _)| seq),
+                        None,
                     )
                 }
             };
-            events.extend(state.stop.step(reading, now_ns, evidence, call));
+            events.extend(state.stop.step(reading, now_ns, evidence, call, onset));
         }
         events
     }
