@@ -92,6 +92,12 @@ impl InvalidField {
 pub(crate) fn check_positive(field: &str, value: f64, max: f64) -> Result<(), InvalidField> {
     if value.is_finite() && value > 0.0 && value <= max {
         Ok(())
+    } else if max == f64::MAX {
+        Err(InvalidField::new(
+            field,
+            value,
+            "give a finite number above 0",
+        ))
     } else {
         Err(InvalidField::new(
             field,

@@ -336,3 +336,38 @@ fn configuration_errors_name_the_field() {
     assert_eq!(config.window_calls, 32);
     assert!(StragglerDetector::new(8, config).is_ok());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the world (3 to 24 ranks), the noise and which rank straggles: a rank
+        /// 20 ms or more late into every call is flagged, and it alone.
+        #[test]
+        fn the_straggler_and_only_it_is_flagged(
+            world in 3usize..24,
+            pick in 0usize..1000,
+            late_ms in 20u64..200,
+            seed in any::<u64>(),
+        ) {
+            let straggler = pick % world;
+            let mut d = detector(world);
+            let late = |_: u64, rank: usize| if rank == straggler { late_ms * MS } else { 0 };
+            let events = run(&mut d, trace(world, 40, seed, late));
+            prop_assert_eq!(events.len(), 1, "{:#?}", summaries(&events));
+            prop_assert_eq!(events[0].1.subject, Subject::Rank { rank: straggler });
+            prop_assert_eq!(events[0].1.kind, AlertKind::Straggler);
+        }
+
+        /// Without a straggler, jitter alone (up to 2 ms) flags nobody.
+        #[test]
+        fn jitter_alone_flags_nobody(world in 1usize..24, seed in any::<u64>()) {
+            let mut d = detector(world);
+            let events = run(&mut d, trace(world, 40, seed, |_, _| 0));
+            prop_assert!(events.is_empty(), "{:#?}", summaries(&events));
+        }
+    }
+}
