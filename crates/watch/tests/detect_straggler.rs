@@ -203,6 +203,36 @@ fn sigstop_of_two_seconds_is_detected_named_and_resolved() {
 }
 
 #[test]
+fn resumed_rank_already_waited_on_in_the_next_call_is_resolved_with_its_own_delay() {
+    let mut d = detector(4);
+    for rank in 0..3 {
+        d.enter(30, rank, 0).unwrap();
+    }
+    let events = d.evaluate(1500 * MS);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].state, events[0].call),
+        (AlertState::Firing, Some(30))
+    );
+    // Rank 3 enters call 30 at 1.8 s; the others are into call 31 at 1.9 s and it is not
+    // yet: it resumed, and the alert says 1.8 s, not its time in call 31.
+    d.enter(30, 3, 1800 * MS).unwrap();
+    for rank in 0..3 {
+        d.enter(31, rank, 1900 * MS).unwrap();
+    }
+    let events = d.evaluate(2000 * MS);
+    assert_eq!(events.len(), 1, "{:#?}", events);
+    let resumed = &events[0];
+    assert_eq!(
+        (resumed.state, resumed.call),
+        (AlertState::Resolved, Some(30))
+    );
+    assert_eq!(resumed.evidence[0].observed, 1.8);
+    assert_eq!(resumed.since_ns, 0);
+    assert_eq!(d.firing().count(), 0);
+}
+
+#[test]
 fn a_call_most_ranks_have_not_entered_waits_on_nobody() {
     let mut d = detector(8);
     // Only 3 of 8 entered call 0, 5 s ago: that is not a stop of the other five.

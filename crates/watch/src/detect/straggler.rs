@@ -20,8 +20,10 @@
 //! A call that all but at most `stop_max_missing × world` ranks (at least one) have
 //! entered is *waiting* on the rest since its last entry. A missing rank has waited for
 //! `now − that entry`; above `stop_after_s` (1 s) it reads `Bad` (a `stall` alert naming
-//! the rank, the call and the time), and once it has entered, `Good` (resolved, with how
-//! long after the others it came). The oldest waiting call counts.
+//! the rank, the call and the time, dated from when the others were all in), and once
+//! it has entered that call, `Good` (resolved, with how long after the others it came),
+//! even if it is already being waited on in a later call. The oldest waiting call
+//! counts.
 //!
 //! # Limits
 //!
@@ -378,39 +380,44 @@ impl StragglerDetector {
             }
         }
         let limit_s = self.config.stop_after_s;
+        let stopped_for = |waited_ns: u64| Evidence {
+            metric: Metric::StoppedS,
+            observed: waited_ns as f64 / 1e9,
+            threshold: limit_s,
+            baseline: None,
+        };
+        let (world, calls, times) = (self.world, &self.calls, &self.times);
+        // When `rank` entered call `seq`, while the window still holds it.
+        let entry = |seq: u64, rank: usize| {
+            let slot = (seq % window) as usize;
+            let held = calls[slot].used && calls[slot].seq == seq;
+            held.then(|| times[slot * world + rank])
+                .filter(|&t| t != ABSENT)
+        };
         let mut events = Vec::new();
-        for (state, waiting) in self.ranks.iter_mut().zip(&self.waiting) {
-            let (reading, evidence, call, onset) = match *waiting {
-                Some((seq, since_ns)) => {
-                    let waited_s = now_ns.saturating_sub(since_ns) as f64 / 1e9;
-                    let bad = now_ns.saturating_sub(since_ns) > self.stop_ns;
-                    if bad {
-                        state.stopped_on = Some((seq, since_ns));
-                    }
-                    let evidence = Evidence {
-                        metric: Metric::StoppedS,
-                        observed: waited_s,
-                        threshold: limit_s,
-                        baseline: None,
-                    };
-                    let reading = if bad { Reading::Bad } else { Reading::Marginal };
-                    (reading, vec![evidence], Some(seq), Some(since_ns))
+        for (rank, (state, waiting)) in self.ranks.iter_mut().zip(&self.waiting).enumerate() {
+            let waited_ns = waiting.map(|(_, since_ns)| now_ns.saturating_sub(since_ns));
+            let resumed = state
+                .stopped_on
+                .filter(|&(seq, _)| state.last_seq.is_some_and(|last| last >= seq));
+            let (reading, evidence, call, onset) = match (*waiting, waited_ns, resumed) {
+                (Some((seq, since_ns)), Some(waited), _) if waited > self.stop_ns => {
+                    state.stopped_on = Some((seq, since_ns));
+                    let evidence = vec![stopped_for(waited)];
+                    (Reading::Bad, evidence, Some(seq), Some(since_ns))
                 }
-                None => {
-                    let stopped = state.stopped_on.take();
-                    let evidence = stopped.map(|(_, since_ns)| Evidence {
-                        metric: Metric::StoppedS,
-                        observed: state.last_entry_ns.saturating_sub(since_ns) as f64 / 1e9,
-                        threshold: limit_s,
-                        baseline: None,
-                    });
-                    (
-                        Reading::Good,
-                        evidence.into_iter().collect(),
-                        stopped.map(|(seq, _)| seq),
-                        None,
-                    )
+                (_, _, Some((seq, since_ns))) => {
+                    // It entered the call it was stopped on: how long after the others.
+                    state.stopped_on = None;
+                    let entered = entry(seq, rank).unwrap_or(state.last_entry_ns);
+                    let evidence = vec![stopped_for(entered.saturating_sub(since_ns))];
+                    (Reading::Good, evidence, Some(seq), None)
                 }
+                (Some((seq, since_ns)), Some(waited), None) => {
+                    let evidence = vec![stopped_for(waited)];
+                    (Reading::Marginal, evidence, Some(seq), Some(since_ns))
+                }
+                _ => (Reading::Good, Vec::new(), None, None),
             };
             events.extend(state.stop.step(reading, now_ns, evidence, call, onset));
         }
