@@ -12,7 +12,7 @@
 //!   below `latency_clear_s` (80 ms).
 //!
 //! The link's reading is `Bad` if any criterion is, `Good` if every known one is, else
-//! `Marginal`; the [`Hysteresis`] of `congestion` (default: raise after 0.5 s, clear after
+//! `Marginal`; the [`Hysteresis`](super::Hysteresis) of `congestion` (default: raise after 0.5 s, clear after
 //! 2 s) turns readings into alerts. Throughput and latency figures older than
 //! `stale_after_s` are not judged, so a link the runtime stopped using after an alert keeps
 //! its alert until fresh evidence (traffic or a re-probe) clears it, rather than resolving
