@@ -1,1 +1,0 @@
-//! detect (placeholder: being written).
