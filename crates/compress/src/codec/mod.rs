@@ -7,6 +7,7 @@
 //!   error feedback, bias), exact wire bytes, memory passes, and [`check_supported`] which
 //!   refuses a codec for a reduction or element type it cannot serve.
 //! - [`frame`]: the 16-byte self-describing header of the byte frames of non-linear codecs.
+//! - [`framed`]: [`FrameCodec`], one entry point for the non-linear codecs.
 //! - [`cast`]: fp16 / bf16 casts with a pre-scale that keeps sums over `world` ranks finite.
 //! - [`quant`]: int8 / int4 with one scale per block, optional seeded stochastic rounding.
 //! - [`sign`]: 1-bit (sign, mean |x| per block); usable only through error feedback.
@@ -37,6 +38,7 @@
 pub mod cast;
 pub mod feedback;
 pub mod frame;
+pub mod framed;
 pub mod powersgd;
 pub mod projection;
 pub mod quant;
@@ -47,6 +49,7 @@ pub mod spec;
 pub use cast::{cast_decode, cast_encode, cast_prescale, HalfFloat};
 pub use feedback::{ErrorFeedback, DEFAULT_DECAY, DEFAULT_MAX_KEYS};
 pub use frame::{FrameHeader, FRAME_HEADER_BYTES};
+pub use framed::FrameCodec;
 pub use powersgd::PowerSgd;
 pub use projection::CountSketch;
 pub use quant::BlockQuant;

@@ -3,8 +3,9 @@
 //!
 //! One step (caller's collectives in brackets):
 //! 1. `compute_p`: P = M·Q (rows×r) — [all-reduce P]
-//! 2. `orthonormalize`: modified Gram–Schmidt on P's columns (f64 accumulation; a column
-//!    whose norm falls below 1e-20 after projection is set to zero)
+//! 2. `orthonormalize`: modified Gram–Schmidt on P's columns (f64 accumulation, two
+//!    projection sweeps; a column left with under 1e-4 of its norm, or below 1e-20, is
+//!    rounding noise of a lower-rank P and is set to zero)
 //! 3. `compute_q`: Q = Mᵀ·P (cols×r, kept in the codec: warm start) — [all-reduce Q]
 //! 4. `approximate`: M̂ = P·Qᵀ; with error feedback the residual is M − M̂
 //!    ([`crate::codec::ErrorFeedback::compensate`] / `update`).
@@ -39,6 +40,10 @@ pub fn view(n: usize, rank: usize) -> (usize, usize, usize) {
     let cols = n.div_ceil(rows);
     (rows, cols, rank.min(rows).min(cols))
 }
+
+/// A column keeping less than this fraction of its norm after projection is rounding
+/// noise (the matrix has lower rank than r) and is set to zero.
+const DROP_RELATIVE: f64 = 1e-4;
 
 /// PowerSGD state for one tensor: its view and the warm-started Q.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,22 +143,28 @@ impl PowerSgd {
     pub fn orthonormalize(&self, p: &mut [f32]) -> Result<()> {
         check_len("powersgd", "p", p.len(), self.p_len())?;
         let r = self.rank;
-        for j in 0..r {
-            for k in 0..j {
-                let d: f64 = p
-                    .chunks_exact(r)
-                    .map(|row| row[j] as f64 * row[k] as f64)
-                    .sum();
-                for row in p.chunks_exact_mut(r) {
-                    row[j] -= (d * row[k] as f64) as f32;
-                }
-            }
-            let norm = p
-                .chunks_exact(r)
+        let col_norm = |p: &[f32], j: usize| {
+            p.chunks_exact(r)
                 .map(|row| (row[j] as f64).powi(2))
                 .sum::<f64>()
-                .sqrt();
-            let inv = if norm > 1e-20 {
+                .sqrt()
+        };
+        for j in 0..r {
+            let before = col_norm(p, j);
+            // Two projection sweeps ("twice is enough") keep f32 columns orthogonal.
+            for _ in 0..2 {
+                for k in 0..j {
+                    let d: f64 = p
+                        .chunks_exact(r)
+                        .map(|row| row[j] as f64 * row[k] as f64)
+                        .sum();
+                    for row in p.chunks_exact_mut(r) {
+                        row[j] -= (d * row[k] as f64) as f32;
+                    }
+                }
+            }
+            let norm = col_norm(p, j);
+            let inv = if norm > DROP_RELATIVE * before && norm > 1e-20 {
                 (1.0 / norm) as f32
             } else {
                 0.0
