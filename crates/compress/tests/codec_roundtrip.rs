@@ -302,3 +302,21 @@ fn int8_rejects_non_finite_naming_the_block() {
         }
     );
 }
+
+proptest! {
+    #[test]
+    fn topk_keeps_exactly_k_among_many_ties(
+        x in prop::collection::vec(prop::sample::select(vec![-2.0f32, -1.0, 1.0, 2.0, 0.5]), 1..400),
+        ratio in 0.001f64..1.0,
+    ) {
+        let mut c = TopK::new(&spec(&format!("topk:{ratio}"))).unwrap();
+        let mut frame = Vec::new();
+        c.encode(&x, &mut frame).unwrap();
+        let mut y = vec![0.0f32; x.len()];
+        c.decode_into(&frame, &mut y).unwrap();
+        prop_assert_eq!(y.iter().filter(|v| **v != 0.0).count(), c.k(x.len()));
+        let min_kept = y.iter().filter(|v| **v != 0.0).map(|v| v.abs()).fold(f32::INFINITY, f32::min);
+        let max_dropped = (0..x.len()).filter(|&i| y[i] == 0.0).map(|i| x[i].abs()).fold(0.0f32, f32::max);
+        prop_assert!(min_kept >= max_dropped);
+    }
+}

@@ -70,10 +70,56 @@ pub(crate) fn abs_stats(x: &[f32]) -> AbsStats {
     }
 }
 
-/// Writes `scales` as little-endian f32 into `out` (4 bytes each).
-pub(crate) fn put_f32s(out: &mut [u8], vals: impl Iterator<Item = f32>) {
-    for (o, v) in out.chunks_exact_mut(4).zip(vals) {
-        o.copy_from_slice(&v.to_le_bytes());
+/// Writes a blocked frame: header, nb f32 scales, then the codes of each block in order.
+/// For each block, `code` appends the block's codes to `out` and returns its scale; the
+/// scale region is filled in place, so the codes are written once (no zero fill).
+/// Stops with [`CodecError::NonFinite`] at the first block holding NaN or infinity.
+pub(crate) fn encode_blocks(
+    codec: &'static str,
+    x: &[f32],
+    block: usize,
+    header: &FrameHeader,
+    total: usize,
+    out: &mut Vec<u8>,
+    mut code: impl FnMut(&[f32], AbsStats, &mut Vec<u8>) -> f32,
+) -> Result<()> {
+    frame::start(out, header, total);
+    let nb = x.len().div_ceil(block);
+    out.resize(FRAME_HEADER_BYTES + 4 * nb, 0);
+    for (b, xb) in x.chunks(block).enumerate() {
+        let st = abs_stats(xb);
+        if !st.finite {
+            return Err(CodecError::NonFinite {
+                codec,
+                index: b * block,
+            });
+        }
+        let scale = code(xb, st, out);
+        let at = FRAME_HEADER_BYTES + 4 * b;
+        out[at..at + 4].copy_from_slice(&scale.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Appends the codes of one block: `round` maps x·inv to its two's-complement code byte;
+/// int4 packs two per byte, low nibble first.
+#[inline(always)]
+fn quantize_block(
+    four: bool,
+    xb: &[f32],
+    inv: f32,
+    out: &mut Vec<u8>,
+    round: &mut impl FnMut(f32) -> u8,
+) {
+    if !four {
+        out.extend(xb.iter().map(|&v| round(v * inv)));
+    } else {
+        let pairs = xb.chunks_exact(2);
+        let rest = pairs.remainder();
+        out.extend(pairs.map(|p| (round(p[0] * inv) & 0x0F) | (round(p[1] * inv) << 4)));
+        if let [v] = rest {
+            out.push(round(v * inv) & 0x0F);
+        }
     }
 }
 
@@ -173,74 +219,38 @@ impl BlockQuant {
     /// Fails on NaN or infinite input, naming the block.
     pub fn encode(&self, x: &[f32], stream: u64, out: &mut Vec<u8>) -> Result<()> {
         let n = x.len();
-        let nb = n.div_ceil(self.block);
-        let total = self.wire_bytes(n);
-        frame::start(out, &self.header(n), total);
-        out.resize(total, 0);
-        let (scales, codes) = out[FRAME_HEADER_BYTES..].split_at_mut(4 * nb);
+        let codec = self.kind.name();
         let qmax = self.qmax();
-        let code_block = if self.kind == CodecKind::Int8 {
-            self.block
-        } else {
-            self.block / 2
-        };
         let mut rng = rng_for(self.seed, stream);
-        let mut scale_vals = Vec::with_capacity(nb);
-        for (b, (xb, cb)) in x
-            .chunks(self.block)
-            .zip(codes.chunks_mut(code_block))
-            .enumerate()
-        {
-            let st = abs_stats(xb);
-            if !st.finite {
-                return Err(CodecError::NonFinite {
-                    codec: self.kind.name(),
-                    index: b * self.block,
-                });
-            }
-            let (scale, inv) = if st.max > 0.0 {
-                (st.max / qmax, qmax / st.max)
-            } else {
-                (0.0, 0.0)
-            };
-            scale_vals.push(scale);
-            if self.stochastic {
-                let mut round = |v: f32| -> u8 {
-                    let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0);
-                    (v + u).floor().clamp(-qmax, qmax) as i32 as u8
+        let four = self.kind == CodecKind::Int4;
+        encode_blocks(
+            codec,
+            x,
+            self.block,
+            &self.header(n),
+            self.wire_bytes(n),
+            out,
+            |xb, st, out| {
+                let (scale, inv) = if st.max > 0.0 {
+                    (st.max / qmax, qmax / st.max)
+                } else {
+                    (0.0, 0.0)
                 };
-                self.quantize_block(xb, inv, cb, &mut round);
-            } else {
-                let mut round = |v: f32| -> u8 { (v + ROUND_MAGIC).to_bits() as u8 };
-                self.quantize_block(xb, inv, cb, &mut round);
-            }
-        }
-        put_f32s(scales, scale_vals.into_iter());
-        Ok(())
-    }
-
-    /// Quantises one block: `round` maps x·inv to its two's-complement code byte.
-    #[inline(always)]
-    fn quantize_block(
-        &self,
-        xb: &[f32],
-        inv: f32,
-        cb: &mut [u8],
-        round: &mut impl FnMut(f32) -> u8,
-    ) {
-        if self.kind == CodecKind::Int8 {
-            for (o, &v) in cb.iter_mut().zip(xb) {
-                *o = round(v * inv);
-            }
-        } else {
-            let mut pairs = xb.chunks_exact(2);
-            for (o, p) in cb.iter_mut().zip(&mut pairs) {
-                *o = (round(p[0] * inv) & 0x0F) | (round(p[1] * inv) << 4);
-            }
-            if let ([v], Some(o)) = (pairs.remainder(), cb.last_mut()) {
-                *o = round(v * inv) & 0x0F;
-            }
-        }
+                if self.stochastic {
+                    // floor(v + u) for v + u in [-128, 129): truncation after a +128 shift.
+                    let mut round = |v: f32| -> u8 {
+                        let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0);
+                        let q = ((v + u + 128.0) as i32 - 128).clamp(-(qmax as i32), qmax as i32);
+                        q as u8
+                    };
+                    quantize_block(four, xb, inv, out, &mut round);
+                } else {
+                    let mut round = |v: f32| -> u8 { (v + ROUND_MAGIC).to_bits() as u8 };
+                    quantize_block(four, xb, inv, out, &mut round);
+                }
+                scale
+            },
+        )
     }
 
     /// Decodes `frame` and adds it to `acc` (the reduce step). `acc.len()` is the expected

@@ -10,7 +10,7 @@
 
 use super::feedback::ErrorFeedback;
 use super::frame::{self, FrameHeader};
-use super::quant::{abs_stats, put_f32s, read_scales, store};
+use super::quant::{encode_blocks, get_f32, read_scales, store};
 use super::spec::check_block;
 use super::{CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
 
@@ -65,46 +65,36 @@ impl SignCodec {
     }
 
     fn encode_raw(&self, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
-        let n = x.len();
-        let nb = n.div_ceil(self.block);
-        let total = self.wire_bytes(n);
-        frame::start(out, &self.header(n), total);
-        out.resize(total, 0);
-        let (scales, bits) = out[FRAME_HEADER_BYTES..].split_at_mut(4 * nb);
-        let mut scale_vals = Vec::with_capacity(nb);
-        for (b, (xb, bb)) in x
-            .chunks(self.block)
-            .zip(bits.chunks_mut(self.block / 8))
-            .enumerate()
-        {
-            let st = abs_stats(xb);
-            let scale = st.sum / xb.len() as f32;
-            if !st.finite || !scale.is_finite() {
-                return Err(CodecError::NonFinite {
-                    codec: "1bit",
-                    index: b * self.block,
-                });
-            }
-            scale_vals.push(scale);
-            let mut eights = xb.chunks_exact(8);
-            for (o, c) in bb.iter_mut().zip(&mut eights) {
-                let mut byte = 0u32;
-                for (j, v) in c.iter().enumerate() {
-                    byte |= (v.to_bits() >> 31) << j;
+        let (n, block) = (x.len(), self.block);
+        encode_blocks(
+            "1bit",
+            x,
+            block,
+            &self.header(n),
+            self.wire_bytes(n),
+            out,
+            |xb, st, out| {
+                let eights = xb.chunks_exact(8);
+                let rest = eights.remainder();
+                out.extend(eights.map(pack_signs));
+                if !rest.is_empty() {
+                    out.push(pack_signs(rest));
                 }
-                *o = byte as u8;
-            }
-            let rest = eights.remainder();
-            if let (false, Some(o)) = (rest.is_empty(), bb.last_mut()) {
-                *o = rest
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |a, (j, v)| a | (v.to_bits() >> 31) << j)
-                    as u8;
-            }
+                st.sum / xb.len() as f32
+            },
+        )?;
+        // An overflowing sum of |x| gives an infinite scale: refuse like non-finite input.
+        let scales = &out[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + 4 * n.div_ceil(block)];
+        match scales
+            .chunks_exact(4)
+            .position(|s| !get_f32(s, 0).is_finite())
+        {
+            Some(b) => Err(CodecError::NonFinite {
+                codec: "1bit",
+                index: b * block,
+            }),
+            None => Ok(()),
         }
-        put_f32s(scales, scale_vals.into_iter());
-        Ok(())
     }
 
     /// Decodes `frame` and adds it to `acc` (`acc.len()` is the expected n).
@@ -129,15 +119,29 @@ impl SignCodec {
             .zip(&scales)
         {
             let sbits = s.to_bits();
-            for (o8, &byte) in ob.chunks_mut(8).zip(bb) {
+            let mut eights = ob.chunks_exact_mut(8);
+            for (o8, &byte) in (&mut eights).zip(bb) {
                 for (j, o) in o8.iter_mut().enumerate() {
-                    let sign = ((byte as u32 >> j) & 1) << 31;
-                    store::<ACC>(o, f32::from_bits(sbits | sign));
+                    store::<ACC>(o, f32::from_bits(sbits | ((byte as u32 >> j) & 1) << 31));
+                }
+            }
+            let rest = eights.into_remainder();
+            if let (false, Some(&byte)) = (rest.is_empty(), bb.last()) {
+                for (j, o) in rest.iter_mut().enumerate() {
+                    store::<ACC>(o, f32::from_bits(sbits | ((byte as u32 >> j) & 1) << 31));
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The sign bits of up to 8 values, value j in bit j.
+#[inline(always)]
+fn pack_signs(c: &[f32]) -> u8 {
+    c.iter()
+        .enumerate()
+        .fold(0u32, |a, (j, v)| a | (v.to_bits() >> 31) << j) as u8
 }
 
 #[cfg(test)]

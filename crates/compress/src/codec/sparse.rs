@@ -5,8 +5,9 @@
 //!
 //! # Top-k
 //! Keeps the k elements of largest |x| (ties broken by lower index) in increasing index
-//! order. Selection: |x| bit patterns copied to a reusable scratch, quickselect
-//! (`select_nth_unstable`) for the threshold, one scan collecting. Biased: use error
+//! order. Selection: a 2048-bucket histogram of the |x| bit patterns finds the bucket of
+//! the k-th largest, quickselect over that bucket's elements (copied to a reusable
+//! scratch) finds the threshold, one collecting scan follows. Biased: use error
 //! feedback. Frame: [`FrameHeader`] (param = k), k u32 indices (strictly increasing), k
 //! f32 values, little-endian. Decoding checks order, range and finiteness before touching
 //! the output.
@@ -52,6 +53,16 @@ fn check_kind(spec: &CodecSpec, kind: CodecKind, what: &'static str) -> Result<(
         })
     }
 }
+
+/// |x| as its IEEE bit pattern (monotone in |x| for non-NaN values).
+#[inline(always)]
+fn abs_bits(v: f32) -> u32 {
+    v.to_bits() & 0x7FFF_FFFF
+}
+
+/// Histogram buckets of the threshold search: bits 30..20 of |x|.
+const BUCKET_SHIFT: u32 = 20;
+const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
 
 /// Top-k sparsifier with a reusable selection scratch.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,29 +111,12 @@ impl TopK {
         if k == 0 {
             return Ok(());
         }
-        self.scratch.clear();
-        self.scratch
-            .extend(x.iter().map(|v| v.to_bits() & 0x7FFF_FFFF));
-        let worst = self.scratch.iter().fold(0u32, |m, &b| m.max(b));
-        if worst >= 0x7F80_0000 {
-            let index = self
-                .scratch
-                .iter()
-                .position(|&b| b >= 0x7F80_0000)
-                .unwrap_or(0);
-            return Err(CodecError::NonFinite {
-                codec: "topk",
-                index,
-            });
-        }
-        // Ascending: positions n-k.. hold the k largest, n-k the threshold t.
-        let (_, &mut t, above) = self.scratch.select_nth_unstable(n - k);
-        let greater = above.iter().filter(|&&b| b > t).count();
+        let (t, greater) = self.threshold(x, k)?;
         let mut ties = k - greater;
         let (idx, vals) = out[FRAME_HEADER_BYTES..].split_at_mut(4 * k);
         let mut slots = idx.chunks_exact_mut(4).zip(vals.chunks_exact_mut(4));
         for (i, &v) in x.iter().enumerate() {
-            let b = v.to_bits() & 0x7FFF_FFFF;
+            let b = abs_bits(v);
             let take = b > t || (b == t && ties > 0);
             if take {
                 ties -= usize::from(b == t);
@@ -132,6 +126,52 @@ impl TopK {
             }
         }
         Ok(())
+    }
+
+    /// The |x| bit pattern t of the k-th largest element (1 ≤ k ≤ n) and the count of
+    /// elements above t: a histogram of the top
+    /// 11 bits (sign excluded: exponent and 3 mantissa bits) finds the bucket holding it,
+    /// quickselect finds it among that bucket's elements only.
+    fn threshold(&mut self, x: &[f32], k: usize) -> Result<(u32, usize)> {
+        let mut hist = [0usize; BUCKETS];
+        let mut worst = 0u32;
+        for &v in x {
+            let b = abs_bits(v);
+            worst = worst.max(b);
+            hist[(b >> BUCKET_SHIFT) as usize] += 1;
+        }
+        if worst >= 0x7F80_0000 {
+            let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Err(CodecError::NonFinite {
+                codec: "topk",
+                index,
+            });
+        }
+        // Walk down from the largest bucket until it holds the k-th largest element.
+        let mut above = 0usize;
+        let mut bucket = 0u32;
+        for (h, &count) in hist.iter().enumerate().rev() {
+            if above + count >= k {
+                bucket = h as u32;
+                break;
+            }
+            above += count;
+        }
+        self.scratch.clear();
+        self.scratch.extend(
+            x.iter()
+                .map(|v| abs_bits(*v))
+                .filter(|b| b >> BUCKET_SHIFT == bucket),
+        );
+        // The (k − above)-th largest of the bucket, i.e. ascending position len − (k − above).
+        let pos = self.scratch.len().saturating_sub(k - above);
+        if pos >= self.scratch.len() {
+            return Err(CodecError::Corrupt(
+                "topk selection found an empty bucket".into(),
+            ));
+        }
+        let t = *self.scratch.select_nth_unstable(pos).1;
+        Ok((t, above + self.scratch.iter().filter(|&&b| b > t).count()))
     }
 
     /// Decodes `frame` and adds it to `acc` (`acc.len()` is the expected n).

@@ -27,8 +27,8 @@
 //! # Memory passes (over the n-element input; error feedback adds
 //! [`crate::codec::feedback::ErrorFeedback::MEMORY_PASSES`])
 //! none 0/0; casts, int8, int4, 1bit, rp: 1 encode / 1 decode (the block-max pass of the
-//! blocked codecs re-reads an L1-resident block and is not counted); top-k: 4 encode (|x|
-//! copy, about 2 for quickselect, the collecting scan) / 1 decode (zero fill + scatter);
+//! blocked codecs re-reads an L1-resident block and is not counted); top-k: 3 encode
+//! (histogram, bucket gather, collecting scan; the quickselect runs on one bucket) / 1 decode (zero fill + scatter);
 //! random-k: min(1, 16·ratio) encode (cache lines touched by the gather) / 1 decode;
 //! PowerSGD: 2 encode (M·Q and Mᵀ·P) / 1 decode (P·Qᵀ).
 
@@ -419,7 +419,7 @@ impl CodecSpec {
             | CodecKind::Int4
             | CodecKind::OneBit
             | CodecKind::RandomProjection => (1.0, 1.0),
-            CodecKind::TopK => (4.0, 1.0),
+            CodecKind::TopK => (3.0, 1.0),
             CodecKind::RandomK => ((16.0 * self.ratio).min(1.0), 1.0),
             CodecKind::PowerSgd => (2.0, 1.0),
         }
