@@ -29,49 +29,36 @@ use super::{rng_for, CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTE
 /// the low mantissa bits in two's complement.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// |x| statistics of one block.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AbsStats {
-    /// max |x|.
-    pub max: f32,
-    /// Σ |x|.
-    pub sum: f32,
-    /// No NaN or infinity in the block.
-    pub finite: bool,
+/// The largest |x| bit pattern of `x` (0 when empty). Bit patterns of non-negative
+/// floats order like their values, so this is max |x| as bits, and a result at or above
+/// [`NON_FINITE_BITS`] means the block holds NaN or infinity.
+#[inline]
+pub(crate) fn max_abs_bits(x: &[f32]) -> u32 {
+    // An integer max is associative, so the loop vectoriser handles the plain fold.
+    x.iter()
+        .map(|v| v.to_bits() & 0x7FFF_FFFF)
+        .fold(0, u32::max)
 }
 
-/// Max and sum of |x| and a finiteness check, vectorisable (8 independent lanes).
+/// |x| bit patterns at or above this are infinity or NaN.
+pub(crate) const NON_FINITE_BITS: u32 = 0x7F80_0000;
+
+/// Σ |x| with 8 independent lanes (vectorisable).
 #[inline]
-pub(crate) fn abs_stats(x: &[f32]) -> AbsStats {
-    let mut mx = [0f32; 8];
-    let mut sm = [0f32; 8];
-    // Σ x·0 is 0 for finite x and NaN as soon as one x is NaN or infinite.
-    let mut bad = [0f32; 8];
+pub(crate) fn abs_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
         for j in 0..8 {
-            let a = c[j].abs();
-            mx[j] = if a > mx[j] { a } else { mx[j] };
-            sm[j] += a;
-            bad[j] += c[j] * 0.0;
+            lanes[j] += c[j].abs();
         }
     }
-    for &v in chunks.remainder() {
-        let a = v.abs();
-        mx[0] = if a > mx[0] { a } else { mx[0] };
-        sm[0] += a;
-        bad[0] += v * 0.0;
-    }
-    let max = mx.iter().fold(0f32, |m, &a| if a > m { a } else { m });
-    AbsStats {
-        max,
-        sum: sm.iter().sum(),
-        finite: bad.iter().sum::<f32>() == 0.0,
-    }
+    chunks.remainder().iter().map(|v| v.abs()).sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
 /// Writes a blocked frame: header, nb f32 scales, then the codes of each block in order.
-/// For each block, `code` appends the block's codes to `out` and returns its scale; the
+/// For each block, `code(block, max |x|, out)` appends the block's codes to `out` and
+/// returns its scale; the
 /// scale region is filled in place, so the codes are written once (no zero fill).
 /// Stops with [`CodecError::NonFinite`] at the first block holding NaN or infinity.
 pub(crate) fn encode_blocks(
@@ -81,20 +68,20 @@ pub(crate) fn encode_blocks(
     header: &FrameHeader,
     total: usize,
     out: &mut Vec<u8>,
-    mut code: impl FnMut(&[f32], AbsStats, &mut Vec<u8>) -> f32,
+    mut code: impl FnMut(&[f32], f32, &mut Vec<u8>) -> f32,
 ) -> Result<()> {
     frame::start(out, header, total);
     let nb = x.len().div_ceil(block);
     out.resize(FRAME_HEADER_BYTES + 4 * nb, 0);
     for (b, xb) in x.chunks(block).enumerate() {
-        let st = abs_stats(xb);
-        if !st.finite {
+        let max_bits = max_abs_bits(xb);
+        if max_bits >= NON_FINITE_BITS {
             return Err(CodecError::NonFinite {
                 codec,
                 index: b * block,
             });
         }
-        let scale = code(xb, st, out);
+        let scale = code(xb, f32::from_bits(max_bits), out);
         let at = FRAME_HEADER_BYTES + 4 * b;
         out[at..at + 4].copy_from_slice(&scale.to_le_bytes());
     }
@@ -230,9 +217,9 @@ impl BlockQuant {
             &self.header(n),
             self.wire_bytes(n),
             out,
-            |xb, st, out| {
-                let (scale, inv) = if st.max > 0.0 {
-                    (st.max / qmax, qmax / st.max)
+            |xb, max, out| {
+                let (scale, inv) = if max > 0.0 {
+                    (max / qmax, qmax / max)
                 } else {
                     (0.0, 0.0)
                 };
@@ -328,7 +315,7 @@ mod tests {
         let mut y = vec![0.0; x.len()];
         c.decode_into(&f, &mut y).unwrap();
         for (b, (xb, yb)) in x.chunks(64).zip(y.chunks(64)).enumerate() {
-            let scale = abs_stats(xb).max / 127.0;
+            let scale = f32::from_bits(max_abs_bits(xb)) / 127.0;
             for (a, d) in xb.iter().zip(yb) {
                 assert!((a - d).abs() <= scale * 0.5 + 1e-7, "block {b}: {a} vs {d}");
             }

@@ -10,7 +10,7 @@
 
 use super::feedback::ErrorFeedback;
 use super::frame::{self, FrameHeader};
-use super::quant::{encode_blocks, get_f32, read_scales, store};
+use super::quant::{abs_sum, encode_blocks, get_f32, read_scales, store};
 use super::spec::check_block;
 use super::{CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
 
@@ -73,14 +73,14 @@ impl SignCodec {
             &self.header(n),
             self.wire_bytes(n),
             out,
-            |xb, st, out| {
+            |xb, _max, out| {
                 let eights = xb.chunks_exact(8);
                 let rest = eights.remainder();
                 out.extend(eights.map(pack_signs));
                 if !rest.is_empty() {
                     out.push(pack_signs(rest));
                 }
-                st.sum / xb.len() as f32
+                abs_sum(xb) / xb.len() as f32
             },
         )?;
         // An overflowing sum of |x| gives an infinite scale: refuse like non-finite input.
