@@ -54,6 +54,14 @@ fn codecs(c: &mut Criterion) {
             q8.decode_add(&frame, &mut out)
         })
     });
+    let mut ef8 = ErrorFeedback::with_defaults();
+    g.bench_function("int8_ef_roundtrip", |b| {
+        b.iter(|| {
+            q8.encode_with_feedback(&mut ef8, 0, black_box(&x), 0, &mut frame)
+                .expect("encode");
+            q8.decode_add(&frame, &mut out)
+        })
+    });
     let mut s8 = spec("int8");
     s8.stochastic = true;
     let q8s = BlockQuant::new(&s8).expect("int8 stochastic");

@@ -320,3 +320,17 @@ proptest! {
         prop_assert!(min_kept >= max_dropped);
     }
 }
+
+#[test]
+fn empty_inputs_give_header_only_frames_with_and_without_feedback() {
+    for name in ["int8", "int4", "1bit", "topk"] {
+        let s = spec(name);
+        let mut c = FrameCodec::new(&s).unwrap();
+        let mut ef = ErrorFeedback::with_defaults();
+        let mut frame = vec![1, 2, 3];
+        c.encode(&[], 0, Some((&mut ef, 1)), &mut frame).unwrap();
+        assert_eq!(frame.len(), s.wire_bytes(0), "{name}");
+        assert_eq!(frame.len(), FRAME_HEADER_BYTES, "{name}");
+        c.decode_add(&frame, &mut []).unwrap();
+    }
+}

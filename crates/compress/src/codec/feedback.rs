@@ -16,7 +16,9 @@
 //! At most `max_keys` residuals (default [`DEFAULT_MAX_KEYS`]); a new key beyond the cap
 //! is an error (call [`ErrorFeedback::remove`] for tensors no longer compressed). A key's
 //! length is fixed by its first use; a different length is an error until the key is
-//! removed. Residuals are never touched by a failed step.
+//! removed. Residuals are never touched by a failed step. Scratch: one spare vector as
+//! long as the largest key, and two block-sized (or, for [`ErrorFeedback::step`],
+//! gradient-sized) buffers, all reused.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +37,7 @@ pub struct ErrorFeedback {
     residuals: BTreeMap<u64, Vec<f32>>,
     compensated: Vec<f32>,
     decoded: Vec<f32>,
+    spare: Vec<f32>,
 }
 
 impl ErrorFeedback {
@@ -169,18 +172,69 @@ impl ErrorFeedback {
         grad: &[f32],
         codec: impl FnOnce(&[f32], &mut [f32]) -> Result<()>,
     ) -> Result<()> {
-        let n = grad.len();
+        if grad.is_empty() {
+            self.slot(key, 0)?;
+            return codec(&[], &mut []);
+        }
+        let mut codec = Some(codec);
+        self.step_blocks(key, grad, grad.len().max(1), |_, c, d| match codec.take() {
+            Some(f) => f(c, d),
+            None => Ok(()),
+        })
+    }
+
+    /// [`ErrorFeedback::step`] for codecs that work block by block: for each block `b`
+    /// of `block` elements (the last may be shorter), `codec(b, compensated, decoded)`
+    /// gets that block only, so compensation, encoding and the residual update stay in
+    /// cache (one pass over the gradient and the residual). The new residual is written to
+    /// a spare buffer and swapped in only if every block succeeds.
+    pub fn step_blocks(
+        &mut self,
+        key: u64,
+        grad: &[f32],
+        block: usize,
+        mut codec: impl FnMut(usize, &[f32], &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let (n, block, decay) = (grad.len(), block.max(1), self.decay);
+        self.slot(key, n)?;
+        let mut next = std::mem::take(&mut self.spare);
         let mut c = std::mem::take(&mut self.compensated);
         let mut d = std::mem::take(&mut self.decoded);
-        c.resize(n, 0.0);
-        d.resize(n, 0.0);
-        let out = self
-            .compensate(key, grad, &mut c)
-            .and_then(|_| codec(&c, &mut d))
-            .and_then(|_| self.update(key, &c, &d));
+        next.resize(n, 0.0);
+        c.resize(block.min(n), 0.0);
+        d.resize(block.min(n), 0.0);
+        let residual = self
+            .residuals
+            .get(&key)
+            .map(|r| r.as_slice())
+            .unwrap_or(&[]);
+        let mut run = || -> Result<()> {
+            let blocks = grad
+                .chunks(block)
+                .zip(residual.chunks(block))
+                .zip(next.chunks_mut(block));
+            for (b, ((gb, rb), nb)) in blocks.enumerate() {
+                let (cb, db) = (&mut c[..gb.len()], &mut d[..gb.len()]);
+                for ((o, &g), &e) in cb.iter_mut().zip(gb).zip(rb) {
+                    *o = g + decay * e;
+                }
+                codec(b, cb, db)?;
+                for ((o, &cv), &dv) in nb.iter_mut().zip(cb.iter()).zip(db.iter()) {
+                    *o = cv - dv;
+                }
+            }
+            Ok(())
+        };
+        let result = run();
+        if result.is_ok() {
+            if let Some(r) = self.residuals.get_mut(&key) {
+                std::mem::swap(r, &mut next);
+            }
+        }
+        self.spare = next;
         self.compensated = c;
         self.decoded = d;
-        out
+        result
     }
 }
 
@@ -225,5 +279,41 @@ mod tests {
         assert_eq!(ef.residual(1).unwrap(), before.as_slice());
         assert!(ErrorFeedback::new(1.5, 1).is_err());
         assert!(ErrorFeedback::new(0.5, 0).is_err());
+    }
+
+    #[test]
+    fn step_blocks_matches_step_and_is_atomic() {
+        let g: Vec<f32> = (0..21).map(|i| i as f32 * 0.37 - 3.0).collect();
+        let halve = |c: &[f32], d: &mut [f32]| {
+            for (o, v) in d.iter_mut().zip(c) {
+                *o = (v * 0.5).round();
+            }
+        };
+        let mut a = ErrorFeedback::new(0.8, 2).unwrap();
+        let mut b = ErrorFeedback::new(0.8, 2).unwrap();
+        for _ in 0..3 {
+            a.step(1, &g, |c, d| {
+                halve(c, d);
+                Ok(())
+            })
+            .unwrap();
+            b.step_blocks(1, &g, 8, |_, c, d| {
+                halve(c, d);
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(a.residual(1), b.residual(1));
+        let before = b.residual(1).unwrap().to_vec();
+        let r = b.step_blocks(1, &g, 8, |blk, c, d| {
+            halve(c, d);
+            if blk == 2 {
+                Err(CodecError::Corrupt("late".into()))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(r.is_err());
+        assert_eq!(b.residual(1).unwrap(), before.as_slice());
     }
 }

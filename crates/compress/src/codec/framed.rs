@@ -61,6 +61,9 @@ impl FrameCodec {
                 expected: "1-bit diverges without error feedback: pass Some((feedback, key))",
             }),
             (FrameCodec::Quant(c), None) => c.encode(x, stream, out),
+            (FrameCodec::Quant(c), Some((ef, key))) => {
+                c.encode_with_feedback(ef, key, x, stream, out)
+            }
             (FrameCodec::TopK(c), None) => c.encode(x, out),
             (this, Some((ef, key))) => ef.step(key, x, |comp, decoded| {
                 this.encode(comp, stream, None, out)?;

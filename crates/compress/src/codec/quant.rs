@@ -21,6 +21,7 @@
 
 use rand_xoshiro::rand_core::RngCore;
 
+use super::feedback::ErrorFeedback;
 use super::frame::{self, FrameHeader};
 use super::spec::check_block;
 use super::{rng_for, CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
@@ -56,36 +57,60 @@ pub(crate) fn abs_sum(x: &[f32]) -> f32 {
     chunks.remainder().iter().map(|v| v.abs()).sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
-/// Writes a blocked frame: header, nb f32 scales, then the codes of each block in order.
-/// For each block, `code(block, max |x|, out)` appends the block's codes to `out` and
-/// returns its scale; the
-/// scale region is filled in place, so the codes are written once (no zero fill).
-/// Stops with [`CodecError::NonFinite`] at the first block holding NaN or infinity.
-pub(crate) fn encode_blocks(
+/// Encodes a blocked frame (int8, int4, 1-bit): header, nb f32 scales, then the codes
+/// of each block in order. For each block, `code(block, max |x|, out)` appends the
+/// block's codes to `out` and returns its scale; the scale region is filled in place, so
+/// codes are written once (no zero fill). Stops with [`CodecError::NonFinite`] at the
+/// first block holding NaN or infinity (or giving an infinite scale).
+///
+/// With `feedback`, blocks are compensated and the residual updated block by block
+/// ([`ErrorFeedback::step_blocks`]), so everything stays cache-resident:
+/// `decode(scale, codes, out)` writes the block's local decoding for the residual.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_blocked(
     codec: &'static str,
     x: &[f32],
     block: usize,
     header: &FrameHeader,
     total: usize,
     out: &mut Vec<u8>,
+    feedback: Option<(&mut ErrorFeedback, u64)>,
     mut code: impl FnMut(&[f32], f32, &mut Vec<u8>) -> f32,
+    decode: impl Fn(f32, &[u8], &mut [f32]),
 ) -> Result<()> {
     frame::start(out, header, total);
-    let nb = x.len().div_ceil(block);
-    out.resize(FRAME_HEADER_BYTES + 4 * nb, 0);
-    for (b, xb) in x.chunks(block).enumerate() {
+    out.resize(FRAME_HEADER_BYTES + 4 * x.len().div_ceil(block), 0);
+    let mut one = |b: usize, xb: &[f32], out: &mut Vec<u8>| -> Result<f32> {
         let max_bits = max_abs_bits(xb);
-        if max_bits >= NON_FINITE_BITS {
+        let scale = if max_bits < NON_FINITE_BITS {
+            code(xb, f32::from_bits(max_bits), out)
+        } else {
+            f32::NAN
+        };
+        if !scale.is_finite() {
             return Err(CodecError::NonFinite {
                 codec,
                 index: b * block,
             });
         }
-        let scale = code(xb, f32::from_bits(max_bits), out);
         let at = FRAME_HEADER_BYTES + 4 * b;
         out[at..at + 4].copy_from_slice(&scale.to_le_bytes());
+        Ok(scale)
+    };
+    match feedback {
+        None => {
+            for (b, xb) in x.chunks(block).enumerate() {
+                one(b, xb, out)?;
+            }
+            Ok(())
+        }
+        Some((ef, key)) => ef.step_blocks(key, x, block, |b, c, d| {
+            let start = out.len();
+            let scale = one(b, c, out)?;
+            decode(scale, &out[start..], d);
+            Ok(())
+        }),
     }
-    Ok(())
 }
 
 /// Appends the codes of one block: `round` maps x·inv to its two's-complement code byte;
@@ -205,38 +230,64 @@ impl BlockQuant {
     /// stochastic-rounding random stream (mix step and rank into it); ignored otherwise.
     /// Fails on NaN or infinite input, naming the block.
     pub fn encode(&self, x: &[f32], stream: u64, out: &mut Vec<u8>) -> Result<()> {
+        self.encode_impl(x, stream, None, out)
+    }
+
+    /// Like [`BlockQuant::encode`], encoding `x` plus the decayed residual of `key` and
+    /// updating the residual, block by block in one pass.
+    pub fn encode_with_feedback(
+        &self,
+        ef: &mut ErrorFeedback,
+        key: u64,
+        x: &[f32],
+        stream: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.encode_impl(x, stream, Some((ef, key)), out)
+    }
+
+    fn encode_impl(
+        &self,
+        x: &[f32],
+        stream: u64,
+        feedback: Option<(&mut ErrorFeedback, u64)>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let n = x.len();
-        let codec = self.kind.name();
         let qmax = self.qmax();
         let mut rng = rng_for(self.seed, stream);
         let four = self.kind == CodecKind::Int4;
-        encode_blocks(
-            codec,
+        let code = |xb: &[f32], max: f32, out: &mut Vec<u8>| {
+            let (scale, inv) = if max > 0.0 {
+                (max / qmax, qmax / max)
+            } else {
+                (0.0, 0.0)
+            };
+            if self.stochastic {
+                // floor(v + u) for v + u in [-128, 129): truncation after a +128 shift.
+                let mut round = |v: f32| -> u8 {
+                    let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0);
+                    ((v + u + 128.0) as i32 - 128).clamp(-(qmax as i32), qmax as i32) as u8
+                };
+                quantize_block(four, xb, inv, out, &mut round);
+            } else {
+                let mut round = |v: f32| -> u8 { (v + ROUND_MAGIC).to_bits() as u8 };
+                quantize_block(four, xb, inv, out, &mut round);
+            }
+            scale
+        };
+        let (header, total) = (self.header(n), self.wire_bytes(n));
+        let decode = |s: f32, cb: &[u8], ob: &mut [f32]| self.decode_block::<false>(s, cb, ob);
+        encode_blocked(
+            self.kind.name(),
             x,
             self.block,
-            &self.header(n),
-            self.wire_bytes(n),
+            &header,
+            total,
             out,
-            |xb, max, out| {
-                let (scale, inv) = if max > 0.0 {
-                    (max / qmax, qmax / max)
-                } else {
-                    (0.0, 0.0)
-                };
-                if self.stochastic {
-                    // floor(v + u) for v + u in [-128, 129): truncation after a +128 shift.
-                    let mut round = |v: f32| -> u8 {
-                        let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0);
-                        let q = ((v + u + 128.0) as i32 - 128).clamp(-(qmax as i32), qmax as i32);
-                        q as u8
-                    };
-                    quantize_block(four, xb, inv, out, &mut round);
-                } else {
-                    let mut round = |v: f32| -> u8 { (v + ROUND_MAGIC).to_bits() as u8 };
-                    quantize_block(four, xb, inv, out, &mut round);
-                }
-                scale
-            },
+            feedback,
+            code,
+            decode,
         )
     }
 
@@ -257,33 +308,34 @@ impl BlockQuant {
         let payload = frame::open(frame, &self.header(n), self.wire_bytes(n))?;
         let (scale_bytes, codes) = payload.split_at(4 * nb);
         let scales = read_scales(self.kind.name(), scale_bytes, nb)?;
-        if self.kind == CodecKind::Int8 {
-            for ((ob, cb), &s) in out
-                .chunks_mut(self.block)
-                .zip(codes.chunks(self.block))
-                .zip(&scales)
-            {
-                for (o, &c) in ob.iter_mut().zip(cb) {
-                    store::<ACC>(o, (c as i8) as f32 * s);
-                }
-            }
-        } else {
-            for ((ob, cb), &s) in out
-                .chunks_mut(self.block)
-                .zip(codes.chunks(self.block / 2))
-                .zip(&scales)
-            {
-                let mut pairs = ob.chunks_exact_mut(2);
-                for (o, &c) in (&mut pairs).zip(cb) {
-                    store::<ACC>(&mut o[0], (((c << 4) as i8) >> 4) as f32 * s);
-                    store::<ACC>(&mut o[1], ((c as i8) >> 4) as f32 * s);
-                }
-                if let ([o], Some(&c)) = (pairs.into_remainder(), cb.last()) {
-                    store::<ACC>(o, (((c << 4) as i8) >> 4) as f32 * s);
-                }
-            }
+        let code_block = self.code_bytes(self.block);
+        for ((ob, cb), &s) in out
+            .chunks_mut(self.block)
+            .zip(codes.chunks(code_block))
+            .zip(&scales)
+        {
+            self.decode_block::<ACC>(s, cb, ob);
         }
         Ok(())
+    }
+
+    /// Decodes the codes `cb` of one block with scale `s` into `ob`.
+    #[inline]
+    fn decode_block<const ACC: bool>(&self, s: f32, cb: &[u8], ob: &mut [f32]) {
+        if self.kind == CodecKind::Int8 {
+            for (o, &c) in ob.iter_mut().zip(cb) {
+                store::<ACC>(o, (c as i8) as f32 * s);
+            }
+        } else {
+            let mut pairs = ob.chunks_exact_mut(2);
+            for (o, &c) in (&mut pairs).zip(cb) {
+                store::<ACC>(&mut o[0], (((c << 4) as i8) >> 4) as f32 * s);
+                store::<ACC>(&mut o[1], ((c as i8) >> 4) as f32 * s);
+            }
+            if let ([o], Some(&c)) = (pairs.into_remainder(), cb.last()) {
+                store::<ACC>(o, (((c << 4) as i8) >> 4) as f32 * s);
+            }
+        }
     }
 }
 

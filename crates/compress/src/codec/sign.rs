@@ -10,7 +10,7 @@
 
 use super::feedback::ErrorFeedback;
 use super::frame::{self, FrameHeader};
-use super::quant::{abs_sum, encode_blocks, get_f32, read_scales, store};
+use super::quant::{abs_sum, encode_blocked, read_scales, store};
 use super::spec::check_block;
 use super::{CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
 
@@ -58,43 +58,29 @@ impl SignCodec {
         grad: &[f32],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ef.step(key, grad, |compensated, decoded| {
-            self.encode_raw(compensated, out)?;
-            self.decode::<false>(out, decoded)
-        })
-    }
-
-    fn encode_raw(&self, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
-        let (n, block) = (x.len(), self.block);
-        encode_blocks(
+        let n = grad.len();
+        let code = |xb: &[f32], _max: f32, out: &mut Vec<u8>| {
+            let eights = xb.chunks_exact(8);
+            let rest = eights.remainder();
+            out.extend(eights.map(pack_signs));
+            if !rest.is_empty() {
+                out.push(pack_signs(rest));
+            }
+            abs_sum(xb) / xb.len() as f32
+        };
+        let (header, total) = (self.header(n), self.wire_bytes(n));
+        let feedback = Some((ef, key));
+        encode_blocked(
             "1bit",
-            x,
-            block,
-            &self.header(n),
-            self.wire_bytes(n),
+            grad,
+            self.block,
+            &header,
+            total,
             out,
-            |xb, _max, out| {
-                let eights = xb.chunks_exact(8);
-                let rest = eights.remainder();
-                out.extend(eights.map(pack_signs));
-                if !rest.is_empty() {
-                    out.push(pack_signs(rest));
-                }
-                abs_sum(xb) / xb.len() as f32
-            },
-        )?;
-        // An overflowing sum of |x| gives an infinite scale: refuse like non-finite input.
-        let scales = &out[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + 4 * n.div_ceil(block)];
-        match scales
-            .chunks_exact(4)
-            .position(|s| !get_f32(s, 0).is_finite())
-        {
-            Some(b) => Err(CodecError::NonFinite {
-                codec: "1bit",
-                index: b * block,
-            }),
-            None => Ok(()),
-        }
+            feedback,
+            code,
+            decode_signs::<false>,
+        )
     }
 
     /// Decodes `frame` and adds it to `acc` (`acc.len()` is the expected n).
@@ -118,21 +104,27 @@ impl SignCodec {
             .zip(bits.chunks(self.block / 8))
             .zip(&scales)
         {
-            let sbits = s.to_bits();
-            let mut eights = ob.chunks_exact_mut(8);
-            for (o8, &byte) in (&mut eights).zip(bb) {
-                for (j, o) in o8.iter_mut().enumerate() {
-                    store::<ACC>(o, f32::from_bits(sbits | ((byte as u32 >> j) & 1) << 31));
-                }
-            }
-            let rest = eights.into_remainder();
-            if let (false, Some(&byte)) = (rest.is_empty(), bb.last()) {
-                for (j, o) in rest.iter_mut().enumerate() {
-                    store::<ACC>(o, f32::from_bits(sbits | ((byte as u32 >> j) & 1) << 31));
-                }
-            }
+            decode_signs::<ACC>(s, bb, ob);
         }
         Ok(())
+    }
+}
+
+/// Writes ±`s` into `ob` from the sign bits `bb` (bit j of byte i for element 8i + j).
+#[inline]
+fn decode_signs<const ACC: bool>(s: f32, bb: &[u8], ob: &mut [f32]) {
+    let sbits = s.to_bits();
+    let mut eights = ob.chunks_exact_mut(8);
+    for (o8, &byte) in (&mut eights).zip(bb) {
+        for (j, o) in o8.iter_mut().enumerate() {
+            store::<ACC>(o, f32::from_bits(sbits | ((byte as u32 >> j) & 1) << 31));
+        }
+    }
+    let rest = eights.into_remainder();
+    if let (false, Some(&byte)) = (rest.is_empty(), bb.last()) {
+        for (j, o) in rest.iter_mut().enumerate() {
+            store::<ACC>(o, f32::from_bits(sbits | ((byte as u32 >> j) & 1) << 31));
+        }
     }
 }
 
