@@ -60,6 +60,27 @@ fn abs_bits(v: f32) -> u32 {
     v.to_bits() & 0x7FFF_FFFF
 }
 
+/// Calls `f(i, x[i])`, in index order, for every element with `lo ≤ |x| bits ≤ hi`.
+/// Chunks of 32 without a hit are skipped by a branch-free (vectorised) test, so a sparse
+/// selection costs little more than one streaming read.
+#[inline]
+fn for_each_in_range(x: &[f32], lo: u32, hi: u32, mut f: impl FnMut(usize, f32)) {
+    const CHUNK: usize = 32;
+    let hit = |v: &f32| {
+        let b = abs_bits(*v);
+        b >= lo && b <= hi
+    };
+    for (c, chunk) in x.chunks(CHUNK).enumerate() {
+        if chunk.iter().fold(false, |a, v| a | hit(v)) {
+            for (j, v) in chunk.iter().enumerate() {
+                if hit(v) {
+                    f(c * CHUNK + j, *v);
+                }
+            }
+        }
+    }
+}
+
 /// Histogram buckets of the threshold search: bits 30..20 of |x|.
 const BUCKET_SHIFT: u32 = 20;
 const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
@@ -115,16 +136,16 @@ impl TopK {
         let mut ties = k - greater;
         let (idx, vals) = out[FRAME_HEADER_BYTES..].split_at_mut(4 * k);
         let mut slots = idx.chunks_exact_mut(4).zip(vals.chunks_exact_mut(4));
-        for (i, &v) in x.iter().enumerate() {
+        for_each_in_range(x, t, u32::MAX, |i, v| {
             let b = abs_bits(v);
-            let take = b > t || (b == t && ties > 0);
-            if take {
+            if b > t || ties > 0 {
                 ties -= usize::from(b == t);
-                let Some((io, vo)) = slots.next() else { break };
-                io.copy_from_slice(&(i as u32).to_le_bytes());
-                vo.copy_from_slice(&v.to_le_bytes());
+                if let Some((io, vo)) = slots.next() {
+                    io.copy_from_slice(&(i as u32).to_le_bytes());
+                    vo.copy_from_slice(&v.to_le_bytes());
+                }
             }
-        }
+        });
         Ok(())
     }
 
@@ -133,14 +154,27 @@ impl TopK {
     /// 11 bits (sign excluded: exponent and 3 mantissa bits) finds the bucket holding it,
     /// quickselect finds it among that bucket's elements only.
     fn threshold(&mut self, x: &[f32], k: usize) -> Result<(u32, usize)> {
-        let mut hist = [0usize; BUCKETS];
-        let mut worst = 0u32;
-        for &v in x {
-            let b = abs_bits(v);
-            worst = worst.max(b);
-            hist[(b >> BUCKET_SHIFT) as usize] += 1;
+        // Four interleaved sub-histograms: runs of equal buckets (typical of gradients)
+        // would otherwise serialise on one counter. u32 counts suffice (n ≤ u32::MAX).
+        let mut sub = vec![[0u32; 4]; BUCKETS];
+        let mut quads = x.chunks_exact(4);
+        for q in &mut quads {
+            for (lane, v) in q.iter().enumerate() {
+                sub[(abs_bits(*v) >> BUCKET_SHIFT) as usize][lane] += 1;
+            }
         }
-        if worst >= 0x7F80_0000 {
+        for v in quads.remainder() {
+            sub[(abs_bits(*v) >> BUCKET_SHIFT) as usize][0] += 1;
+        }
+        let hist: Vec<usize> = sub
+            .iter()
+            .map(|h| h.iter().map(|&c| c as usize).sum())
+            .collect();
+        // Infinity and NaN patterns are the top buckets.
+        if hist[(0x7F80_0000 >> BUCKET_SHIFT) as usize..]
+            .iter()
+            .any(|&c| c > 0)
+        {
             let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(CodecError::NonFinite {
                 codec: "topk",
@@ -158,11 +192,10 @@ impl TopK {
             above += count;
         }
         self.scratch.clear();
-        self.scratch.extend(
-            x.iter()
-                .map(|v| abs_bits(*v))
-                .filter(|b| b >> BUCKET_SHIFT == bucket),
-        );
+        let lo = bucket << BUCKET_SHIFT;
+        let hi = lo | ((1 << BUCKET_SHIFT) - 1);
+        let scratch = &mut self.scratch;
+        for_each_in_range(x, lo, hi, |_, v| scratch.push(abs_bits(v)));
         // The (k − above)-th largest of the bucket, i.e. ascending position len − (k − above).
         let pos = self.scratch.len().saturating_sub(k - above);
         if pos >= self.scratch.len() {
