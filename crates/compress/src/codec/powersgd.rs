@@ -38,6 +38,8 @@ pub fn view(n: usize, rank: usize) -> (usize, usize, usize) {
         rows += 1;
     }
     let cols = n.div_ceil(rows);
+    // No row wholly past n: (rows − 1)·cols < n.
+    let rows = n.div_ceil(cols);
     (rows, cols, rank.min(rows).min(cols))
 }
 
@@ -70,16 +72,20 @@ impl PowerSgd {
         PowerSgd::with_view(n, rows, cols, spec.rank, spec.seed)
     }
 
-    /// PowerSGD for `n` elements viewed as `rows`×`cols` (rows·cols ≥ n), rank capped at
-    /// min(rows, cols).
+    /// PowerSGD for `n` elements viewed as `rows`×`cols` (rows·cols ≥ n > (rows − 1)·cols,
+    /// so only the last row is partial), rank capped at min(rows, cols).
     pub fn with_view(n: usize, rows: usize, cols: usize, rank: usize, seed: u64) -> Result<Self> {
         check_rank("powersgd", rank)?;
-        if rows.checked_mul(cols).is_none_or(|rc| rc < n) {
+        // Every element fits, and no row or column lies wholly past n.
+        let fits = rows.checked_mul(cols).is_some_and(|rc| rc >= n);
+        let tight = rows <= n.max(1) && cols <= n.max(1) && (n == 0 || (rows - 1) * cols < n);
+        if !(fits && tight) {
             return Err(CodecError::BadParam {
                 codec: "powersgd",
                 param: "rows×cols",
-                value: format!("{rows}×{cols}"),
-                expected: "the matrix view must hold all n elements (rows·cols ≥ n)",
+                value: format!("{rows}×{cols} for n = {n}"),
+                expected: "the view must hold all n elements without an empty row: \
+                           rows·cols ≥ n > (rows − 1)·cols, rows and cols ≤ n",
             });
         }
         let rank = rank.min(rows).min(cols);
@@ -239,6 +245,18 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_view_is_always_accepted() {
+        for n in (1..5000).chain([1 << 20, (1 << 24) + 1, 999_983]) {
+            let (rows, cols, rank) = view(n, 4);
+            let ps = PowerSgd::with_view(n, rows, cols, 4, 0).unwrap();
+            assert_eq!(ps.shape(), (rows, cols, rank), "n = {n}");
+        }
+        assert!(PowerSgd::with_view(10, 1, 1 << 40, 4, 0).is_err());
+        assert!(PowerSgd::with_view(10, 4, 4, 4, 0).is_err());
+        assert!(PowerSgd::with_view(10, 3, 3, 4, 0).is_err());
+    }
 
     #[test]
     fn view_is_ceil_sqrt() {

@@ -392,18 +392,26 @@ impl CodecSpec {
     /// codecs this is the encoded frame length including its header; for linear codecs the
     /// size of the buffer the all-reduce moves.
     pub fn wire_bytes(&self, n: usize) -> usize {
+        // Saturating: an absurd n gives usize::MAX rather than an overflow panic.
         let nb = n.div_ceil(self.block.max(1));
+        let framed = |payload: usize| {
+            FRAME_HEADER_BYTES
+                .saturating_add(nb.saturating_mul(4))
+                .saturating_add(payload)
+        };
         match self.kind {
-            CodecKind::None => 4 * n,
-            CodecKind::F16 | CodecKind::Bf16 => 2 * n,
-            CodecKind::Int8 => FRAME_HEADER_BYTES + 4 * nb + n,
-            CodecKind::Int4 => FRAME_HEADER_BYTES + 4 * nb + n.div_ceil(2),
-            CodecKind::OneBit => FRAME_HEADER_BYTES + 4 * nb + n.div_ceil(8),
-            CodecKind::TopK => FRAME_HEADER_BYTES + 8 * self.kept(n),
-            CodecKind::RandomK | CodecKind::RandomProjection => 4 * self.kept(n),
+            CodecKind::None => n.saturating_mul(4),
+            CodecKind::F16 | CodecKind::Bf16 => n.saturating_mul(2),
+            CodecKind::Int8 => framed(n),
+            CodecKind::Int4 => framed(n.div_ceil(2)),
+            CodecKind::OneBit => framed(n.div_ceil(8)),
+            CodecKind::TopK => FRAME_HEADER_BYTES.saturating_add(self.kept(n).saturating_mul(8)),
+            CodecKind::RandomK | CodecKind::RandomProjection => self.kept(n).saturating_mul(4),
             CodecKind::PowerSgd => {
                 let (rows, cols, rank) = super::powersgd::view(n, self.rank);
-                4 * rank * (rows + cols)
+                rows.saturating_add(cols)
+                    .saturating_mul(rank)
+                    .saturating_mul(4)
             }
         }
     }
