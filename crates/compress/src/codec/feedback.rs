@@ -42,7 +42,9 @@ pub struct ErrorFeedback {
 
 impl ErrorFeedback {
     /// Memory passes over n elements that error feedback adds to a codec's encode:
-    /// the compensation and the residual update.
+    /// reading the residual and writing the new one (the compensated and decoded blocks
+    /// stay in cache with [`ErrorFeedback::step_blocks`]; [`ErrorFeedback::step`] touches
+    /// two more gradient-sized buffers).
     pub const MEMORY_PASSES: f64 = 2.0;
 
     /// Error feedback with the given decay (in [0, 1]) and key cap (≥ 1).

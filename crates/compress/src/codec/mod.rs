@@ -168,6 +168,20 @@ pub(crate) fn scaled_count(ratio: f64, n: usize) -> usize {
     (c as usize).clamp(1, n)
 }
 
+/// Checks that `spec` is one of `kinds`; `what` names the type and what it serves.
+pub(crate) fn expect_kind(spec: &CodecSpec, kinds: &[CodecKind], what: &'static str) -> Result<()> {
+    if kinds.contains(&spec.kind) {
+        Ok(())
+    } else {
+        Err(CodecError::BadParam {
+            codec: spec.kind.name(),
+            param: "kind",
+            value: spec.kind.name().to_string(),
+            expected: what,
+        })
+    }
+}
+
 /// Checks that `buf` has `expected` elements.
 pub(crate) fn check_len(
     codec: &'static str,

@@ -22,7 +22,7 @@
 use rand_xoshiro::rand_core::RngCore;
 
 use super::spec::check_rank;
-use super::{check_len, rng_for, CodecError, CodecKind, CodecSpec, Result};
+use super::{check_len, expect_kind, rng_for, CodecError, CodecKind, CodecSpec, Result};
 
 /// The default matrix view of `n` elements and the effective rank: (rows, cols, rank).
 pub fn view(n: usize, rank: usize) -> (usize, usize, usize) {
@@ -60,14 +60,11 @@ pub struct PowerSgd {
 impl PowerSgd {
     /// PowerSGD for `n` elements with the default [`view`] and the spec's rank and seed.
     pub fn new(n: usize, spec: &CodecSpec) -> Result<PowerSgd> {
-        if spec.kind != CodecKind::PowerSgd {
-            return Err(CodecError::BadParam {
-                codec: spec.kind.name(),
-                param: "kind",
-                value: spec.kind.name().to_string(),
-                expected: "PowerSgd serves powersgd only",
-            });
-        }
+        expect_kind(
+            spec,
+            &[CodecKind::PowerSgd],
+            "PowerSgd serves powersgd only",
+        )?;
         let (rows, cols, _) = view(n, 1);
         PowerSgd::with_view(n, rows, cols, spec.rank, spec.seed)
     }

@@ -16,7 +16,7 @@
 //! bits (`(z · m) >> 64`), sign by the lowest bit.
 
 use super::spec::check_ratio;
-use super::{check_len, mix64, scaled_count, CodecError, CodecKind, CodecSpec, Result};
+use super::{check_len, expect_kind, mix64, scaled_count, CodecKind, CodecSpec, Result};
 
 /// Count-sketch random projection.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,14 +28,11 @@ pub struct CountSketch {
 impl CountSketch {
     /// A projection for an `rp` spec (validated).
     pub fn new(spec: &CodecSpec) -> Result<CountSketch> {
-        if spec.kind != CodecKind::RandomProjection {
-            return Err(CodecError::BadParam {
-                codec: spec.kind.name(),
-                param: "kind",
-                value: spec.kind.name().to_string(),
-                expected: "CountSketch serves rp only",
-            });
-        }
+        expect_kind(
+            spec,
+            &[CodecKind::RandomProjection],
+            "CountSketch serves rp only",
+        )?;
         Ok(CountSketch {
             ratio: check_ratio("rp", spec.ratio)?,
             seed: spec.seed,

@@ -6,7 +6,9 @@
 //! decode x̂_i = code_i · scale_b. Deterministic rounding is to nearest (ties to even), so
 //! |x̂_i − x_i| ≤ scale_b / 2. Stochastic rounding takes code_i = floor(x_i/scale_b + u_i)
 //! with u_i uniform on [0, 1) in steps of 2^-24 from the seeded generator, so
-//! E[x̂_i] = x_i (to 2^-24·scale_b) and |x̂_i − x_i| < scale_b.
+//! E[x̂_i] = x_i up to the f32 rounding of the sum (below 2^-16 of a step) and
+//! |x̂_i − x_i| < scale_b. The floor is a truncation after a +128 shift (no libm call).
+//! The random stream is (seed, `stream`): pass a value unique per step and rank.
 //!
 //! # Frame
 //! [`FrameHeader`] (param = block), then nb = ceil(n/block) little-endian f32 scales, then
@@ -15,16 +17,19 @@
 //! are multiples of 8 elements, so every block starts on a byte boundary.
 //!
 //! # Speed
-//! The deterministic path has no per-element branch: block max by 8-lane accumulators,
-//! rounding by the 1.5·2^23 magic-number addition whose low mantissa bits are the
-//! two's-complement code.
+//! The deterministic path has no per-element branch: the block max is an integer fold
+//! of |x| bit patterns (which also detects NaN and infinity), rounding is the 1.5·2^23
+//! magic-number addition whose low mantissa bits are the two's-complement code, and codes
+//! are appended once (no zero fill). With error feedback
+//! ([`BlockQuant::encode_with_feedback`]) compensation, encoding and the residual update
+//! run block by block in cache.
 
 use rand_xoshiro::rand_core::RngCore;
 
 use super::feedback::ErrorFeedback;
 use super::frame::{self, FrameHeader};
 use super::spec::check_block;
-use super::{rng_for, CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
+use super::{expect_kind, rng_for, CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
 
 /// Adding this to a float in [-2^22, 2^22] rounds it to an integer (ties to even) held in
 /// the low mantissa bits in two's complement.
@@ -180,14 +185,11 @@ pub struct BlockQuant {
 impl BlockQuant {
     /// A quantiser for an `int8` or `int4` spec (validated).
     pub fn new(spec: &CodecSpec) -> Result<BlockQuant> {
-        if !matches!(spec.kind, CodecKind::Int8 | CodecKind::Int4) {
-            return Err(CodecError::BadParam {
-                codec: spec.kind.name(),
-                param: "kind",
-                value: spec.kind.name().to_string(),
-                expected: "BlockQuant serves int8 and int4 only",
-            });
-        }
+        expect_kind(
+            spec,
+            &[CodecKind::Int8, CodecKind::Int4],
+            "BlockQuant serves int8 and int4 only",
+        )?;
         let block = check_block(spec.kind.name(), spec.block)?;
         Ok(BlockQuant {
             kind: spec.kind,

@@ -12,7 +12,7 @@ use super::feedback::ErrorFeedback;
 use super::frame::{self, FrameHeader};
 use super::quant::{abs_sum, encode_blocked, read_scales, store};
 use super::spec::check_block;
-use super::{CodecError, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
+use super::{expect_kind, CodecKind, CodecSpec, Result, FRAME_HEADER_BYTES};
 
 /// The 1-bit codec. Build it with [`SignCodec::new`].
 #[derive(Debug, Clone, PartialEq)]
@@ -23,14 +23,7 @@ pub struct SignCodec {
 impl SignCodec {
     /// A 1-bit codec for a `1bit` spec (validated).
     pub fn new(spec: &CodecSpec) -> Result<SignCodec> {
-        if spec.kind != CodecKind::OneBit {
-            return Err(CodecError::BadParam {
-                codec: spec.kind.name(),
-                param: "kind",
-                value: spec.kind.name().to_string(),
-                expected: "SignCodec serves 1bit only",
-            });
-        }
+        expect_kind(spec, &[CodecKind::OneBit], "SignCodec serves 1bit only")?;
         Ok(SignCodec {
             block: check_block("1bit", spec.block)?,
         })

@@ -26,7 +26,9 @@ use super::frame::{self, FrameHeader};
 use super::quant::get_f32;
 use super::spec::check_ratio;
 use super::FRAME_HEADER_BYTES;
-use super::{check_len, rng_for, scaled_count, CodecError, CodecKind, CodecSpec, Result};
+use super::{
+    check_len, expect_kind, rng_for, scaled_count, CodecError, CodecKind, CodecSpec, Result,
+};
 
 fn check_u32_len(codec: &'static str, n: usize) -> Result<()> {
     if n as u64 <= u32::MAX as u64 {
@@ -37,19 +39,6 @@ fn check_u32_len(codec: &'static str, n: usize) -> Result<()> {
             param: "n",
             value: n.to_string(),
             expected: "u32 indices address at most 4294967295 elements; split the bucket",
-        })
-    }
-}
-
-fn check_kind(spec: &CodecSpec, kind: CodecKind, what: &'static str) -> Result<()> {
-    if spec.kind == kind {
-        Ok(())
-    } else {
-        Err(CodecError::BadParam {
-            codec: spec.kind.name(),
-            param: "kind",
-            value: spec.kind.name().to_string(),
-            expected: what,
         })
     }
 }
@@ -95,7 +84,7 @@ pub struct TopK {
 impl TopK {
     /// A top-k codec for a `topk` spec (validated).
     pub fn new(spec: &CodecSpec) -> Result<TopK> {
-        check_kind(spec, CodecKind::TopK, "TopK serves topk only")?;
+        expect_kind(spec, &[CodecKind::TopK], "TopK serves topk only")?;
         Ok(TopK {
             ratio: check_ratio("topk", spec.ratio)?,
             scratch: Vec::new(),
@@ -262,7 +251,7 @@ pub struct RandomK {
 impl RandomK {
     /// A random-k codec for a `randk` spec (validated).
     pub fn new(spec: &CodecSpec) -> Result<RandomK> {
-        check_kind(spec, CodecKind::RandomK, "RandomK serves randk only")?;
+        expect_kind(spec, &[CodecKind::RandomK], "RandomK serves randk only")?;
         Ok(RandomK {
             ratio: check_ratio("randk", spec.ratio)?,
             seed: spec.seed,
