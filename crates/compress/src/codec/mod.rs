@@ -24,6 +24,36 @@
 //! sum in f32 and re-encode (compressed reduce-scatter + all-gather, or a sparse
 //! all-gather for top-k). [`CodecInfo::reduction`] records which.
 //!
+//! # Driving one step (sums; divide by world afterwards for a mean)
+//! - Non-linear: `FrameCodec::new(&spec)?`, then on each rank
+//!   `encode(grad, stream, Some((&mut ef, key)), &mut frame)`; a receiver calls
+//!   `decode_add(&frame, &mut acc)` per peer frame (a frame of another codec, block or
+//!   size is an error naming both), and re-encodes the partial sum for the next hop.
+//! - fp16/bf16: `s = cast_prescale::<f16>(world, Some(agreed_max_abs))?`,
+//!   `cast_encode(grad, s, &mut y)`, all-reduce `y` in that dtype,
+//!   `cast_decode(&y, s, &mut out)`.
+//! - Random-k / random projection: `project(grad, step, &mut y)`, all-reduce `y` as f32,
+//!   `unproject(&y, step, &mut out)`; the same `step` on every rank.
+//! - PowerSGD: see [`powersgd`]; two all-reduces (P, then Q) per step.
+//! - Error feedback for linear codecs (the decoding exists only after the collective):
+//!   `ef.compensate(key, grad, &mut c)` before encoding `c`, `ef.update(key, &c, &decoded)`
+//!   after.
+//!
+//! ```
+//! use topoccl_compress::codec::{CodecSpec, ErrorFeedback, FrameCodec};
+//! let spec: CodecSpec = "int8".parse()?;
+//! let mut codec = FrameCodec::new(&spec)?;
+//! let mut ef = ErrorFeedback::with_defaults();
+//! let grad = vec![0.5f32; 1000];
+//! let mut frame = Vec::new();
+//! codec.encode(&grad, 0, Some((&mut ef, 7)), &mut frame)?;
+//! assert_eq!(frame.len(), spec.wire_bytes(grad.len()));
+//! let mut sum = vec![0.0f32; 1000];
+//! codec.decode_add(&frame, &mut sum)?;
+//! assert!((sum[0] - 0.5).abs() < 0.01);
+//! # Ok::<(), topoccl_compress::codec::CodecError>(())
+//! ```
+//!
 //! # Randomness
 //! Every random choice comes from `Xoshiro256PlusPlus` or a stateless hash seeded from the
 //! spec's `seed` mixed with a caller-supplied `stream` (usually the step number; for

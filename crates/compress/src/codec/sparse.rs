@@ -122,7 +122,7 @@ impl TopK {
             return Ok(());
         }
         let (t, greater) = self.threshold(x, k)?;
-        let mut ties = k - greater;
+        let mut ties = k.saturating_sub(greater);
         let (idx, vals) = out[FRAME_HEADER_BYTES..].split_at_mut(4 * k);
         let mut slots = idx.chunks_exact_mut(4).zip(vals.chunks_exact_mut(4));
         for_each_in_range(x, t, u32::MAX, |i, v| {
