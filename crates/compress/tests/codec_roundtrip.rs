@@ -334,3 +334,32 @@ fn empty_inputs_give_header_only_frames_with_and_without_feedback() {
         c.decode_add(&frame, &mut []).unwrap();
     }
 }
+
+#[test]
+fn corrupt_payloads_are_refused_before_the_output_is_touched() {
+    let x = vector(300, 2, 1.0);
+    let mut acc = vec![1.0f32; 300];
+    for name in ["int8", "int4", "1bit"] {
+        let mut c = FrameCodec::new(&spec(name)).unwrap();
+        let mut ef = ErrorFeedback::with_defaults();
+        let mut frame = Vec::new();
+        c.encode(&x, 0, Some((&mut ef, 0)), &mut frame).unwrap();
+        // The second block's scale becomes NaN.
+        let at = FRAME_HEADER_BYTES + 4;
+        frame[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let e = c.decode_add(&frame, &mut acc).unwrap_err().to_string();
+        assert!(e.contains("scale of block 1"), "{name}: {e}");
+        assert!(acc.iter().all(|v| *v == 1.0), "{name} touched the output");
+    }
+    let mut c = TopK::new(&spec("topk:0.1")).unwrap();
+    let mut frame = Vec::new();
+    c.encode(&x, &mut frame).unwrap();
+    // Swap the first two indices: no longer increasing.
+    let (a, b) = (FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + 4);
+    let first: Vec<u8> = frame[a..b].to_vec();
+    frame.copy_within(b..b + 4, a);
+    frame[b..b + 4].copy_from_slice(&first);
+    let e = c.decode_add(&frame, &mut acc).unwrap_err().to_string();
+    assert!(e.contains("entry 1"), "{e}");
+    assert!(acc.iter().all(|v| *v == 1.0));
+}

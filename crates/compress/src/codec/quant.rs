@@ -148,13 +148,18 @@ pub(crate) fn get_f32(bytes: &[u8], i: usize) -> f32 {
     f32::from_le_bytes(b)
 }
 
-/// Reads and validates block scales: finite and ≥ 0.
-pub(crate) fn read_scales(codec: &str, bytes: &[u8], nb: usize) -> Result<Vec<f32>> {
-    let scales: Vec<f32> = (0..nb).map(|b| get_f32(bytes, b)).collect();
+/// Validates the `nb` block scales at the start of `bytes` (finite and ≥ 0) and returns
+/// them as an iterator, without allocating.
+pub(crate) fn read_scales<'a>(
+    codec: &str,
+    bytes: &'a [u8],
+    nb: usize,
+) -> Result<impl Iterator<Item = f32> + 'a> {
+    let scales = bytes[..4 * nb].chunks_exact(4).map(|s| get_f32(s, 0));
     if let Some((b, s)) = scales
-        .iter()
+        .clone()
         .enumerate()
-        .find(|(_, s)| !(s.is_finite() && **s >= 0.0))
+        .find(|(_, s)| !(s.is_finite() && *s >= 0.0))
     {
         return Err(CodecError::Corrupt(format!(
             "{codec} frame: scale of block {b} is {s}, expected a finite value ≥ 0"
@@ -311,10 +316,10 @@ impl BlockQuant {
         let (scale_bytes, codes) = payload.split_at(4 * nb);
         let scales = read_scales(self.kind.name(), scale_bytes, nb)?;
         let code_block = self.code_bytes(self.block);
-        for ((ob, cb), &s) in out
+        for ((ob, cb), s) in out
             .chunks_mut(self.block)
             .zip(codes.chunks(code_block))
-            .zip(&scales)
+            .zip(scales)
         {
             self.decode_block::<ACC>(s, cb, ob);
         }

@@ -92,10 +92,10 @@ impl SignCodec {
         let payload = frame::open(frame, &self.header(n), self.wire_bytes(n))?;
         let (scale_bytes, bits) = payload.split_at(4 * nb);
         let scales = read_scales("1bit", scale_bytes, nb)?;
-        for ((ob, bb), &s) in out
+        for ((ob, bb), s) in out
             .chunks_mut(self.block)
             .zip(bits.chunks(self.block / 8))
-            .zip(&scales)
+            .zip(scales)
         {
             decode_signs::<ACC>(s, bb, ob);
         }

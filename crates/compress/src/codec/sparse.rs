@@ -145,7 +145,7 @@ impl TopK {
     fn threshold(&mut self, x: &[f32], k: usize) -> Result<(u32, usize)> {
         // Four interleaved sub-histograms: runs of equal buckets (typical of gradients)
         // would otherwise serialise on one counter. u32 counts suffice (n ≤ u32::MAX).
-        let mut sub = vec![[0u32; 4]; BUCKETS];
+        let mut sub = [[0u32; 4]; BUCKETS];
         let mut quads = x.chunks_exact(4);
         for q in &mut quads {
             for (lane, v) in q.iter().enumerate() {
@@ -155,14 +155,11 @@ impl TopK {
         for v in quads.remainder() {
             sub[(abs_bits(*v) >> BUCKET_SHIFT) as usize][0] += 1;
         }
-        let hist: Vec<usize> = sub
-            .iter()
-            .map(|h| h.iter().map(|&c| c as usize).sum())
-            .collect();
+        let count = |h: &[u32; 4]| h.iter().map(|&c| c as usize).sum::<usize>();
         // Infinity and NaN patterns are the top buckets.
-        if hist[(0x7F80_0000 >> BUCKET_SHIFT) as usize..]
+        if sub[(0x7F80_0000 >> BUCKET_SHIFT) as usize..]
             .iter()
-            .any(|&c| c > 0)
+            .any(|h| count(h) > 0)
         {
             let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(CodecError::NonFinite {
@@ -173,7 +170,8 @@ impl TopK {
         // Walk down from the largest bucket until it holds the k-th largest element.
         let mut above = 0usize;
         let mut bucket = 0u32;
-        for (h, &count) in hist.iter().enumerate().rev() {
+        for (h, counts) in sub.iter().enumerate().rev() {
+            let count = count(counts);
             if above + count >= k {
                 bucket = h as u32;
                 break;
