@@ -10,6 +10,11 @@
 //! 4. `approximate`: M̂ = P·Qᵀ; with error feedback the residual is M − M̂
 //!    ([`crate::codec::ErrorFeedback::compensate`] / `update`).
 //!
+//! P's scale does not matter (it is orthonormalised). If Q is all-reduced as a sum, M̂
+//! approximates the summed gradient; divide Q by world first (as PyTorch's PowerSGD hook
+//! does) and M̂ approximates the mean, which is what the residual M − M̂ of each rank
+//! should subtract.
+//!
 //! Q starts uniform on [-1, 1) from the spec's seed (the same on every rank) and is kept
 //! between steps. Layouts: P row-major rows×r (`p[i·r + j]`); Q stored transposed,
 //! r×cols (`q[j·cols + c]`), so every step streams M once by rows with contiguous inner

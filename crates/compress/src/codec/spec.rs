@@ -577,7 +577,8 @@ pub enum ElemType {
 
 /// Refuses `spec` for a reduction or element type it cannot serve: every codec but `none`
 /// serves only sum/avg of floating-point tensors (quantising a max, min or product, or
-/// rounding integers, would change the answer, not approximate it).
+/// rounding integers, would change the answer, not approximate it). The codecs read f32:
+/// the caller converts f64, f16 and bf16 tensors.
 pub fn check_supported(spec: &CodecSpec, op: ReduceOp, elem: ElemType) -> Result<()> {
     if spec.kind == CodecKind::None {
         return Ok(());
