@@ -60,10 +60,8 @@ pub struct BenchArgs {
     /// Force an algorithm (as TOPOCCL_ALGO does); default: chosen by cost per size.
     #[arg(long)]
     algo: Option<String>,
-    /// Serve the job's Prometheus metrics on this address while it runs (e.g.
-    /// 127.0.0.1:9464; port 0 picks a free one), as `topoccl run --metrics` does.
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<String>,
+    #[command(flatten)]
+    watch: crate::job_metrics::WatchArgs,
     /// Timed calls per size and placement (nccl-tests' -n).
     #[arg(short = 'n', long, default_value_t = 20)]
     iters: u32,
@@ -730,7 +728,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
                 args.ranks.saturating_sub(1)
             )));
         }
-        return job::relaunch(args.ranks, Some(limit), args.metrics.as_deref());
+        return job::relaunch(args.ranks, Some(limit), Some(&args.watch));
     }
     let info = LaunchInfo::from_env().map_err(|e| CliError::failed(e.to_string()))?;
     let mut cfg = Config::from_env().map_err(|e| CliError::usage(e.to_string()))?;

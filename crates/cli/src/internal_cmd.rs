@@ -32,6 +32,9 @@ enum Internal {
         hang_at: u64,
         #[arg(long, default_value_t = 0)]
         hang_secs: u64,
+        /// Milliseconds of "compute" (a sleep, outside any call) after each iteration.
+        #[arg(long, default_value_t = 0)]
+        compute_ms: u64,
     },
 }
 
@@ -43,6 +46,7 @@ pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
             hang_rank,
             hang_at,
             hang_secs,
+            compute_ms,
         } => {
             let mut comm = job::communicator()?;
             let input = vec![1.0f32; count];
@@ -66,6 +70,11 @@ pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
                     return Ok(ExitCode::from(1));
                 }
                 println!("iteration {i} done");
+                if compute_ms > 0 {
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    std::thread::sleep(std::time::Duration::from_millis(compute_ms));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

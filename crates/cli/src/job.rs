@@ -15,12 +15,12 @@ pub fn in_job() -> bool {
 }
 
 /// Starts `ranks` copies of this very command line as a local job and waits for them;
-/// rank 0's stdout (the report) is copied without a rank prefix. With `metrics`, the
-/// job's metrics are served there (`--metrics`, [`crate::job_metrics`]).
+/// rank 0's stdout (the report) is copied without a rank prefix. With `watch`, the
+/// job's metrics are served and its ranks watched (`--metrics`, [`crate::job_metrics`]).
 pub fn relaunch(
     ranks: u32,
     timeout: Option<Duration>,
-    metrics: Option<&str>,
+    watch: Option<&crate::job_metrics::WatchArgs>,
 ) -> Result<ExitCode, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find this program's path: {e}")))?;
@@ -28,9 +28,8 @@ pub fn relaunch(
     let job = new_job()?;
     let store = host_store(&job)?;
     let mut env = job_env(Some(store.url()), &job);
-    if let Some(addr) = metrics {
-        crate::job_metrics::serve(addr, store.url(), &job, ranks)?;
-        env.push(crate::job_metrics::rank_env());
+    if let Some(w) = watch {
+        env.extend(w.start(store.url(), &job, ranks)?);
     }
     let opts = LaunchOptions {
         timeout,

@@ -127,7 +127,23 @@ fn mpirun_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::
     args
 }
 
+/// Log lines of the libraries (warnings by default: alerts, flight-recorder dumps, a job
+/// without a secret) on stderr; `TOPOCCL_LOG` takes `tracing`'s filter syntax
+/// (`info`, `topoccl=debug`).
+fn start_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOPOCCL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    start_logging();
     let cli = Cli::parse_from(mpirun_spellings(std::env::args_os()));
     if matches!(
         cli.command,

@@ -46,10 +46,8 @@ pub struct RunArgs {
     /// Stop the job if it has not finished after this long (e.g. 90s, 10m, 1h); exit 124.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
-    /// Serve the whole job's Prometheus metrics on this address (e.g. 127.0.0.1:9464;
-    /// port 0 picks a free one): every rank's, merged, with `topoccl_rank_up`.
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<String>,
+    #[command(flatten)]
+    watch: crate::job_metrics::WatchArgs,
     /// Do not host a rendezvous store (TOPOCCL_STORE is then not set).
     #[arg(long, hide = true)]
     no_store: bool,
@@ -82,14 +80,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         Some(host_store(&job)?)
     };
     let mut env = job_env(store.as_ref().map(JobStore::url), &job);
-    if let Some(addr) = &args.metrics {
+    if args.watch.metrics.is_some() {
         let Some(store) = &store else {
             return Err(CliError::usage(
                 "--metrics needs the job's store: leave out --no-store".to_string(),
             ));
         };
-        crate::job_metrics::serve(addr, store.url(), &job, args.ranks)?;
-        env.push(crate::job_metrics::rank_env());
+        env.extend(args.watch.start(store.url(), &job, args.ranks)?);
     }
     let opts = LaunchOptions {
         timeout,

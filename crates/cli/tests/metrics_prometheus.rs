@@ -242,3 +242,52 @@ fn shipped_alerting_rules_check_and_pass_their_tests() {
         );
     }
 }
+
+/// The live links: a link throttled mid-run (fault injection: 1→0 drops to 20 MB/s after
+/// 400 MB) is held congested by rank 1's detector, in the metrics and in a log line,
+/// against the baseline the link achieved before. Needs no Prometheus.
+#[test]
+fn a_link_slowed_mid_run_is_flagged_congested() {
+    let job_addr = free_port();
+    let job = Command::new(env!("CARGO_BIN_EXE_topoccl"))
+        .args(["run", "-n", "2", "--timeout", "120s", "--metrics"])
+        .arg(job_addr.to_string())
+        .args(["--", env!("CARGO_BIN_EXE_topoccl"), "bench", "allreduce"])
+        .args(["-b", "4M", "-e", "4M", "-n", "100000", "-w", "1", "-c", "0"])
+        .env("TOPOCCL_FAULTS", "rate=20MB/s@1->0:after=400MB")
+        .env_remove("TOPOCCL_ALGO")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the job");
+    let mut job = Stopped(job);
+    let stderr = job.0.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = http_get(job_addr, "/metrics", "text/plain", Duration::from_secs(5))
+            .unwrap_or_default();
+        if text.contains("topoccl_link_congested{rank=\"1\",peer=\"0\"} 1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        text.contains("topoccl_link_congested{rank=\"1\",peer=\"0\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("topoccl_alerts_total{rank=\"1\",kind=\"congestion\"}"));
+    drop(job);
+    let log = lines.join().expect("the reader").join("\n");
+    assert!(
+        log.contains("[FIRING congestion] link 1→0 congested"),
+        "the alert is logged: {log}"
+    );
+}

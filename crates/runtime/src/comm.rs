@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exec::{self, Buffers, Deadline, Departed, Dtype, OneOp, Storage};
 use crate::flight::Recorder;
+use crate::live::Live;
 use crate::matcher::{CallInfo, CallName, Matcher};
 use crate::metrics::Meter;
 use crate::programs::Programs;
@@ -81,6 +82,9 @@ pub struct Communicator {
     pub(crate) meter: Option<Meter>,
     /// The flight recorder, unless off (`TOPOCCL_FLIGHT_ENTRIES=0`).
     pub(crate) flight: Option<Recorder>,
+    /// The live links (`crate::live`), while metrics are on; made after creation's
+    /// measurements.
+    pub(crate) live: Option<Live>,
 }
 
 impl std::fmt::Debug for Communicator {
@@ -457,9 +461,13 @@ impl Communicator {
             &mut buffers,
             deadline,
             self.split.as_mut(),
+            self.live.as_mut(),
         );
         if let (Some(m), Some(began)) = (&mut self.meter, began) {
             m.leave(plan, fingerprint, began, &result);
+        }
+        if let Some(live) = &mut self.live {
+            live.after_call();
         }
         if let Err(e) = result {
             let name = call.name.to_string();
@@ -855,6 +863,7 @@ impl Communicator {
             &mut buffers,
             deadline,
             self.split.as_mut(),
+            self.live.as_mut(),
         );
         result.map_err(|e| self.fail(e, &call.name.to_string()))
     }

@@ -17,6 +17,7 @@ use crate::comm::{Communicator, DEFAULT_NET};
 use crate::config::Config;
 use crate::env::LaunchInfo;
 use crate::error::{Error, Result};
+use crate::live::Live;
 use crate::metrics::Meter;
 use crate::select::Selector;
 use crate::store::{Store, StoreAddr, StoreError, TcpStoreServer};
@@ -169,7 +170,7 @@ impl Communicator {
 
     /// With metrics on: the measured links into the metrics, and the endpoint's address
     /// into the store, where `topoccl run --metrics` looks for it.
-    fn publish_metrics(&self, job_id: &str) -> Result<()> {
+    fn publish_metrics(&mut self, job_id: &str) -> Result<()> {
         let Some(meter) = &self.meter else {
             return Ok(());
         };
@@ -398,6 +399,7 @@ impl Communicator {
             split: None,
             meter,
             flight,
+            live: None,
         })
     }
 
@@ -407,7 +409,22 @@ impl Communicator {
         self.creating = Some(deadline);
         let tuned = self.tune();
         self.creating = None;
+        self.watch_links();
         tuned
+    }
+
+    /// With metrics on: starts watching the links (`crate::live`), their baselines the
+    /// links measured at creation.
+    fn watch_links(&mut self) {
+        if let Some(meter) = &self.meter {
+            self.live = Live::new(
+                self.rank,
+                self.world_ranks.clone(),
+                |r| self.tr.peer_host(r).map(str::to_string),
+                self.matrix.as_deref(),
+                meter.metrics().clone(),
+            );
+        }
     }
 
     /// Measures the network and agrees on it (see [`crate::probe`]).
@@ -495,6 +512,7 @@ impl Communicator {
         child.selector.net = self.selector.net;
         let mine: Vec<Rank> = members.iter().map(|&(_, r)| r).collect();
         child.matrix = self.matrix.as_deref().map(|m| Arc::new(m.restrict(&mine)));
+        child.watch_links();
         let topology = self
             .selector
             .topology()

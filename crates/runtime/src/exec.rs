@@ -22,6 +22,7 @@ use topoccl_plan::machine::{RankMachine, ReadyOp};
 use topoccl_plan::{Buf, OpKind, Rank, ReduceOp, Slice};
 
 use crate::error::{Error, Result};
+use crate::live::Live;
 use crate::matcher::{CallInfo, Matcher, Reject, Verdict};
 use crate::split::{Part, Stopwatch, TimeSplit};
 use crate::transport::{Conn, Polling, Rx, Sent, Transports, Tx, STAGING_BYTES};
@@ -212,6 +213,7 @@ pub(crate) fn run<T: Dtype>(
     bufs: &mut Buffers<'_, T>,
     deadline: Deadline,
     split: Option<&mut TimeSplit>,
+    live: Option<&mut Live>,
 ) -> Result<()> {
     matcher.begin(*call, std::mem::size_of::<T>());
     let mut ex = Exec {
@@ -221,6 +223,7 @@ pub(crate) fn run<T: Dtype>(
         size: std::mem::size_of::<T>(),
         timer: None,
         sw: Stopwatch::new(split),
+        live,
     };
     let start = ex.sw.start();
     let result = ex.run(tr, departed, prog, bufs);
@@ -265,6 +268,8 @@ struct Exec<'c> {
     /// The earliest moment a fault holds a frame back until.
     timer: Option<Instant>,
     sw: Stopwatch<'c>,
+    /// Where received frames are reported, while metrics are on.
+    live: Option<&'c mut Live>,
 }
 
 impl Exec<'_> {
@@ -515,6 +520,7 @@ impl Exec<'_> {
                     start: f.src.off as usize * self.size,
                     len: f.src.len as usize * self.size,
                     sent: 0,
+                    began: self.live.is_some().then(Instant::now),
                 });
             }
             let (buf, from, to) = {
@@ -529,8 +535,11 @@ impl Exec<'_> {
                 Ok(Sent::Bytes(_)) => {
                     progressed = true;
                     if c.tx.as_ref().is_some_and(Tx::done) {
-                        let index = c.tx.take().expect("a frame").index;
-                        prog.complete(index);
+                        let tx = c.tx.take().expect("a frame");
+                        if let (Some(live), Some(began)) = (self.live.as_deref_mut(), tx.began) {
+                            live.record(c.peer, tx.len as u64, began, Instant::now());
+                        }
+                        prog.complete(tx.index);
                     }
                 }
                 Ok(Sent::Blocked) | Ok(Sent::Stalled(_)) => return Ok(progressed),

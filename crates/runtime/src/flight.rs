@@ -203,13 +203,27 @@ fn live() -> Vec<Arc<Shared>> {
     all.iter().filter_map(Weak::upgrade).collect()
 }
 
-/// The dumps of every communicator of the process, as one JSON array (`GET /flight`).
-pub fn dump_all_json(reason: DumpReason) -> String {
+/// The dumps of every communicator of the process, as one JSON array (`GET /flight`),
+/// each with its entries from record id `since` on (0: all held).
+pub fn dump_all_json(reason: DumpReason, since: u64) -> String {
     let dumps: Vec<String> = live()
         .iter()
-        .map(|s| s.dump(reason, Some("requested".into())).to_json())
+        .map(|s| {
+            let mut d = s.dump(reason, Some("requested".into()));
+            d.entries.retain(|e| e.record_id >= since);
+            d.to_json()
+        })
         .collect();
     format!("[{}]", dumps.join(","))
+}
+
+/// The `since` of a `/flight?since=N` query (0 when absent or unreadable).
+pub fn since_of(query: &str) -> u64 {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Writes every communicator's dump; returns the files written and the failures.

@@ -17,6 +17,7 @@ pub mod env;
 pub mod error;
 mod exec;
 pub mod flight;
+mod live;
 mod matcher;
 pub mod metrics;
 pub mod nonblocking;

@@ -13,8 +13,10 @@
 //! | `topoccl_collective_bytes_total` | counter | rank, collective, algorithm, size | bytes of those calls (nccl-tests' size) |
 //! | `topoccl_errors_total` | counter | rank, kind | failed calls by [`Error::kind`] |
 //! | `topoccl_oldest_call_in_flight_seconds` | gauge | rank | age of the oldest call not yet returned (0 when idle): the hang detector's input |
-//! | `topoccl_link_throughput_bytes_per_second` | gauge | rank, peer | the link's bandwidth as measured |
-//! | `topoccl_link_latency_seconds` | gauge | rank, peer | the link's latency as measured |
+//! | `topoccl_link_throughput_bytes_per_second` | gauge | rank, peer | the link's throughput: measured at creation, then achieved by real traffic (`crate::live`) |
+//! | `topoccl_link_latency_seconds` | gauge | rank, peer | the link's latency, likewise |
+//! | `topoccl_link_congested` | gauge | rank, peer | 1 while the congestion detector holds the link congested |
+//! | `topoccl_alerts_total` | counter | rank, kind | alerts the detectors raised (`congestion`, `stall`) |
 //!
 //! Every label is bounded: `collective` and `algorithm` come from the plan core's tables
 //! (an algorithm's [`label`](topoccl_plan::Algorithm::label), never a rank order),
@@ -120,6 +122,8 @@ pub struct Metrics {
     oldest: Family<RankLabels, Gauge<f64, AtomicU64>>,
     link_bandwidth: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     link_latency: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    congested: Family<PeerLabels, Gauge>,
+    alerts: Family<ErrorLabels, Counter>,
     /// Per communicator: its rank and when its current call began (nanoseconds after
     /// `epoch`, 0 when idle).
     in_flight: Mutex<Vec<(Rank, std::sync::Weak<AtomicU64>)>>,
@@ -149,6 +153,8 @@ impl Metrics {
         let oldest = Family::<RankLabels, Gauge<f64, AtomicU64>>::default();
         let link_bandwidth = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         let link_latency = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        let congested = Family::<PeerLabels, Gauge>::default();
+        let alerts = Family::<ErrorLabels, Counter>::default();
         registry.register_with_unit(
             "topoccl_collective_duration",
             "Time of each collective call from entry to return",
@@ -188,8 +194,20 @@ impl Metrics {
             Unit::Seconds,
             link_latency.clone(),
         );
+        registry.register(
+            "topoccl_link_congested",
+            "Whether the congestion detector holds the link to a peer congested (1) or not (0)",
+            congested.clone(),
+        );
+        registry.register(
+            "topoccl_alerts",
+            "Alerts raised by the detectors, by kind",
+            alerts.clone(),
+        );
         Metrics {
             registry,
+            congested,
+            alerts,
             duration,
             calls,
             bytes,
@@ -254,6 +272,40 @@ impl Metrics {
             let lat = rest.iter().map(|l| l.2).sum::<f64>() / n;
             set("other".to_string(), bw, lat);
         }
+    }
+}
+
+impl Metrics {
+    /// The live links of `rank` (`crate::live`): `(peer label, achieved bytes per
+    /// second, latency seconds)`, a figure left as it was where there is no sample yet.
+    pub(crate) fn set_live_links(&self, rank: Rank, links: &[(String, Option<f64>, Option<f64>)]) {
+        for (peer, bw, lat) in links {
+            let l = PeerLabels {
+                rank,
+                peer: peer.clone(),
+            };
+            if let Some(bw) = bw {
+                self.link_bandwidth.get_or_create(&l).set(*bw);
+            }
+            if let Some(lat) = lat {
+                self.link_latency.get_or_create(&l).set(*lat);
+            }
+        }
+    }
+
+    /// The congestion detector's verdict on the link from `rank` to `peer`.
+    pub(crate) fn set_congested(&self, rank: Rank, peer: &str, congested: bool) {
+        self.congested
+            .get_or_create(&PeerLabels {
+                rank,
+                peer: peer.to_string(),
+            })
+            .set(i64::from(congested));
+    }
+
+    /// An alert of `kind` fired at `rank`.
+    pub(crate) fn count_alert(&self, rank: Rank, kind: &'static str) {
+        self.alerts.get_or_create(&ErrorLabels { rank, kind }).inc();
     }
 }
 
@@ -377,7 +429,12 @@ fn start(addr: &str) -> std::result::Result<Arc<Exporter>, String> {
     let flight: Page = (
         "/flight",
         "application/json",
-        Box::new(|| crate::flight::dump_all_json(topoccl_watch::flight::DumpReason::Request)),
+        Box::new(|query| {
+            crate::flight::dump_all_json(
+                topoccl_watch::flight::DumpReason::Request,
+                crate::flight::since_of(query),
+            )
+        }),
     );
     let addr = serve(addr, move || serving.encode(), vec![flight])?;
     Ok(Arc::new(Exporter { metrics, addr }))
@@ -386,8 +443,13 @@ fn start(addr: &str) -> std::result::Result<Arc<Exporter>, String> {
 /// Content type of the OpenMetrics text format.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A page besides `/metrics`: its path, content type, and what makes its body.
-pub type Page = (&'static str, &'static str, Box<dyn Fn() -> String + Send>);
+/// A page besides `/metrics`: its path, content type, and what makes its body from the
+/// request's query string (after `?`, empty without).
+pub type Page = (
+    &'static str,
+    &'static str,
+    Box<dyn Fn(&str) -> String + Send>,
+);
 
 /// Serves `GET /metrics` on `addr` (IP:PORT; port 0 picks a free one) from a thread of
 /// its own, answering with what `body` returns at each request, and `pages`; any other
@@ -421,7 +483,7 @@ fn answer(server: tiny_http::Server, body: impl Fn() -> String, pages: Vec<Page>
         tiny_http::Header::from_bytes(&b"Content-Type"[..], v.as_bytes()).expect("a valid header")
     };
     for req in server.incoming_requests() {
-        let path = req.url().split('?').next().unwrap_or("");
+        let (path, query) = req.url().split_once('?').unwrap_or((req.url(), ""));
         let openmetrics = req.headers().iter().any(|h| {
             h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text")
         });
@@ -435,7 +497,7 @@ fn answer(server: tiny_http::Server, body: impl Fn() -> String, pages: Vec<Page>
             }
             (tiny_http::Method::Get, p) if pages.iter().any(|(at, ..)| *at == p) => {
                 let (_, kind, make) = pages.iter().find(|(at, ..)| *at == p).expect("found");
-                tiny_http::Response::from_string(make()).with_header(header(kind))
+                tiny_http::Response::from_string(make(query)).with_header(header(kind))
             }
             _ => tiny_http::Response::from_string(format!(
                 "no such page: {path} (this endpoint serves GET /metrics{})\n",
@@ -574,6 +636,39 @@ pub fn http_get(
     accept: &str,
     timeout: Duration,
 ) -> std::io::Result<String> {
+    http(
+        addr,
+        "GET",
+        path,
+        &format!("Accept: {accept}\r\n"),
+        "",
+        timeout,
+    )
+}
+
+/// A minimal HTTP/1.0 `POST` of a JSON `body` to `path` (an Alertmanager-style webhook):
+/// the answer's body when it is 2xx, an error otherwise; every step within `timeout`.
+pub fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let headers = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    http(addr, "POST", path, &headers, body, timeout)
+}
+
+fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
@@ -581,16 +676,22 @@ pub fn http_get(
     s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n{body}"
     )?;
-    let mut body = Vec::new();
-    s.take(64 << 20).read_to_end(&mut body)?;
-    let text = String::from_utf8_lossy(&body);
+    let mut answer = Vec::new();
+    s.take(64 << 20).read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
     let (head, rest) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| invalid(format!("{addr}{path}: no end of the HTTP header")))?;
     let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) != Some("200") {
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    let ok = if method == "GET" {
+        code == "200"
+    } else {
+        code.starts_with('2')
+    };
+    if !ok {
         return Err(invalid(format!("{addr}{path} answered {status:?}")));
     }
     Ok(rest.to_string())

@@ -651,6 +651,22 @@ impl LinkMatrix {
         self.slots.get(index)?.stats.baseline
     }
 
+    /// Replaces the baseline of the link `dest`, e.g. with what its first traffic achieved
+    /// (the detectors judge later traffic against it). Checked as [`LinkMatrix::add_peer`]
+    /// checks a peer's.
+    pub fn set_baseline(&mut self, dest: Dest, baseline: Baseline) -> Result<(), MatrixError> {
+        check_positive("baseline.throughput_bps", baseline.throughput_bps, f64::MAX)?;
+        check_range("baseline.latency_s", baseline.latency_s, 0.0, 3600.0)?;
+        let index = self.find(dest).ok_or(MatrixError::UnknownPeer {
+            peer: match dest {
+                Dest::Peer(p) => p,
+                _ => usize::MAX,
+            },
+        })?;
+        self.slots[index].stats.baseline = Some(baseline);
+        Ok(())
+    }
+
     /// The link `peer` is counted under, once added.
     pub fn dest_of(&self, peer: usize) -> Option<Dest> {
         let index = *self.slot_of.get(peer)?;

@@ -392,3 +392,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_baseline_set_later_is_what_the_link_is_judged_against() {
+    use topoccl_watch::matrix::{Baseline, Dest, LinkMatrix, MatrixConfig, PeerSpec};
+    let mut m = LinkMatrix::new(0, 3, MatrixConfig::default()).unwrap();
+    m.add_peer(1, PeerSpec::default()).unwrap();
+    assert_eq!(m.link(Dest::Peer(1), 0).unwrap().baseline, None);
+    let learned = Baseline {
+        throughput_bps: 2e8,
+        latency_s: 1e-5,
+    };
+    m.set_baseline(Dest::Peer(1), learned).unwrap();
+    assert_eq!(m.link(Dest::Peer(1), 0).unwrap().baseline, Some(learned));
+    let bad = Baseline {
+        throughput_bps: -1.0,
+        latency_s: 0.0,
+    };
+    let e = m.set_baseline(Dest::Peer(1), bad).unwrap_err().to_string();
+    assert!(e.contains("throughput_bps"), "{e}");
+    assert!(
+        m.set_baseline(Dest::Peer(2), learned).is_err(),
+        "peer 2 was never added"
+    );
+}

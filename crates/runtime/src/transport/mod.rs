@@ -246,6 +246,8 @@ pub struct Tx {
     pub start: usize,
     pub len: usize,
     pub sent: usize,
+    /// When the frame's first byte was offered, while the live links are watched.
+    pub began: Option<std::time::Instant>,
 }
 
 impl Tx {

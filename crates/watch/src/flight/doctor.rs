@@ -471,6 +471,21 @@ fn never_arrived(ranks: &[&Dump], calls: &LinedUp<'_>, config: &DoctorConfig) ->
     if !waiting.is_empty() && waiting.iter().all(in_flight) {
         return None;
     }
+    // Dumps of a running job are taken one after another: a lagging rank dumped before
+    // the others had been inside the call for `min_wait_ns` had no time to arrive, so its
+    // absence proves nothing (on one host, where the times compare).
+    let one_host = ranks.iter().all(|d| d.host == ranks[0].host);
+    let entered = inside.iter().map(|(_, e)| e.time_created_ns).min();
+    if let (true, Some(entered)) = (one_host, entered) {
+        let early = |a: &Absent| {
+            ranks.iter().any(|d| {
+                d.rank == a.rank && d.dump_time_ns < entered.saturating_add(config.min_wait_ns)
+            })
+        };
+        if !absent.is_empty() && absent.iter().all(early) {
+            return None;
+        }
+    }
     Some(Finding::NeverArrived {
         seq,
         call,

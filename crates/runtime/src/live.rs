@@ -1,0 +1,185 @@
+//! The live view of a communicator's links, while metrics are on: every data frame this
+//! rank sends (bytes, from when its first byte was offered to the link until its last was
+//! taken: flow control makes that the pace the link and the peer accept) feeds a
+//! `topoccl_watch::matrix::LinkMatrix`; after a call, at most every [`EVALUATE_EVERY`],
+//! the congestion detector looks at the matrix and the metrics are brought up to date
+//! (achieved throughput and latency per peer, `topoccl_link_congested`, alerts counted and
+//! logged as they fire and resolve).
+//!
+//! **Baselines are learned.** What a link achieves inside collectives is bounded by more
+//! than the wire (the peer reducing, the ring's pipeline), so the creation-time probe's
+//! peak is not the yardstick: a link's throughput baseline is what it achieved over its
+//! first [`LEARN_SAMPLES`] bulk transfers (its latency baseline is the probe's, where it
+//! ran). Congestion is then a drop against that. A link congested from its very first
+//! transfers is not detected by throughput (latency and stalls still are). Peers beyond
+//! the matrix's 64 are aggregated by host.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use topoccl_plan::Rank;
+use topoccl_topo::matrix::LinkMatrix as Probed;
+use topoccl_watch::detect::{AlertState, CongestionConfig, CongestionDetector};
+use topoccl_watch::matrix::{Baseline, Dest, LinkMatrix, MatrixConfig, PeerSpec};
+
+use crate::metrics::Metrics;
+
+/// How often, at most, the detector runs and the metrics are refreshed (after a call).
+pub const EVALUATE_EVERY: Duration = Duration::from_millis(250);
+/// Bulk transfers (above 64 KiB) a link carries before its throughput baseline is set.
+pub const LEARN_SAMPLES: u64 = 32;
+
+/// A communicator's live links.
+pub(crate) struct Live {
+    links: LinkMatrix,
+    congestion: CongestionDetector,
+    epoch: Instant,
+    last: Option<Instant>,
+    metrics: Arc<Metrics>,
+    /// This rank in the world (the metrics' `rank` label) and the communicator's ranks'
+    /// world ranks (peers are named by world rank).
+    rank: Rank,
+    world_ranks: Vec<Rank>,
+    /// Per link (in the matrix's order): the probe's latency, and whether its throughput
+    /// baseline has been learned.
+    probed_latency: Vec<Option<f64>>,
+    learned: Vec<bool>,
+}
+
+impl Live {
+    /// The links of `me` among `world_ranks.len()` ranks; `hosts` names each rank's host
+    /// (for aggregation), `probed` the links measured at creation.
+    pub(crate) fn new(
+        me: Rank,
+        world_ranks: Vec<Rank>,
+        hosts: impl Fn(Rank) -> Option<String>,
+        probed: Option<&Probed>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Live> {
+        let world = world_ranks.len();
+        let mut links = LinkMatrix::new(me as usize, world, MatrixConfig::default()).ok()?;
+        let mut host_ids: HashMap<String, u32> = HashMap::new();
+        let mut probed_latency: Vec<Option<f64>> = Vec::new();
+        for peer in (0..world as Rank).filter(|&p| p != me) {
+            let group = hosts(peer).map(|h| {
+                let next = host_ids.len() as u32;
+                *host_ids.entry(h).or_insert(next)
+            });
+            let latency = probed
+                .and_then(|m| m.latency.get(me as usize)?.get(peer as usize).copied())
+                .filter(|l| l.is_finite() && *l >= 0.0);
+            let before = links.len();
+            links
+                .add_peer(
+                    peer as usize,
+                    PeerSpec {
+                        group,
+                        baseline: None,
+                        capacity_bps: None,
+                    },
+                )
+                .ok()?;
+            // A new link; a peer joining an aggregate keeps its first member's latency.
+            if links.len() > before {
+                probed_latency.push(latency);
+            }
+        }
+        let learned = vec![false; links.len()];
+        let congestion = CongestionDetector::new(CongestionConfig::default()).ok()?;
+        Some(Live {
+            links,
+            congestion,
+            epoch: Instant::now(),
+            last: None,
+            metrics,
+            rank: world_ranks[me as usize],
+            world_ranks,
+            probed_latency,
+            learned,
+        })
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// A frame of `bytes` from `peer` arrived between `began` and `ended`.
+    pub(crate) fn record(&mut self, peer: Rank, bytes: u64, began: Instant, ended: Instant) {
+        let (s, e) = (self.ns(began), self.ns(ended));
+        // Only a peer outside the communicator could fail here, and frames come from it.
+        let _ = self.links.record(peer as usize, bytes, s, e);
+    }
+
+    /// A call ended: evaluates and publishes, at most every [`EVALUATE_EVERY`].
+    pub(crate) fn after_call(&mut self) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < EVALUATE_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        let now_ns = self.ns(now);
+        let name = |d: Dest| -> String {
+            match d {
+                Dest::Peer(p) => self
+                    .world_ranks
+                    .get(p)
+                    .map_or_else(|| p.to_string(), |w| w.to_string()),
+                other => other.to_string(),
+            }
+        };
+        let mut learn = Vec::new();
+        let links: Vec<(String, Option<f64>, Option<f64>)> = self
+            .links
+            .links(now_ns)
+            .enumerate()
+            .map(|(i, (d, s))| {
+                if !self.learned.get(i).copied().unwrap_or(true)
+                    && s.throughput_samples >= LEARN_SAMPLES
+                {
+                    if let Some(bw) = s.throughput_bps.filter(|b| *b > 0.0) {
+                        let latency_s = self.probed_latency.get(i).copied().flatten();
+                        learn.push((i, d, bw, latency_s.or(s.latency_s).unwrap_or(0.0)));
+                    }
+                }
+                (name(d), s.throughput_bps, s.latency_s)
+            })
+            .collect();
+        for (i, d, throughput_bps, latency_s) in learn {
+            let base = Baseline {
+                throughput_bps,
+                latency_s,
+            };
+            if self.links.set_baseline(d, base).is_ok() {
+                self.learned[i] = true;
+                tracing::debug!(
+                    "rank {}: link to {} learned: {:.0} MB/s",
+                    self.rank,
+                    name(d),
+                    throughput_bps / 1e6
+                );
+            }
+        }
+        self.metrics.set_live_links(self.rank, &links);
+        let Ok(alerts) = self.congestion.evaluate(&self.links, &[], now_ns) else {
+            return;
+        };
+        for a in alerts {
+            let peer = match a.subject {
+                topoccl_watch::detect::Subject::Link { dest, .. } => name(dest),
+                topoccl_watch::detect::Subject::Rank { rank } => rank.to_string(),
+            };
+            let firing = a.state == AlertState::Firing;
+            self.metrics.set_congested(self.rank, &peer, firing);
+            if firing {
+                self.metrics.count_alert(self.rank, a.kind.name());
+                tracing::warn!("rank {}: {}", self.rank, a.log_line());
+            } else {
+                tracing::info!("rank {}: {}", self.rank, a.log_line());
+            }
+        }
+    }
+}
