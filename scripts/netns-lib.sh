@@ -128,7 +128,7 @@ netns_store() {
 # other than 0 only. Rank 0's report goes to WORK/NAME.txt. Returns non-zero when a rank
 # failed (its output is in WORK/NAME.R.txt). JOB_HOSTS (rank r on host JOB_HOSTS[r];
 # default: every host, as `hosts` places them) and JOB_COLLECTIVE (default allreduce) pick
-# other jobs.
+# other jobs; JOB_ARGS adds bench arguments (split into words).
 netns_job() {
   local name=$1 size=$2 iters=$3; shift 3
   local all=() others=() pids=() r p failed=0
@@ -145,6 +145,7 @@ netns_job() {
       TOPOCCL_RANK="$r" TOPOCCL_WORLD_SIZE="${#on[@]}" TOPOCCL_LOCAL_RANK=0 \
       TOPOCCL_LOCAL_WORLD_SIZE=1 TOPOCCL_TIMEOUT=120s \
       "$bin" bench "$collective" -b "$size" -e "$size" --iters "$iters" --warmup 1 -a 3 --check \
+      ${JOB_ARGS:-} \
       > "$work/$name.$r.txt" 2>&1 &
     pids+=($!)
   done

@@ -62,6 +62,14 @@ pub struct BenchArgs {
     algo: Option<String>,
     #[command(flatten)]
     watch: crate::job_metrics::WatchArgs,
+    /// Compress the all-reduce (f32 only) with this codec and time it beside the plain
+    /// one: fp16, bf16, int8, int4, 1bit, topk:R, randk:R, rp:R, powersgd:RANK.
+    #[arg(long, value_name = "CODEC")]
+    compress: Option<String>,
+    /// With --compress: error feedback (a residual per tensor, decay 0.8), 1 or 0; 1-bit
+    /// always has it.
+    #[arg(long, value_name = "0|1", default_value = "1", value_parser = parse_switch)]
+    feedback: bool,
     /// Timed calls per size and placement (nccl-tests' -n).
     #[arg(short = 'n', long, default_value_t = 20)]
     iters: u32,
@@ -717,6 +725,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let dtype: DType = args.dtype.parse()?;
     let op: ReduceOp = args.op.parse()?;
     let sizes = size_list(&args.minbytes, &args.maxbytes, args.factor)?;
+    if let Some(codec) = &args.compress {
+        if collectives != [Collective::AllReduce] || dtype != DType::F32 || op != ReduceOp::Sum {
+            return Err(CliError::usage(
+                "--compress times allreduce of f32 with sum (-d f32 -o sum)".to_string(),
+            ));
+        }
+        topoccl::compressed::Compressor::new(codec, args.feedback)
+            .map_err(|e| CliError::usage(format!("--compress {codec}: {e}")))?;
+    }
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
         // What can be checked before any rank starts is.
@@ -762,6 +779,22 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
             "root {} is out of range for {world} ranks",
             args.root
         )));
+    }
+    if let Some(codec) = &args.compress {
+        let rows = crate::bench_compress::sweep(
+            &mut comm,
+            codec,
+            args.feedback,
+            &sizes,
+            args.warmup,
+            args.iters,
+        )?;
+        if let (0, Some(path)) = (comm.rank(), &args.json) {
+            let text = serde_json::to_string_pretty(&rows).expect("rows serialise");
+            std::fs::write(path, text)
+                .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let steps = (collectives.len() * sizes.len()) as u64;
     let progress = (comm.rank() == 0 && std::io::stderr().is_terminal())

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod bench_compress;
 mod compare_cmd;
 mod doctor_cmd;
 mod failures_cmd;

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod comm;
+pub mod compressed;
 pub mod config;
 mod create;
 pub mod env;

@@ -151,6 +151,18 @@ impl ErrorFeedback {
 
     /// Sets residual(key) = compensated − decoded.
     pub fn update(&mut self, key: u64, compensated: &[f32], decoded: &[f32]) -> Result<()> {
+        self.update_scaled(key, compensated, decoded, 1.0)
+    }
+
+    /// Sets residual(key) = compensated − scale·decoded: for a decoding known only as a
+    /// multiple, e.g. this rank's share (1/world) of an all-reduced sum, without a copy.
+    pub fn update_scaled(
+        &mut self,
+        key: u64,
+        compensated: &[f32],
+        decoded: &[f32],
+        scale: f32,
+    ) -> Result<()> {
         check_len(
             "error-feedback",
             "decoded",
@@ -159,7 +171,7 @@ impl ErrorFeedback {
         )?;
         let r = self.slot(key, compensated.len())?;
         for ((e, &c), &d) in r.iter_mut().zip(compensated).zip(decoded) {
-            *e = c - d;
+            *e = c - scale * d;
         }
         Ok(())
     }
