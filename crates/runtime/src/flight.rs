@@ -136,6 +136,8 @@ struct Shared {
     ring: Mutex<Ring>,
     who: Identity,
     dir: PathBuf,
+    /// One writer at a time (an error's dump and SIGUSR1's may coincide).
+    writing: Mutex<()>,
 }
 
 impl Shared {
@@ -178,6 +180,7 @@ impl Shared {
 
     /// Writes a dump (to a temporary name, then renamed: a reader never sees half).
     fn write(&self, reason: DumpReason, detail: Option<String>) -> std::io::Result<PathBuf> {
+        let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.path();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -306,6 +309,7 @@ impl Recorder {
                 host: host_name(),
             },
             dir: cfg.dir.clone(),
+            writing: Mutex::new(()),
         });
         registry()
             .lock()
