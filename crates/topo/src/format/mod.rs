@@ -8,6 +8,7 @@
 //! `origin:line: what is wrong; what is allowed` (see [`TopoError::At`]).
 //! docs/topology-format.md describes every format and the bandwidths chosen on import.
 
+mod collapse;
 mod dot;
 mod generate;
 mod json;
@@ -15,7 +16,10 @@ mod native;
 mod nccl_xml;
 mod nvidia_smi;
 
-pub use dot::to_dot;
+pub use collapse::{
+    collapse, collapsed_text, Bundle, Collapsed, Part, PartId, PartKind, MAX_REFINE_ROUNDS,
+};
+pub use dot::{to_dot, to_dot_collapsed};
 pub use json::{read_json, to_json};
 pub use native::{read_toml, read_toml_builder, write_toml};
 pub use nccl_xml::{read_nccl_xml, read_nccl_xml_builder};
