@@ -13,6 +13,7 @@ mod internal_cmd;
 mod job;
 mod job_metrics;
 mod plan_cmd;
+mod progress;
 mod run_cmd;
 mod selftest_cmd;
 mod sim_cmd;
