@@ -57,7 +57,7 @@ enum Command {
     Tune(tune_cmd::TuneArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
-    /// Cluster topologies: generate standard fabrics, discover this machine.
+    /// Cluster topologies: generate, discover, measure, show and validate them.
     #[command(subcommand)]
     Topo(topo_cmd::TopoCmd),
     #[command(hide = true)]

@@ -23,7 +23,7 @@ pub struct SelftestArgs {
     #[arg(long, value_delimiter = ',')]
     counts: Vec<u64>,
     /// Only these collectives (comma-separated names).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, visible_alias = "collective", value_delimiter = ',')]
     collectives: Vec<String>,
     /// Seed of the test data.
     #[arg(long, default_value_t = 1)]

@@ -33,7 +33,12 @@ pub struct TuneArgs {
     #[arg(short = 'n', long, default_value_t = 4)]
     ranks: u32,
     /// Collectives to tune, comma-separated.
-    #[arg(long, default_value = "allreduce")]
+    #[arg(
+        long = "collectives",
+        visible_alias = "collective",
+        value_name = "COLLECTIVES",
+        default_value = "allreduce"
+    )]
     collective: String,
     /// Smallest size (bytes; K, M, G suffixes are binary).
     #[arg(short = 'b', long, default_value = "8")]
@@ -200,10 +205,10 @@ fn parse_collectives(list: &str) -> Result<Vec<Collective>, CliError> {
         .map(|name| {
             let c: Collective = name
                 .parse()
-                .map_err(|e| CliError::usage(format!("--collective: {e}")))?;
+                .map_err(|e| CliError::usage(format!("--collectives: {e}")))?;
             if matches!(c, Collective::Barrier | Collective::AllToAllV) {
                 return Err(CliError::usage(format!(
-                    "--collective: {c} has no message size to tune"
+                    "--collectives: {c} has no message size to tune"
                 )));
             }
             Ok(c)

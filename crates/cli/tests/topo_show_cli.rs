@@ -132,3 +132,34 @@ fn full_keeps_every_node() {
     );
     assert!(collapsed.contains("2 × host, each:"), "{collapsed}");
 }
+
+/// `topo --help` lists every subcommand, each with a description on its one line, and so
+/// does `topo gen --help`.
+#[test]
+fn topo_help_lists_every_subcommand_on_one_line() {
+    for (args, names) in [
+        (
+            &["topo", "--help"][..],
+            &["gen", "discover", "measure", "show", "validate"][..],
+        ),
+        (
+            &["topo", "gen", "--help"][..],
+            &["fat-tree", "rail", "switch", "multi-zone"][..],
+        ),
+    ] {
+        let help = show(args);
+        let commands = &help[help.find("Commands:\n").expect("a command list")..];
+        for name in names {
+            let line = commands
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing from:\n{help}"));
+            let description = line.trim_start()[name.len()..].trim();
+            assert!(description.len() > 10, "{name} has no description: {line}");
+            assert!(
+                line.len() <= 100,
+                "{name}'s description is not one line: {line}"
+            );
+        }
+    }
+}
