@@ -4,8 +4,8 @@
 //!
 //! Steps:
 //! 1. **Classes of nodes.** Nodes are coloured by colour refinement (one-dimensional
-//!    Weisfeiler–Leman): first by kind, switch tier, in-network reduction and whether a
-//!    rank sits there; then, for up to [`MAX_REFINE_ROUNDS`] rounds or until no colour
+//!    Weisfeiler–Leman): first by kind, switch tier, in-network reduction and how many
+//!    ranks sit there; then, for up to [`MAX_REFINE_ROUNDS`] rounds or until no colour
 //!    splits, by their colour together with the multiset of their links (direction,
 //!    bandwidth, latency, duplex, colour of the other end). Nodes of one colour look alike
 //!    as far as those rounds can see.
@@ -23,7 +23,8 @@
 //!    and every link is counted in exactly one [`Bundle`] of links between two classes
 //!    with one bandwidth and latency, so the counts add up to the model's nodes and links.
 //!
-//! Cost: O((nodes + links) · log) per refinement round, and the same again for the groups.
+//! Cost: O((nodes + links) · log) per refinement round, and the same again per tier for
+//! the groups; memory a few words per link (the refinement's keys).
 //! The result is exact about counts but, like any colour refinement, may merge parts that
 //! differ only in how they are wired far away.
 
