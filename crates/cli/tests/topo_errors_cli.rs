@@ -109,6 +109,34 @@ fn generate_errors_name_the_key() {
     );
 }
 
+/// What the generator refuses in values that read well (an odd radix, a bandwidth it
+/// cannot parse) is reported at the value too.
+#[test]
+fn generator_errors_name_the_value() {
+    let dir = scratch("generator");
+    refused(
+        &dir,
+        "radix.toml",
+        "[generate]\nkind = \"fat-tree\"\nhosts = 4\nradix =  7\n",
+        "4:10",
+        &["radix is 7", "must be even"],
+    );
+    refused(
+        &dir,
+        "nvlink.toml",
+        "[generate]\nkind = \"fat-tree\"\nhosts = 4\n[generate.host]\nnvlink_bandwidth = \"x\"\n",
+        "5:20",
+        &["nvlink_bandwidth: 'x' does not start with a number"],
+    );
+    refused(
+        &dir,
+        "zones.toml",
+        "\n[generate]\nkind = \"multi-zone\"\nzones = 1\nhosts_per_zone = 2\n",
+        "4:9",
+        &["needs at least 2 zones"],
+    );
+}
+
 #[test]
 fn other_entries_have_columns_too() {
     let dir = scratch("entries");

@@ -10,6 +10,8 @@
 //! or change is the one the error is about; within a nested table (`[generate.host]`) the
 //! search goes on inside it. Errors about the tag itself (an unknown `kind`) are those that
 //! no other key explains; a missing key is the table's fault and stays at its header.
+//! What the generator then refuses in a fabric that reads (an odd radix) names its key
+//! first, and [`blame`] finds that key's value.
 //!
 //! Limits: the search only runs on an error and tries at most [`MAX_TRIES`] removals, each
 //! one read of the (small) table; past that the error stays at the table.
@@ -76,6 +78,28 @@ pub(crate) fn read_fabric(table: &Spanned<DeValue<'_>>) -> Result<Fabric, Fabric
             None => Err(whole()),
         },
     }
+}
+
+/// Where in `table` a generator's complaint about a read fabric belongs: the generators
+/// name the key first (`fat-tree: radix is 7; …`, `fat-tree: nvlink_bandwidth: 'x' …`),
+/// so the value of the first key of that name, in the table or a table inside it. `None`
+/// when the message names no key of the table (the error stays at the table).
+pub(crate) fn blame(table: &Spanned<DeValue<'_>>, message: &str) -> Option<Range<usize>> {
+    let (_, rest) = message.split_once(": ")?;
+    let key: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+        .collect();
+    fn find(value: &Spanned<DeValue<'_>>, key: &str) -> Option<Range<usize>> {
+        let DeValue::Table(entries) = value.get_ref() else {
+            return None;
+        };
+        if let Some(v) = entries.get(key) {
+            return Some(v.span());
+        }
+        entries.iter().find_map(|(_, v)| find(v, key))
+    }
+    (!key.is_empty()).then(|| find(table, &key)).flatten()
 }
 
 /// `expected one of `fat-tree`, …`: the kinds, as serde lists them for an unknown one.
@@ -262,6 +286,20 @@ mod tests {
         let (line, _, m) = error(&text);
         assert!(m.contains("string \"four\""), "{m}");
         assert_eq!(line, 5, "{m}");
+    }
+
+    #[test]
+    fn generator_complaints_go_to_the_key_they_name() {
+        let text = "[generate]\nkind = \"fat-tree\"\nhosts = 4\nradix = 7\n\
+                    [generate.host]\nnvlink_bandwidth = \"x\"\n";
+        let root = DeTable::parse(text).unwrap();
+        let table = root.get_ref().get("generate").unwrap();
+        let at = |message: &str| blame(table, message).map(|span| &text[span]);
+        assert_eq!(at("fat-tree: radix is 7; a switch radix …"), Some("7"));
+        assert_eq!(at("fat-tree: nvlink_bandwidth: 'x' is …"), Some("\"x\""));
+        assert_eq!(at("fat-tree: tiers is 5; …"), None, "not in the table");
+        assert_eq!(at("no key named"), None);
+        assert_eq!(at("fat-tree: 7 is odd"), None);
     }
 
     #[test]

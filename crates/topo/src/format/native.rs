@@ -13,7 +13,7 @@ use toml::de::DeTable;
 use toml::{Spanned, Value};
 use topoccl_plan::units::{parse_bandwidth, parse_duration};
 
-use super::generate::read_fabric;
+use super::generate::{blame, read_fabric};
 use super::{build_error, disconnected_rank, exact_bandwidth, exact_latency, stem, wires, Lines};
 use crate::error::TopoError;
 use crate::model::{Node, NodeId, NodeKind, Tier, Topology, TopologyBuilder};
@@ -115,8 +115,13 @@ impl<'a> Reader<'a> {
         let mut b = match &generate {
             Some(table) => {
                 let fabric = read_fabric(table).map_err(|e| self.err(e.span.clone(), e.message))?;
-                let mut b = crate::gen::generate(&fabric)
-                    .map_err(|e| e.at(self.origin, self.line(table.span())))?;
+                let mut b = crate::gen::generate(&fabric).map_err(|e| match e {
+                    TopoError::Invalid(m) => match blame(table, &m) {
+                        Some(span) => self.err(span, m),
+                        None => self.err(table.span(), m),
+                    },
+                    other => other,
+                })?;
                 b.set_name(name);
                 // Ranks given in the file place the job on the generated devices.
                 if doc.ranks.is_some() || !doc.rank.is_empty() {
