@@ -121,7 +121,8 @@ impl Drop for JobBar {
             let _ = p.join();
         }
         let _ = std::fs::remove_file(&self.path);
-        std::env::remove_var(PROGRESS_ENV);
+        // PROGRESS_ENV stays set: the job is over, and changing the environment while
+        // other threads (the launcher's) may read it is not safe.
     }
 }
 
