@@ -15,6 +15,7 @@ mod internal_cmd;
 mod job;
 mod job_metrics;
 mod plan_cmd;
+mod progress;
 mod run_cmd;
 mod selftest_cmd;
 mod sim_cmd;
@@ -61,7 +62,7 @@ enum Command {
     Doctor(doctor_cmd::DoctorArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
-    /// Cluster topologies: generate standard fabrics, discover this machine.
+    /// Cluster topologies: generate, discover, measure, show and validate them.
     #[command(subcommand)]
     Topo(topo_cmd::TopoCmd),
     #[command(hide = true)]

@@ -261,7 +261,10 @@ pub fn run(args: PlanArgs) -> Result<(), CliError> {
     }
     let out = match args.format {
         Format::Text => {
-            let mut s = text::render(&plan, (!args.rank.is_empty()).then_some(&args.rank[..]));
+            let rendered = text::render(&plan, (!args.rank.is_empty()).then_some(&args.rank[..]));
+            // The cost goes right under the plan's heading, before thousands of op lines.
+            let heading = rendered.find('\n').map_or(rendered.len(), |i| i + 1);
+            let mut s = rendered[..heading].to_string();
             if let Some(alpha) = &args.alpha {
                 let net = UniformNetwork::new(
                     parse_duration(alpha).map_err(CliError::usage)?,
@@ -279,6 +282,7 @@ pub fn run(args: PlanArgs) -> Result<(), CliError> {
                     c.rounds_with_traffic
                 ));
             }
+            s.push_str(&rendered[heading..]);
             s
         }
         Format::Json => {

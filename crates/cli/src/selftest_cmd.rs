@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use topoccl::selftest::{run_case, Case, Outcome};
+use topoccl::Communicator;
+
 use crate::job;
+use crate::progress::{JobBar, RankReport};
 use crate::run_cmd::parse_timeout;
 use crate::CliError;
 
@@ -19,7 +23,7 @@ pub struct SelftestArgs {
     #[arg(long, value_delimiter = ',')]
     counts: Vec<u64>,
     /// Only these collectives (comma-separated names).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, visible_alias = "collective", value_delimiter = ',')]
     collectives: Vec<String>,
     /// Seed of the test data.
     #[arg(long, default_value_t = 1)]
@@ -32,6 +36,7 @@ pub struct SelftestArgs {
 pub fn run(args: SelftestArgs) -> Result<ExitCode, CliError> {
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
+        let _bar = JobBar::start("selftest");
         return job::relaunch(args.ranks, Some(limit), None);
     }
     let mut comm = job::communicator()?;
@@ -44,7 +49,7 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode, CliError> {
         .into_iter()
         .filter(|c| wanted.is_empty() || wanted.contains(&c.spec.collective))
         .collect();
-    let outcome = topoccl::selftest::run_all(&mut comm, &cases, args.seed);
+    let outcome = run_all(&mut comm, &cases, args.seed);
     for f in &outcome.failed {
         eprintln!("FAIL {f}");
     }
@@ -67,4 +72,30 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `topoccl::selftest::run_all` with a progress report after every case (the same seeds,
+/// messages and stop at a failure that breaks the communicator; keep the two alike).
+fn run_all(comm: &mut Communicator, cases: &[Case], seed: u64) -> Outcome {
+    let start = std::time::Instant::now();
+    let mut report = RankReport::from_env(comm.rank());
+    let total = cases.len() as u64;
+    let mut out = Outcome::default();
+    for (i, case) in cases.iter().enumerate() {
+        report.report(i as u64, total, &case.describe());
+        match run_case(comm, case, seed.wrapping_add(i as u64)) {
+            Ok(()) => out.passed += 1,
+            Err(e) => {
+                let broken = !e.starts_with("rank ");
+                out.failed
+                    .push(format!("case {i} ({}): {e}", case.describe()));
+                if broken {
+                    break;
+                }
+            }
+        }
+    }
+    out.elapsed = start.elapsed();
+    report.finish(total);
+    out
 }

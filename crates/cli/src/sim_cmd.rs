@@ -17,7 +17,7 @@ use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms, hierarc
 use topoccl_topo::{Endpoints, Pricer, Router, Topology};
 
 use crate::compare_cmd::ModelArgs;
-use crate::units::parse_bytes;
+use crate::units::{human_bytes, parse_bytes};
 use crate::CliError;
 
 #[derive(Args, Debug)]
@@ -156,7 +156,10 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     // Before any plan is built: choosing one (`--algo auto`) prices every candidate.
     topoccl_sim::check_memory(t.world(), &t, cap).map_err(|e| CliError::failed(e.to_string()))?;
     let params = PlanParams::default().with_chunks(args.pipeline_chunks);
-    let (label, chosen) = choose(&t, &spec, &args.algo, endpoints, params)?;
+    let long = t.world() >= LONG_WORLD;
+    let (label, chosen) = stage(long, "choosing the plan", || {
+        choose(&t, &spec, &args.algo, endpoints, params)
+    })?;
     if label.starts_with("hier(") {
         // A hierarchy over fewer levels than the topology has says which it left out.
         for note in hierarchy_notes(&mut Router::new(&t), &spec)
@@ -184,7 +187,7 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         }
         Ok::<_, CliError>(report)
     };
-    let report = run(&faults)?;
+    let report = stage(long, "simulating", || run(&faults))?;
     let label = match &chosen {
         // As `topoccl bench` names a pipelined plan.
         Chosen::Plan(plan) if plan.params().chunks > 1 => {
@@ -199,8 +202,12 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
             report.algorithm.clone()
         }
     };
-    print!("{}", table(&label, &report));
-    let healthy = if args.what_if { Some(run(&[])?) } else { None };
+    print!("{}", table(&label, &report, &size_text(&spec)));
+    let healthy = if args.what_if {
+        Some(stage(long, "simulating without the faults", || run(&[]))?)
+    } else {
+        None
+    };
     if let Some(h) = &healthy {
         let extra = report.total_s - h.total_s;
         println!(
@@ -230,6 +237,37 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         write(path, &json)?;
     }
     Ok(())
+}
+
+/// Ranks from which a simulation shows a spinner while it chooses and runs (on a
+/// terminal only): below, every stage takes well under a second.
+const LONG_WORLD: u32 = 256;
+
+/// Runs `f`, showing `what` on a spinner meanwhile when the run is `long`; the spinner is
+/// gone before anything is printed.
+fn stage<T>(long: bool, what: &str, f: impl FnOnce() -> T) -> T {
+    let spinner = if long {
+        crate::progress::spinner("sim")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    spinner.set_message(what.to_string());
+    let out = f();
+    spinner.finish_and_clear();
+    out
+}
+
+/// The call's size for the report: the buffer (`16 MiB`), or for an all-to-all-v the
+/// bytes in all and the busiest sender's.
+fn size_text(spec: &CollectiveSpec) -> String {
+    match spec.collective {
+        Collective::AllToAllV => format!(
+            "{} in all (busiest sender {})",
+            human_bytes(Skew::of(spec).total),
+            human_bytes(spec.size_bytes())
+        ),
+        _ => human_bytes(spec.size_bytes()),
+    }
 }
 
 fn write(path: &std::path::Path, text: &str) -> Result<(), CliError> {
@@ -355,11 +393,12 @@ fn choose(
     Ok((c.label, Chosen::Plan(c.plan)))
 }
 
-fn table(label: &str, r: &SimReport) -> String {
+/// The report for people; `size` says how big the call is ([`size_text`]).
+fn table(label: &str, r: &SimReport, size: &str) -> String {
     let ms = |s: f64| s * 1e3;
     let mut s = format!(
-        "# {} of {} B on '{}' ({} ranks), plan {label}, {}\n",
-        r.collective, r.bytes, r.topology, r.ranks, r.level
+        "# {} of {size} on '{}' ({} ranks), plan {label}, {}\n",
+        r.collective, r.topology, r.ranks, r.level
     );
     for f in &r.faults {
         s.push_str(&format!("# fault: {f}\n"));

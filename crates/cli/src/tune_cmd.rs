@@ -20,6 +20,7 @@ use topoccl_topo::{plans, Endpoints, Pricer, Topology};
 
 use crate::bench_cmd::{size_list, spec_for, time_plan};
 use crate::job;
+use crate::progress::{self, JobBar, RankReport};
 use crate::run_cmd::parse_timeout;
 use crate::CliError;
 
@@ -32,7 +33,12 @@ pub struct TuneArgs {
     #[arg(short = 'n', long, default_value_t = 4)]
     ranks: u32,
     /// Collectives to tune, comma-separated.
-    #[arg(long, default_value = "allreduce")]
+    #[arg(
+        long = "collectives",
+        visible_alias = "collective",
+        value_name = "COLLECTIVES",
+        default_value = "allreduce"
+    )]
     collective: String,
     /// Smallest size (bytes; K, M, G suffixes are binary).
     #[arg(short = 'b', long, default_value = "8")]
@@ -199,10 +205,10 @@ fn parse_collectives(list: &str) -> Result<Vec<Collective>, CliError> {
         .map(|name| {
             let c: Collective = name
                 .parse()
-                .map_err(|e| CliError::usage(format!("--collective: {e}")))?;
+                .map_err(|e| CliError::usage(format!("--collectives: {e}")))?;
             if matches!(c, Collective::Barrier | Collective::AllToAllV) {
                 return Err(CliError::usage(format!(
-                    "--collective: {c} has no message size to tune"
+                    "--collectives: {c} has no message size to tune"
                 )));
             }
             Ok(c)
@@ -257,18 +263,39 @@ pub fn run(args: TuneArgs) -> Result<ExitCode, CliError> {
     }
     if !job::in_job() {
         let limit = parse_timeout(&args.timeout).map_err(CliError::usage)?;
+        let _bar = JobBar::start("tune");
         return job::relaunch(args.ranks, Some(limit), None);
     }
     measured(&args, &s).map(|()| ExitCode::SUCCESS)
+}
+
+/// Every call shape the sweep tunes, collective by collective.
+fn sweep(world: u32, s: &Setup) -> Vec<(Collective, Vec<CollectiveSpec>)> {
+    s.collectives
+        .iter()
+        .map(|&c| (c, specs(c, world, s)))
+        .collect()
+}
+
+/// `allreduce 1 MiB`: the step a progress bar shows.
+fn step_name(spec: &CollectiveSpec) -> String {
+    format!(
+        "{} {}",
+        spec.collective,
+        crate::units::human_bytes(spec.size_bytes())
+    )
 }
 
 fn predicted(t: &Topology, s: &Setup, output: &PathBuf) -> Result<(), CliError> {
     let world = t.world();
     let mut pricer = Pricer::new(t, Endpoints::default());
     let mut table = Vec::new();
-    for &c in &s.collectives {
+    let sweep = sweep(world, s);
+    let bar = progress::bar(sweep.iter().map(|(_, v)| v.len() as u64).sum(), "tune");
+    for (c, specs) in sweep {
         let mut picks = Vec::new();
-        for spec in specs(c, world, s) {
+        for spec in specs {
+            bar.set_message(step_name(&spec));
             let mut trials = Vec::new();
             for (piece, channels, params) in grid(&spec, 4) {
                 let cands = plans::candidates(&mut pricer, &spec, params)
@@ -281,8 +308,9 @@ fn predicted(t: &Topology, s: &Setup, output: &PathBuf) -> Result<(), CliError> 
                 }));
             }
             picks.extend(pick(spec.size_bytes(), trials));
+            bar.inc(1);
         }
-        print_summary(c, world, "predicted", &picks);
+        bar.suspend(|| print_summary(c, world, "predicted", &picks));
         table.extend(rules(c, world, &picks));
     }
     write_table(output, &table)
@@ -297,12 +325,25 @@ fn measured(args: &TuneArgs, s: &Setup) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("cannot create the communicator: {e}")))?;
     let world = comm.world();
     let mut table = Vec::new();
-    for &c in &s.collectives {
+    let sweep = sweep(world, s);
+    let total: u64 = sweep.iter().map(|(_, v)| v.len() as u64).sum();
+    let mut report = RankReport::from_env(comm.rank());
+    let mut done = 0;
+    let mut summaries = Vec::new();
+    for (c, specs) in sweep {
         let mut picks = Vec::new();
-        for spec in specs(c, world, s) {
+        for spec in specs {
+            report.report(done, total, &step_name(&spec));
             let trials = measure_size(&mut comm, &spec, streams, args)?;
             picks.extend(pick(spec.size_bytes(), trials));
+            done += 1;
         }
+        table.extend(rules(c, world, &picks));
+        summaries.push((c, picks));
+    }
+    // Printed once the launcher's bar is gone.
+    report.finish(total);
+    for (c, picks) in summaries {
         if comm.rank() == 0 {
             print_summary(
                 c,
@@ -312,7 +353,6 @@ fn measured(args: &TuneArgs, s: &Setup) -> Result<(), CliError> {
                 &picks,
             );
         }
-        table.extend(rules(c, world, &picks));
     }
     if comm.rank() == 0 {
         write_table(&args.output, &table)?;

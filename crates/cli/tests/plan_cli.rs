@@ -81,7 +81,41 @@ fn text_and_cost() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("rank 0:") && !out.contains("rank 1:"), "{out}");
-    assert!(out.contains("# cost:"), "{out}");
+    // The cost comes second, right under the heading, not after every op.
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("# allreduce world=4"), "{out}");
+    assert!(lines[1].starts_with("# cost:"), "{out}");
+    assert!(lines[2].starts_with("rank 0:"), "{out}");
+    assert_eq!(out.matches("# cost:").count(), 1, "{out}");
+}
+
+/// The README's all-to-all-v example runs on the matrix shipped in examples/.
+#[test]
+fn the_shipped_alltoallv_matrix() {
+    let matrix = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/alltoallv-counts.json"
+    );
+    let o = topoccl(&[
+        "plan",
+        "alltoallv",
+        "-n",
+        "3",
+        "--matrix",
+        matrix,
+        "--verify",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("verified: alltoallv world=3"),
+        "{}",
+        stderr(&o)
+    );
+    let readme = include_str!("../../../README.md");
+    assert!(
+        readme.contains("--matrix examples/alltoallv-counts.json"),
+        "the README points at the shipped file"
+    );
 }
 
 /// Each bad input: a non-zero exit, no panic, and a message that names the problem and

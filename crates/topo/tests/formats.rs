@@ -71,12 +71,20 @@ fn bandwidth(t: &Topology, from: &str, to: &str) -> f64 {
         .bandwidth
 }
 
-/// The message of a failed read, checked to start with `origin:line:`.
+/// The message of a failed read, checked to start with `origin:line: ` or
+/// `origin:line:column: `.
 #[track_caller]
 fn err_at(result: Result<Topology, topoccl_topo::TopoError>, origin: &str, line: usize) -> String {
     let e = result.expect_err("the input should be refused").to_string();
-    let prefix = format!("{origin}:{line}: ");
-    assert!(e.starts_with(&prefix), "expected '{prefix}…', got: {e}");
+    let prefix = format!("{origin}:{line}:");
+    let rest = e.strip_prefix(&prefix);
+    let column = rest.map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit()));
+    let located = match (rest, column) {
+        (Some(r), Some(c)) if r.starts_with(' ') => c.starts_with(' '),
+        (Some(_), Some(c)) => c.starts_with(": "),
+        _ => false,
+    };
+    assert!(located, "expected '{prefix}[column:] …', got: {e}");
     e
 }
 

@@ -18,12 +18,14 @@ pub enum GenCmd {
     FatTree(FatTreeArgs),
     /// Rail-optimized: NIC i of every host on rail i's leaves, rails joined by spines.
     Rail(RailArgs),
-    /// One switch with uniform links. Without host options each host is one rank on a
-    /// plain host node (the textbook network); with any (--gpus-per-host, ...) hosts get
-    /// GPUs, an NVSwitch and a NIC per GPU.
+    /// One switch with uniform links: the textbook network, or hosts with GPUs on it.
+    ///
+    /// Without host options each host is one rank on a plain host node; with any
+    /// (--gpus-per-host, ...) hosts get GPUs, an NVSwitch and a NIC per GPU.
     Switch(SwitchArgs),
-    /// Zones (sites) of hosts, each a switch or a 2-tier fat-tree under a gateway,
-    /// gateways joined by slow long links.
+    /// Zones (sites) of hosts under gateways joined by slow long links.
+    ///
+    /// Each zone is a switch or a 2-tier fat-tree under its gateway.
     MultiZone(MultiZoneArgs),
 }
 

@@ -17,20 +17,27 @@ mod show;
 
 #[derive(Subcommand, Debug)]
 pub enum TopoCmd {
-    /// Describe a standard fabric (fat-tree, rail, switch, multi-zone) as a small TOML (or
-    /// JSON) generator description, a one-line summary on stderr.
+    /// Write a standard fabric (fat-tree, rail, switch, multi-zone) as a generator file.
+    ///
+    /// A small TOML (or JSON) generator description, with a one-line summary on stderr.
     #[command(subcommand)]
     Gen(gen::GenCmd),
-    /// Find this machine's CPUs, NUMA nodes, NICs, InfiniBand ports and GPUs; print what
-    /// was and was not found, optionally the topology as JSON.
+    /// Find this machine's CPUs, NUMA nodes, NICs, InfiniBand ports and GPUs.
+    ///
+    /// Prints what was and was not found, optionally the topology as JSON.
     Discover(discover::DiscoverArgs),
-    /// Measure latency and bandwidth between every pair of N ranks; print the matrix and
-    /// save it as JSON (usable as TOPOCCL_TOPO).
+    /// Measure latency and bandwidth between every pair of N ranks.
+    ///
+    /// Prints the matrix and saves it as JSON (usable as TOPOCCL_TOPO).
     Measure(measure::MeasureArgs),
-    /// Read a topology file and say what it holds (and exports it with --format).
+    /// Show what a topology file holds, collapsed, in full, or exported (--format).
+    ///
+    /// Text and DOT collapse identical hosts, racks and pods into counts unless --full is
+    /// given; TOML and JSON write every node and link.
     Show(show::ShowArgs),
-    /// Check a topology file: exit 0 and a summary when it is valid, the file line and
-    /// reason when it is not.
+    /// Check a topology file: a summary when valid, the line, column and reason when not.
+    ///
+    /// Exits 0 when the file is valid.
     Validate(show::ValidateArgs),
 }
 

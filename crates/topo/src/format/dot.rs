@@ -1,8 +1,11 @@
 //! Graphviz DOT export, for looking at a topology: hosts are clusters holding their
 //! devices, fabric switches sit in one row per tier, cables are single undirected edges.
+//! [`to_dot_collapsed`] draws the collapsed view instead (one node per class of nodes),
+//! for clusters too big to draw node by node.
 
 use std::fmt::Write as _;
 
+use super::collapse::{Collapsed, PartId, PartKind};
 use super::{human_bandwidth, human_latency, wires};
 use crate::model::{Node, NodeId, NodeKind, Tier, Topology};
 
@@ -101,19 +104,110 @@ fn write_node(s: &mut String, indent: &str, node: &Node, ranks: &[u32]) {
         lines.push(format!("{tier} switch{sharp}"));
     }
     lines.extend(ranks.iter().map(|r| format!("rank {r}")));
-    let shape = match node.kind {
+    let _ = writeln!(
+        s,
+        "{indent}{} [label=\"{}\", shape={}];",
+        quote(&node.name),
+        lines.join("\\n"),
+        shape(node.kind)
+    );
+}
+
+/// How a node of `kind` is drawn.
+fn shape(kind: NodeKind) -> &'static str {
+    match kind {
         NodeKind::Host => "box3d",
         NodeKind::Accelerator => "box, style=filled, fillcolor=\"#d9f2d9\"",
         NodeKind::Cpu => "ellipse",
         NodeKind::Nic => "hexagon",
         NodeKind::Switch => "diamond",
-    };
+    }
+}
+
+/// The collapsed view of a topology (see [`super::collapse`]) as a DOT digraph: a cluster
+/// per collapsed host, rack or pod, a node per class of nodes, an edge per bundle of links,
+/// each labelled with its counts. Its size follows the number of distinct parts, not of
+/// nodes.
+pub fn to_dot_collapsed(t: &Topology, c: &Collapsed) -> String {
+    let mut s = format!("digraph {} {{\n", quote(t.name()));
+    s.push_str("  graph [fontname=\"Helvetica\", fontsize=11, newrank=true];\n");
+    s.push_str("  node [fontname=\"Helvetica\", fontsize=10];\n");
+    s.push_str("  edge [fontname=\"Helvetica\", fontsize=8];\n");
     let _ = writeln!(
         s,
-        "{indent}{} [label=\"{}\", shape={shape}];",
-        quote(&node.name),
-        lines.join("\\n")
+        "  label={};",
+        quote(&format!(
+            "{}: {} nodes, {} links; identical parts collapsed (×N: copies in each enclosing \
+             part)",
+            t.name(),
+            t.nodes().len(),
+            t.links().len()
+        ))
     );
+    for &root in &c.roots {
+        write_part(&mut s, c, root, 1);
+    }
+    for b in &c.bundles {
+        let label = format!(
+            "×{} {}\\n{}\\n{}",
+            b.count,
+            if b.cable { "cables" } else { "links" },
+            escape(&human_bandwidth(b.bandwidth)),
+            escape(&human_latency(b.latency))
+        );
+        let _ = writeln!(
+            s,
+            "  p{} -> p{} [{}label=\"{label}\"];",
+            b.from,
+            b.to,
+            if b.cable { "dir=none, " } else { "" }
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn write_part(s: &mut String, c: &Collapsed, id: PartId, depth: usize) {
+    let p = &c.parts[id];
+    let indent = "  ".repeat(depth);
+    let count = format!("×{} ({} in all)", p.per_parent, p.total);
+    match p.kind {
+        PartKind::Nodes {
+            kind,
+            in_network_reduction,
+            ranks,
+            ..
+        } => {
+            let mut lines = vec![escape(&format!("{} {count}", p.label))];
+            if in_network_reduction {
+                lines.push("in-network reduction".to_string());
+            }
+            if ranks > 0 {
+                lines.push(format!(
+                    "{ranks} rank{} each",
+                    if ranks == 1 { "" } else { "s" }
+                ));
+            }
+            let _ = writeln!(
+                s,
+                "{indent}p{id} [label=\"{}\", shape={}];",
+                lines.join("\\n"),
+                shape(kind)
+            );
+        }
+        PartKind::Host | PartKind::Group { .. } => {
+            let _ = writeln!(s, "{indent}subgraph cluster_p{id} {{");
+            let _ = writeln!(
+                s,
+                "{indent}  label={};",
+                quote(&format!("{} {count}", p.label))
+            );
+            for &child in &p.children {
+                write_part(s, c, child, depth + 1);
+            }
+            let _ = writeln!(s, "{indent}}}");
+        }
+    }
 }
 
 /// A DOT quoted string (IDs and labels; names contain '/', ':' and maybe anything).

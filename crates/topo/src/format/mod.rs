@@ -8,13 +8,18 @@
 //! `origin:line: what is wrong; what is allowed` (see [`TopoError::At`]).
 //! docs/topology-format.md describes every format and the bandwidths chosen on import.
 
+mod collapse;
 mod dot;
+mod generate;
 mod json;
 mod native;
 mod nccl_xml;
 mod nvidia_smi;
 
-pub use dot::to_dot;
+pub use collapse::{
+    collapse, collapsed_text, Bundle, Collapsed, Part, PartId, PartKind, MAX_REFINE_ROUNDS,
+};
+pub use dot::{to_dot, to_dot_collapsed};
 pub use json::{read_json, to_json};
 pub use native::{read_toml, read_toml_builder, write_toml};
 pub use nccl_xml::{read_nccl_xml, read_nccl_xml_builder};
@@ -60,6 +65,20 @@ impl Lines {
 
     pub(crate) fn line(&self, offset: usize) -> usize {
         self.starts.partition_point(|&s| s <= offset).max(1)
+    }
+
+    /// 1-based line and column (in characters) of byte `offset` of `text`, the text these
+    /// lines were made from: one more than the characters of the line that start before
+    /// `offset`.
+    pub(crate) fn position(&self, text: &str, offset: usize) -> (usize, usize) {
+        let line = self.line(offset);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let rest = text.get(start..).unwrap_or("");
+        let before = rest
+            .char_indices()
+            .take_while(|&(i, _)| start + i < offset)
+            .count();
+        (line, before + 1)
     }
 }
 
@@ -251,6 +270,19 @@ mod tests {
             [0, 1, 2, 4, 5, 6, 99].map(|o| l.line(o)),
             [1, 1, 2, 2, 3, 4, 4]
         );
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        let text = "a\nµs = 1\n";
+        let l = Lines::new(text);
+        assert_eq!(l.position(text, 0), (1, 1));
+        assert_eq!(l.position(text, 2), (2, 1));
+        // 'µ' is two bytes: the '=' after "µs " is the 4th character.
+        assert_eq!(l.position(text, 6), (2, 4));
+        // Inside 'µ' (never a span's start) and past the end stay in range.
+        assert_eq!(l.position(text, 3), (2, 2));
+        assert_eq!(l.position(text, 99), (3, 1));
     }
 
     #[test]

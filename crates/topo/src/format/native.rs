@@ -9,12 +9,12 @@ use std::fmt::Write as _;
 use std::ops::Range;
 
 use serde::Deserialize;
+use toml::de::DeTable;
 use toml::{Spanned, Value};
 use topoccl_plan::units::{parse_bandwidth, parse_duration};
 
-use super::{
-    build_error, disconnected_rank, exact_bandwidth, exact_latency, located, stem, wires, Lines,
-};
+use super::generate::{blame, read_fabric};
+use super::{build_error, disconnected_rank, exact_bandwidth, exact_latency, stem, wires, Lines};
 use crate::error::TopoError;
 use crate::model::{Node, NodeId, NodeKind, Tier, Topology, TopologyBuilder};
 
@@ -22,8 +22,10 @@ use crate::model::{Node, NodeId, NodeKind, Tier, Topology, TopologyBuilder};
 #[serde(deny_unknown_fields)]
 struct Doc {
     name: Option<String>,
-    /// A generated fabric (see [`crate::gen::Fabric`]) that the entries below add to.
-    generate: Option<Spanned<crate::gen::Fabric>>,
+    /// A generated fabric (see [`crate::gen::Fabric`]) that the entries below add to; read
+    /// by [`super::generate`] from the parsed table, with its keys' spans.
+    #[serde(rename = "generate")]
+    _generate: Option<serde::de::IgnoredAny>,
     ranks: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     node: Vec<Spanned<NodeEntry>>,
@@ -97,18 +99,29 @@ impl<'a> Reader<'a> {
         self.lines.line(span.start)
     }
 
+    /// `origin:line:column: message`, at the start of `span`.
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> TopoError {
-        located(self.origin, self.line(span), message)
+        let (line, column) = self.lines.position(self.text, span.start);
+        TopoError::invalid(message).at_column(self.origin, line, column)
     }
 
     /// The builder and, for each rank, the line that placed it.
     fn read(&self) -> Result<(TopologyBuilder, Vec<usize>), TopoError> {
-        let doc: Doc = toml::from_str(self.text).map_err(|e| self.syntax_error(&e))?;
+        let root = DeTable::parse(self.text).map_err(|e| self.parse_error(&e))?;
+        let generate = root.get_ref().get("generate").cloned();
+        let doc = Doc::deserialize(toml::de::Deserializer::from(root))
+            .map_err(|e| self.type_error(&e))?;
         let name = doc.name.clone().unwrap_or_else(|| stem(self.origin));
-        let mut b = match &doc.generate {
-            Some(fabric) => {
-                let mut b = crate::gen::generate(fabric.get_ref())
-                    .map_err(|e| e.at(self.origin, self.line(fabric.span())))?;
+        let mut b = match &generate {
+            Some(table) => {
+                let fabric = read_fabric(table).map_err(|e| self.err(e.span.clone(), e.message))?;
+                let mut b = crate::gen::generate(&fabric).map_err(|e| match e {
+                    TopoError::Invalid(m) => match blame(table, &m) {
+                        Some(span) => self.err(span, m),
+                        None => self.err(table.span(), m),
+                    },
+                    other => other,
+                })?;
                 b.set_name(name);
                 // Ranks given in the file place the job on the generated devices.
                 if doc.ranks.is_some() || !doc.rank.is_empty() {
@@ -125,6 +138,36 @@ impl<'a> Reader<'a> {
         }
         let rank_lines = self.place_ranks(&mut b, &doc)?;
         Ok((b, rank_lines))
+    }
+
+    /// An error of TOML's grammar: like [`Self::syntax_error`], but a malformed number
+    /// (`hosts = 4x`, `bandwidth = 100Gbps`) is called that, at the start of the number.
+    fn parse_error(&self, e: &toml::de::Error) -> TopoError {
+        self.number_error(e).unwrap_or_else(|| self.syntax_error(e))
+    }
+
+    /// A malformed number that TOML's parser let through as an integer too big for any
+    /// type (`hosts = 1_000x`), else as [`Self::syntax_error`].
+    fn type_error(&self, e: &toml::de::Error) -> TopoError {
+        let overflow = e.message().contains("integer number overflowed");
+        let number = overflow.then(|| self.number_error(e)).flatten();
+        number.unwrap_or_else(|| self.syntax_error(e))
+    }
+
+    /// The error for a value at `e`'s span that starts as a number but is none.
+    fn number_error(&self, e: &toml::de::Error) -> Option<TopoError> {
+        let (start, token) = malformed_number(self.text, e.span()?.start)?;
+        let plain = token.trim_start_matches(['+', '-']).replace('_', "");
+        if plain.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(self.err(
+            start..start,
+            format!(
+                "`{token}` is not a number; numbers are digits only (4, 2.5, 1e9, 0x1f), and \
+                 quantities with units are quoted strings (\"100Gbps\", \"2us\")"
+            ),
+        ))
     }
 
     fn syntax_error(&self, e: &toml::de::Error) -> TopoError {
@@ -384,6 +427,29 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The value around byte `offset` of `text` (where TOML's parser failed), with its start,
+/// if it begins as a number would (a digit, or a sign then a digit) but is not a date or
+/// time, whose own errors say what is wrong.
+fn malformed_number(text: &str, offset: usize) -> Option<(usize, &str)> {
+    let offset = offset.min(text.len());
+    let is_start = |c: char| c.is_whitespace() || matches!(c, '=' | ',' | '[' | '{');
+    let before = text.get(..offset)?;
+    let start = before
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| is_start(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let rest = text.get(start..)?;
+    let end = rest.find([',', ']', '}', '#', '\n']).unwrap_or(rest.len());
+    let token = rest[..end].trim();
+    let digits = token.strip_prefix(['+', '-']).unwrap_or(token);
+    let numeric = digits.starts_with(|c: char| c.is_ascii_digit());
+    let bytes = token.as_bytes();
+    let date = bytes.len() > 4 && bytes[..4].iter().all(u8::is_ascii_digit) && bytes[4] == b'-';
+    let time = bytes.len() > 2 && bytes[..2].iter().all(u8::is_ascii_digit) && bytes[2] == b':';
+    (numeric && !date && !time).then_some((start, token))
+}
+
 const BANDWIDTH_FORMS: &str =
     "a bandwidth is a positive quantity such as \"100Gbps\" or \"25GB/s\", or a number of bytes/s";
 const LATENCY_FORMS: &str =
@@ -505,6 +571,20 @@ fn quantity(text: Option<String>, value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_numbers() {
+        let at = malformed_number;
+        assert_eq!(at("hosts = 4x\n", 8), Some((8, "4x")));
+        assert_eq!(at("hosts = 4.5.6\n", 11), Some((8, "4.5.6")));
+        assert_eq!(at("a = [1, -2x]", 8), Some((8, "-2x")));
+        assert_eq!(at("a = {b = 3y} # c", 9), Some((9, "3y")));
+        assert_eq!(at("hosts = 4 x", 8), Some((8, "4 x")));
+        assert_eq!(at("hosts = four", 8), None);
+        assert_eq!(at("d = 1979-05-32", 4), None);
+        assert_eq!(at("t = 25:61:00", 4), None);
+        assert_eq!(at("", 3), None);
+    }
 
     #[test]
     fn quantities() {
