@@ -61,6 +61,12 @@ def main() -> None:
         choices=["none", "fp16", "bf16", "powersgd"],
         help="a DDP communication hook of torch's (default: none, DDP's own all-reduce)",
     )
+    ap.add_argument(
+        "--compress",
+        metavar="CODEC",
+        help="compress gradients with topoccl's DDP hook: int8, int4, 1bit, topk:R, randk:R, "
+        "rp:R, powersgd:RANK, fp16, bf16 (error feedback on; with gloo only fp16/bf16)",
+    )
     ap.add_argument("--losses", metavar="FILE", help="write every step's loss and time (JSON)")
     args = ap.parse_args()
 
@@ -90,6 +96,14 @@ def main() -> None:
             process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=10
         )
         model.register_comm_hook(state, powerSGD.powerSGD_hook)
+    compression = None
+    if args.compress:
+        if args.hook != "none":
+            ap.error("--compress replaces --hook: give one of them")
+        from topoccl.torch.hooks import CompressionState, compression_hook
+
+        compression = CompressionState(args.compress)
+        model.register_comm_hook(compression, compression_hook)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     params = sum(p.numel() for p in model.parameters())
     if rank == 0:
@@ -131,6 +145,20 @@ def main() -> None:
     if rank == 0:
         steady = times[len(times) // 10 :] or times
         print(f"median step time {statistics.median(steady) * 1e3:.1f} ms", flush=True)
+        if compression:
+            s = compression.stats()
+            if s["ratio"] is None:
+                print(
+                    f"compression {s['codec']}: {s['uncompressed_bytes']} bytes all-reduced "
+                    "by the backend (its casts; no topoccl call)",
+                    flush=True,
+                )
+            else:
+                print(
+                    f"compression {s['codec']}: {s['wire_bytes']} bytes on the wire for "
+                    f"{s['raw_bytes']} ({s['ratio']:.4f})",
+                    flush=True,
+                )
         if args.losses:
             with open(args.losses, "w") as f:
                 json.dump(
@@ -141,6 +169,7 @@ def main() -> None:
                         "losses": losses,
                         "step_seconds": times,
                         "accuracy": correct,
+                        "compression": compression.stats() if compression else None,
                     },
                     f,
                 )

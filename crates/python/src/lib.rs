@@ -17,6 +17,7 @@
 //! | `store` | a torch.distributed store as the runtime's rendezvous store |
 
 mod buffer;
+mod compression;
 mod finish;
 mod interrupt;
 mod store;
@@ -417,6 +418,53 @@ impl Communicator {
         self.dispatch(py, call, async_op)
     }
 
+    /// `buf` (float32) replaced by its sum over ranks, compressed by `compression` (its
+    /// codec, error feedback for tensor or bucket `key`, statistics). Every rank must use
+    /// the same codec; the first call checks it.
+    #[pyo3(signature = (buf, compression, key=0, async_op=false))]
+    fn all_reduce_compressed(
+        &self,
+        py: Python<'_>,
+        buf: &Bound<'_, PyAny>,
+        compression: &compression::Compression,
+        key: u64,
+        async_op: bool,
+    ) -> PyResult<Option<Work>> {
+        let state = compression.state.clone();
+        let call = one(
+            "all_reduce_compressed",
+            buf,
+            "buf",
+            Take::Typed,
+            move |c, b| {
+                let out = unsafe { b.slice_mut::<f32>() };
+                let input = out.to_vec();
+                let mut comp = state.compressor.lock().unwrap_or_else(|e| e.into_inner());
+                let done = c.all_reduce_compressed(&mut comp, &input, out, key)?;
+                state
+                    .wire_bytes
+                    .fetch_add(done.wire_bytes, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .raw_bytes
+                    .fetch_add(4 * input.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                state
+                    .calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            },
+        )?;
+        if let Some(b) = call.held.first() {
+            if b.dtype != DType::F32 {
+                return Err(PyValueError::new_err(format!(
+                    "all_reduce_compressed takes float32 buffers; this one holds {} \
+                     (convert it, or all-reduce it uncompressed)",
+                    b.type_name
+                )));
+            }
+        }
+        self.dispatch(py, call, async_op)
+    }
+
     /// Each buffer of `bufs` all-reduced in place, one call after another, as one
     /// operation (one `Work` for all of them with `async_op`).
     #[pyo3(signature = (bufs, op="sum", async_op=false))]
@@ -694,6 +742,7 @@ impl Communicator {
 fn _topoccl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Communicator>()?;
     m.add_class::<Work>()?;
+    m.add_class::<compression::Compression>()?;
     let at_exit = wrap_pyfunction!(finish::at_exit, m)?;
     m.py()
         .import("atexit")?

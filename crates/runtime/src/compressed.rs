@@ -43,12 +43,9 @@ pub struct Compressor {
     frames: Option<FrameCodec>,
     powersgd: Option<(usize, PowerSgd)>,
     /// Reused between calls: the compensated gradient, the compressed vector (or
-    /// PowerSGD's P), PowerSGD's padded matrix and approximation, the cast gradient,
-    /// this rank's frame and all ranks' frames.
+    /// PowerSGD's P), the cast gradient, this rank's frame and all ranks' frames.
     scratch: Vec<f32>,
     y: Vec<f32>,
-    matrix: Vec<f32>,
-    approx: Vec<f32>,
     halves: Vec<u16>,
     bytes: Vec<u8>,
     gathered: Vec<u8>,
@@ -89,8 +86,6 @@ impl Compressor {
             powersgd: None,
             scratch: Vec::new(),
             y: Vec::new(),
-            matrix: Vec::new(),
-            approx: Vec::new(),
             halves: Vec::new(),
             bytes: Vec::new(),
             gathered: Vec::new(),
@@ -301,22 +296,16 @@ impl Communicator {
         let world = self.world() as f32;
         self.compensated(c, grad, output, key, |comm, c, comp, out| {
             let (_, psgd) = c.powersgd.as_mut().expect("made above");
-            let (rows, cols, _) = psgd.shape();
-            // The matrix view is padded to rows × cols.
-            let (m, p, approx) = (&mut c.matrix, &mut c.y, &mut c.approx);
-            m.resize(rows * cols, 0.0);
-            m[..comp.len()].copy_from_slice(comp);
-            m[comp.len()..].fill(0.0);
+            // The codec pads the gradient to its rows × cols view itself.
+            let p = &mut c.y;
             p.resize(psgd.p_len(), 0.0);
-            psgd.compute_p(m, p).map_err(codec_error)?;
+            psgd.compute_p(comp, p).map_err(codec_error)?;
             comm.all_reduce_in_place(p, ReduceOp::Sum)?;
             psgd.orthonormalize(p).map_err(codec_error)?;
-            psgd.compute_q(m, p).map_err(codec_error)?;
+            psgd.compute_q(comp, p).map_err(codec_error)?;
             comm.all_reduce_in_place(psgd.q_mut(), ReduceOp::Sum)?;
             // Q summed over ranks: P·Qᵀ is then the sum's approximation.
-            approx.resize(rows * cols, 0.0);
-            psgd.approximate(p, approx).map_err(codec_error)?;
-            out.copy_from_slice(&approx[..out.len()]);
+            psgd.approximate(p, out).map_err(codec_error)?;
             // The warm start keeps the mean's Q (PyTorch's hook divides likewise).
             psgd.q_mut().iter_mut().for_each(|q| *q /= world);
             Ok(())

@@ -6,6 +6,6 @@ buffers, release the GIL while they wait, and raise ``TopocclError`` (with ``cul
 the ranks blamed) when they fail.
 """
 
-from ._topoccl import Communicator, TopocclError, __version__
+from ._topoccl import Communicator, Compression, TopocclError, __version__
 
-__all__ = ["Communicator", "TopocclError", "__version__"]
+__all__ = ["Communicator", "Compression", "TopocclError", "__version__"]

@@ -26,6 +26,19 @@ class Work:
     def add_done_callback(self, callback: Callable[[], object]) -> None:
         """Calls ``callback()`` once the call has ended (on the progress thread)."""
 
+class Compression:
+    """A codec with its state across calls (error feedback, warm starts) and statistics."""
+
+    def __init__(self, codec: str, feedback: bool = True, decay: float = 0.8) -> None: ...
+    @property
+    def codec(self) -> str: ...
+    @property
+    def wire_bytes(self) -> int: ...
+    @property
+    def raw_bytes(self) -> int: ...
+    @property
+    def calls(self) -> int: ...
+
 class Communicator:
     @staticmethod
     def from_env() -> Communicator:
@@ -52,6 +65,10 @@ class Communicator:
     def all_reduce_many(
         self, bufs: Sequence[Buffer], op: str = "sum", async_op: bool = False
     ) -> Work | None: ...
+    def all_reduce_compressed(
+        self, buf: Buffer, compression: Compression, key: int = 0, async_op: bool = False
+    ) -> Work | None:
+        """buf (float32) replaced by its sum over ranks, compressed by ``compression``."""
     def broadcast(self, buf: Buffer, root: int = 0, async_op: bool = False) -> Work | None: ...
     def reduce(
         self,

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, TCPStore
 from torch.distributed import ReduceOp
 
-from ._topoccl import Communicator, TopocclError
-from ._topoccl import Work as _Call
+from .._topoccl import Communicator, TopocclError
+from .._topoccl import Work as _Call
 
 __all__ = ["BACKEND", "ProcessGroupTopoccl"]
 
