@@ -50,7 +50,7 @@ check_report() {
   else
     check "$1-no-fallback" ok
   fi
-  wrong=$(awk '!/^#/ && NF >= 14 { w += $9 + $13; n++ } END { print (n ? w : "none") }' "$report")
+  wrong=$(awk '$1 ~ /^[0-9]+$/ && NF >= 14 { w += $9 + $13; n++ } END { print (n ? w : "none") }' "$report")
   if [ "$wrong" = 0 ]; then check "$1-correct" ok; else check "$1-correct" "#wrong $wrong"; fi
 }
 

@@ -159,5 +159,6 @@ netns_job_failed() {
   echo "job $1 failed:"; tail -n 5 "$work/$1".*.txt; exit 1
 }
 
-# time (µs, out of place) and algorithm of the single row of a bench report
-row() { awk '!/^#/ && NF >= 14 { print $6, $NF }' "$1"; }
+# time (µs, out of place) and algorithm of the single row of a bench report (rows start
+# with the size; log lines that ranks print on stderr do not)
+row() { awk '$1 ~ /^[0-9]+$/ && NF >= 14 { print $6, $NF }' "$1"; }

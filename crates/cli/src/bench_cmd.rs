@@ -745,6 +745,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
                 args.ranks.saturating_sub(1)
             )));
         }
+        // Rank 0's stderr is a pipe here: the launching process draws the bar.
+        let _bar = crate::progress::JobBar::start("bench");
         return job::relaunch(args.ranks, Some(limit), Some(&args.watch));
     }
     let info = LaunchInfo::from_env().map_err(|e| CliError::failed(e.to_string()))?;
@@ -799,6 +801,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     let steps = (collectives.len() * sizes.len()) as u64;
     let progress = (comm.rank() == 0 && std::io::stderr().is_terminal())
         .then(|| indicatif::ProgressBar::new(steps).with_message("bench"));
+    let mut report = crate::progress::RankReport::from_env(comm.rank());
+    let mut step = 0u64;
     let mut rows = Vec::new();
     for c in collectives {
         if comm.rank() == 0 {
@@ -811,6 +815,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
             if let Some(p) = &progress {
                 p.inc(1);
             }
+            report.report(step, steps, &format!("{c} {bytes} B"));
+            step += 1;
             if last == Some(size) {
                 continue;
             }
@@ -859,6 +865,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, CliError> {
     if let Some(p) = progress {
         p.finish_and_clear();
     }
+    report.finish(steps);
     let wrong: u64 = rows
         .iter()
         .flat_map(|r| [Some(r.out_of_place), r.in_place])
