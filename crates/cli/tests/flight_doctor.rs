@@ -62,9 +62,12 @@ fn stuck_rank_job(flight: &Path) -> PathBuf {
 fn doctor_names_the_rank_that_never_arrived() {
     let flight = scratch("stuck");
     let job = stuck_rank_job(&flight);
+    // Dumps are written to a temporary name and renamed; a rank stopped mid-write (the
+    // launcher's SIGTERM follows SIGUSR1 by a second) may leave its temporary file.
     let dumps: Vec<String> = std::fs::read_dir(&job)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|f| f.ends_with(".json"))
         .collect();
     assert_eq!(
         dumps.len(),
@@ -80,9 +83,8 @@ fn doctor_names_the_rank_that_never_arrived() {
 
     // A corrupt dump is an error naming the file and the position; exit 2.
     let bad = scratch("corrupt");
-    for f in std::fs::read_dir(&job).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, bad.join(f.file_name().unwrap())).unwrap();
+    for d in &dumps {
+        std::fs::copy(job.join(d), bad.join(d)).unwrap();
     }
     let victim = bad.join(&dumps[0]);
     let text = std::fs::read_to_string(&victim).unwrap();
@@ -100,10 +102,9 @@ fn doctor_names_the_rank_that_never_arrived() {
     std::fs::copy(job.join(&dumps[0]), mixed.join("a.json")).unwrap();
     let first_other = std::fs::read_dir(&other)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
     std::fs::copy(first_other, mixed.join("b.json")).unwrap();
     let (code, _, stderr) = doctor(&mixed);
     assert_eq!(code, 2);

@@ -3,35 +3,14 @@
 //! package) scrapes it every second, and its query API must return every rank's series.
 //! The text also passes `promtool check metrics`. Says SKIP without `prometheus`.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+
+mod common;
+use common::{free_port, Stopped};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use topoccl::metrics::{http_get, PROMETHEUS_TEXT};
-
-/// A child stopped with SIGTERM (a launcher forwards it to its ranks), then killed.
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
