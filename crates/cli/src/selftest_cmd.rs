@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use topoccl::selftest::{run_case, Case, Outcome};
+use topoccl::selftest::{run_all_with, Case, Outcome};
 use topoccl::Communicator;
 
 use crate::job;
@@ -74,28 +74,13 @@ pub fn run(args: SelftestArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-/// `topoccl::selftest::run_all` with a progress report after every case (the same seeds,
-/// messages and stop at a failure that breaks the communicator; keep the two alike).
+/// `topoccl::selftest::run_all` with a progress report as every case starts.
 fn run_all(comm: &mut Communicator, cases: &[Case], seed: u64) -> Outcome {
-    let start = std::time::Instant::now();
     let mut report = RankReport::from_env(comm.rank());
     let total = cases.len() as u64;
-    let mut out = Outcome::default();
-    for (i, case) in cases.iter().enumerate() {
-        report.report(i as u64, total, &case.describe());
-        match run_case(comm, case, seed.wrapping_add(i as u64)) {
-            Ok(()) => out.passed += 1,
-            Err(e) => {
-                let broken = !e.starts_with("rank ");
-                out.failed
-                    .push(format!("case {i} ({}): {e}", case.describe()));
-                if broken {
-                    break;
-                }
-            }
-        }
-    }
-    out.elapsed = start.elapsed();
+    let out = run_all_with(comm, cases, seed, |i, case| {
+        report.report(i as u64, total, &case.describe())
+    });
     report.finish(total);
     out
 }

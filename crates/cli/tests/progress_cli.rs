@@ -5,23 +5,9 @@
 
 mod common;
 
-use common::{topoccl, topoccl_env};
+use common::{example, topoccl, topoccl_env};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-fn example(name: &str) -> String {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "..",
-        "examples",
-        "topologies",
-        name,
-    ]
-    .iter()
-    .collect();
-    path.to_str().unwrap().to_string()
-}
 
 fn scratch(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -4,22 +4,7 @@
 
 mod common;
 
-use common::topoccl;
-use std::path::PathBuf;
-
-fn example(name: &str) -> String {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "..",
-        "examples",
-        "topologies",
-        name,
-    ]
-    .iter()
-    .collect();
-    path.to_str().unwrap().to_string()
-}
+use common::{example, topoccl};
 
 /// Runs `topoccl ARGS`, checks it succeeded and wrote nothing on stderr; its stdout.
 fn show(args: &[&str]) -> String {

@@ -41,6 +41,8 @@ pub struct Compressor {
     step: u64,
     agreed: bool,
     frames: Option<FrameCodec>,
+    /// Random-k or the count sketch, made once (random-k keeps its index buffer).
+    projector: Option<Projector>,
     powersgd: Option<(usize, PowerSgd)>,
     /// Reused between calls: the compensated gradient, the compressed vector (or
     /// PowerSGD's P), the cast gradient, this rank's frame and all ranks' frames.
@@ -60,6 +62,12 @@ impl std::fmt::Debug for Compressor {
     }
 }
 
+/// The codecs that project onto a shared-seed subspace.
+enum Projector {
+    RandomK(RandomK),
+    Sketch(CountSketch),
+}
+
 fn codec_error(e: impl std::fmt::Display) -> Error {
     Error::Config(format!("compression: {e}"))
 }
@@ -77,8 +85,18 @@ impl Compressor {
             .then(|| FrameCodec::new(&spec))
             .transpose()
             .map_err(codec_error)?;
+        let projector = match spec.kind {
+            CodecKind::RandomK => Some(Projector::RandomK(
+                RandomK::new(&spec).map_err(codec_error)?,
+            )),
+            CodecKind::RandomProjection => Some(Projector::Sketch(
+                CountSketch::new(&spec).map_err(codec_error)?,
+            )),
+            _ => None,
+        };
         Ok(Compressor {
             feedback: feedback.then(ErrorFeedback::with_defaults),
+            projector,
             spec,
             step: 0,
             agreed: false,
@@ -253,31 +271,31 @@ impl Communicator {
         key: u64,
         stream: u64,
     ) -> Result<()> {
-        let spec = c.spec;
         let contract = c.feedback.is_some();
         self.compensated(c, grad, output, key, |comm, c, comp, out| {
-            let y = &mut c.y;
-            if spec.kind == CodecKind::RandomK {
-                let mut rk = RandomK::new(&spec).map_err(codec_error)?;
-                y.resize(rk.k(comp.len()), 0.0);
-                rk.project(comp, stream, y).map_err(codec_error)?;
-                comm.all_reduce_in_place(y, ReduceOp::Sum)?;
-                rk.unproject(y, stream, out).map_err(codec_error)
-            } else {
-                let cs = CountSketch::new(&spec).map_err(codec_error)?;
-                y.resize(cs.out_len(comp.len()), 0.0);
-                cs.project(comp, stream, y).map_err(codec_error)?;
-                comm.all_reduce_in_place(y, ReduceOp::Sum)?;
-                cs.unproject(y, stream, out).map_err(codec_error)?;
-                if contract {
-                    // Φᵀy is unbiased but its variance exceeds the signal at small ratios,
-                    // so a residual of it would grow step after step. Scaled by m/n it is
-                    // a contraction (E‖x − (m/n)ΦᵀΦx‖² ≈ (1 − m/n)‖x‖²): what it leaves
-                    // out, error feedback carries to the next steps.
-                    let shrink = y.len() as f32 / comp.len().max(1) as f32;
-                    out.iter_mut().for_each(|x| *x *= shrink);
+            let (y, projector) = (&mut c.y, c.projector.as_mut());
+            match projector.expect("projecting codecs have a projector") {
+                Projector::RandomK(rk) => {
+                    y.resize(rk.k(comp.len()), 0.0);
+                    rk.project(comp, stream, y).map_err(codec_error)?;
+                    comm.all_reduce_in_place(y, ReduceOp::Sum)?;
+                    rk.unproject(y, stream, out).map_err(codec_error)
                 }
-                Ok(())
+                Projector::Sketch(cs) => {
+                    y.resize(cs.out_len(comp.len()), 0.0);
+                    cs.project(comp, stream, y).map_err(codec_error)?;
+                    comm.all_reduce_in_place(y, ReduceOp::Sum)?;
+                    cs.unproject(y, stream, out).map_err(codec_error)?;
+                    if contract {
+                        // Φᵀy is unbiased but its variance exceeds the signal at small ratios,
+                        // so a residual of it would grow step after step. Scaled by m/n it is
+                        // a contraction (E‖x − (m/n)ΦᵀΦx‖² ≈ (1 − m/n)‖x‖²): what it leaves
+                        // out, error feedback carries to the next steps.
+                        let shrink = y.len() as f32 / comp.len().max(1) as f32;
+                        out.iter_mut().for_each(|x| *x *= shrink);
+                    }
+                    Ok(())
+                }
             }
         })
     }

@@ -277,9 +277,20 @@ pub struct Outcome {
 /// Runs every case; stops at the first failure that breaks the communicator (a wrong
 /// result does not, so the run goes on and reports every wrong case).
 pub fn run_all(comm: &mut Communicator, cases: &[Case], seed: u64) -> Outcome {
+    run_all_with(comm, cases, seed, |_, _| {})
+}
+
+/// [`run_all`], calling `before(i, case)` as each case starts (a progress report).
+pub fn run_all_with(
+    comm: &mut Communicator,
+    cases: &[Case],
+    seed: u64,
+    mut before: impl FnMut(usize, &Case),
+) -> Outcome {
     let start = Instant::now();
     let mut out = Outcome::default();
     for (i, case) in cases.iter().enumerate() {
+        before(i, case);
         match run_case(comm, case, seed.wrapping_add(i as u64)) {
             Ok(()) => out.passed += 1,
             Err(e) => {

@@ -147,3 +147,18 @@ pub fn free_port() -> std::net::SocketAddr {
         .and_then(|l| l.local_addr())
         .expect("a free port")
 }
+
+/// The path of `examples/topologies/NAME`.
+pub fn example(name: &str) -> String {
+    let path: std::path::PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "..",
+        "examples",
+        "topologies",
+        name,
+    ]
+    .iter()
+    .collect();
+    path.to_str().expect("a UTF-8 path").to_string()
+}
