@@ -349,3 +349,46 @@ fn time_split_shows_every_rank_under_every_row() {
         }
     }
 }
+
+#[test]
+fn compressed_allreduce_is_timed_beside_the_plain_one() {
+    let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-compress-{}.json", std::process::id()));
+    let out = topoccl(&[
+        "bench",
+        "allreduce",
+        "-N",
+        "2",
+        "-b",
+        "64K",
+        "-e",
+        "64K",
+        "-n",
+        "3",
+        "-w",
+        "1",
+        "--compress",
+        "int8",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["size_bytes"], 65536);
+    assert_eq!(row["codec"], "int8");
+    let wire = row["wire_bytes"].as_u64().unwrap();
+    assert!(wire * 3 < 65536, "int8 sends about a quarter: {row}");
+    assert!(row["rel_error"].as_f64().unwrap() < 0.01, "{row}");
+    assert!(row["plain_time_us"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_file(&json);
+    // Refused before any rank starts: an unknown codec (the choices listed), and a
+    // collective other than all-reduce.
+    let bad = topoccl(&["bench", "allreduce", "--compress", "zip"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("int8"));
+    let bad = topoccl(&["bench", "allgather", "--compress", "int8"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("allreduce"));
+}
