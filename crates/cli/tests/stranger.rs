@@ -174,6 +174,7 @@ fn a_stranger_cannot_read_join_or_abort_a_job_and_it_finishes_correctly() {
             len: notice.len() as u64,
             fingerprint: 0,
             root: 0,
+            flags: 0,
         };
         let _ = s.write_all(&header.encode());
         let _ = s.write_all(&notice);

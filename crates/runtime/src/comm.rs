@@ -382,6 +382,7 @@ impl Communicator {
         let r = self.rank;
         let need_out = spec.output_len(r);
         let alias = spec.in_place_alias(r);
+        let flags = self.replan_flags(&spec);
         self.seq += 1;
         let name = CallName::Collective {
             collective: spec.collective,
@@ -407,6 +408,7 @@ impl Communicator {
                 len: 0,
                 fingerprint,
                 root: spec.root,
+                flags,
             },
             name,
             op: spec.op,
@@ -463,6 +465,7 @@ impl Communicator {
             self.split.as_mut(),
             self.live.as_mut(),
         );
+        let agreed = self.matcher.flags();
         if let (Some(m), Some(began)) = (&mut self.meter, began) {
             m.leave(plan, fingerprint, began, &result);
         }
@@ -504,7 +507,7 @@ impl Communicator {
         } {
             finish_avg(&spec, r, out);
         }
-        Ok(())
+        self.replan_after(&spec, agreed)
     }
 
     /// Turns a timeout into a verdict: every rank that timed out in call `seq` records in
@@ -836,6 +839,7 @@ impl Communicator {
                 len: 0,
                 fingerprint,
                 root: 0,
+                flags: 0,
             },
             name,
             p2p_from: recv_from,

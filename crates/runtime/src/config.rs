@@ -18,6 +18,7 @@
 //! | `TOPOCCL_SHM_RING` | bytes of each shared-memory ring (one per direction of a pair; 4KiB–256MiB) | 1 MiB |
 //! | `TOPOCCL_METRICS` | serve Prometheus metrics on this address (`127.0.0.1:9464`; port `0` picks a free one), see [`crate::metrics`] | off |
 //! | `TOPOCCL_FLIGHT_ENTRIES`, `TOPOCCL_FLIGHT_DIR` | the flight recorder: calls kept per communicator (`0` off) and where dumps go, see [`crate::flight`] | 2,000; `$TMPDIR/topoccl-flight` |
+//! | `TOPOCCL_REPLAN` | `0` keeps the plans chosen at creation even when links slow down; on, a congested link makes every rank re-plan at the same call (needs `TOPOCCL_METRICS`: the live links are watched while metrics are on), see [`crate::replan`] | on |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
 
 use crate::auth::JobKey;
@@ -58,6 +59,8 @@ pub struct Config {
     pub metrics: Option<String>,
     /// The flight recorder (`TOPOCCL_FLIGHT_ENTRIES`, `TOPOCCL_FLIGHT_DIR`).
     pub flight: crate::flight::FlightConfig,
+    /// Re-plan around congested links (`TOPOCCL_REPLAN`).
+    pub replan: bool,
 }
 
 /// Worlds up to this size measure their link matrix by default: it takes p−1 rounds of
@@ -84,6 +87,7 @@ impl Default for Config {
             faults: Vec::new(),
             metrics: None,
             flight: Default::default(),
+            replan: true,
         }
     }
 }
@@ -218,6 +222,9 @@ impl Config {
             c.probe = switch("TOPOCCL_PROBE", &v)?;
         }
         c.topo = lookup("TOPOCCL_TOPO").filter(|s| !s.is_empty());
+        if let Some(v) = lookup("TOPOCCL_REPLAN") {
+            c.replan = switch("TOPOCCL_REPLAN", &v)?;
+        }
         if let Some(v) = lookup("TOPOCCL_MATRIX") {
             c.matrix = Some(switch("TOPOCCL_MATRIX", &v)?);
         }

@@ -664,7 +664,7 @@ impl Exec<'_> {
 
     fn finish_recv(&mut self, c: &mut Conn, prog: &mut dyn Program) {
         if let Rx::Payload { header, index, .. } = c.rx {
-            self.m.received(c.peer, header.channel);
+            self.m.received(c.peer, &header);
             prog.complete(index);
             c.frame_read(HEADER_LEN as u64 + header.len);
         }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod nonblocking;
 mod probe;
 mod programs;
+pub mod replan;
 pub mod select;
 pub mod selftest;
 pub mod split;

@@ -45,6 +45,8 @@ pub(crate) struct Live {
     /// baseline has been learned.
     probed_latency: Vec<Option<f64>>,
     learned: Vec<bool>,
+    /// A link to a peer was found congested since the last re-plan (`crate::replan`).
+    wants_replan: bool,
 }
 
 impl Live {
@@ -97,6 +99,7 @@ impl Live {
             world_ranks,
             probed_latency,
             learned,
+            wants_replan: false,
         })
     }
 
@@ -173,6 +176,17 @@ impl Live {
                 topoccl_watch::detect::Subject::Rank { rank } => rank.to_string(),
             };
             let firing = a.state == AlertState::Firing;
+            if firing
+                && matches!(
+                    a.subject,
+                    topoccl_watch::detect::Subject::Link {
+                        dest: Dest::Peer(_),
+                        ..
+                    }
+                )
+            {
+                self.wants_replan = true;
+            }
             self.metrics.set_congested(self.rank, &peer, firing);
             if firing {
                 self.metrics.count_alert(self.rank, a.kind.name());
@@ -181,5 +195,30 @@ impl Live {
                 tracing::info!("rank {}: {}", self.rank, a.log_line());
             }
         }
+    }
+
+    /// Whether a link to a peer was found congested since the last [`Self::observations`].
+    pub(crate) fn wants_replan(&self) -> bool {
+        self.wants_replan
+    }
+
+    /// What this rank sees of its links now, for a re-plan: each link to one peer whose
+    /// throughput baseline is learned, as (peer, achieved share of the baseline), the
+    /// slowest first, at most `max`. Answers the wish to re-plan.
+    pub(crate) fn observations(&mut self, max: usize) -> Vec<(Rank, f64)> {
+        self.wants_replan = false;
+        let now = self.ns(Instant::now());
+        let mut seen: Vec<(Rank, f64)> = self
+            .links
+            .links(now)
+            .filter_map(|(d, s)| match d {
+                Dest::Peer(p) => Some((p as Rank, s.throughput_ratio()?)),
+                _ => None,
+            })
+            .filter(|(_, r)| r.is_finite() && *r > 0.0)
+            .collect();
+        seen.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        seen.truncate(max);
+        seen
     }
 }

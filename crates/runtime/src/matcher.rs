@@ -153,6 +153,9 @@ pub(crate) struct Matcher {
     elem: u64,
     sends: FxHashMap<(Rank, u16), SendLink>,
     recvs: FxHashMap<(Rank, u16), RecvLink>,
+    /// The call's own flags ORed with those of every frame received in it so far: what
+    /// its later frames carry (`wire`'s flags).
+    flags: u8,
 }
 
 /// Which lane of a peer carries `channel`.
@@ -168,6 +171,7 @@ impl Matcher {
         debug_assert!(elem > 0, "elements have a size");
         self.call = Some(call);
         self.elem = elem as u64;
+        self.flags = call.header.flags;
         for l in self.sends.values_mut() {
             *l = SendLink::default();
         }
@@ -225,6 +229,7 @@ impl Matcher {
             channel: ch,
             link_seq: seq,
             len: src.len * elem,
+            flags: self.flags,
             ..call.header
         };
         Some(OutFrame {
@@ -322,15 +327,23 @@ impl Matcher {
     }
 
     /// The receive of a delivered frame is complete: the link's next message is due.
-    pub fn received(&mut self, peer: Rank, channel: u16) {
+    /// The frame `header` (delivered) was read whole: its link moves on, and its flags
+    /// join the call's.
+    pub fn received(&mut self, peer: Rank, header: &Header) {
+        self.flags |= header.flags;
         let link = self
             .recvs
-            .get_mut(&(peer, channel))
+            .get_mut(&(peer, header.channel))
             .expect("a delivered frame's link");
         let next = link.next;
         let taken = link.ready.remove(&next);
         debug_assert!(taken.is_some(), "received a message that was not due");
         link.next += 1;
+    }
+
+    /// The flags this rank's call has seen: its own and every received frame's.
+    pub fn flags(&self) -> u8 {
+        self.flags
     }
 
     /// Whether this call has a posted receive from `peer` on `lane`.
@@ -397,6 +410,7 @@ fn peer_of(k: &OpKind) -> Rank {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::FLAG_REPLAN;
     use topoccl_plan::{Buf, Op};
 
     const FP: u64 = 0xfeed;
@@ -426,6 +440,7 @@ mod tests {
                 len: 0,
                 fingerprint: FP,
                 root: 0,
+                flags: 0,
             },
             name,
             op: ReduceOp::Sum,
@@ -473,7 +488,7 @@ mod tests {
     fn a_frame_for_a_posted_receive_is_delivered() {
         let mut m = matcher(3);
         m.post(&ready(7, 0, 0, recv(1, 8)));
-        let (_, v) = m.on_bytes(1, 0, 1, &frame(3, 0, 0, 32)).unwrap();
+        let (h, v) = m.on_bytes(1, 0, 1, &frame(3, 0, 0, 32)).unwrap();
         assert_eq!(
             v,
             Verdict::Deliver(Delivery {
@@ -481,7 +496,7 @@ mod tests {
                 kind: recv(1, 8)
             })
         );
-        m.received(1, 0);
+        m.received(1, &h);
         assert!(!m.expects(1, 0, 1));
         assert!(m.waiting_recvs().is_empty());
     }
@@ -599,6 +614,37 @@ mod tests {
         assert_eq!((h.channel, h.link_seq, h.len, h.seq), (2, 1, 8, 5));
         assert_eq!(m.next_send(3, 0, 2), None);
         assert!(m.waiting_sends().is_empty());
+    }
+
+    /// A flag received in a call rides on every frame sent after it in that call, and the
+    /// next call starts from its own flags again.
+    #[test]
+    fn flags_received_ride_on_later_sends() {
+        let mut m = matcher(4);
+        let send = OpKind::Send {
+            peer: 2,
+            src: Slice::new(Buf::Input, 0, 2),
+        };
+        m.post(&ready(0, 0, 0, send));
+        let before = Header::decode(&m.next_send(2, 0, 1).unwrap().header).unwrap();
+        assert_eq!(before.flags, 0);
+        m.post(&ready(1, 0, 0, recv(1, 8)));
+        let flagged = Header {
+            flags: FLAG_REPLAN,
+            ..Header::decode(&frame(4, 0, 0, 32)).unwrap()
+        };
+        // Flags are carried, not matched: the frame is delivered as any other.
+        assert!(matches!(
+            m.on_header(1, 0, 1, &flagged).unwrap(),
+            Verdict::Deliver(_)
+        ));
+        m.received(1, &flagged);
+        m.post(&ready(2, 0, 1, send));
+        let after = Header::decode(&m.next_send(2, 0, 1).unwrap().header).unwrap();
+        assert_eq!(after.flags, FLAG_REPLAN);
+        assert_eq!(m.flags(), FLAG_REPLAN);
+        m.begin(call(5), 4);
+        assert_eq!(m.flags(), 0);
     }
 
     #[test]

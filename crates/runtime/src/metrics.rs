@@ -17,6 +17,7 @@
 //! | `topoccl_link_latency_seconds` | gauge | rank, peer | the link's latency, likewise |
 //! | `topoccl_link_congested` | gauge | rank, peer | 1 while the congestion detector holds the link congested |
 //! | `topoccl_alerts_total` | counter | rank, kind | alerts the detectors raised (`congestion`, `stall`) |
+//! | `topoccl_replans_total` | counter | rank | re-plans around congested links agreed by every rank (`crate::replan`) |
 //!
 //! Every label is bounded: `collective` and `algorithm` come from the plan core's tables
 //! (an algorithm's [`label`](topoccl_plan::Algorithm::label), never a rank order),
@@ -124,6 +125,7 @@ pub struct Metrics {
     link_latency: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     congested: Family<PeerLabels, Gauge>,
     alerts: Family<ErrorLabels, Counter>,
+    replans: Family<RankLabels, Counter>,
     /// Per communicator: its rank and when its current call began (nanoseconds after
     /// `epoch`, 0 when idle).
     in_flight: Mutex<Vec<(Rank, std::sync::Weak<AtomicU64>)>>,
@@ -155,6 +157,7 @@ impl Metrics {
         let link_latency = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         let congested = Family::<PeerLabels, Gauge>::default();
         let alerts = Family::<ErrorLabels, Counter>::default();
+        let replans = Family::<RankLabels, Counter>::default();
         registry.register_with_unit(
             "topoccl_collective_duration",
             "Time of each collective call from entry to return",
@@ -204,10 +207,16 @@ impl Metrics {
             "Alerts raised by the detectors, by kind",
             alerts.clone(),
         );
+        registry.register(
+            "topoccl_replans",
+            "Re-plans around congested links that every rank agreed on",
+            replans.clone(),
+        );
         Metrics {
             registry,
             congested,
             alerts,
+            replans,
             duration,
             calls,
             bytes,
@@ -301,6 +310,11 @@ impl Metrics {
                 peer: peer.to_string(),
             })
             .set(i64::from(congested));
+    }
+
+    /// `rank` re-planned around congested links.
+    pub(crate) fn count_replan(&self, rank: Rank) {
+        self.replans.get_or_create(&RankLabels { rank }).inc();
     }
 
     /// An alert of `kind` fired at `rank`.

@@ -128,6 +128,16 @@ impl Selector {
         self.topology.as_ref()
     }
 
+    /// The time `plan` takes on this selector's topology, as its cost model predicts it
+    /// (`None` without a topology of the plan's world, or when it cannot be priced).
+    pub fn predict(&self, plan: &Plan) -> Option<f64> {
+        let t = self
+            .topology
+            .as_ref()
+            .filter(|t| t.world() == plan.spec().world)?;
+        self.pricer(t).cost(plan).ok().map(|c| c.total_s)
+    }
+
     /// Applies `TOPOCCL_ALGO` (see the module doc).
     pub fn with_algo_env(mut self, spec: &str) -> Result<Selector> {
         for part in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {

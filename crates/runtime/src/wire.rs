@@ -14,9 +14,16 @@
 //! ack:          magic "TOCA" u32 | status u8 | length u16 | accepted: mac [32];
 //!               refused: reason (UTF-8, ≤ 512 B)
 //! frame (56 B): magic "TOCL" u32 | version u8 | kind u8 | collective u8 | dtype u8 |
-//!               op u8 | 0 u8 | channel u16 | link seq u32 | call seq u64 | count u64 |
+//!               op u8 | flags u8 | channel u16 | link seq u32 | call seq u64 | count u64 |
 //!               len u64 | fingerprint u64 | root u32 | 0 u32
 //! ```
+//!
+//! **Flags** travel with the data: a rank ORs the flags of every frame it receives into
+//! every frame it sends later in the same call. In a call where every rank's output
+//! depends on every rank's input (all-reduce, all-gather, reduce-scatter, all-to-all,
+//! barrier), a flag set by any rank on entry has therefore reached every rank when the
+//! call ends — an agreement at a call boundary that costs no message ([`FLAG_REPLAN`]:
+//! `crate::replan`). Unknown flag bits are refused.
 
 use topoccl_plan::{Collective, DType, Rank, ReduceOp};
 
@@ -30,6 +37,10 @@ pub const ACK_FIXED_LEN: usize = 7;
 pub const MAX_REASON_LEN: usize = 512;
 /// Abort notices are small; anything larger is garbage.
 pub const MAX_ABORT_LEN: u64 = 4096;
+/// Frame flag: a rank asks for a re-plan at the end of this call (`crate::replan`).
+pub const FLAG_REPLAN: u8 = 1;
+/// Every flag a frame may carry.
+pub const FLAGS_KNOWN: u8 = FLAG_REPLAN;
 
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"TOCH");
 const ACK_MAGIC: u32 = u32::from_le_bytes(*b"TOCA");
@@ -186,6 +197,8 @@ pub struct Header {
     pub len: u64,
     pub fingerprint: u64,
     pub root: u32,
+    /// `FLAG_*` bits (see the module doc): carried, never matched.
+    pub flags: u8,
 }
 
 fn collective_code(c: Option<Collective>) -> u8 {
@@ -232,6 +245,7 @@ impl Header {
         b[6] = collective_code(self.collective);
         b[7] = dtype_code(self.dtype);
         b[8] = op_code(self.op);
+        b[9] = self.flags;
         b[10..12].copy_from_slice(&self.channel.to_le_bytes());
         b[12..16].copy_from_slice(&self.link_seq.to_le_bytes());
         b[16..24].copy_from_slice(&self.seq.to_le_bytes());
@@ -263,6 +277,9 @@ impl Header {
         let op = *ReduceOp::ALL
             .get(b[8] as usize)
             .ok_or_else(|| format!("malformed frame (unknown reduction {})", b[8]))?;
+        if b[9] & !FLAGS_KNOWN != 0 {
+            return Err(format!("malformed frame (unknown flags {:#04x})", b[9]));
+        }
         let h = Header {
             kind,
             collective: collective_from(b[6])?,
@@ -275,6 +292,7 @@ impl Header {
             len: u64_at(b, 32),
             fingerprint: u64_at(b, 40),
             root: u32_at(b, 48),
+            flags: b[9],
         };
         if matches!(h.kind, Kind::Abort | Kind::Bye) && h.len > MAX_ABORT_LEN {
             return Err(format!("control frame of {} bytes is too long", h.len));
@@ -360,6 +378,7 @@ mod tests {
             len: 4096,
             fingerprint: 0xdead_beef,
             root: 0,
+            flags: 0,
         }
     }
 
@@ -367,6 +386,11 @@ mod tests {
     fn round_trips() {
         let h = header();
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+        let flagged = Header {
+            flags: FLAG_REPLAN,
+            ..header()
+        };
+        assert_eq!(Header::decode(&flagged.encode()).unwrap(), flagged);
         let hello = Hello {
             purpose: Purpose::Control,
             stream: 2,
@@ -403,6 +427,11 @@ mod tests {
         let mut b = header().encode();
         b[5] = 77;
         assert!(Header::decode(&b).unwrap_err().contains("unknown kind"));
+        let mut b = header().encode();
+        b[9] = 0x80;
+        assert!(Header::decode(&b)
+            .unwrap_err()
+            .contains("unknown flags 0x80"));
         let hello = [0u8; HELLO_LEN];
         assert!(Hello::decode(&hello).unwrap_err().contains("not a topoccl"));
     }

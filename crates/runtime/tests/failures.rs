@@ -227,6 +227,7 @@ fn truncated_frame() {
             len: 8192,
             fingerprint: 0,
             root: 0,
+            flags: 0,
         };
         s.write_all(&h.encode()).unwrap();
         s.write_all(&[0u8; 100]).unwrap();

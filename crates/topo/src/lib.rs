@@ -16,6 +16,7 @@ pub mod model;
 pub mod plans;
 pub mod route;
 pub mod seeded;
+pub mod slow;
 
 pub use cost::{cut_bound, lower_bound, Endpoints, Pricer, TopoCost};
 pub use error::TopoError;

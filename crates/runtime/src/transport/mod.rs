@@ -1164,6 +1164,7 @@ impl Transports {
             len: payload.len() as u64,
             fingerprint: 0,
             root: 0,
+            flags: 0,
         }
         .encode();
         let mut frame = header.to_vec();
