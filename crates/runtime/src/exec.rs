@@ -224,6 +224,7 @@ pub(crate) fn run<T: Dtype>(
         timer: None,
         sw: Stopwatch::new(split),
         live,
+        rx_began: Default::default(),
     };
     let start = ex.sw.start();
     let result = ex.run(tr, departed, prog, bufs);
@@ -268,8 +269,11 @@ struct Exec<'c> {
     /// The earliest moment a fault holds a frame back until.
     timer: Option<Instant>,
     sw: Stopwatch<'c>,
-    /// Where received frames are reported, while metrics are on.
+    /// Where sent and received frames are reported, while metrics are on.
     live: Option<&'c mut Live>,
+    /// While metrics are on: when the header of the frame being read on each (peer, lane)
+    /// arrived.
+    rx_began: std::collections::HashMap<(Rank, u16), Instant>,
 }
 
 impl Exec<'_> {
@@ -617,6 +621,9 @@ impl Exec<'_> {
                     }
                     ReadStep::Header(bytes) => {
                         progressed = true;
+                        if self.live.is_some() {
+                            self.rx_began.insert((c.peer, c.lane), Instant::now());
+                        }
                         let (h, v) = self
                             .m
                             .on_bytes(c.peer, c.lane, lanes, &bytes)
@@ -665,6 +672,12 @@ impl Exec<'_> {
     fn finish_recv(&mut self, c: &mut Conn, prog: &mut dyn Program) {
         if let Rx::Payload { header, index, .. } = c.rx {
             self.m.received(c.peer, &header);
+            if let (Some(live), Some(began)) = (
+                self.live.as_deref_mut(),
+                self.rx_began.remove(&(c.peer, c.lane)),
+            ) {
+                live.record_received(c.peer, header.len, began, Instant::now());
+            }
             prog.complete(index);
             c.frame_read(HEADER_LEN as u64 + header.len);
         }

@@ -6,6 +6,13 @@
 //! (achieved throughput and latency per peer, `topoccl_link_congested`, alerts counted and
 //! logged as they fire and resolve).
 //!
+//! **Both ends look.** A sender measures only until the kernel has taken its bytes: a
+//! frame smaller than the socket buffer leaves "at once" however slow the network behind
+//! it. So every data frame received feeds a second matrix too, from its header's arrival
+//! to its last byte — the pace the path delivered it at. That view has its own detector;
+//! its alerts are logged (`link 2→1 as received …`) and counted, and it is the evidence of
+//! a re-plan (`crate::replan`): [`Live::observations`] reports it.
+//!
 //! **Baselines are learned.** What a link achieves inside collectives is bounded by more
 //! than the wire (the peer reducing, the ring's pipeline), so the creation-time probe's
 //! peak is not the yardstick: a link's throughput baseline is what it achieved over its
@@ -34,6 +41,10 @@ pub const LEARN_SAMPLES: u64 = 32;
 pub(crate) struct Live {
     links: LinkMatrix,
     congestion: CongestionDetector,
+    /// Frames received, per peer they came from (its `Dest::Peer` is the sender).
+    incoming: LinkMatrix,
+    incoming_congestion: CongestionDetector,
+    incoming_learned: Vec<bool>,
     epoch: Instant,
     last: Option<Instant>,
     metrics: Arc<Metrics>,
@@ -61,6 +72,7 @@ impl Live {
     ) -> Option<Live> {
         let world = world_ranks.len();
         let mut links = LinkMatrix::new(me as usize, world, MatrixConfig::default()).ok()?;
+        let mut incoming = LinkMatrix::new(me as usize, world, MatrixConfig::default()).ok()?;
         let mut host_ids: HashMap<String, u32> = HashMap::new();
         let mut probed_latency: Vec<Option<f64>> = Vec::new();
         for peer in (0..world as Rank).filter(|&p| p != me) {
@@ -72,26 +84,28 @@ impl Live {
                 .and_then(|m| m.latency.get(me as usize)?.get(peer as usize).copied())
                 .filter(|l| l.is_finite() && *l >= 0.0);
             let before = links.len();
-            links
-                .add_peer(
-                    peer as usize,
-                    PeerSpec {
-                        group,
-                        baseline: None,
-                        capacity_bps: None,
-                    },
-                )
-                .ok()?;
+            let spec = PeerSpec {
+                group,
+                baseline: None,
+                capacity_bps: None,
+            };
+            links.add_peer(peer as usize, spec).ok()?;
+            incoming.add_peer(peer as usize, spec).ok()?;
             // A new link; a peer joining an aggregate keeps its first member's latency.
             if links.len() > before {
                 probed_latency.push(latency);
             }
         }
         let learned = vec![false; links.len()];
+        let incoming_learned = vec![false; incoming.len()];
         let congestion = CongestionDetector::new(CongestionConfig::default()).ok()?;
+        let incoming_congestion = CongestionDetector::new(CongestionConfig::default()).ok()?;
         Some(Live {
             links,
             congestion,
+            incoming,
+            incoming_congestion,
+            incoming_learned,
             epoch: Instant::now(),
             last: None,
             metrics,
@@ -114,6 +128,84 @@ impl Live {
         let _ = self.links.record(peer as usize, bytes, s, e);
     }
 
+    /// A frame of `bytes` from `peer` was read, its header having arrived at `began`.
+    pub(crate) fn record_received(
+        &mut self,
+        peer: Rank,
+        bytes: u64,
+        began: Instant,
+        ended: Instant,
+    ) {
+        let (s, e) = (self.ns(began), self.ns(ended));
+        let _ = self.incoming.record(peer as usize, bytes, s, e);
+    }
+
+    /// The received view's turn after a call: learns baselines, runs its detector, logs
+    /// and counts its alerts, and asks for a re-plan when a link from a peer fires.
+    fn evaluate_incoming(&mut self, now_ns: u64) {
+        let mut learn = Vec::new();
+        for (i, (d, s)) in self.incoming.links(now_ns).enumerate() {
+            if !self.incoming_learned.get(i).copied().unwrap_or(true)
+                && s.throughput_samples >= LEARN_SAMPLES
+            {
+                if let Some(bw) = s.throughput_bps.filter(|b| *b > 0.0) {
+                    learn.push((i, d, bw, s.latency_s.unwrap_or(0.0)));
+                }
+            }
+        }
+        for (i, d, throughput_bps, latency_s) in learn {
+            let base = Baseline {
+                throughput_bps,
+                latency_s,
+            };
+            if self.incoming.set_baseline(d, base).is_ok() {
+                self.incoming_learned[i] = true;
+            }
+        }
+        let Ok(alerts) = self
+            .incoming_congestion
+            .evaluate(&self.incoming, &[], now_ns)
+        else {
+            return;
+        };
+        for a in alerts {
+            let topoccl_watch::detect::Subject::Link {
+                dest: Dest::Peer(p),
+                ..
+            } = a.subject
+            else {
+                continue;
+            };
+            let from = self.world_ranks.get(p).copied().unwrap_or(p as Rank);
+            let stats = self.incoming.link(Dest::Peer(p), now_ns);
+            let figures = stats
+                .and_then(|s| Some((s.throughput_bps?, s.baseline?.throughput_bps)))
+                .map_or_else(String::new, |(now, base)| {
+                    format!(
+                        ": {:.1} MB/s vs {:.1} MB/s baseline ({:.2}×)",
+                        now / 1e6,
+                        base / 1e6,
+                        now / base
+                    )
+                });
+            if a.state == AlertState::Firing {
+                self.wants_replan = true;
+                self.metrics.count_alert(self.rank, a.kind.name());
+                tracing::warn!(
+                    "rank {}: [FIRING congestion] link {from}→{} as received{figures}",
+                    self.rank,
+                    self.rank
+                );
+            } else {
+                tracing::info!(
+                    "rank {}: [RESOLVED congestion] link {from}→{} as received{figures}",
+                    self.rank,
+                    self.rank
+                );
+            }
+        }
+    }
+
     /// A call ended: evaluates and publishes, at most every [`EVALUATE_EVERY`].
     pub(crate) fn after_call(&mut self) {
         let now = Instant::now();
@@ -125,6 +217,7 @@ impl Live {
         }
         self.last = Some(now);
         let now_ns = self.ns(now);
+        self.evaluate_incoming(now_ns);
         let name = |d: Dest| -> String {
             match d {
                 Dest::Peer(p) => self
@@ -176,17 +269,6 @@ impl Live {
                 topoccl_watch::detect::Subject::Rank { rank } => rank.to_string(),
             };
             let firing = a.state == AlertState::Firing;
-            if firing
-                && matches!(
-                    a.subject,
-                    topoccl_watch::detect::Subject::Link {
-                        dest: Dest::Peer(_),
-                        ..
-                    }
-                )
-            {
-                self.wants_replan = true;
-            }
             self.metrics.set_congested(self.rank, &peer, firing);
             if firing {
                 self.metrics.count_alert(self.rank, a.kind.name());
@@ -197,19 +279,20 @@ impl Live {
         }
     }
 
-    /// Whether a link to a peer was found congested since the last [`Self::observations`].
+    /// Whether a link from a peer was found congested since the last [`Self::observations`].
     pub(crate) fn wants_replan(&self) -> bool {
         self.wants_replan
     }
 
-    /// What this rank sees of its links now, for a re-plan: each link to one peer whose
-    /// throughput baseline is learned, as (peer, achieved share of the baseline), the
-    /// slowest first, at most `max`. Answers the wish to re-plan.
+    /// What this rank sees of its links now, for a re-plan: each link from one peer whose
+    /// throughput baseline is learned, as received (see the module doc), as (the peer,
+    /// achieved share of the baseline), the slowest first, at most `max`. Answers the wish
+    /// to re-plan.
     pub(crate) fn observations(&mut self, max: usize) -> Vec<(Rank, f64)> {
         self.wants_replan = false;
         let now = self.ns(Instant::now());
         let mut seen: Vec<(Rank, f64)> = self
-            .links
+            .incoming
             .links(now)
             .filter_map(|(d, s)| match d {
                 Dest::Peer(p) => Some((p as Rank, s.throughput_ratio()?)),

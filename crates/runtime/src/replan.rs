@@ -3,10 +3,10 @@
 //!
 //! | step | who | how |
 //! |---|---|---|
-//! | notice | a rank whose live view (`crate::live`, on while metrics are) fires a congestion alert on its link to a peer | `Live::wants_replan` |
+//! | notice | a rank whose live view (`crate::live`, on while metrics are) fires a congestion alert on a link from a peer, as the frames arrive | `Live::wants_replan` |
 //! | ask | that rank, at its next [agreeing](agrees) call, unless `TOPOCCL_REPLAN=0` | sets [`wire::FLAG_REPLAN`] on the call's frames |
 //! | agree | every rank | each rank ORs the flags it receives into the frames it sends later in the call (`crate::matcher`); in an agreeing call every rank's output depends on every rank's input, so when the call returns every rank holds the flag — all after the same sequence number, at no cost in messages |
-//! | share | every rank | one all-gather of [`RECORD_LEN`] numbers per rank: whether it asked, and up to [`MAX_OBSERVATIONS`] of its links as (peer, achieved share of the link's learned throughput) |
+//! | share | every rank | one all-gather of [`RECORD_LEN`] numbers per rank: whether it asked, and up to [`MAX_OBSERVATIONS`] of the links it receives on as (sending peer, achieved share of the link's learned throughput) |
 //! | re-price | every rank, on the same numbers | [`topoccl_topo::slow::lower_slow_links`] lowers the links of the job's model that explain the slow pairs (a pair below [`HEALTHY_AT`] of its baseline is slow); the selection's candidates are priced on the lowered model from the next call on (the plan cache is emptied) |
 //! | log | every rank | a warning with who asked, the links lowered, and the last call's predicted time: its plan before, the same plan on the lowered model, and the new choice; `topoccl_replans_total` counts it |
 //!
@@ -92,9 +92,10 @@ pub fn decode(all: &[f64], world: u32) -> Result<(Vec<Rank>, Vec<Observation>)> 
             if !(share.is_finite() && share > 0.0) {
                 return Err(bad(format!("share {share}")));
             }
+            // The record's rank received from the peer.
             seen.push(Observation {
-                src,
-                dst: peer as Rank,
+                src: peer as Rank,
+                dst: src,
                 ratio: share,
             });
         }
@@ -242,18 +243,18 @@ mod tests {
             seen,
             [
                 Observation {
-                    src: 0,
-                    dst: 1,
+                    src: 1,
+                    dst: 0,
                     ratio: 1.0
                 },
                 Observation {
-                    src: 1,
-                    dst: 2,
+                    src: 2,
+                    dst: 1,
                     ratio: 0.05
                 },
                 Observation {
-                    src: 1,
-                    dst: 0,
+                    src: 0,
+                    dst: 1,
                     ratio: 0.9
                 },
             ]
