@@ -11,7 +11,8 @@
 # call before the drop, after it on the old plan, and after the re-plan, then a RESULT line:
 #   alert_s (drop → first alert), replan_s (drop → last rank's re-plan), same_call (1 when
 #   every rank re-planned after the same call), recovery (the new plan's predicted time per
-#   call over the median measured after the re-plan; ≥ 0.8 is the goal).
+#   call over the median measured after the re-plan; ≥ 0.8 is the goal), early_replans
+#   (re-plans before the drop: false alarms).
 #
 # Usage: scripts/netns-replan.sh TOPOCCL_BINARY [WORKDIR]
 # Env: HOST_RATE (1gbit), INTER_RATE (1gbit), DROP_RATE (50mbit), SIZE_ELEMS (262144: 1 MiB),
@@ -75,7 +76,7 @@ done
 python3 - "$work" "$start" "$drop" "$drop_at" <<'EOF'
 import re, statistics, sys
 work, start, drop, drop_at = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-alert, replans, done = None, {}, {}
+alert, replans, done, early = None, {}, {}, 0
 for r in range(4):
     for line in open(f"{work}/rank{r}.txt"):
         t, _, text = line.rstrip("\n").partition(" ")
@@ -85,6 +86,9 @@ for r in range(4):
         m = re.search(r"re-plan after call #(\d+)", text)
         if m and r not in replans and t >= drop:
             replans[r] = (t, int(m.group(1)), text)
+        if m and r == 0 and t < drop:
+            early += 1
+            print(f"false alarm: re-plan before the drop, {drop - t:.2f} s before it: {text}")
         m = re.match(r"iteration (\d+) done", text)
         if m and r == 0:
             done[int(m.group(1))] = t
@@ -121,5 +125,5 @@ replan_s = replan_t - drop if replan_t else float("nan")
 recovery = pred / med(after) if pred and after else float("nan")
 print(f"predicted by the model for the new plan: {pred} ms")
 print(f"RESULT alert_s={alert_s:.2f} replan_s={replan_s:.2f} same_call={int(len(replans) == 4 and len(calls) == 1)} "
-      f"recovery={recovery:.2f} before_ms={med(before):.2f} old_plan_ms={med(old_plan):.2f} after_ms={med(after):.2f}")
+      f"recovery={recovery:.2f} early_replans={early} before_ms={med(before):.2f} old_plan_ms={med(old_plan):.2f} after_ms={med(after):.2f}")
 EOF

@@ -8,7 +8,9 @@
 //! for a rank that answered, 0 for one that has not published yet, has exited or did not
 //! answer in time, and `topoccl_straggler{rank}`. `GET /flight` gathers every rank's flight
 //! recorders the same way: one JSON array of dumps, which `topoccl doctor` reads once
-//! saved one per file.
+//! saved one per file. `GET /matrix` gathers every rank's live links (`/links`: per
+//! communicator, each link as sent and as received, with its figures and whether it is
+//! held congested) into one JSON array: the job's live communication matrix.
 //!
 //! **Stragglers.** Only the launcher sees when every rank entered each call: every
 //! [`WATCH_EVERY`] it fetches the world communicator's new flight-recorder entries from
@@ -166,23 +168,9 @@ pub fn serve(
     let flagged: Flagged = Arc::default();
 
     let ranks_of = endpoints.clone();
-    let flight = move |_query: &str| {
-        let arrays: Vec<String> = ranks_of()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| http_get(a, "/flight", "application/json", RANK_SCRAPE_TIMEOUT).ok())
-            .map(|a| {
-                let a = a.trim();
-                a.strip_prefix('[')
-                    .and_then(|a| a.strip_suffix(']'))
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            })
-            .filter(|a| !a.is_empty())
-            .collect();
-        format!("[{}]", arrays.join(","))
-    };
+    let flight = move |_query: &str| gather_arrays(&ranks_of(), "/flight");
+    let ranks_of = endpoints.clone();
+    let matrix = move |_query: &str| gather_arrays(&ranks_of(), "/links");
 
     let ranks_of = endpoints.clone();
     let shown = flagged.clone();
@@ -232,11 +220,34 @@ pub fn serve(
         .spawn(move || watch(ranks, world, watched, flagged, webhook))
         .map_err(|e| CliError::failed(format!("cannot start the straggler watcher: {e}")))?;
 
-    let pages: Vec<metrics::Page> = vec![("/flight", "application/json", Box::new(flight))];
+    let pages: Vec<metrics::Page> = vec![
+        ("/flight", "application/json", Box::new(flight)),
+        ("/matrix", "application/json", Box::new(matrix)),
+    ];
     let bound = metrics::serve(addr, gather, pages)
         .map_err(|e| CliError::usage(format!("--metrics {addr}: {e}")))?;
     eprintln!("topoccl: the job's metrics are at http://{bound}/metrics");
     Ok(bound)
+}
+
+/// The JSON arrays the ranks serve at `path`, joined into one (a rank that does not
+/// answer within [`RANK_SCRAPE_TIMEOUT`] is left out).
+fn gather_arrays(ranks: &[Option<SocketAddr>], path: &str) -> String {
+    let arrays: Vec<String> = ranks
+        .iter()
+        .flatten()
+        .filter_map(|&a| http_get(a, path, "application/json", RANK_SCRAPE_TIMEOUT).ok())
+        .map(|a| {
+            let a = a.trim();
+            a.strip_prefix('[')
+                .and_then(|a| a.strip_suffix(']'))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .filter(|a| !a.is_empty())
+        .collect();
+    format!("[{}]", arrays.join(","))
 }
 
 fn wall_ns() -> u64 {

@@ -263,6 +263,39 @@ fn a_link_slowed_mid_run_is_flagged_congested() {
         "{text}"
     );
     assert!(text.contains("topoccl_alerts_total{rank=\"1\",kind=\"congestion\"}"));
+    // The launcher's live communication matrix says the same, as JSON.
+    let matrix = http_get(
+        job_addr,
+        "/matrix",
+        "application/json",
+        Duration::from_secs(5),
+    )
+    .expect("GET /matrix");
+    let views: serde_json::Value = serde_json::from_str(&matrix).expect("JSON");
+    let links = |rank: u64| -> Vec<serde_json::Value> {
+        views
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter(|v| v["rank"] == rank)
+            .flat_map(|v| v["links"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let out = links(1)
+        .into_iter()
+        .find(|l| l["direction"] == "out" && l["peer"] == "0")
+        .unwrap_or_else(|| panic!("rank 1's link to 0 in {matrix}"));
+    assert_eq!(out["congested"], true, "{out}");
+    assert!(
+        out["stats"]["bytes_total"].as_u64().unwrap_or(0) > 400_000_000,
+        "{out}"
+    );
+    assert!(
+        links(0)
+            .iter()
+            .any(|l| l["direction"] == "in" && l["peer"] == "1"),
+        "rank 0 sees what it receives from 1: {matrix}"
+    );
     drop(job);
     let log = lines.join().expect("the reader").join("\n");
     assert!(

@@ -85,6 +85,9 @@ pub struct Communicator {
     /// The live links (`crate::live`), while metrics are on; made after creation's
     /// measurements.
     pub(crate) live: Option<Live>,
+    /// The model the first re-plan started from: every re-plan lowers it afresh, so
+    /// lowerings never compound (`crate::replan`).
+    pub(crate) replan_base: Option<Arc<topoccl_topo::Topology>>,
 }
 
 impl std::fmt::Debug for Communicator {

@@ -400,6 +400,7 @@ impl Communicator {
             meter,
             flight,
             live: None,
+            replan_base: None,
         })
     }
 
@@ -418,6 +419,7 @@ impl Communicator {
     fn watch_links(&mut self) {
         if let Some(meter) = &self.meter {
             self.live = Live::new(
+                self.namespace.clone(),
                 self.rank,
                 self.world_ranks.clone(),
                 |r| self.tr.peer_host(r).map(str::to_string),

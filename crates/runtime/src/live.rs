@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 
 /// How often, at most, the detector runs and the metrics are refreshed (after a call).
 pub const EVALUATE_EVERY: Duration = Duration::from_millis(250);
+/// How long a link from a peer stays congested before this rank asks for a re-plan: a
+/// congested link is worth a new plan, a hiccup (a rank off its core for a moment) is not.
+pub const SUSTAINED: Duration = Duration::from_secs(2);
 /// Bulk transfers (above 64 KiB) a link carries before its throughput baseline is set.
 pub const LEARN_SAMPLES: u64 = 32;
 
@@ -56,14 +59,24 @@ pub(crate) struct Live {
     /// baseline has been learned.
     probed_latency: Vec<Option<f64>>,
     learned: Vec<bool>,
-    /// A link to a peer was found congested since the last re-plan (`crate::replan`).
+    /// A link from a peer was held congested for [`SUSTAINED`] since the last re-plan
+    /// (`crate::replan`).
     wants_replan: bool,
+    /// Links from peers held congested now: since when (ns), and whether a re-plan was
+    /// asked for them. At most one entry per link of `incoming`.
+    congested_from: std::collections::BTreeMap<usize, (u64, bool)>,
+    /// Links to peers the sent view's detector holds congested.
+    congested_to: std::collections::BTreeSet<Dest>,
+    /// The communicator's name and its `/links` slot (`Metrics::links_slot`).
+    communicator: String,
+    published: Arc<std::sync::Mutex<String>>,
 }
 
 impl Live {
     /// The links of `me` among `world_ranks.len()` ranks; `hosts` names each rank's host
     /// (for aggregation), `probed` the links measured at creation.
     pub(crate) fn new(
+        communicator: String,
         me: Rank,
         world_ranks: Vec<Rank>,
         hosts: impl Fn(Rank) -> Option<String>,
@@ -108,12 +121,16 @@ impl Live {
             incoming_learned,
             epoch: Instant::now(),
             last: None,
-            metrics,
             rank: world_ranks[me as usize],
             world_ranks,
             probed_latency,
             learned,
             wants_replan: false,
+            congested_from: Default::default(),
+            congested_to: Default::default(),
+            communicator,
+            published: metrics.links_slot(),
+            metrics,
         })
     }
 
@@ -189,7 +206,7 @@ impl Live {
                     )
                 });
             if a.state == AlertState::Firing {
-                self.wants_replan = true;
+                self.congested_from.insert(p, (a.since_ns, false));
                 self.metrics.count_alert(self.rank, a.kind.name());
                 tracing::warn!(
                     "rank {}: [FIRING congestion] link {from}→{} as received{figures}",
@@ -197,11 +214,19 @@ impl Live {
                     self.rank
                 );
             } else {
+                self.congested_from.remove(&p);
                 tracing::info!(
                     "rank {}: [RESOLVED congestion] link {from}→{} as received{figures}",
                     self.rank,
                     self.rank
                 );
+            }
+        }
+        let sustained = SUSTAINED.as_nanos() as u64;
+        for (since, asked) in self.congested_from.values_mut() {
+            if !*asked && now_ns.saturating_sub(*since) >= sustained {
+                *asked = true;
+                self.wants_replan = true;
             }
         }
     }
@@ -260,15 +285,23 @@ impl Live {
             }
         }
         self.metrics.set_live_links(self.rank, &links);
-        let Ok(alerts) = self.congestion.evaluate(&self.links, &[], now_ns) else {
-            return;
-        };
+        let alerts = self
+            .congestion
+            .evaluate(&self.links, &[], now_ns)
+            .unwrap_or_default();
         for a in alerts {
-            let peer = match a.subject {
-                topoccl_watch::detect::Subject::Link { dest, .. } => name(dest),
-                topoccl_watch::detect::Subject::Rank { rank } => rank.to_string(),
+            let (peer, dest) = match a.subject {
+                topoccl_watch::detect::Subject::Link { dest, .. } => (name(dest), Some(dest)),
+                topoccl_watch::detect::Subject::Rank { rank } => (rank.to_string(), None),
             };
             let firing = a.state == AlertState::Firing;
+            if let Some(d) = dest {
+                if firing {
+                    self.congested_to.insert(d);
+                } else {
+                    self.congested_to.remove(&d);
+                }
+            }
             self.metrics.set_congested(self.rank, &peer, firing);
             if firing {
                 self.metrics.count_alert(self.rank, a.kind.name());
@@ -276,6 +309,47 @@ impl Live {
             } else {
                 tracing::info!("rank {}: {}", self.rank, a.log_line());
             }
+        }
+        self.publish(now_ns);
+    }
+
+    /// Writes both views as JSON into this communicator's `/links` slot: which
+    /// communicator and rank, and per link its direction (`out`: as sent to the peer,
+    /// `in`: as received from it), the peer (a world rank, or an aggregate), the matrix's
+    /// figures (`LinkStats`) and whether it is held congested.
+    fn publish(&self, now_ns: u64) {
+        let name = |d: Dest| -> String {
+            match d {
+                Dest::Peer(p) => self
+                    .world_ranks
+                    .get(p)
+                    .map_or_else(|| p.to_string(), |w| w.to_string()),
+                other => other.to_string(),
+            }
+        };
+        let mut rows = Vec::new();
+        for (direction, view) in [("out", &self.links), ("in", &self.incoming)] {
+            for (d, stats) in view.links(now_ns) {
+                let congested = match (direction, d) {
+                    ("out", d) => self.congested_to.contains(&d),
+                    (_, Dest::Peer(p)) => self.congested_from.contains_key(&p),
+                    _ => false,
+                };
+                rows.push(serde_json::json!({
+                    "direction": direction,
+                    "peer": name(d),
+                    "congested": congested,
+                    "stats": stats,
+                }));
+            }
+        }
+        let view = serde_json::json!({
+            "communicator": self.communicator,
+            "rank": self.rank,
+            "links": rows,
+        });
+        if let Ok(mut slot) = self.published.lock() {
+            *slot = view.to_string();
         }
     }
 

@@ -29,7 +29,8 @@
 //! cached handles, a histogram observation (an uncontended lock) and two atomic adds.
 //!
 //! The endpoint answers `GET /metrics` (OpenMetrics when asked for, else Prometheus text
-//! 0.0.4), `GET /flight` (the flight recorders, [`crate::flight`]) and 404 elsewhere; it is
+//! 0.0.4), `GET /flight` (the flight recorders, [`crate::flight`]), `GET /links` (the live
+//! links, [`Metrics::links_json`]) and 404 elsewhere; it is
 //! meant for loopback or a trusted network (it takes no secret: it shows sizes and
 //! timings, never data).
 
@@ -129,6 +130,9 @@ pub struct Metrics {
     /// Per communicator: its rank and when its current call began (nanoseconds after
     /// `epoch`, 0 when idle).
     in_flight: Mutex<Vec<(Rank, std::sync::Weak<AtomicU64>)>>,
+    /// Per communicator watching its links: their live figures as JSON (`GET /links`),
+    /// written by `crate::live` after calls. At most [`MAX_COMMUNICATORS`].
+    links: Mutex<Vec<std::sync::Weak<Mutex<String>>>>,
     epoch: Instant,
 }
 
@@ -225,6 +229,7 @@ impl Metrics {
             link_bandwidth,
             link_latency,
             in_flight: Mutex::new(Vec::new()),
+            links: Mutex::new(Vec::new()),
             epoch: Instant::now(),
         }
     }
@@ -310,6 +315,36 @@ impl Metrics {
                 peer: peer.to_string(),
             })
             .set(i64::from(congested));
+    }
+
+    /// A slot for one communicator's live links as JSON, listed by [`Self::links_json`]
+    /// while the communicator holds it (beyond [`MAX_COMMUNICATORS`] it is not listed).
+    pub(crate) fn links_slot(&self) -> Arc<Mutex<String>> {
+        let slot = Arc::new(Mutex::new(String::new()));
+        if let Ok(mut all) = self.links.lock() {
+            all.retain(|s| s.strong_count() > 0);
+            if all.len() < MAX_COMMUNICATORS {
+                all.push(Arc::downgrade(&slot));
+            }
+        }
+        slot
+    }
+
+    /// `GET /links`: a JSON array with one object per communicator watching its links
+    /// (see `crate::live`).
+    pub fn links_json(&self) -> String {
+        let all: Vec<String> = self
+            .links
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!("[{}]", all.join(","))
     }
 
     /// `rank` re-planned around congested links.
@@ -450,7 +485,13 @@ fn start(addr: &str) -> std::result::Result<Arc<Exporter>, String> {
             )
         }),
     );
-    let addr = serve(addr, move || serving.encode(), vec![flight])?;
+    let listing = metrics.clone();
+    let links: Page = (
+        "/links",
+        "application/json",
+        Box::new(move |_| listing.links_json()),
+    );
+    let addr = serve(addr, move || serving.encode(), vec![flight, links])?;
     Ok(Arc::new(Exporter { metrics, addr }))
 }
 

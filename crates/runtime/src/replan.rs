@@ -3,11 +3,12 @@
 //!
 //! | step | who | how |
 //! |---|---|---|
-//! | notice | a rank whose live view (`crate::live`, on while metrics are) fires a congestion alert on a link from a peer, as the frames arrive | `Live::wants_replan` |
+//! | notice | a rank whose live view (`crate::live`, on while metrics are) has held a link from a peer congested, as the frames arrive, for [`crate::live::SUSTAINED`] | `Live::wants_replan` |
 //! | ask | that rank, at its next [agreeing](agrees) call, unless `TOPOCCL_REPLAN=0` | sets [`wire::FLAG_REPLAN`] on the call's frames |
 //! | agree | every rank | each rank ORs the flags it receives into the frames it sends later in the call (`crate::matcher`); in an agreeing call every rank's output depends on every rank's input, so when the call returns every rank holds the flag — all after the same sequence number, at no cost in messages |
 //! | share | every rank | one all-gather of [`RECORD_LEN`] numbers per rank: whether it asked, and up to [`MAX_OBSERVATIONS`] of the links it receives on as (sending peer, achieved share of the link's learned throughput) |
-//! | re-price | every rank, on the same numbers | [`topoccl_topo::slow::lower_slow_links`] lowers the links of the job's model that explain the slow pairs (a pair below [`HEALTHY_AT`] of its baseline is slow); the selection's candidates are priced on the lowered model from the next call on (the plan cache is emptied) |
+//! | re-price | every rank, on the same numbers | [`topoccl_topo::slow::lower_slow_links`] lowers the links of the job's model as it was before the first re-plan (so lowerings never compound) that explain the slow pairs (a pair below [`HEALTHY_AT`] of its baseline is slow); the selection's candidates are priced on the lowered model from the next call on (the plan cache is emptied) |
+//! | switch | every rank, on the same numbers | only when the new choice for the last call is predicted at least [`MIN_GAIN`] faster than its current plan on the lowered model; otherwise plans and model stay |
 //! | log | every rank | a warning with who asked, the links lowered, and the last call's predicted time: its plan before, the same plan on the lowered model, and the new choice; `topoccl_replans_total` counts it |
 //!
 //! A rank follows a re-plan that another asks for even with `TOPOCCL_REPLAN=0` (ranks
@@ -36,6 +37,11 @@ pub const RECORD_LEN: usize = 2 + 2 * MAX_OBSERVATIONS;
 /// A link achieving at least this share of its learned throughput is healthy; below it,
 /// slow (the congestion detector's default threshold).
 pub const HEALTHY_AT: f64 = 0.5;
+
+/// A re-plan switches plans only when the new one is predicted at least this much faster
+/// than the current one on the lowered model: a switch for less is not worth the risk that
+/// the evidence was a passing hiccup (ranks off their cores), nor the churn.
+pub const MIN_GAIN: f64 = 0.2;
 
 /// Whether a call of `spec` can carry the agreement: every rank's output depends on
 /// every rank's input (so a flag reaches every rank), and there is data to carry it.
@@ -137,12 +143,14 @@ impl Communicator {
             if askers.len() == 1 { "" } else { "s" },
             list(&askers)
         );
-        let Some(model) = self
-            .selector
-            .topology()
-            .filter(|t| t.world() == self.world)
-            .cloned()
-        else {
+        if self.replan_base.is_none() {
+            self.replan_base = self
+                .selector
+                .topology()
+                .filter(|t| t.world() == self.world)
+                .cloned();
+        }
+        let Some(model) = self.replan_base.clone() else {
             tracing::warn!(
                 "rank {}: {why}: this communicator has no model of its network (set \
                  TOPOCCL_TOPO, or let it measure the link matrix), so its plans stay",
@@ -173,6 +181,7 @@ impl Communicator {
         }
         let before = self.plan_for(spec)?;
         let predicted_before = self.selector.predict(&before);
+        let previous = self.selector.topology().cloned();
         let overhead = self.selector.overhead();
         self.selector
             .set_topology(Some(Arc::new(lowered)), overhead);
@@ -193,15 +202,36 @@ impl Communicator {
         let ms = |t: Option<f64>| t.map_or_else(|| "?".into(), |t| format!("{:.2} ms", t * 1e3));
         let _ = write!(
             why,
-            " {} of {} B: {} predicted {} before, {} now; next calls use {} ({})",
+            " {} of {} B: {} predicted {} before, {} now",
             spec.collective,
             spec.size_bytes(),
             before.algorithm().label(),
             ms(predicted_before),
             ms(stays),
-            now.algorithm().label(),
-            ms(predicted_now)
         );
+        let worth = match (stays, predicted_now) {
+            (Some(stay), Some(switch)) => switch <= (1.0 - MIN_GAIN) * stay,
+            _ => false,
+        };
+        if worth {
+            let _ = write!(
+                why,
+                "; next calls use {} ({})",
+                now.algorithm().label(),
+                ms(predicted_now)
+            );
+        } else {
+            // Not worth a switch: the plans stay, and so does the model they came from.
+            self.selector.set_topology(previous, overhead);
+            self.plans.clear();
+            let _ = write!(
+                why,
+                "; the best plan on the lowered model, {} ({}), is not {:.0}% faster: plans stay",
+                now.algorithm().label(),
+                ms(predicted_now),
+                MIN_GAIN * 100.0
+            );
+        }
         tracing::warn!("rank {}: {why}", self.rank);
         Ok(())
     }
