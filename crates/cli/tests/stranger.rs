@@ -5,7 +5,9 @@
 //!
 //! It cannot read the secret (or anything) from the store, cannot write or delete keys,
 //! cannot join as a rank, cannot abort the job, cannot exhaust a rank's descriptors with
-//! idle connections; the job finishes with correct results.
+//! idle connections; the job finishes with correct results. Nor can it keep a job out of
+//! its store, or make the store grow, by flooding it with idle connections and large
+//! writes without the secret before the job starts.
 
 mod common;
 
@@ -33,6 +35,7 @@ const FLOOD: usize = 150;
 fn start_rank(
     rank: u32,
     store: &str,
+    iters: u32,
     progress: mpsc::Sender<u32>,
 ) -> (Proc, mpsc::Receiver<String>) {
     let mut child = Command::new("sh")
@@ -47,7 +50,7 @@ fn start_rank(
             "--count",
             "65536",
             "--iters",
-            "6000",
+            &iters.to_string(),
         ])
         .env("TOPOCCL_RANK", rank.to_string())
         .env("TOPOCCL_WORLD_SIZE", "2")
@@ -96,8 +99,9 @@ fn a_stranger_cannot_read_join_or_abort_a_job_and_it_finishes_correctly() {
     let (_store, url) = start_store(&[("TOPOCCL_SECRET", SECRET)]);
     let addr = url.strip_prefix("tcp://").unwrap();
     let (tx, progress) = mpsc::channel();
-    let mut ranks: Vec<(Proc, mpsc::Receiver<String>)> =
-        (0..2).map(|r| start_rank(r, &url, tx.clone())).collect();
+    let mut ranks: Vec<(Proc, mpsc::Receiver<String>)> = (0..2)
+        .map(|r| start_rank(r, &url, 6000, tx.clone()))
+        .collect();
     for _ in 0..2 {
         progress
             .recv_timeout(Duration::from_secs(60))
@@ -205,6 +209,11 @@ fn a_stranger_cannot_read_join_or_abort_a_job_and_it_finishes_correctly() {
     }
 
     // 4. The job goes on and finishes with correct results (each rank checks every one).
+    finish(&mut ranks);
+}
+
+/// Waits for every rank to exit and checks that each succeeded, blamed on no forgery.
+fn finish(ranks: &mut [(Proc, mpsc::Receiver<String>)]) {
     for (r, (p, err)) in ranks.iter_mut().enumerate() {
         let until = Instant::now() + Duration::from_secs(120);
         let status = loop {
@@ -218,4 +227,96 @@ fn a_stranger_cannot_read_join_or_abort_a_job_and_it_finishes_correctly() {
         assert!(status.success(), "rank {r}: {status}: {err}");
         assert!(!err.contains("forged"), "rank {r}: {err}");
     }
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Idle connections the stranger opens to the store: more than it takes from one address.
+const STORE_FLOOD: usize = 400;
+/// Large writes the stranger tries, each a SET of a 16 MiB value.
+const BIG_WRITES: usize = 32;
+
+#[test]
+fn a_stranger_flooding_the_store_cannot_keep_a_job_out_or_grow_the_store() {
+    let (store, url) = start_store(&[("TOPOCCL_SECRET", SECRET)]);
+    let addr = url.strip_prefix("tcp://").unwrap();
+    let before = rss(store.0.id());
+
+    // 1. Large writes without the secret: the store reads the hello, refuses it and
+    //    closes before reading a request, so none of the bytes is kept.
+    let value = vec![0x42u8; 16 << 20];
+    let key = format!("topoccl/{JOB}/world0/addr/0");
+    let mut frame = Vec::with_capacity(value.len() + 64);
+    let body_len = 1 + 4 + key.len() + 4 + value.len();
+    frame.extend_from_slice(&(body_len as u32).to_be_bytes());
+    frame.push(1); // SET
+    frame.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    frame.extend_from_slice(key.as_bytes());
+    frame.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&value);
+    let mut refused = 0;
+    for _ in 0..BIG_WRITES {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut greeting = [0u8; 11 + 16];
+        s.read_exact(&mut greeting).unwrap();
+        let mut hello = greeting[..10].to_vec();
+        hello.extend_from_slice(&[0x5a; 32]);
+        s.write_all(&hello).unwrap();
+        // The frame cannot all go: the store stopped reading.
+        if s.write_all(&frame).is_err() {
+            refused += 1;
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if !answer.is_empty() {
+            assert_eq!(answer[0], 1, "the store welcomed a stranger");
+        }
+    }
+    assert!(refused > 0, "every 16 MiB write went through");
+
+    // 2. Idle connections that never say hello, more than the store takes from one
+    //    address; they stay open while the job starts.
+    let mut idle = Vec::new();
+    for _ in 0..STORE_FLOOD {
+        if let Ok(s) = TcpStream::connect(addr) {
+            idle.push(s);
+        }
+    }
+    assert!(idle.len() >= STORE_FLOOD / 2, "opened {}", idle.len());
+    thread::sleep(Duration::from_millis(200));
+    let grown = rss(store.0.id()).saturating_sub(before);
+    assert!(grown < 64 << 20, "the store grew by {grown} bytes");
+
+    // 3. The job's ranks (from the same address as the stranger) get into the store once
+    //    the idle connections are past their hello deadline, and finish correctly.
+    let (tx, progress) = mpsc::channel();
+    let start = Instant::now();
+    let mut ranks: Vec<(Proc, mpsc::Receiver<String>)> = (0..2)
+        .map(|r| start_rank(r, &url, 200, tx.clone()))
+        .collect();
+    for _ in 0..2 {
+        progress
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the ranks never got going");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "the ranks took {:?} to get in",
+        start.elapsed()
+    );
+    finish(&mut ranks);
+    drop(idle);
+    let grown = rss(store.0.id()).saturating_sub(before);
+    assert!(grown < 64 << 20, "the store grew by {grown} bytes");
 }

@@ -20,8 +20,14 @@ impl Drop for Proc {
 /// Starts `topoccl store` on a free loopback port with `env`; returns it and its
 /// `tcp://` address (read from the line it prints).
 pub fn start_store(env: &[(&str, &str)]) -> (Proc, String) {
+    start_store_with(&[], env)
+}
+
+/// As [`start_store`], with more `args` for `topoccl store` (quotas, idle timeout).
+pub fn start_store_with(args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
     let mut store = Command::new(env!("CARGO_BIN_EXE_topoccl"))
         .args(["store", "--listen", "127.0.0.1:0"])
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

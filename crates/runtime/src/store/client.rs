@@ -2,6 +2,14 @@
 //! [`MAX_CLIENT_CONNECTIONS`], [`MAX_IDLE_CONNECTIONS`] kept between calls), one per call
 //! in flight, so threads sharing a client can wait and set concurrently. Requests and
 //! replies are encoded by [`codec`].
+//!
+//! The server closes connections left idle (`topoccl store --idle-timeout`), so a pooled
+//! connection may be closed when a call takes it: one the server has closed is dropped
+//! before use ([`closed_by_peer`]), and a call whose reused connection turns out closed
+//! before any reply byte (the server closed it as the request left) is sent once more on
+//! a fresh connection. That is safe for every request, counters included: the server
+//! closes an idle connection only when no byte of a request has arrived, and never after
+//! running one without replying.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -177,6 +185,30 @@ struct Lease<'a> {
     store: &'a TcpStore,
     stream: Option<TcpStream>,
     reusable: bool,
+    /// Taken from the pool (used before), rather than opened for this call.
+    reused: bool,
+}
+
+/// Whether the server has closed (or reset) a pooled connection, or sent bytes nobody
+/// asked for: either way it is no use for a request.
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    let closed = !matches!(stream.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).is_err() || closed
+}
+
+/// Whether an I/O error means the other end closed the connection.
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
 }
 
 impl Drop for Lease<'_> {
@@ -293,10 +325,16 @@ impl TcpStore {
         let mut pool = lock(&self.pool);
         loop {
             if let Some(s) = pool.idle.pop() {
+                if closed_by_peer(&s) {
+                    // Closed while idle (the server's idle timeout): open another.
+                    pool.open -= 1;
+                    continue;
+                }
                 return Ok(Lease {
                     store: self,
                     stream: Some(s),
                     reusable: false,
+                    reused: true,
                 });
             }
             if pool.open < MAX_CLIENT_CONNECTIONS {
@@ -306,6 +344,7 @@ impl TcpStore {
                     store: self,
                     stream: None,
                     reusable: false,
+                    reused: false,
                 };
                 let timeout = deadline
                     .saturating_duration_since(Instant::now())
@@ -344,9 +383,44 @@ impl TcpStore {
         wait_until: Option<Instant>,
     ) -> Result<Vec<u8>, StoreError> {
         let lease_deadline = wait_until.unwrap_or_else(|| Instant::now() + self.io_timeout);
-        let mut lease = self.lease(lease_deadline)?;
+        let lease = self.lease(lease_deadline)?;
+        let reused = lease.reused;
+        match self.call_on(lease, what, request, wait_until) {
+            Err((e, true)) if reused => {
+                tracing::debug!(addr = %self.addr, "TCP store: {e}; sending {what} again on a fresh connection");
+                // Only a fresh connection: the pool's others may be as stale. If none
+                // opens, the server is gone: say that it closed the connection.
+                let fresh = || -> Result<Lease<'_>, StoreError> {
+                    let mut lease = self.lease(lease_deadline)?;
+                    while lease.reused {
+                        lease.stream = None;
+                        drop(lease);
+                        lease = self.lease(lease_deadline)?;
+                    }
+                    Ok(lease)
+                };
+                match fresh() {
+                    Ok(lease) => self
+                        .call_on(lease, what, request, wait_until)
+                        .map_err(|(e, _)| e),
+                    Err(_) => Err(e),
+                }
+            }
+            r => r.map_err(|(e, _)| e),
+        }
+    }
+
+    /// [`Self::call`] on one connection; the error's flag says that the connection was
+    /// found closed before any byte of a reply came (worth another on a fresh one).
+    fn call_on(
+        &self,
+        mut lease: Lease<'_>,
+        what: &str,
+        request: &Request<'_>,
+        wait_until: Option<Instant>,
+    ) -> Result<Vec<u8>, (StoreError, bool)> {
         let Some(stream) = lease.stream.as_ref() else {
-            return Err(self.unreachable(format!("{what}: no connection")));
+            return Err((self.unreachable(format!("{what}: no connection")), false));
         };
         let reply_timeout = match wait_until {
             Some(d) => {
@@ -354,43 +428,55 @@ impl TcpStore {
             }
             None => self.io_timeout,
         };
-        let describe = |e: io::Error, during: &str| -> StoreError {
-            let reason = match e.kind() {
-                io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe => format!(
+        let describe = |e: io::Error, during: &str, before_reply: bool| {
+            let closed = is_closed(&e);
+            let reason = if closed {
+                format!(
                     "the store closed the connection during {what} ({during}); the server \
                      stopped or crashed"
-                ),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
-                    "no reply to {what} within {reply_timeout:?}; the store is overloaded \
-                     or its host is down"
-                ),
-                _ => format!("{what} ({during}): {e}"),
+                )
+            } else {
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+                        "no reply to {what} within {reply_timeout:?}; the store is overloaded \
+                         or its host is down"
+                    ),
+                    _ => format!("{what} ({during}): {e}"),
+                }
             };
-            self.unreachable(reason)
+            (self.unreachable(reason), closed && before_reply)
         };
         let mut w = stream;
         stream
             .set_write_timeout(Some(self.io_timeout))
             .and_then(|()| w.write_all(&request.encode()))
-            .map_err(|e| describe(e, "sending"))?;
+            .map_err(|e| describe(e, "sending", true))?;
         let body = match read_frame(stream, Some(nonzero(reply_timeout)), self.io_timeout) {
             Ok(b) => b,
             Err(FrameError::Closed) => {
                 return Err(describe(
                     io::ErrorKind::UnexpectedEof.into(),
                     "awaiting the reply",
+                    true,
                 ))
             }
             Err(FrameError::TooLong(n)) => {
-                return Err(StoreError::Protocol(format!(
-                    "the store sent a {n}-byte reply to {what}, more than the frame limit \
-                     of {MAX_FRAME}; client and server versions may differ"
-                )))
+                return Err((
+                    StoreError::Protocol(format!(
+                        "the store sent a {n}-byte reply to {what}, more than the frame limit \
+                         of {MAX_FRAME}; client and server versions may differ"
+                    )),
+                    false,
+                ))
             }
-            Err(FrameError::Io(e)) => return Err(describe(e, "receiving the reply")),
+            Err(FrameError::Idle) => {
+                return Err(describe(
+                    io::ErrorKind::TimedOut.into(),
+                    "awaiting the reply",
+                    true,
+                ))
+            }
+            Err(FrameError::Io(e)) => return Err(describe(e, "receiving the reply", false)),
         };
         lease.reusable = true;
         Ok(body)

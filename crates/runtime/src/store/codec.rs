@@ -43,7 +43,11 @@
 //! | 3      | ERROR     | message string                          | every request    |
 //!
 //! After an ERROR the connection stays usable, except for a frame longer than the limit,
-//! whose body the server does not read: it replies ERROR and closes.
+//! whose body the server does not read: it replies ERROR and closes. A server closes a
+//! connection on which no request begins within its idle timeout (`topoccl store
+//! --idle-timeout`), without a message; a request waiting for keys is not idle. A write
+//! that would take its job ([`super::state::job_of`]) past its quota gets an ERROR naming
+//! the job, the quota and the flag that raises it.
 //!
 //! Waiting requests carry a duration rather than an instant because the hosts' clocks are
 //! unrelated. Counters are decimal ASCII, so `get` of a counter reads e.g. `b"42"`, as in

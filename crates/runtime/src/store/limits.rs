@@ -44,10 +44,22 @@ pub(super) const MAX_CONNECTIONS: usize = 4096;
 pub(super) const MAX_UNWELCOMED_PER_ADDRESS: usize = 256;
 /// How long a new connection has to send its hello before it is closed.
 pub(super) const HELLO_DEADLINE: Duration = Duration::from_secs(5);
-/// Keys the store holds.
-pub(super) const MAX_ENTRIES: usize = 1 << 20;
-/// Bytes of keys and values the store holds.
+/// Keys the store holds, all jobs together.
+pub(super) const MAX_ENTRIES: usize = 4 << 20;
+/// Bytes of keys and values the store holds, all jobs together.
 pub(super) const MAX_STORE_BYTES: usize = 1 << 30;
+/// Keys one job holds by default (`topoccl store --job-max-keys`): 8 per rank of a
+/// 131,072-rank job (its world and splits each publish one endpoint per rank).
+pub const JOB_MAX_KEYS: usize = 1 << 20;
+/// Bytes of keys and values one job holds by default (`topoccl store --job-max-bytes`):
+/// 4 KiB per rank of a 131,072-rank job (an endpoint is under 512 bytes; with its world,
+/// three splits, metrics and a report the rendezvous takes under 2,800 per rank).
+pub const JOB_MAX_BYTES: usize = 512 << 20;
+/// How long a proven client may leave its connection without a request before the server
+/// closes it (`topoccl store --idle-timeout`). A client waiting for keys (GET, WAIT) is
+/// not idle: the clock runs only between a reply and the next request. Clients reopen a
+/// closed connection on their next call.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest wait the server honours (a longer timeout is cut to this).
 pub(super) const MAX_SERVER_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often a server thread waiting for keys checks that its client is still there.

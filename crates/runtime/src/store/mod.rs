@@ -41,9 +41,9 @@ mod state;
 
 pub use client::TcpStore;
 pub use file::FileStore;
-pub use limits::{MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use limits::{IDLE_TIMEOUT, JOB_MAX_BYTES, JOB_MAX_KEYS, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use mem::MemStore;
-pub use server::TcpStoreServer;
+pub use server::{ServerOptions, TcpStoreServer, MAX_IDLE_TIMEOUT};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {

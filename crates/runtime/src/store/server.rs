@@ -7,6 +7,14 @@
 //! [`MAX_STORE_BYTES`](super::limits::MAX_STORE_BYTES) of keys and values. A
 //! thread waiting for keys checks every [`LIVENESS_PERIOD`] that its client is still
 //! connected, and gives up when it is not.
+//!
+//! Operators choose three limits ([`ServerOptions`], the flags of `topoccl store`): the
+//! per-job quotas of keys and bytes, and the idle timeout. A client that has proven the
+//! job's key (or any client of a store without one) is closed after the idle timeout
+//! passes between a reply and its next request; a request in progress, and in particular
+//! a GET or WAIT blocked waiting for keys, is not idle however long it waits (the clock
+//! runs only while the server waits for a request to begin). Clients reopen closed
+//! connections on their next call.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,10 +30,72 @@ use super::limits::{
     KEEPALIVE_TIME, LIVENESS_PERIOD, MAX_CONNECTIONS, MAX_FRAME, MAX_KEY_LEN, MAX_SERVER_WAIT,
     MAX_UNWELCOMED_PER_ADDRESS, MAX_VALUE_LEN, REFUSAL_WRITE_TIMEOUT,
 };
+use super::limits::{IDLE_TIMEOUT, JOB_MAX_BYTES, JOB_MAX_KEYS, MAX_ENTRIES, MAX_STORE_BYTES};
 use super::socket::{read_frame, FrameError};
 use super::state::{Capacity, State, WaitOutcome, Watch};
 use super::{lock, StoreError};
 use crate::auth::{fresh, JobKey, NONCE_LEN};
+
+/// The limits a store's operator chooses (`topoccl store --job-max-keys`,
+/// `--job-max-bytes`, `--idle-timeout`); [`ServerOptions::check`] says which are out of
+/// range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Keys one job may hold (default [`JOB_MAX_KEYS`]; 1 to the store's 4,194,304).
+    pub job_max_keys: usize,
+    /// Bytes of keys and values one job may hold (default [`JOB_MAX_BYTES`]; 1 to the
+    /// store's 1 GiB).
+    pub job_max_bytes: usize,
+    /// How long a client may leave its connection without a request (default
+    /// [`IDLE_TIMEOUT`]; 1 s to 7 days). Waiting for keys is not idle.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            job_max_keys: JOB_MAX_KEYS,
+            job_max_bytes: JOB_MAX_BYTES,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Longest idle timeout an operator may choose.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl ServerOptions {
+    /// Refuses values out of range, naming the flag and the allowed range.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let out = |flag: &str, value: String, range: String| {
+            Err(StoreError::Protocol(format!(
+                "{flag} {value} is out of range: allowed {range}"
+            )))
+        };
+        if !(1..=MAX_ENTRIES).contains(&self.job_max_keys) {
+            return out(
+                "--job-max-keys",
+                self.job_max_keys.to_string(),
+                format!("1 to {MAX_ENTRIES} (the store's own limit)"),
+            );
+        }
+        if !(1..=MAX_STORE_BYTES).contains(&self.job_max_bytes) {
+            return out(
+                "--job-max-bytes",
+                self.job_max_bytes.to_string(),
+                format!("1 to {MAX_STORE_BYTES} (the store's own limit)"),
+            );
+        }
+        if !(Duration::from_secs(1)..=MAX_IDLE_TIMEOUT).contains(&self.idle_timeout) {
+            return out(
+                "--idle-timeout",
+                format!("{:?}", self.idle_timeout),
+                format!("1 s to {} s", MAX_IDLE_TIMEOUT.as_secs()),
+            );
+        }
+        Ok(())
+    }
+}
 
 /// Limits of one server; tests shrink them.
 #[derive(Clone, Copy, Debug)]
@@ -35,16 +105,28 @@ struct ServerLimits {
     hello_deadline: Duration,
     capacity: Capacity,
     io_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
+        ServerLimits::from(ServerOptions::default())
+    }
+}
+
+impl From<ServerOptions> for ServerLimits {
+    fn from(o: ServerOptions) -> Self {
         ServerLimits {
             max_connections: MAX_CONNECTIONS,
             max_unwelcomed_per_address: MAX_UNWELCOMED_PER_ADDRESS,
             hello_deadline: HELLO_DEADLINE,
-            capacity: Capacity::default(),
+            capacity: Capacity {
+                job_max_keys: o.job_max_keys,
+                job_max_bytes: o.job_max_bytes,
+                ..Capacity::default()
+            },
             io_timeout: DEFAULT_IO_TIMEOUT,
+            idle_timeout: o.idle_timeout,
         }
     }
 }
@@ -105,6 +187,17 @@ impl TcpStoreServer {
     /// Binds `addr` and serves only clients that prove `key` (the job's secret's).
     pub fn start_authenticated(addr: &str, key: JobKey) -> Result<TcpStoreServer, StoreError> {
         Self::start_with(addr, ServerLimits::default(), Some(key))
+    }
+
+    /// Binds `addr` and serves clients that prove `key` (any client: `None`) within the
+    /// operator's `options`, checked first.
+    pub fn start_with_options(
+        addr: &str,
+        key: Option<JobKey>,
+        options: ServerOptions,
+    ) -> Result<TcpStoreServer, StoreError> {
+        options.check()?;
+        Self::start_with(addr, ServerLimits::from(options), key)
     }
 
     fn start_with(
@@ -386,10 +479,19 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwe
     drop(unwelcomed);
     tracing::debug!(%peer, "TCP store: client connected");
     loop {
-        let body = match read_frame(stream, None, io_timeout) {
+        let body = match read_frame(stream, Some(shared.limits.idle_timeout), io_timeout) {
             Ok(b) => b,
             Err(FrameError::Closed) => {
                 tracing::debug!(%peer, "TCP store: client disconnected");
+                return;
+            }
+            Err(FrameError::Idle) => {
+                tracing::debug!(
+                    %peer,
+                    "TCP store: closing a client idle for {:?}",
+                    shared.limits.idle_timeout
+                );
+                let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
             Err(FrameError::TooLong(n)) => {
@@ -735,6 +837,7 @@ mod tests {
             capacity: Capacity {
                 max_entries: 2,
                 max_bytes: 100,
+                ..Capacity::default()
             },
             ..ServerLimits::default()
         };
@@ -748,6 +851,170 @@ mod tests {
         assert!(e.to_string().contains("limit of 100"), "{e}");
         c.delete("b").unwrap();
         c.set("c", b"3").unwrap();
+    }
+
+    fn idle_after(ms: u64) -> (TcpStoreServer, String) {
+        let limits = ServerLimits {
+            idle_timeout: Duration::from_millis(ms),
+            ..ServerLimits::default()
+        };
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None).unwrap();
+        let a = s.local_addr().to_string();
+        (s, a)
+    }
+
+    #[test]
+    fn an_idle_client_is_closed_but_a_waiting_one_is_not() {
+        let (s, a) = idle_after(300);
+        // Idle: closed soon after the timeout.
+        let idle = raw(&a);
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        assert_eq!((&idle).read_to_end(&mut rest).unwrap_or(0), 0);
+        let closed_after = t.elapsed();
+        assert!(
+            closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(3),
+            "{closed_after:?}"
+        );
+        // Waiting for a key for many idle timeouts: answered when the key comes.
+        let waiter = raw(&a);
+        (&waiter)
+            .write_all(&FrameBuf::new(OP_GET).u64(60_000).bytes(b"late").finish())
+            .unwrap();
+        thread::sleep(Duration::from_millis(1200));
+        let c = TcpStore::connect(&a, soon(2000)).unwrap();
+        c.set("late", b"here").unwrap();
+        let body = reply(&waiter);
+        assert_eq!(
+            Reply::decode(&body, codec::OkFields::Value).unwrap(),
+            Reply::Value(b"here")
+        );
+        // A client that keeps making requests more often than the timeout stays.
+        for _ in 0..6 {
+            thread::sleep(Duration::from_millis(100));
+            (&waiter)
+                .write_all(&FrameBuf::new(OP_TRY_GET).bytes(b"late").finish())
+                .unwrap();
+            assert_ne!(reply(&waiter), vec![ST_NOT_FOUND]);
+        }
+        drop(s);
+    }
+
+    #[test]
+    fn a_client_whose_pooled_connection_was_closed_idle_carries_on() {
+        let (_s, a) = idle_after(200);
+        let c = TcpStore::connect(&a, soon(2000)).unwrap();
+        for round in 0..3 {
+            c.set("k", format!("{round}").as_bytes()).unwrap();
+            thread::sleep(Duration::from_millis(400));
+            // Every kind of request, counters included, on a connection the server closed.
+            assert_eq!(c.add("n", 1).unwrap(), round + 1);
+            thread::sleep(Duration::from_millis(400));
+            assert_eq!(
+                c.get("k", soon(1000)).unwrap(),
+                format!("{round}").as_bytes()
+            );
+        }
+        // A blocking GET that waits past the idle timeout is answered.
+        let c2 = TcpStore::connect(&a, soon(2000)).unwrap();
+        let setter = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(700));
+            c2.set("later", b"v").unwrap();
+        });
+        assert_eq!(c.get("later", soon(5000)).unwrap(), b"v");
+        setter.join().unwrap();
+    }
+
+    #[test]
+    fn per_job_quotas_refuse_writes_naming_job_quota_and_flag() {
+        let options = ServerOptions {
+            job_max_keys: 3,
+            job_max_bytes: 200,
+            ..ServerOptions::default()
+        };
+        let s = TcpStoreServer::start_with_options("127.0.0.1:0", None, options).unwrap();
+        let c = TcpStore::connect(&s.local_addr().to_string(), soon(2000)).unwrap();
+        for k in 0..3 {
+            c.set(&format!("topoccl/greedy/k{k}"), b"v").unwrap();
+        }
+        let e = c.set("topoccl/greedy/k3", b"v").unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("refused SET")
+                && m.contains("job 'greedy'")
+                && m.contains("3 keys")
+                && m.contains("--job-max-keys"),
+            "{m}"
+        );
+        let e = c.add("topoccl/greedy/n", 1).unwrap_err();
+        assert!(e.to_string().contains("--job-max-keys"), "{e}");
+        let e = c.set("topoccl/greedy/k0", &[0; 200]).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("job 'greedy'")
+                && m.contains("quota of 200")
+                && m.contains("--job-max-bytes"),
+            "{m}"
+        );
+        // Another job in the same store is unaffected.
+        c.set("topoccl/modest/k0", &[0; 150]).unwrap();
+        c.delete("topoccl/greedy/k1").unwrap();
+        c.set("topoccl/greedy/k3", b"v").unwrap();
+    }
+
+    #[test]
+    fn options_out_of_range_name_their_flag() {
+        for (o, flag) in [
+            (
+                ServerOptions {
+                    job_max_keys: 0,
+                    ..ServerOptions::default()
+                },
+                "--job-max-keys",
+            ),
+            (
+                ServerOptions {
+                    job_max_keys: MAX_ENTRIES + 1,
+                    ..ServerOptions::default()
+                },
+                "--job-max-keys",
+            ),
+            (
+                ServerOptions {
+                    job_max_bytes: 0,
+                    ..ServerOptions::default()
+                },
+                "--job-max-bytes",
+            ),
+            (
+                ServerOptions {
+                    job_max_bytes: MAX_STORE_BYTES + 1,
+                    ..ServerOptions::default()
+                },
+                "--job-max-bytes",
+            ),
+            (
+                ServerOptions {
+                    idle_timeout: Duration::from_millis(999),
+                    ..ServerOptions::default()
+                },
+                "--idle-timeout",
+            ),
+            (
+                ServerOptions {
+                    idle_timeout: MAX_IDLE_TIMEOUT + Duration::from_secs(1),
+                    ..ServerOptions::default()
+                },
+                "--idle-timeout",
+            ),
+        ] {
+            let e = TcpStoreServer::start_with_options("127.0.0.1:0", None, o).unwrap_err();
+            assert!(
+                e.to_string().contains(flag) && e.to_string().contains("allowed"),
+                "{e}"
+            );
+        }
+        ServerOptions::default().check().unwrap();
     }
 
     #[test]

@@ -9,8 +9,10 @@ use std::time::Duration;
 use super::codec::{frame_len, FRAME_HEADER_LEN};
 
 pub(super) enum FrameError {
-    /// The peer closed the connection between frames.
+    /// The peer closed (or reset) the connection between frames.
     Closed,
+    /// No frame began within the header timeout (nothing of one was read).
+    Idle,
     /// The announced body is longer than the frame limit; the body was not read.
     TooLong(usize),
     Io(io::Error),
@@ -23,7 +25,7 @@ impl From<io::Error> for FrameError {
 }
 
 /// Reads one frame body. `header_timeout` bounds the wait for a frame to begin (`None`:
-/// no bound); `body_timeout` bounds the rest once its header has begun, so a peer that
+/// no bound; past it, [`FrameError::Idle`]); `body_timeout` bounds the rest once its header has begun, so a peer that
 /// dies mid-frame cannot hold the reader.
 pub(super) fn read_frame(
     stream: &TcpStream,
@@ -37,6 +39,25 @@ pub(super) fn read_frame(
     while got < FRAME_HEADER_LEN {
         match r.read(&mut header[got..]) {
             Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Err(e)
+                if got == 0
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Err(FrameError::Idle)
+            }
+            // A peer that closed with bytes of ours unread resets the connection.
+            Err(e)
+                if got == 0
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                    ) =>
+            {
+                return Err(FrameError::Closed)
+            }
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

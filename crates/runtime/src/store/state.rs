@@ -3,6 +3,12 @@
 //! hosts one for its connections, and [`MemStore`](super::MemStore) wraps one for ranks
 //! that are threads of one process, so both store exactly the same way.
 //!
+//! Every key belongs to a job ([`job_of`]: `topoccl/JOB/...` keys to `JOB`), and each job
+//! has a quota of keys and bytes ([`Capacity::job_max_keys`], [`Capacity::job_max_bytes`])
+//! inside the store's overall capacity, so that one job sharing a store cannot take it
+//! from the others. The usage table has one entry per job that holds a key, so it is
+//! bounded by the store's key capacity.
+//!
 //! Counters are decimal ASCII `i64`s ([`counter_after`], [`counter_bytes`]), in this
 //! state and in the file store alike, so `get` of a counter reads e.g. `b"42"` whatever
 //! the store.
@@ -11,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::limits::{MAX_ENTRIES, MAX_STORE_BYTES};
+use super::limits::{JOB_MAX_BYTES, JOB_MAX_KEYS, MAX_ENTRIES, MAX_STORE_BYTES};
 use super::{lock, shown};
 
 /// How much the state holds at most.
@@ -20,6 +26,10 @@ pub(super) struct Capacity {
     pub(super) max_entries: usize,
     /// Of keys and values together.
     pub(super) max_bytes: usize,
+    /// Keys one job ([`job_of`]) holds at most.
+    pub(super) job_max_keys: usize,
+    /// Bytes of keys and values one job holds at most.
+    pub(super) job_max_bytes: usize,
 }
 
 impl Default for Capacity {
@@ -27,8 +37,24 @@ impl Default for Capacity {
         Capacity {
             max_entries: MAX_ENTRIES,
             max_bytes: MAX_STORE_BYTES,
+            job_max_keys: JOB_MAX_KEYS,
+            job_max_bytes: JOB_MAX_BYTES,
         }
     }
+}
+
+/// The job a key belongs to, for its quota: `JOB` in `topoccl/JOB/...` (the namespaces
+/// of communicators and metrics), else the key's first `/`-separated segment.
+pub(super) fn job_of(key: &str) -> &str {
+    let rest = key.strip_prefix("topoccl/").unwrap_or(key);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// What one job holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Usage {
+    pub(super) keys: usize,
+    pub(super) bytes: usize,
 }
 
 /// The map and its bookkeeping, behind the state's lock.
@@ -37,6 +63,8 @@ pub(super) struct Entries {
     map: HashMap<String, Arc<[u8]>>,
     /// Sum of key and value lengths.
     bytes: usize,
+    /// Per job ([`job_of`]) holding at least one key: its keys and bytes.
+    jobs: HashMap<String, Usage>,
     /// Set by [`State::close`]: waiters give up.
     closed: bool,
 }
@@ -102,16 +130,18 @@ impl State {
         }
     }
 
-    /// Stores `value` under `key`, within the capacity, and wakes the waiters.
+    /// Stores `value` under `key`, within the capacity and the job's quota, and wakes the
+    /// waiters.
     fn put(&self, e: &mut Entries, key: &str, value: Arc<[u8]>) -> Result<(), String> {
         let old = e.map.get(key).map(|v| key.len() + v.len());
+        let new = key.len() + value.len();
         if old.is_none() && e.map.len() >= self.capacity.max_entries {
             return Err(format!(
                 "the store holds {} keys, its limit; delete keys that are no longer needed",
                 e.map.len()
             ));
         }
-        let bytes = e.bytes - old.unwrap_or(0) + key.len() + value.len();
+        let bytes = e.bytes - old.unwrap_or(0) + new;
         if bytes > self.capacity.max_bytes {
             return Err(format!(
                 "setting '{key}' would make the store hold {bytes} bytes, more than its \
@@ -120,7 +150,35 @@ impl State {
                 key = shown(key)
             ));
         }
+        let job = job_of(key);
+        let used = e.jobs.get(job).copied().unwrap_or_default();
+        let after = Usage {
+            keys: used.keys + usize::from(old.is_none()),
+            bytes: used.bytes - old.unwrap_or(0) + new,
+        };
+        if old.is_none() && after.keys > self.capacity.job_max_keys {
+            return Err(format!(
+                "job '{job}' holds {} keys, its quota in this store; raise it with \
+                 `topoccl store --job-max-keys` (now {}) or delete the job's keys that are \
+                 no longer needed",
+                used.keys,
+                self.capacity.job_max_keys,
+                job = shown(job)
+            ));
+        }
+        if after.bytes > self.capacity.job_max_bytes && after.bytes > used.bytes {
+            return Err(format!(
+                "setting '{key}' would make job '{job}' hold {} bytes, more than its quota \
+                 of {} in this store; raise it with `topoccl store --job-max-bytes` or \
+                 delete the job's keys that are no longer needed",
+                after.bytes,
+                self.capacity.job_max_bytes,
+                key = shown(key),
+                job = shown(job)
+            ));
+        }
         e.bytes = bytes;
+        e.jobs.insert(job.to_string(), after);
         e.map.insert(key.to_string(), value);
         self.changed.notify_all();
         Ok(())
@@ -148,8 +206,27 @@ impl State {
     pub(super) fn delete(&self, key: &str) {
         let mut e = lock(&self.entries);
         if let Some(v) = e.map.remove(key) {
-            e.bytes -= key.len() + v.len();
+            let freed = key.len() + v.len();
+            e.bytes -= freed;
+            let job = job_of(key);
+            if let Some(u) = e.jobs.get_mut(job) {
+                u.keys -= 1;
+                u.bytes -= freed;
+                if u.keys == 0 {
+                    e.jobs.remove(job);
+                }
+            }
         }
+    }
+
+    /// What `job` holds now.
+    #[cfg(test)]
+    pub(super) fn usage(&self, job: &str) -> Usage {
+        lock(&self.entries)
+            .jobs
+            .get(job)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Waits until every key exists, `deadline` passes, the state is closed or `watch`
@@ -279,6 +356,7 @@ mod tests {
         let s = State::new(Capacity {
             max_entries: 2,
             max_bytes: 100,
+            ..Capacity::default()
         });
         s.set("a", b"1").unwrap();
         s.set("b", b"2").unwrap();
@@ -292,6 +370,88 @@ mod tests {
         s.set("c", b"3").unwrap();
         s.delete("a");
         s.set("d", &[0; 97]).unwrap();
+    }
+
+    #[test]
+    fn keys_belong_to_their_job() {
+        assert_eq!(job_of("topoccl/j1/world0/addr/3"), "j1");
+        assert_eq!(job_of("topoccl/j1"), "j1");
+        assert_eq!(job_of("mine/x"), "mine");
+        assert_eq!(job_of("plain"), "plain");
+        assert_eq!(job_of(""), "");
+    }
+
+    fn quota(keys: usize, bytes: usize) -> State {
+        State::new(Capacity {
+            job_max_keys: keys,
+            job_max_bytes: bytes,
+            ..Capacity::default()
+        })
+    }
+
+    #[test]
+    fn each_job_has_its_own_quota_and_the_error_names_job_quota_and_flag() {
+        let s = quota(2, 1000);
+        s.set("topoccl/a/k1", b"1").unwrap();
+        s.set("topoccl/a/k2", b"2").unwrap();
+        let e = s.set("topoccl/a/k3", b"3").unwrap_err();
+        assert!(
+            e.contains("job 'a'") && e.contains("2 keys") && e.contains("--job-max-keys"),
+            "{e}"
+        );
+        // Overwriting and counting on a held key need no new key.
+        s.set("topoccl/a/k1", b"11").unwrap();
+        s.set("topoccl/a/k2", b"5").unwrap();
+        assert_eq!(s.add("topoccl/a/k2", 1), Ok(6));
+        // Another job is not held back by the first one's use.
+        s.set("topoccl/b/k1", &[0; 900]).unwrap();
+        let e = s.set("topoccl/b/k2", &[0; 100]).unwrap_err();
+        assert!(
+            e.contains("job 'b'") && e.contains("quota of 1000") && e.contains("--job-max-bytes"),
+            "{e}"
+        );
+        assert_eq!(
+            s.usage("b"),
+            Usage {
+                keys: 1,
+                bytes: 912
+            }
+        );
+        // Deleting gives the quota back.
+        s.delete("topoccl/a/k1");
+        s.set("topoccl/a/k3", b"3").unwrap();
+        s.delete("topoccl/b/k1");
+        assert_eq!(s.usage("b"), Usage::default());
+        s.set("topoccl/b/k2", &[0; 900]).unwrap();
+    }
+
+    #[test]
+    fn a_131072_rank_rendezvous_fits_the_default_quota() {
+        // Per rank and communicator: its endpoint, as large as it gets (an IPv6 address,
+        // a shared-memory name, a host key, a nonce and a certificate fingerprint), under
+        // its key; the world and three splits (data, tensor, pipeline parallel groups),
+        // plus the metrics address and a stuck report per rank.
+        let world: usize = 131_072;
+        let largest = crate::transport::Endpoint {
+            tcp: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                .parse()
+                .unwrap(),
+            shm: Some(format!("topoccl-{:x}-{}-{}", u64::MAX, u32::MAX, u32::MAX)),
+            host: format!("{}/net:[{}]", "f".repeat(36), u64::MAX),
+            nonce: [255; crate::auth::NONCE_LEN],
+        };
+        let json = serde_json::to_vec(&largest).unwrap().len();
+        // Room for a certificate's fingerprint (64 hex digits) and its field name.
+        let endpoint = 512;
+        assert!(json + 96 <= endpoint, "an endpoint takes {json} bytes");
+        let key = "topoccl/a-job-id-of-sixty-four-characters-aaaaaaaaaaaaaaaaaaaaaaaa/world0/split0/color0/addr/131071".len();
+        let per_rank = 4 * (key + endpoint) + 2 * (key + 64);
+        assert!(6 * world <= JOB_MAX_KEYS, "{} keys", 6 * world);
+        assert!(
+            per_rank * world <= JOB_MAX_BYTES,
+            "{} bytes",
+            per_rank * world
+        );
     }
 
     #[test]
@@ -378,5 +538,55 @@ mod tests {
         assert!(!t.is_finished());
         drop(guard);
         t.join().unwrap().unwrap();
+    }
+
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Set(u8, u8, usize),
+        Add(u8, u8),
+        Delete(u8, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3u8, 0..6u8, 0..40usize).prop_map(|(j, k, n)| Op::Set(j, k, n)),
+            (0..3u8, 0..6u8).prop_map(|(j, k)| Op::Add(j, k)),
+            (0..3u8, 0..6u8).prop_map(|(j, k)| Op::Delete(j, k)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever is set, added and deleted, each job's usage is what its keys hold, no
+        /// job exceeds its quota, and a refused write changes nothing.
+        #[test]
+        fn usage_matches_the_keys_and_stays_within_quota(ops in proptest::collection::vec(op(), 0..80)) {
+            let s = quota(4, 100);
+            for op in ops {
+                let before = (0..3).map(|j| s.usage(&j.to_string())).collect::<Vec<_>>();
+                let (job, result) = match op {
+                    Op::Set(j, k, n) => (j, s.set(&format!("topoccl/{j}/{k}"), &vec![b'1'; n]).map(|_| ())),
+                    Op::Add(j, k) => (j, s.add(&format!("topoccl/{j}/{k}"), 1).map(|_| ())),
+                    Op::Delete(j, k) => { s.delete(&format!("topoccl/{j}/{k}")); (j, Ok(())) }
+                };
+                if result.is_err() {
+                    prop_assert_eq!(s.usage(&job.to_string()), before[job as usize]);
+                }
+                let e = s.hold();
+                let mut want: HashMap<&str, Usage> = HashMap::new();
+                for (k, v) in &e.map {
+                    let u = want.entry(job_of(k)).or_default();
+                    u.keys += 1;
+                    u.bytes += k.len() + v.len();
+                }
+                prop_assert_eq!(e.jobs.len(), want.len());
+                for (j, u) in &want {
+                    prop_assert_eq!(e.jobs.get(*j), Some(u));
+                    prop_assert!(u.keys <= 4 && u.bytes <= 100);
+                }
+                prop_assert_eq!(e.bytes, want.values().map(|u| u.bytes).sum::<usize>());
+            }
+        }
     }
 }
