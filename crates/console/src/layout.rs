@@ -40,8 +40,10 @@ pub const FULL_DEVICE_LIMIT: usize = 20_000;
 
 /// Horizontal distance between two neighbouring hosts.
 const HOST_PITCH: f64 = 10.0;
-/// Vertical distance between rows.
-const ROW_PITCH: f64 = 400.0;
+/// Vertical distance between rows: at least this, and at least [`ROW_SHARE`] of the
+/// widest row's width, so a wide fabric is not drawn as a flat strip.
+const ROW_PITCH: f64 = 100.0;
+const ROW_SHARE: f64 = 0.12;
 /// Gap between zones, in host pitches.
 const ZONE_GAP: f64 = 40.0;
 
@@ -461,14 +463,14 @@ pub fn layout(t: &Topology, scope: Scope) -> Result<Layout, LayoutError> {
     }
 
     let owners = primary_owner(t, &primary, &assign, &nodes);
-    place(&mut nodes, &tiers, &edges, &owners);
+    let row_pitch = place(&mut nodes, &tiers, &edges, &owners);
     // Devices: a short row under their host.
     let mut k: BTreeMap<u32, usize> = BTreeMap::new();
     for (owner, d) in device_of_host {
         let slot = k.entry(owner).or_insert(0);
         let (hx, hy) = (nodes[owner as usize].x, nodes[owner as usize].y);
         nodes[d].x = hx - HOST_PITCH * 0.4 + (*slot % 8) as f64 * HOST_PITCH * 0.1;
-        nodes[d].y = hy + ROW_PITCH * 0.25 + (*slot / 8) as f64 * HOST_PITCH * 0.2;
+        nodes[d].y = hy + row_pitch * 0.25 + (*slot / 8) as f64 * HOST_PITCH * 0.2;
         *slot += 1;
     }
     Ok(Layout {
@@ -498,13 +500,14 @@ fn primary_owner(
     out
 }
 
-/// Positions for every node but devices: rows by tier, zones side by side.
+/// Positions for every node but devices: rows by tier, zones side by side; returns the
+/// distance between rows.
 fn place(
     nodes: &mut [DrawNode],
     tiers: &[Option<Tier>],
     edges: &[DrawEdge],
     primary: &[Option<u32>],
-) {
+) -> f64 {
     // zone → row → members, in index order first.
     let mut zones: BTreeMap<Option<String>, [Vec<usize>; 4]> = BTreeMap::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -521,6 +524,13 @@ fn place(
     }
     let mut order_pos = vec![f64::NAN; nodes.len()];
     let mut x0 = 0.0;
+    let widest = zones
+        .values()
+        .flat_map(|rows| rows.iter().map(|r| r.len()))
+        .max()
+        .unwrap_or(1) as f64
+        * HOST_PITCH;
+    let row_pitch = ROW_PITCH.max(widest * ROW_SHARE);
     for rows in zones.values_mut() {
         // Row 2 (leaves, pods) in order of first appearance as a host's primary, then id.
         let mut first_use: BTreeMap<usize, usize> = BTreeMap::new();
@@ -546,8 +556,8 @@ fn place(
                 nodes[i].y = y;
             }
         };
-        spread(&rows[2], nodes, 2.0 * ROW_PITCH);
-        spread(&rows[3], nodes, 3.0 * ROW_PITCH);
+        spread(&rows[2], nodes, 2.0 * row_pitch);
+        spread(&rows[3], nodes, 3.0 * row_pitch);
         // Spines, then cores: barycentre of the row below.
         for row in [1usize, 0] {
             let below: Vec<bool> = {
@@ -577,8 +587,9 @@ fn place(
                 .collect();
             keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             rows[row] = keyed.into_iter().map(|(_, i)| i).collect();
-            spread(&rows[row], nodes, row as f64 * ROW_PITCH);
+            spread(&rows[row], nodes, row as f64 * row_pitch);
         }
         x0 += width + ZONE_GAP * HOST_PITCH;
     }
+    row_pitch
 }
