@@ -364,3 +364,56 @@ fn needs_something_to_show() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--topo"));
 }
+
+#[test]
+fn a_real_jobs_pairs_and_flight_recorders_reach_the_api() {
+    let metrics = common::free_port().to_string();
+    let bench = Command::new(env!("CARGO_BIN_EXE_topoccl"))
+        .args([
+            "bench",
+            "allreduce",
+            "-N",
+            "2",
+            "-b",
+            "64K",
+            "-e",
+            "64K",
+            "-n",
+            "200000",
+        ])
+        .args(["--metrics", &metrics])
+        .env("TOPOCCL_SECRET", "console-test-job-secret-4f2a")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a job");
+    let _bench = Proc(bench);
+    let c = start(&[
+        "--topo",
+        &example("dgx-pair.toml"),
+        "--job",
+        &metrics,
+        "--poll-ms",
+        "200",
+    ]);
+    let links = wait_for(&c, "/api/links", |v| {
+        v["job"]["up"] == true && v["pairs"].as_array().is_some_and(|p| p.len() >= 2)
+    });
+    assert_eq!(links["job"]["ranks_up"], 2, "{links}");
+    let calls = wait_for(&c, "/api/calls", |v| {
+        v["timeline"]["tracks"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 2)
+    });
+    assert_eq!(calls["timeline"]["source"], "flight");
+    let spans = calls["timeline"]["tracks"][0]["spans"]
+        .as_array()
+        .expect("spans");
+    assert!(
+        spans.iter().any(|s| s["name"] == "topoccl:all_reduce"),
+        "{calls}"
+    );
+    // Nothing of the job's secret: the page sees figures and call records only.
+    let all = format!("{links}{calls}{}", get(&c, "/api/alerts").2);
+    assert!(!all.contains("console-test-job-secret-4f2a"), "{all}");
+}
