@@ -10,6 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
 
+# The console's page in a real browser (Debian's chromium, playwright-core): built and
+# embedded first; SKIP only without chromium or npm.
+if command -v chromium >/dev/null && command -v npm >/dev/null; then
+  scripts/build-console.sh
+  cargo build -p topoccl-cli
+  (cd console/web && TOPOCCL_BIN="$PWD/../../target/debug/topoccl" node test/browser.mjs)
+else
+  echo "SKIP console browser test: needs chromium and npm (apt-get install chromium nodejs npm)"
+fi
+
 venv=${TOPOCCL_VENV:-$HOME/.cache/topoccl-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"

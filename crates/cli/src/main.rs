@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench_cmd;
 mod bench_compress;
 mod compare_cmd;
+mod console_cmd;
 mod doctor_cmd;
 mod failures_cmd;
 mod internal_cmd;
@@ -65,6 +66,9 @@ enum Command {
     /// Cluster topologies: generate, discover, measure, show and validate them.
     #[command(subcommand)]
     Topo(topo_cmd::TopoCmd),
+    /// A web page over a topology file and a running job: links coloured by live load,
+    /// timelines, alerts, what-ifs.
+    Console(console_cmd::ConsoleArgs),
     #[command(hide = true)]
     Internal(internal_cmd::InternalArgs),
 }
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
         Command::Store(args) => store_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Topo(cmd) => topo_cmd::run(cmd),
+        Command::Console(args) => console_cmd::run(args),
         Command::Internal(args) => internal_cmd::run(args),
     };
     match result {
