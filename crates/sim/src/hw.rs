@@ -35,6 +35,11 @@ pub struct GpuGen {
     /// effective NVLink rate; `None` where the NVSwitch does not reduce (NVSwitch 2 of
     /// A100). NVSwitch 3: 5/6, the NVLS factor of NCCL's tuning model.
     pub nvls_efficiency: Option<f64>,
+    /// How fast the GPU reduces two buffers into a third (bytes of result per second):
+    /// its HBM bandwidth over 3 (two operands read, one result written). A100 80GB
+    /// 2.04 TB/s, H100 SXM 3.35 TB/s, H200 4.8 TB/s, H800 3.35 TB/s, H20 4.0 TB/s
+    /// (NVIDIA data sheets).
+    pub reduce_bps: f64,
 }
 
 /// GPU generations the model knows.
@@ -44,30 +49,35 @@ pub const GPUS: [GpuGen; 5] = [
         arch: Arch::Ampere,
         nvlink_efficiency: 20.0 / 25.0,
         nvls_efficiency: None,
+        reduce_bps: 2.04e12 / 3.0,
     },
     GpuGen {
         name: "h100",
         arch: Arch::Hopper,
         nvlink_efficiency: 20.6 / 25.0,
         nvls_efficiency: Some(5.0 / 6.0),
+        reduce_bps: 3.35e12 / 3.0,
     },
     GpuGen {
         name: "h200",
         arch: Arch::Hopper,
         nvlink_efficiency: 20.6 / 25.0,
         nvls_efficiency: Some(5.0 / 6.0),
+        reduce_bps: 4.8e12 / 3.0,
     },
     GpuGen {
         name: "h800",
         arch: Arch::Hopper,
         nvlink_efficiency: 20.6 / 25.0,
         nvls_efficiency: Some(5.0 / 6.0),
+        reduce_bps: 3.35e12 / 3.0,
     },
     GpuGen {
         name: "h20",
         arch: Arch::Hopper,
         nvlink_efficiency: 20.6 / 25.0,
         nvls_efficiency: Some(5.0 / 6.0),
+        reduce_bps: 4.0e12 / 3.0,
     },
 ];
 

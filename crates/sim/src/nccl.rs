@@ -412,7 +412,7 @@ impl Cluster {
             Choice::Tree if tree => vec![NcclAlgo::Tree],
             Choice::Tree => {
                 return Err(SimError::Invalid(format!(
-                    "--algo nccl-tree: NCCL's tree runs all-reduce across hosts; '{name}' has \
+                    "NCCL's tree runs all-reduce across hosts; '{name}' has \
                      {} host(s) and this is {coll}; use nccl-ring or nccl",
                     self.hosts
                 )))
@@ -420,12 +420,12 @@ impl Cluster {
             Choice::Nvls if nvls => vec![nvls_algo],
             Choice::Nvls if !all_reduce => {
                 return Err(SimError::Invalid(format!(
-                    "--algo nvls: the model runs NVLS for all-reduce only, not {coll}"
+                    "the model runs NVLS for all-reduce only, not {coll}"
                 )))
             }
             Choice::Nvls => {
                 return Err(SimError::Invalid(format!(
-                    "--algo nvls: the NVSwitch of '{name}' has no reduction rate for NVLS; set \
+                    "the NVSwitch of '{name}' has no reduction rate for NVLS; set \
                      [hardware] nvls = true with a GPU whose NVSwitch reduces (h100, h200, \
                      h800, h20; this file has {}{})",
                     self.gpu.name,
@@ -439,7 +439,7 @@ impl Cluster {
             Choice::CollNet if collnet => vec![NcclAlgo::CollNetChain],
             Choice::CollNet => {
                 return Err(SimError::Invalid(format!(
-                    "--algo collnet: '{name}' has no fabric switch that reduces (or one host, or \
+                    "'{name}' has no fabric switch that reduces (or one host, or \
                      not all-reduce: {coll}); set in_network_reduction = true on its switches \
                      (in [generate]: in_network_reduction = true)"
                 )))
@@ -617,6 +617,41 @@ pub fn simulate(
     })
 }
 
+/// `t` with the rates protocols reach on this hardware, for topoccl's own plans to run at
+/// the same effective rates as NCCL's: every NVLink (a GPU's link to its host's switch or
+/// to another GPU of its host, both ways) at the GPU generation's NVLink efficiency, every
+/// NIC port (a NIC's link out of its host, both ways) at the NIC transport's. Nothing
+/// else changes: names, ids, placement.
+pub fn effective_topology(t: &Topology, hw: Option<&Hardware>) -> Result<Topology, SimError> {
+    let cluster = Cluster::of(t, hw)?;
+    let nic = match hw.and_then(|h| h.nic.as_deref()) {
+        Some(n) if cluster.hosts > 1 => Some(hw::lookup(&hw::NICS, |g| g.name, n, "nic")?),
+        _ => None,
+    };
+    let nvlink_end = |n: NodeId, other: NodeId| {
+        let (a, b) = (t.node(n), t.node(other));
+        a.kind == NodeKind::Accelerator
+            && a.host.is_some()
+            && b.host == a.host
+            && (b.kind == NodeKind::Accelerator
+                || (b.kind == NodeKind::Switch && b.tier == Some(Tier::Host)))
+    };
+    let nic_port = |n: NodeId, other: NodeId| {
+        let (a, b) = (t.node(n), t.node(other));
+        a.kind == NodeKind::Nic && b.host.is_none() && b.kind != NodeKind::Host
+    };
+    let mut b = t.to_builder();
+    for l in b.links_mut() {
+        let (x, y) = (l.from, l.to);
+        if nvlink_end(x, y) || nvlink_end(y, x) {
+            l.bandwidth *= cluster.gpu.nvlink_efficiency;
+        } else if let Some(nic) = nic.filter(|_| nic_port(x, y) || nic_port(y, x)) {
+            l.bandwidth *= nic.efficiency;
+        }
+    }
+    Ok(b.build()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,6 +815,31 @@ mod tests {
             e.contains("h0/nic0") && e.contains("tied to no GPU") && e.contains("[[link]]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_effective_topology_scales_nvlink_and_nic_ports_only() {
+        let (t, hw) = cluster("gpu = \"h100\"\nnic = \"ib\"", "rail", 2, 8, "");
+        let e = effective_topology(&t, hw.as_ref()).unwrap();
+        assert_eq!(e.links().len(), t.links().len());
+        assert_eq!(e.rank_nodes(), t.rank_nodes());
+        let rate = |t: &Topology, a: &str, b: &str| {
+            let (a, b) = (t.find(a).unwrap(), t.find(b).unwrap());
+            let l = t.out_links(a).iter().find(|&&l| t.link(l).to == b).unwrap();
+            t.link(*l).bandwidth
+        };
+        let nvl = rate(&e, "h0/gpu3", "h0/nvswitch") / rate(&t, "h0/gpu3", "h0/nvswitch");
+        assert!((nvl - 0.824).abs() < 1e-9, "{nvl}");
+        let back = rate(&e, "h0/nvswitch", "h0/gpu3") / rate(&t, "h0/nvswitch", "h0/gpu3");
+        assert!((back - 0.824).abs() < 1e-9, "{back}");
+        let pcie = rate(&e, "h0/gpu3", "h0/nic3") / rate(&t, "h0/gpu3", "h0/nic3");
+        assert_eq!(pcie, 1.0);
+        let nic = e
+            .out_links(e.find("h0/nic3").unwrap())
+            .iter()
+            .find(|&&l| e.node(e.link(l).to).host.is_none());
+        let nic = e.link(*nic.unwrap()).bandwidth;
+        assert!((nic - 50e9 * 0.97).abs() < 1.0, "{nic}");
     }
 
     proptest! {
