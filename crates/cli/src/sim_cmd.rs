@@ -1,8 +1,10 @@
 //! `topoccl sim`: run a plan over a topology file in the simulator (flow level, or chunk
 //! level as its check), with faults and stragglers, and report where the time goes.
 //! All-to-all-v traffic comes from a matrix file or is drawn skewed; `--algo innet` runs
-//! the simulator's in-network reduction instead of a plan. `topoccl sim failures` draws
-//! fail-stop interruptions.
+//! the simulator's in-network reduction instead of a plan; `--algo nccl` (and `nccl-ring`,
+//! `nccl-tree`, `nvls`, `collnet`) runs the GPU model of NCCL's algorithms on a topology
+//! whose file has a `[hardware]` table, where topoccl's plans then run at the same
+//! effective rates. `topoccl sim failures` draws fail-stop interruptions.
 
 use std::path::PathBuf;
 
@@ -11,8 +13,10 @@ use topoccl_plan::algo::parse_hier_label;
 use topoccl_plan::{
     build, AlgoKind, Algorithm, Collective, CollectiveSpec, DType, Plan, PlanParams,
 };
+use topoccl_sim::nccl::{self, Choice};
 use topoccl_sim::traffic::{self, Skew};
 use topoccl_sim::{innet, pipeline, simulate_with, ChunkParams, Engine, Fault, SimReport};
+use topoccl_topo::hardware::{read_hardware, Hardware};
 use topoccl_topo::plans::{candidates, hierarchies, hierarchy_algorithms, hierarchy_notes};
 use topoccl_topo::{Endpoints, Pricer, Router, Topology};
 
@@ -41,8 +45,10 @@ pub struct SimArgs {
     dtype: String,
     /// auto (the cheapest plan by the topology cost, or innet where it is faster), hier
     /// (the cheapest hierarchical one), an algorithm name (ring, rhd, tree, rd, …), a
-    /// candidate label from `plan compare` (topo-ring, mst-tree, hier(ring|rd)), or innet
-    /// (in-network reduction by the switches marked in_network_reduction).
+    /// candidate label from `plan compare` (topo-ring, mst-tree, hier(ring|rd)), innet
+    /// (in-network reduction by the switches marked in_network_reduction), or NCCL's
+    /// algorithms in the GPU model (the file needs a [hardware] table): nccl (what NCCL's
+    /// tuning would pick), nccl-ring, nccl-tree, nvls, collnet.
     #[arg(long, default_value = "auto")]
     algo: String,
     /// alltoallv: the traffic matrix, one row per sending rank of its bytes to each rank
@@ -103,10 +109,11 @@ enum SimCmd {
     Failures(crate::failures_cmd::FailuresArgs),
 }
 
-/// What runs: a plan, or the switches' in-network reduction.
+/// What runs: a plan, the switches' in-network reduction, or NCCL in the GPU model.
 enum Chosen {
     Plan(Plan),
     InNetwork,
+    Nccl(Choice),
 }
 
 pub fn run(args: SimArgs) -> Result<(), CliError> {
@@ -140,8 +147,40 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     } else {
         Engine::Flow
     };
-    let (t, placement) = args.model.load(topo)?;
+    let (raw, placement) = args.model.load(topo)?;
     println!("# placement: {placement}");
+    let hardware = hardware_of(topo)?;
+    let mut endpoints = endpoints;
+    // With its hardware known, plans run at the rates protocols reach on it, as NCCL's do.
+    let t = match hardware.as_ref().filter(|h| h.gpu.is_some()) {
+        Some(hw) => {
+            let e = nccl::effective_topology(&raw, Some(hw))
+                .map_err(|err| CliError::usage(format!("{}: {err}", topo.display())))?;
+            println!(
+                "# rates: NVLink and NIC ports at the protocol efficiency of {}{} \
+                 (crates/sim/src/hw.rs)",
+                hw.gpu.as_deref().unwrap_or(""),
+                hw.nic
+                    .as_deref()
+                    .map(|n| format!(" / {n}"))
+                    .unwrap_or_default()
+            );
+            if endpoints.gamma_s_per_byte == Endpoints::default().gamma_s_per_byte {
+                // The default reduction rate gives way to the GPU's own.
+                let gpu = nccl::Cluster::of(&raw, Some(hw))
+                    .map_err(|err| CliError::usage(format!("{}: {err}", topo.display())))?
+                    .gpu;
+                endpoints.gamma_s_per_byte = 1.0 / gpu.reduce_bps;
+                println!(
+                    "# reduction: {:.0} GB/s, the {} HBM bandwidth over 3 (--reduce-rate to change)",
+                    gpu.reduce_bps / 1e9,
+                    gpu.name
+                );
+            }
+            e
+        }
+        None => raw.clone(),
+    };
     let spec = match collective {
         Collective::AllToAllV => all_to_all_v(&args, t.world(), bytes, dtype)?,
         _ if args.traffic.is_some() || args.skew.is_some() => {
@@ -158,7 +197,15 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
     let params = PlanParams::default().with_chunks(args.pipeline_chunks);
     let long = t.world() >= LONG_WORLD;
     let (label, chosen) = stage(long, "choosing the plan", || {
-        choose(&t, &spec, &args.algo, endpoints, params)
+        choose(
+            &t,
+            &raw,
+            &spec,
+            &args.algo,
+            endpoints,
+            params,
+            hardware.as_ref(),
+        )
     })?;
     if label.starts_with("hier(") {
         // A hierarchy over fewer levels than the topology has says which it left out.
@@ -167,6 +214,16 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         {
             println!("# note: {note}");
         }
+    }
+    if matches!(chosen, Chosen::Nccl(_))
+        && (args.chunk_level || !faults.is_empty() || args.pipelined || args.what_if)
+    {
+        return Err(CliError::usage(format!(
+            "--algo {}: the GPU model of NCCL's algorithms is analytical, without links to \
+             fault or chunks to queue; drop --chunk-level, --pipelined, --what-if, --fault and \
+             --straggler, or pick a topoccl plan with --algo",
+            args.algo
+        )));
     }
     if matches!(chosen, Chosen::InNetwork) && args.chunk_level {
         return Err(CliError::usage(
@@ -178,6 +235,7 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
         let mut report = match &chosen {
             Chosen::Plan(plan) => simulate_with(plan, &t, faults, endpoints, engine),
             Chosen::InNetwork => innet::simulate(&spec, &t, faults),
+            Chosen::Nccl(choice) => nccl::simulate(&spec, &raw, hardware.as_ref(), *choice),
         }
         .map_err(|e| CliError::failed(format!("{}: {e}", topo.display())))?;
         if let (true, Chosen::Plan(plan)) = (args.pipelined, &chosen) {
@@ -198,6 +256,13 @@ pub fn run(args: SimArgs) -> Result<(), CliError> {
             println!(
                 "# in-network reduction: the switches reduce and multicast; a traffic \
                  pattern of the simulator, not a plan"
+            );
+            report.algorithm.clone()
+        }
+        Chosen::Nccl(_) => {
+            println!(
+                "# NCCL's algorithms in the GPU model: latency per step and protocol, rates \
+                 at the protocol's share (crates/sim/src/hw.rs)"
             );
             report.algorithm.clone()
         }
@@ -320,14 +385,29 @@ fn all_to_all_v(
     Ok(spec)
 }
 
-/// What `--algo` asks for, with its label.
+/// The `[hardware]` table of the topology file at `path`, if it has one.
+fn hardware_of(path: &std::path::Path) -> Result<Option<Hardware>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("cannot read --topo {}: {e}", path.display())))?;
+    read_hardware(&text, &path.display().to_string()).map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// What `--algo` asks for, with its label; NCCL's algorithms are judged on `raw`, the
+/// topology as written (`t` may hold effective rates already).
 fn choose(
     t: &Topology,
+    raw: &Topology,
     spec: &CollectiveSpec,
     algo: &str,
     endpoints: Endpoints,
     params: PlanParams,
+    hardware: Option<&Hardware>,
 ) -> Result<(String, Chosen), CliError> {
+    if let Some(choice) = Choice::parse(algo) {
+        nccl::simulate(spec, raw, hardware, choice)
+            .map_err(|e| CliError::usage(format!("--algo {algo}: {e}")))?;
+        return Ok((algo.to_string(), Chosen::Nccl(choice)));
+    }
     if algo == innet::NAME {
         innet::simulate(spec, t, &[]).map_err(|e| CliError::usage(format!("--algo innet: {e}")))?;
         return Ok((algo.to_string(), Chosen::InNetwork));
@@ -386,7 +466,8 @@ fn choose(
         }
         return Err(CliError::usage(format!(
             "--algo {algo}: no such plan for {} on this topology{why}; use auto, hier, innet, \
-             an algorithm name or a label from `topoccl plan compare`",
+             nccl, nccl-ring, nccl-tree, nvls, collnet, an algorithm name or a label from \
+             `topoccl plan compare`",
             spec.collective
         )));
     };

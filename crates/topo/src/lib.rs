@@ -11,6 +11,7 @@ pub mod discover;
 pub mod error;
 pub mod format;
 pub mod gen;
+pub mod hardware;
 pub mod matrix;
 pub mod model;
 pub mod plans;

@@ -12,6 +12,7 @@ use topoccl_plan::{
 
 use crate::cost::{Pricer, TopoCost};
 use crate::error::TopoError;
+use crate::model::{NodeId, NodeKind, Topology};
 use crate::route::Router;
 
 /// Exhaustive ring improvement (2-opt) is quadratic per pass; above this many ranks the
@@ -318,6 +319,73 @@ pub fn ordered_ring(order: Vec<Rank>) -> Algorithm {
 /// The label of the minimum spanning tree candidate (a `parent-tree`).
 pub const MST_TREE: &str = "mst-tree";
 
+/// The label of rail-aligned rings with one channel per NIC ([`rail_orders`]): the
+/// algorithm's own name, as every candidate is labelled by [`Algorithm::label`].
+pub const RAIL_RINGS: &str = "rings";
+
+/// Worlds above this many ranks are not offered [`RAIL_RINGS`]: pricing a plan with a
+/// channel per NIC walks that many transfers per round.
+pub const RAIL_RINGS_MAX_RANKS: u32 = 4096;
+
+/// Ring orders with one channel per NIC of a host, NCCL-style: channel `k` visits the
+/// hosts in order of their first rank, entering and leaving each through different GPUs
+/// (by rank within the host) so that every NIC carries one channel each way. With an even
+/// number of hosts and of GPUs per host the channels are rail-aligned: channel `k` enters
+/// even hosts at GPU `k` and leaves at GPU `k ^ 1`, odd hosts the other way round, so it
+/// crosses between hosts on rail `k ^ 1` and back on rail `k`; otherwise it enters at GPU
+/// `k` and leaves from GPU `k − 1`. `None` unless there are several hosts, each with the same number (≥ 2) of
+/// ranks and at least as many NICs; the channel count is the ranks per host.
+pub fn rail_orders(t: &Topology) -> Option<Vec<Vec<Rank>>> {
+    let mut hosts: Vec<(NodeId, Vec<Rank>)> = Vec::new();
+    for r in 0..t.world() {
+        let h = t.rank_host(r);
+        match hosts.iter_mut().find(|(id, _)| *id == h) {
+            Some(e) => e.1.push(r),
+            None => hosts.push((h, vec![r])),
+        }
+    }
+    let per = hosts.first()?.1.len();
+    if hosts.len() < 2 || per < 2 || hosts.iter().any(|(_, rs)| rs.len() != per) {
+        return None;
+    }
+    let nics = |h: NodeId| {
+        t.nodes()
+            .iter()
+            .filter(|n| n.kind == NodeKind::Nic && n.host == Some(h))
+            .count()
+    };
+    if hosts.iter().any(|&(h, _)| nics(h) < per) {
+        return None;
+    }
+    let even = hosts.len() % 2 == 0 && per % 2 == 0;
+    Some(
+        (0..per)
+            .map(|k| {
+                hosts
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(h, (_, rs))| {
+                        if even {
+                            // Rail-aligned: enter at GPU k and leave at its partner k ^ 1
+                            // on even hosts, the other way round on odd ones, so the
+                            // channel crosses between hosts on one rail each way.
+                            let (a, b) = (k, k ^ 1);
+                            let (enter, leave) = if h % 2 == 0 { (a, b) } else { (b, a) };
+                            let middle = (0..per).filter(move |&i| i != enter && i != leave);
+                            std::iter::once(rs[enter])
+                                .chain(middle.map(|i| rs[i]))
+                                .chain(std::iter::once(rs[leave]))
+                                .collect::<Vec<_>>()
+                        } else {
+                            (0..per).map(|i| rs[(k + i) % per]).collect()
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
 /// Whether `s` is spelled like a topology-aware candidate's label: [`algo::TOPO_RING`],
 /// [`MST_TREE`] or a hierarchy's `hier(intra|top)` ([`algo::parse_hier_label`]).
 pub fn is_topology_label(s: &str) -> bool {
@@ -356,6 +424,15 @@ pub fn candidates(
         add(pricer, alg.name().to_string(), false, alg)?;
     }
     let c = spec.collective;
+    if matches!(
+        c,
+        Collective::AllReduce | Collective::AllGather | Collective::ReduceScatter
+    ) && spec.world <= RAIL_RINGS_MAX_RANKS
+    {
+        if let Some(orders) = rail_orders(pricer.router().topology()) {
+            add(pricer, RAIL_RINGS.into(), true, Algorithm::Rings { orders })?;
+        }
+    }
     if matches!(c, Collective::AllReduce) {
         let order = ring_order(pricer.router())?;
         add(pricer, algo::TOPO_RING.into(), true, ordered_ring(order))?;
@@ -448,8 +525,7 @@ pub fn best(candidates: &[Candidate]) -> Option<&Candidate> {
 mod tests {
     use super::*;
     use crate::cost::Endpoints;
-    use crate::model::{NodeKind, Tier, TopologyBuilder};
-    use crate::Topology;
+    use crate::model::{Tier, TopologyBuilder};
 
     /// `racks` leaves under one spine (slow uplinks); `hosts` hosts per rack with `gpus`
     /// GPUs behind an NVSwitch and a NIC each; ranks placed round-robin over racks (the
@@ -619,5 +695,85 @@ mod tests {
             topoccl_plan::Tree::from_parents(parents, 8).unwrap();
         }
         assert!(mst_parents(&mut r, 8).is_err());
+    }
+
+    fn rail(hosts: u32, gpus: u32) -> Topology {
+        let text = format!(
+            "name = \"r\"\n[generate]\nkind = \"rail\"\nhosts = {hosts}\nlatency = \"1us\"\n\
+             [generate.host]\ngpus_per_host = {gpus}\n"
+        );
+        crate::format::read_toml(&text, "r.toml").unwrap()
+    }
+
+    #[test]
+    fn rail_rings_use_every_nic_once_each_way_and_verify() {
+        for (hosts, gpus) in [(2u32, 8u32), (4, 4), (3, 4), (2, 3)] {
+            let t = rail(hosts, gpus);
+            let orders = rail_orders(&t).unwrap();
+            assert_eq!(orders.len(), gpus as usize);
+            // Per host, the GPUs channels leave from and enter at are all different.
+            for h in 0..hosts {
+                let (mut outs, mut ins) = (Vec::new(), Vec::new());
+                for o in &orders {
+                    let at = |i: usize| o[(i + o.len()) % o.len()];
+                    for i in 0..o.len() {
+                        let (r, next) = (at(i), at(i + 1));
+                        if t.rank_host(r) != t.rank_host(next) && r / gpus == h {
+                            outs.push(r);
+                        }
+                        if t.rank_host(r) != t.rank_host(next) && next / gpus == h {
+                            ins.push(next);
+                        }
+                    }
+                }
+                let n = outs.len();
+                outs.sort();
+                outs.dedup();
+                ins.sort();
+                ins.dedup();
+                assert_eq!((outs.len(), ins.len()), (n, n), "{hosts}×{gpus} host {h}");
+            }
+            for c in [
+                Collective::AllReduce,
+                Collective::AllGather,
+                Collective::ReduceScatter,
+            ] {
+                let spec = CollectiveSpec::new(c, hosts * gpus, 3);
+                let plan = build(
+                    spec,
+                    Algorithm::Rings {
+                        orders: orders.clone(),
+                    },
+                    PlanParams::default(),
+                )
+                .unwrap();
+                topoccl_plan::verify(&plan).unwrap();
+            }
+        }
+        // Even hosts and GPUs: each channel crosses on one rail (same GPU index) each way.
+        let t = rail(2, 8);
+        for o in rail_orders(&t).unwrap() {
+            let last = o[7];
+            assert_eq!(last % 8, o[8] % 8, "{o:?}");
+        }
+        // One host, or one GPU per host: none.
+        assert!(rail_orders(&rail(1, 8)).is_none());
+        assert!(rail_orders(&rail(4, 1)).is_none());
+    }
+
+    #[test]
+    fn rail_rings_are_a_candidate_and_beat_the_single_nic_ring() {
+        let t = rail(4, 8);
+        let mut pricer = Pricer::new(&t, Endpoints::default());
+        let spec = CollectiveSpec::new(Collective::AllGather, 32, 1 << 20);
+        let all = candidates(&mut pricer, &spec, PlanParams::default()).unwrap();
+        let cost = |label: &str| {
+            all.iter()
+                .find(|c| c.label == label)
+                .unwrap_or_else(|| panic!("no {label}"))
+                .cost
+                .total_s
+        };
+        assert!(cost(RAIL_RINGS) < cost("ring") / 2.0);
     }
 }

@@ -48,6 +48,10 @@ pub struct Channels {
     shares: Vec<Share>,
     inner_channels: u16,
     rounds: u32,
+    /// Whether a round's class combines the shares' classes (every share's schedule keeps
+    /// [`Schedule::round_class`]'s promise and the shares have equal rounds); otherwise
+    /// every round is its own class.
+    classes: bool,
 }
 
 #[derive(Debug)]
@@ -65,11 +69,27 @@ impl Channels {
         algorithm: &Algorithm,
         params: &PlanParams,
     ) -> Result<Arc<dyn Schedule>, PlanError> {
-        let n = params.channels as u64;
         let single = PlanParams {
             channels: 1,
             ..*params
         };
+        let make = |sub: &Arc<CollectiveSpec>, _k: usize| generate(sub, algorithm, &single);
+        Ok(Arc::new(Channels::of_shares(
+            spec,
+            params.channels as u64,
+            make,
+            false,
+        )?))
+    }
+
+    /// `spec` split into `n` contiguous shares of every block, share `k` run by
+    /// `make(share's spec, k)`; `classes` as on the struct.
+    pub(crate) fn of_shares(
+        spec: &Arc<CollectiveSpec>,
+        n: u64,
+        make: impl Fn(&Arc<CollectiveSpec>, usize) -> Result<Arc<dyn Schedule>, PlanError>,
+        classes: bool,
+    ) -> Result<Channels, PlanError> {
         let mut shares = Vec::new();
         for k in 0..n {
             let (start, len) = partition::split(spec.count, n, k);
@@ -81,7 +101,7 @@ impl Channels {
                 ..(**spec).clone()
             });
             shares.push(Share {
-                schedule: generate(&sub, algorithm, &single)?,
+                schedule: make(&sub, k as usize)?,
                 start,
                 len,
             });
@@ -96,12 +116,17 @@ impl Channels {
             .map(|s| s.schedule.rounds())
             .max()
             .unwrap_or(0);
-        Ok(Arc::new(Channels {
+        let classes = classes
+            && shares
+                .iter()
+                .all(|s| s.schedule.rounds() == rounds && s.len == shares[0].len);
+        Ok(Channels {
             count: spec.count,
             shares,
             inner_channels,
             rounds,
-        }))
+            classes,
+        })
     }
 
     fn relocate(&self, share: &Share, scratch_base: u64, s: Slice) -> Slice {
@@ -148,5 +173,15 @@ impl Schedule for Channels {
 
     fn channels(&self) -> u16 {
         self.shares.len().max(1) as u16 * self.inner_channels
+    }
+
+    fn round_class(&self, round: u32) -> u64 {
+        if !self.classes {
+            return round as u64;
+        }
+        // Equal shares of equal schedules: the shares' classes together (FNV-1a).
+        self.shares.iter().fold(0xcbf2_9ce4_8422_2325, |h, s| {
+            (h ^ s.schedule.round_class(round)).wrapping_mul(0x100_0000_01b3)
+        })
     }
 }

@@ -31,6 +31,7 @@ mod hier;
 pub(crate) mod partition;
 mod recursive;
 mod ring;
+pub mod rings;
 pub(crate) mod tree;
 
 pub use hier::Hierarchy;
@@ -57,6 +58,11 @@ pub enum Algorithm {
     },
     /// Hierarchical composition over groups of ranks.
     Hierarchical(Box<Hierarchy>),
+    /// Rings with channels: channel `k` runs a ring in rank order `orders[k]` on its share
+    /// of the data ([`rings`]); orders made from a topology use every NIC of a host.
+    Rings {
+        orders: Vec<Vec<Rank>>,
+    },
 }
 
 /// What kind of algorithm, without the arguments some kinds need: one per [`table`] entry,
@@ -74,6 +80,7 @@ pub enum AlgoKind {
     Dissemination,
     ParentTree,
     Hierarchical,
+    Rings,
 }
 
 /// One algorithm of the [`table`].
@@ -95,7 +102,7 @@ pub struct Entry {
 }
 
 /// Every algorithm, in the order `plan --list` shows them and [`available`] returns them.
-static TABLE: [Entry; 11] = {
+static TABLE: [Entry; 12] = {
     use Collective::*;
     const EVERY_DATA_COLLECTIVE: &[Collective] = &[
         AllReduce,
@@ -208,6 +215,15 @@ static TABLE: [Entry; 11] = {
             plain: None,
             needs: Some("the groups of ranks and the algorithm per level"),
         },
+        Entry {
+            kind: AlgoKind::Rings,
+            name: "rings",
+            aliases: &["multi-ring"],
+            serves: &[AllReduce, AllGather, ReduceScatter],
+            summary: "rings with channels, each channel a ring in its own rank order",
+            plain: None,
+            needs: Some("one rank order per channel"),
+        },
     ]
 };
 
@@ -287,6 +303,7 @@ impl Algorithm {
             Algorithm::Dissemination => AlgoKind::Dissemination,
             Algorithm::ParentTree { .. } => AlgoKind::ParentTree,
             Algorithm::Hierarchical(_) => AlgoKind::Hierarchical,
+            Algorithm::Rings { .. } => AlgoKind::Rings,
         }
     }
 
@@ -324,7 +341,8 @@ impl Algorithm {
     fn splits_into_channels(&self, collective: Collective) -> bool {
         use Collective::*;
         match self {
-            Algorithm::Bruck | Algorithm::Dissemination => false,
+            // Its orders are its channels.
+            Algorithm::Bruck | Algorithm::Dissemination | Algorithm::Rings { .. } => false,
             Algorithm::Binomial => matches!(collective, Broadcast | Reduce),
             _ => collective != AllToAllV,
         }
@@ -431,6 +449,8 @@ struct AlgorithmDoc<'a> {
     intra: Option<Cow<'a, Algorithm>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inter: Option<Cow<'a, Algorithm>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    orders: Option<Cow<'a, [Vec<Rank>]>>,
 }
 
 impl Serialize for Algorithm {
@@ -441,6 +461,7 @@ impl Serialize for Algorithm {
             groups: None,
             intra: None,
             inter: None,
+            orders: None,
         };
         match self {
             Algorithm::ParentTree { parents } => doc.parents = Some(Cow::Borrowed(parents)),
@@ -449,6 +470,7 @@ impl Serialize for Algorithm {
                 doc.intra = Some(Cow::Borrowed(&h.intra));
                 doc.inter = Some(Cow::Borrowed(&h.inter));
             }
+            Algorithm::Rings { orders } => doc.orders = Some(Cow::Borrowed(orders)),
             _ => {}
         }
         doc.serialize(s)
@@ -484,6 +506,11 @@ impl TryFrom<AlgorithmDoc<'static>> for Algorithm {
             ("groups", doc.groups.is_some(), needs_levels),
             ("intra", doc.intra.is_some(), needs_levels),
             ("inter", doc.inter.is_some(), needs_levels),
+            (
+                "orders",
+                doc.orders.is_some(),
+                entry.kind == AlgoKind::Rings,
+            ),
         ] {
             if given && !allowed {
                 return Err(PlanError::param(
@@ -501,6 +528,9 @@ impl TryFrom<AlgorithmDoc<'static>> for Algorithm {
                 intra: doc.intra.ok_or_else(|| missing("intra"))?.into_owned(),
                 inter: doc.inter.ok_or_else(|| missing("inter"))?.into_owned(),
             }))),
+            AlgoKind::Rings => Ok(Algorithm::Rings {
+                orders: doc.orders.ok_or_else(|| missing("orders"))?.into_owned(),
+            }),
             k => k.algorithm(),
         }
     }
@@ -534,6 +564,20 @@ pub(crate) fn build_schedule(
             Tree::from_parents(parents.clone(), spec.world)?.check_root(spec)?;
         }
         Algorithm::Hierarchical(h) => h.validate(spec.world)?,
+        Algorithm::Rings { orders } => {
+            rings::check_orders(orders, spec.world)?;
+            if params.channels > 1 {
+                return Err(PlanError::param(
+                    "channels",
+                    format!(
+                        "rings runs one channel per order ({} given); give more orders instead \
+                         of --channels {}",
+                        orders.len(),
+                        params.channels
+                    ),
+                ));
+            }
+        }
         _ => {}
     }
     if spec.world == 1 {
@@ -583,6 +627,7 @@ fn generate(
         (Algorithm::Direct, _) => direct::direct(spec, params)?,
         (Algorithm::Dissemination, _) => barrier::dissemination(spec),
         (Algorithm::Hierarchical(h), _) => hier::hierarchical(spec, params, h)?,
+        (Algorithm::Rings { orders }, _) => rings::rings(spec, params, orders)?,
         (Algorithm::Ring, _) => unreachable!("table checked: ring serves {c}"),
     })
 }

@@ -64,6 +64,14 @@ pub fn algorithms(collective: Collective, p: u32, root: Rank) -> Vec<Algorithm> 
                     .map(|parents| Algorithm::ParentTree { parents }),
             ),
             AlgoKind::Hierarchical => out.extend(hierarchies(p)),
+            AlgoKind::Rings => out.push(Algorithm::Rings {
+                // Rank order, reversed, and every other rank first.
+                orders: vec![
+                    (0..p).collect(),
+                    (0..p).rev().collect(),
+                    (0..p).step_by(2).chain((1..p).step_by(2)).collect(),
+                ],
+            }),
             k => out.push(k.algorithm().expect("simple algorithm")),
         }
     }

@@ -26,6 +26,10 @@ struct Doc {
     /// by [`super::generate`] from the parsed table, with its keys' spans.
     #[serde(rename = "generate")]
     _generate: Option<serde::de::IgnoredAny>,
+    /// The hosts' hardware generations (see [`crate::hardware`]), read by
+    /// [`crate::hardware::read_hardware`]; the graph does not use them.
+    #[serde(rename = "hardware")]
+    _hardware: Option<serde::de::IgnoredAny>,
     ranks: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     node: Vec<Spanned<NodeEntry>>,
