@@ -68,6 +68,14 @@ pub fn algorithms(c: Collective, world: u32, root: u32) -> Vec<Algorithm> {
                     }
                 }
             }
+            AlgoKind::Rings => {
+                // Two channels, as NCCL's ring pair: the rank order and its reverse.
+                let order: Vec<u32> = (0..world).collect();
+                let reverse = order.iter().rev().copied().collect();
+                out.push(Algorithm::Rings {
+                    orders: vec![order, reverse],
+                });
+            }
             plain => out.push(
                 plain
                     .algorithm()
