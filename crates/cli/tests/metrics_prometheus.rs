@@ -222,18 +222,19 @@ fn shipped_alerting_rules_check_and_pass_their_tests() {
     }
 }
 
-/// The live links: a link throttled mid-run (fault injection: 1→0 drops to 20 MB/s after
-/// 400 MB) is held congested by rank 1's detector, in the metrics and in a log line,
-/// against the baseline the link achieved before. Needs no Prometheus.
-#[test]
-fn a_link_slowed_mid_run_is_flagged_congested() {
+/// A 2-rank all-reduce loop of `size` with metrics on and `faults` injected, its stderr
+/// collected by the returned thread (until the job is stopped).
+fn watched_job(
+    faults: &str,
+    size: &str,
+) -> (SocketAddr, Stopped, std::thread::JoinHandle<Vec<String>>) {
     let job_addr = free_port();
     let job = Command::new(env!("CARGO_BIN_EXE_topoccl"))
         .args(["run", "-n", "2", "--timeout", "120s", "--metrics"])
         .arg(job_addr.to_string())
         .args(["--", env!("CARGO_BIN_EXE_topoccl"), "bench", "allreduce"])
-        .args(["-b", "4M", "-e", "4M", "-n", "100000", "-w", "1", "-c", "0"])
-        .env("TOPOCCL_FAULTS", "rate=20MB/s@1->0:after=400MB")
+        .args(["-b", size, "-e", size, "-n", "100000", "-w", "1", "-c", "0"])
+        .env("TOPOCCL_FAULTS", faults)
         .env_remove("TOPOCCL_ALGO")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -248,16 +249,31 @@ fn a_link_slowed_mid_run_is_flagged_congested() {
             .map_while(Result::ok)
             .collect::<Vec<String>>()
     });
+    (job_addr, job, lines)
+}
+
+/// The job's metrics once they contain `needle`, or as they were after 60 s.
+fn metrics_once(job_addr: SocketAddr, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut text = String::new();
     while Instant::now() < deadline {
         text = http_get(job_addr, "/metrics", "text/plain", Duration::from_secs(5))
             .unwrap_or_default();
-        if text.contains("topoccl_link_congested{rank=\"1\",peer=\"0\"} 1") {
+        if text.contains(needle) {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    text
+}
+
+/// The live links: a link throttled mid-run (fault injection: 1→0 drops to 20 MB/s after
+/// 400 MB) is held congested by rank 1's detector, in the metrics and in a log line,
+/// against the baseline the link achieved before. Needs no Prometheus.
+#[test]
+fn a_link_slowed_mid_run_is_flagged_congested() {
+    let (job_addr, job, lines) = watched_job("rate=20MB/s@1->0:after=400MB", "4M");
+    let text = metrics_once(job_addr, "topoccl_link_congested{rank=\"1\",peer=\"0\"} 1");
     assert!(
         text.contains("topoccl_link_congested{rank=\"1\",peer=\"0\"} 1"),
         "{text}"
@@ -301,5 +317,38 @@ fn a_link_slowed_mid_run_is_flagged_congested() {
     assert!(
         log.contains("[FIRING congestion] link 1→0 congested"),
         "the alert is logged: {log}"
+    );
+}
+
+/// A stall is seen while it lasts: one frame from rank 1 to 0 is held back for 1.5 s
+/// (fault injection, after 100 MB); rank 1's watch, looking in the middle of the call,
+/// raises a `stall` alert on link 1→0 (logged and counted), and the job goes on.
+#[test]
+fn a_transfer_held_back_is_flagged_as_a_stall_while_it_lasts() {
+    let (job_addr, job, lines) = watched_job("delay=1500ms@1->0:after=100MB:once", "1M");
+    let needle = "topoccl_alerts_total{rank=\"1\",kind=\"stall\"}";
+    let text = metrics_once(job_addr, needle);
+    assert!(text.contains(needle), "{text}");
+    // The job goes on: its calls keep completing after the stall.
+    let count = |t: &str| -> f64 {
+        t.lines()
+            .filter(|l| l.starts_with("topoccl_collectives_total{rank=\"0\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = count(&text);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = count(
+        &http_get(job_addr, "/metrics", "text/plain", Duration::from_secs(5)).unwrap_or_default(),
+    );
+    assert!(
+        after > before,
+        "calls went on after the stall: {before} then {after}"
+    );
+    drop(job);
+    let log = lines.join().expect("the reader").join("\n");
+    assert!(
+        log.contains("[FIRING stall] link 1→0"),
+        "the stall is logged while it lasts: {log}"
     );
 }

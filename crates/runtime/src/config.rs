@@ -19,12 +19,15 @@
 //! | `TOPOCCL_METRICS` | serve Prometheus metrics on this address (`127.0.0.1:9464`; port `0` picks a free one), see [`crate::metrics`] | off |
 //! | `TOPOCCL_FLIGHT_ENTRIES`, `TOPOCCL_FLIGHT_DIR` | the flight recorder: calls kept per communicator (`0` off) and where dumps go, see [`crate::flight`] | 2,000; `$TMPDIR/topoccl-flight` |
 //! | `TOPOCCL_REPLAN` | `0` keeps the plans chosen at creation even when links slow down; on, a congested link makes every rank re-plan at the same call (needs `TOPOCCL_METRICS`: the live links are watched while metrics are on), see [`crate::replan`] | on |
+//! | `TOPOCCL_CONGESTION` | thresholds of the live links' congestion and stall detector: a JSON file, or the JSON itself when it starts with `{` (keys of `topoccl_watch::detect::CongestionConfig`: `throughput_ratio`, `utilisation_max`, `latency_max_s`, `stall_after_s`, …; those left out keep their defaults) | 0.5× baseline, 70% utilisation, 100 ms latency, 100 ms stall |
+//! | `TOPOCCL_METRICS_PEERS` | peers shown one by one in the link metrics and views (1–65536); beyond them peers are summed up per host | 64 |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
 
 use crate::auth::JobKey;
 use std::time::Duration;
 
 use topoccl_plan::units::{parse_bytes, parse_duration};
+use topoccl_watch::detect::CongestionConfig;
 
 use crate::error::{Error, Result};
 use crate::transport::faults::{self, Rule};
@@ -61,7 +64,14 @@ pub struct Config {
     pub flight: crate::flight::FlightConfig,
     /// Re-plan around congested links (`TOPOCCL_REPLAN`).
     pub replan: bool,
+    /// Thresholds of the live links' detector (`TOPOCCL_CONGESTION`).
+    pub congestion: CongestionConfig,
+    /// Peers shown one by one in the live links (`TOPOCCL_METRICS_PEERS`).
+    pub metrics_peers: usize,
 }
+
+/// The default of [`Config::metrics_peers`].
+pub const DEFAULT_METRICS_PEERS: usize = 64;
 
 /// Worlds up to this size measure their link matrix by default: it takes p−1 rounds of
 /// pairwise exchanges.
@@ -88,8 +98,37 @@ impl Default for Config {
             metrics: None,
             flight: Default::default(),
             replan: true,
+            congestion: CongestionConfig::default(),
+            metrics_peers: DEFAULT_METRICS_PEERS,
         }
     }
+}
+
+/// `TOPOCCL_CONGESTION`: the JSON itself (starting with `{`) or a JSON file's path;
+/// unknown keys and values out of range are errors naming the variable and the key.
+fn congestion_config(v: &str) -> Result<CongestionConfig> {
+    const KEY: &str = "TOPOCCL_CONGESTION";
+    let (text, whence) = if v.trim_start().starts_with('{') {
+        (v.to_string(), "its JSON".to_string())
+    } else {
+        let text = std::fs::read_to_string(v.trim()).map_err(|e| {
+            Error::Config(format!(
+                "{KEY}={v}: cannot read the file ({e}); give a JSON file's path or the JSON \
+                 itself, starting with `{{`"
+            ))
+        })?;
+        (text, format!("file {}", v.trim()))
+    };
+    let cfg: CongestionConfig = serde_json::from_str(&text).map_err(|e| {
+        Error::Config(format!(
+            "{KEY} ({whence}): {e}; the keys are throughput_ratio, throughput_clear_ratio, \
+             utilisation_max, utilisation_clear, latency_max_s, latency_clear_s, \
+             stall_after_s, stale_after_s, congestion, stall"
+        ))
+    })?;
+    cfg.validate()
+        .map_err(|e| Error::Config(format!("{KEY} ({whence}): {e}")))?;
+    Ok(cfg)
 }
 
 /// The largest number of data connections per peer.
@@ -225,6 +264,23 @@ impl Config {
         if let Some(v) = lookup("TOPOCCL_REPLAN") {
             c.replan = switch("TOPOCCL_REPLAN", &v)?;
         }
+        if let Some(v) = lookup("TOPOCCL_CONGESTION").filter(|s| !s.trim().is_empty()) {
+            c.congestion = congestion_config(&v)?;
+        }
+        if let Some(v) = lookup("TOPOCCL_METRICS_PEERS").filter(|s| !s.trim().is_empty()) {
+            let max = topoccl_watch::matrix::MAX_TRACKED;
+            c.metrics_peers = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "TOPOCCL_METRICS_PEERS={v}: give how many peers the link metrics show \
+                         one by one, 1 to {max} (beyond them peers are summed up per host)"
+                    ))
+                })?;
+        }
         if let Some(v) = lookup("TOPOCCL_MATRIX") {
             c.matrix = Some(switch("TOPOCCL_MATRIX", &v)?);
         }
@@ -343,5 +399,63 @@ mod tests {
         assert_eq!(default_yield(cores), Duration::ZERO);
         assert_eq!(default_spin(cores + 1), Duration::ZERO);
         assert_eq!(default_yield(cores + 1), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn congestion_thresholds_and_peer_cap() {
+        let one = |key: &'static str, value: String| {
+            Config::from_lookup(&move |k| (k == key).then(|| value.clone()))
+        };
+        let c = one(
+            "TOPOCCL_CONGESTION",
+            r#"{"utilisation_max": 0.9, "utilisation_clear": 0.8, "stall_after_s": 0.25}"#.into(),
+        )
+        .unwrap();
+        assert_eq!(c.congestion.utilisation_max, 0.9);
+        assert_eq!(c.congestion.stall_after_s, 0.25);
+        assert_eq!(
+            c.congestion.throughput_ratio, 0.5,
+            "keys left out keep their defaults"
+        );
+        // A file works as well as the JSON itself.
+        let path =
+            std::env::temp_dir().join(format!("topoccl-congestion-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"latency_max_s": 0.5}"#).unwrap();
+        let c = one("TOPOCCL_CONGESTION", path.display().to_string()).unwrap();
+        assert_eq!(c.congestion.latency_max_s, 0.5);
+        let _ = std::fs::remove_file(&path);
+        for (value, says) in [
+            (
+                r#"{"utilisation_mx": 0.9}"#,
+                "unknown field `utilisation_mx`",
+            ),
+            (r#"{"throughput_ratio": 0}"#, "congestion.throughput_ratio"),
+            (r#"{"utilisation_max": 0.5}"#, "utilisation_clear"),
+            (r#"{"stall_after_s": "1s"}"#, "invalid type"),
+            ("/no/such/file.json", "cannot read the file"),
+        ] {
+            let e = one("TOPOCCL_CONGESTION", value.into())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("TOPOCCL_CONGESTION") && e.contains(says),
+                "{value}: {e}"
+            );
+        }
+        assert_eq!(
+            one("TOPOCCL_METRICS_PEERS", "8".into())
+                .unwrap()
+                .metrics_peers,
+            8
+        );
+        for bad in ["0", "65537", "many", "-1"] {
+            let e = one("TOPOCCL_METRICS_PEERS", bad.into())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("TOPOCCL_METRICS_PEERS") && e.contains("1 to 65536"),
+                "{e}"
+            );
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::comm::{Communicator, DEFAULT_NET};
 use crate::config::Config;
 use crate::env::LaunchInfo;
 use crate::error::{Error, Result};
-use crate::live::Live;
+use crate::live::{Live, PeerFacts};
 use crate::metrics::Meter;
 use crate::select::Selector;
 use crate::store::{Store, StoreAddr, StoreError, TcpStoreServer};
@@ -168,19 +168,12 @@ impl Communicator {
         Ok(comm)
     }
 
-    /// With metrics on: the measured links into the metrics, and the endpoint's address
-    /// into the store, where `topoccl run --metrics` looks for it.
+    /// With metrics on: the endpoint's address into the store, where `topoccl run
+    /// --metrics` looks for it (the measured links reach the metrics through the live
+    /// view, `crate::live`).
     fn publish_metrics(&mut self, job_id: &str) -> Result<()> {
-        let Some(meter) = &self.meter else {
+        if self.meter.is_none() {
             return Ok(());
-        };
-        if let Some(m) = &self.matrix {
-            let r = self.rank as usize;
-            let links: Vec<(Rank, f64, f64)> = (0..self.world)
-                .filter(|&p| p != self.rank)
-                .map(|p| (p, m.bandwidth[r][p as usize], m.latency[r][p as usize]))
-                .collect();
-            meter.metrics().set_links(self.rank, &links);
         }
         if let Some(cfg) = &self.cfg.metrics {
             let exporter = crate::metrics::exporter(cfg, crate::metrics::ENV_METRICS)?;
@@ -418,13 +411,35 @@ impl Communicator {
     /// links measured at creation.
     fn watch_links(&mut self) {
         if let Some(meter) = &self.meter {
+            // Capacities only where a topology file states them: a measured figure is what
+            // one probe achieved, not what the link can carry.
+            let stated = self.cfg.topo.is_some();
+            let mut router = self
+                .selector
+                .topology()
+                .filter(|t| stated && t.world() == self.world)
+                .map(|t| topoccl_topo::route::Router::new(t));
+            let mut capacity = |r: Rank| {
+                let route = router.as_mut()?.route(self.rank, r).ok()?;
+                Some(route.bottleneck)
+            };
+            let facts: Vec<PeerFacts> = (0..self.world)
+                .map(|r| PeerFacts {
+                    host: self.tr.peer_host(r).map(str::to_string),
+                    capacity_bps: if r == self.rank { None } else { capacity(r) },
+                })
+                .collect();
             self.live = Live::new(
                 self.namespace.clone(),
                 self.rank,
                 self.world_ranks.clone(),
-                |r| self.tr.peer_host(r).map(str::to_string),
+                |r| PeerFacts {
+                    host: facts[r as usize].host.clone(),
+                    capacity_bps: facts[r as usize].capacity_bps,
+                },
                 self.matrix.as_deref(),
                 meter.metrics().clone(),
+                &self.cfg,
             );
         }
     }

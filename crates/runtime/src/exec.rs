@@ -22,7 +22,7 @@ use topoccl_plan::machine::{RankMachine, ReadyOp};
 use topoccl_plan::{Buf, OpKind, Rank, ReduceOp, Slice};
 
 use crate::error::{Error, Result};
-use crate::live::Live;
+use crate::live::{Live, Transfer};
 use crate::matcher::{CallInfo, Matcher, Reject, Verdict};
 use crate::split::{Part, Stopwatch, TimeSplit};
 use crate::transport::{Conn, Polling, Rx, Sent, Transports, Tx, STAGING_BYTES};
@@ -271,9 +271,16 @@ struct Exec<'c> {
     sw: Stopwatch<'c>,
     /// Where sent and received frames are reported, while metrics are on.
     live: Option<&'c mut Live>,
-    /// While metrics are on: when the header of the frame being read on each (peer, lane)
-    /// arrived.
-    rx_began: std::collections::HashMap<(Rank, u16), Instant>,
+    /// While metrics are on: the frame being read on each (peer, lane).
+    rx_began: std::collections::HashMap<(Rank, u16), Reading>,
+}
+
+/// While metrics are on, a frame being read: when its header arrived, and once this
+/// rank took it (its receive posted), when and how many bytes.
+#[derive(Clone, Copy)]
+struct Reading {
+    header: Instant,
+    delivered: Option<(Instant, u64)>,
 }
 
 impl Exec<'_> {
@@ -368,9 +375,13 @@ impl Exec<'_> {
             if progressed {
                 continue;
             }
-            let until = self
+            self.look_in_flight(tr);
+            let mut until = self
                 .timer
                 .map_or(self.deadline.at, |t| t.min(self.deadline.at));
+            if let Some(look) = self.live.as_deref().and_then(Live::next_look) {
+                until = until.min(look);
+            }
             let t = self.sw.start();
             let woke = tr.wait(until, self.deadline.polling)?;
             self.sw.stop(Part::Wait, t);
@@ -378,6 +389,39 @@ impl Exec<'_> {
                 return Err(self.timeout_error(tr));
             }
         }
+    }
+
+    /// While metrics are on and a look is due: shows the live view the frames this call
+    /// has half sent and half received (a stalled link shows while it stalls).
+    fn look_in_flight(&mut self, tr: &mut Transports) {
+        let Some(live) = self.live.as_deref_mut() else {
+            return;
+        };
+        if live.next_look().is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let mut sending = Vec::new();
+        for i in tr.live().collect::<Vec<_>>() {
+            let Some(c) = tr.conn(i).filter(|c| c.purpose == Purpose::Data) else {
+                continue;
+            };
+            if let Some((tx, began)) = c.tx.as_ref().and_then(|tx| Some((tx, tx.began?))) {
+                sending.push(Transfer {
+                    peer: c.peer,
+                    bytes: tx.len as u64,
+                    began,
+                });
+            }
+        }
+        let receiving: Vec<Transfer> = self
+            .rx_began
+            .iter()
+            .filter_map(|(&(peer, _), r)| {
+                let (began, bytes) = r.delivered?;
+                Some(Transfer { peer, bytes, began })
+            })
+            .collect();
+        live.during_call(&sending, &receiving);
     }
 
     /// A peer that vanished may have been stopping because of someone else: a rank that
@@ -622,7 +666,11 @@ impl Exec<'_> {
                     ReadStep::Header(bytes) => {
                         progressed = true;
                         if self.live.is_some() {
-                            self.rx_began.insert((c.peer, c.lane), Instant::now());
+                            let reading = Reading {
+                                header: Instant::now(),
+                                delivered: None,
+                            };
+                            self.rx_began.insert((c.peer, c.lane), reading);
                         }
                         let (h, v) = self
                             .m
@@ -654,6 +702,9 @@ impl Exec<'_> {
                 Verdict::Park => return Ok(progressed),
                 Verdict::Deliver(d) => {
                     progressed = true;
+                    if let Some(r) = self.rx_began.get_mut(&(c.peer, c.lane)) {
+                        r.delivered = Some((Instant::now(), h.len));
+                    }
                     c.staged = 0;
                     c.rx = Rx::Payload {
                         header: h,
@@ -672,11 +723,11 @@ impl Exec<'_> {
     fn finish_recv(&mut self, c: &mut Conn, prog: &mut dyn Program) {
         if let Rx::Payload { header, index, .. } = c.rx {
             self.m.received(c.peer, &header);
-            if let (Some(live), Some(began)) = (
+            if let (Some(live), Some(r)) = (
                 self.live.as_deref_mut(),
                 self.rx_began.remove(&(c.peer, c.lane)),
             ) {
-                live.record_received(c.peer, header.len, began, Instant::now());
+                live.record_received(c.peer, header.len, r.header, Instant::now());
             }
             prog.complete(index);
             c.frame_read(HEADER_LEN as u64 + header.len);

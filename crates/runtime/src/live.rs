@@ -18,8 +18,22 @@
 //! peak is not the yardstick: a link's throughput baseline is what it achieved over its
 //! first [`LEARN_SAMPLES`] bulk transfers (its latency baseline is the probe's, where it
 //! ran). Congestion is then a drop against that. A link congested from its very first
-//! transfers is not detected by throughput (latency and stalls still are). Peers beyond
-//! the matrix's 64 are aggregated by host.
+//! transfers is not detected by throughput (latency and stalls still are).
+//!
+//! **Stalls are seen while they last.** A call waiting on its transfers looks again at
+//! most every [`EVALUATE_EVERY`] (`crate::exec` wakes for it): the frames it has half sent
+//! and half received go to the detectors as transfers in flight, and one older than its
+//! expected time on its link's baseline plus 100 ms raises a `stall` alert, logged
+//! (`[FIRING stall] link 1→0 …`) and counted.
+//!
+//! **Utilisation** is judged where the link's capacity is known: from a topology file
+//! (`TOPOCCL_TOPO`: the narrowest link of the route to the peer), for the links this rank
+//! sends on. Without a file nothing states a capacity (a probe's figure is a floor, not a
+//! ceiling), and utilisation is not judged.
+//!
+//! **Bounded.** Peers are tracked one by one up to `TOPOCCL_METRICS_PEERS` (default 64),
+//! then summed up per host (`peer="host:NAME"`, 64 hosts), then as `other`. The detector's
+//! thresholds come from `TOPOCCL_CONGESTION` (`crate::config`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,10 +41,29 @@ use std::time::{Duration, Instant};
 
 use topoccl_plan::Rank;
 use topoccl_topo::matrix::LinkMatrix as Probed;
-use topoccl_watch::detect::{AlertState, CongestionConfig, CongestionDetector};
+use topoccl_watch::detect::{AlertKind, AlertState, CongestionDetector, InFlight};
 use topoccl_watch::matrix::{Baseline, Dest, LinkMatrix, MatrixConfig, PeerSpec};
 
 use crate::metrics::Metrics;
+
+/// What the communicator knows of a peer when the watch starts.
+pub(crate) struct PeerFacts {
+    /// Its host's name (peers beyond the cap are summed up by host).
+    pub host: Option<String>,
+    /// The capacity of the route to it, bytes/s, when a topology file states it.
+    pub capacity_bps: Option<f64>,
+}
+
+/// A frame in flight on a link, as `crate::exec` sees it in the middle of a call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Transfer {
+    /// The communicator's rank at the other end.
+    pub peer: Rank,
+    /// The frame's payload, bytes.
+    pub bytes: u64,
+    /// When it started: its first byte offered (sending), its delivery began (receiving).
+    pub began: Instant,
+}
 
 /// How often, at most, the detector runs and the metrics are refreshed (after a call).
 pub const EVALUATE_EVERY: Duration = Duration::from_millis(250);
@@ -67,53 +100,91 @@ pub(crate) struct Live {
     congested_from: std::collections::BTreeMap<usize, (u64, bool)>,
     /// Links to peers the sent view's detector holds congested.
     congested_to: std::collections::BTreeSet<Dest>,
+    /// The host names of the matrix's groups, by group label.
+    group_names: Vec<String>,
     /// The communicator's name and its `/links` slot (`Metrics::links_slot`).
     communicator: String,
     published: Arc<std::sync::Mutex<String>>,
 }
 
 impl Live {
-    /// The links of `me` among `world_ranks.len()` ranks; `hosts` names each rank's host
-    /// (for aggregation), `probed` the links measured at creation.
+    /// The links of `me` among `world_ranks.len()` ranks; `facts` tells each peer's host
+    /// and capacity, `probed` the links measured at creation (their figures are the
+    /// metrics' first), `config` the detector's thresholds and the peers shown one by one.
     pub(crate) fn new(
         communicator: String,
         me: Rank,
         world_ranks: Vec<Rank>,
-        hosts: impl Fn(Rank) -> Option<String>,
+        facts: impl Fn(Rank) -> PeerFacts,
         probed: Option<&Probed>,
         metrics: Arc<Metrics>,
+        config: &crate::config::Config,
     ) -> Option<Live> {
         let world = world_ranks.len();
-        let mut links = LinkMatrix::new(me as usize, world, MatrixConfig::default()).ok()?;
-        let mut incoming = LinkMatrix::new(me as usize, world, MatrixConfig::default()).ok()?;
+        let matrix_config = MatrixConfig {
+            max_peers: config.metrics_peers,
+            ..MatrixConfig::default()
+        };
+        let mut links = LinkMatrix::new(me as usize, world, matrix_config.clone()).ok()?;
+        let mut incoming = LinkMatrix::new(me as usize, world, matrix_config).ok()?;
         let mut host_ids: HashMap<String, u32> = HashMap::new();
+        let mut group_names: Vec<String> = Vec::new();
         let mut probed_latency: Vec<Option<f64>> = Vec::new();
+        // The probe's figures per link (aggregates: their members' mean), for the metrics.
+        let mut seeded: Vec<(Dest, f64, f64, u32)> = Vec::new();
         for peer in (0..world as Rank).filter(|&p| p != me) {
-            let group = hosts(peer).map(|h| {
-                let next = host_ids.len() as u32;
-                *host_ids.entry(h).or_insert(next)
+            let PeerFacts { host, capacity_bps } = facts(peer);
+            let group = host.map(|h| {
+                *host_ids.entry(h.clone()).or_insert_with(|| {
+                    group_names.push(h);
+                    group_names.len() as u32 - 1
+                })
             });
-            let latency = probed
-                .and_then(|m| m.latency.get(me as usize)?.get(peer as usize).copied())
-                .filter(|l| l.is_finite() && *l >= 0.0);
+            let figure = |m: &Probed, which: fn(&Probed) -> &Vec<Vec<f64>>| {
+                which(m)
+                    .get(me as usize)?
+                    .get(peer as usize)
+                    .copied()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+            };
+            let latency = probed.and_then(|m| figure(m, |m| &m.latency));
+            let bandwidth = probed.and_then(|m| figure(m, |m| &m.bandwidth));
             let before = links.len();
             let spec = PeerSpec {
                 group,
                 baseline: None,
-                capacity_bps: None,
+                capacity_bps: capacity_bps.filter(|c| c.is_finite() && *c > 0.0),
             };
-            links.add_peer(peer as usize, spec).ok()?;
-            incoming.add_peer(peer as usize, spec).ok()?;
+            let dest = links.add_peer(peer as usize, spec).ok()?;
+            incoming
+                .add_peer(
+                    peer as usize,
+                    PeerSpec {
+                        capacity_bps: None,
+                        ..spec
+                    },
+                )
+                .ok()?;
             // A new link; a peer joining an aggregate keeps its first member's latency.
             if links.len() > before {
                 probed_latency.push(latency);
             }
+            if let (Some(bw), Some(lat)) = (bandwidth, latency) {
+                match seeded.iter_mut().find(|s| s.0 == dest) {
+                    Some(s) => {
+                        s.1 += bw;
+                        s.2 += lat;
+                        s.3 += 1;
+                    }
+                    None => seeded.push((dest, bw, lat, 1)),
+                }
+            }
         }
         let learned = vec![false; links.len()];
         let incoming_learned = vec![false; incoming.len()];
-        let congestion = CongestionDetector::new(CongestionConfig::default()).ok()?;
-        let incoming_congestion = CongestionDetector::new(CongestionConfig::default()).ok()?;
-        Some(Live {
+        let congestion = CongestionDetector::new(config.congestion.clone()).ok()?;
+        let incoming_congestion = CongestionDetector::new(config.congestion.clone()).ok()?;
+        let live = Live {
             links,
             congestion,
             incoming,
@@ -128,10 +199,50 @@ impl Live {
             wants_replan: false,
             congested_from: Default::default(),
             congested_to: Default::default(),
+            group_names,
             communicator,
             published: metrics.links_slot(),
             metrics,
-        })
+        };
+        let first: Vec<(String, Option<f64>, Option<f64>)> = seeded
+            .iter()
+            .map(|&(d, bw, lat, n)| (live.label(d), Some(bw / n as f64), Some(lat / n as f64)))
+            .collect();
+        live.metrics.set_live_links(live.rank, &first);
+        Some(live)
+    }
+
+    /// A link's name in the metrics and the views: the peer's world rank, `host:NAME`
+    /// for an aggregate, or `other`.
+    fn label(&self, d: Dest) -> String {
+        match d {
+            Dest::Peer(p) => self
+                .world_ranks
+                .get(p)
+                .map_or_else(|| p.to_string(), |w| w.to_string()),
+            Dest::Group(g) => self
+                .group_names
+                .get(g as usize)
+                .map_or_else(|| format!("group {g}"), |h| format!("host:{h}")),
+            Dest::Other => "other".to_string(),
+        }
+    }
+
+    /// When the next look is due (after a call, or in the middle of a long one).
+    pub(crate) fn next_look(&self) -> Option<Instant> {
+        self.last.map(|t| t + EVALUATE_EVERY)
+    }
+
+    /// Transfers in flight as the detector takes them.
+    fn in_flight(&self, transfers: &[Transfer]) -> Vec<InFlight> {
+        transfers
+            .iter()
+            .map(|t| InFlight {
+                peer: t.peer as usize,
+                bytes: t.bytes,
+                started_ns: self.ns(t.began),
+            })
+            .collect()
     }
 
     fn ns(&self, t: Instant) -> u64 {
@@ -157,9 +268,10 @@ impl Live {
         let _ = self.incoming.record(peer as usize, bytes, s, e);
     }
 
-    /// The received view's turn after a call: learns baselines, runs its detector, logs
-    /// and counts its alerts, and asks for a re-plan when a link from a peer fires.
-    fn evaluate_incoming(&mut self, now_ns: u64) {
+    /// The received view's turn: learns baselines, runs its detector (with the frames
+    /// being received, `receiving`), logs and counts its alerts, and asks for a re-plan
+    /// when a link from a peer stays congested for [`SUSTAINED`].
+    fn evaluate_incoming(&mut self, now_ns: u64, receiving: &[InFlight]) {
         let mut learn = Vec::new();
         for (i, (d, s)) in self.incoming.links(now_ns).enumerate() {
             if !self.incoming_learned.get(i).copied().unwrap_or(true)
@@ -181,42 +293,57 @@ impl Live {
         }
         let Ok(alerts) = self
             .incoming_congestion
-            .evaluate(&self.incoming, &[], now_ns)
+            .evaluate(&self.incoming, receiving, now_ns)
         else {
             return;
         };
         for a in alerts {
-            let topoccl_watch::detect::Subject::Link {
-                dest: Dest::Peer(p),
-                ..
-            } = a.subject
-            else {
+            let topoccl_watch::detect::Subject::Link { dest, .. } = a.subject else {
                 continue;
             };
-            let from = self.world_ranks.get(p).copied().unwrap_or(p as Rank);
-            let stats = self.incoming.link(Dest::Peer(p), now_ns);
-            let figures = stats
-                .and_then(|s| Some((s.throughput_bps?, s.baseline?.throughput_bps)))
-                .map_or_else(String::new, |(now, base)| {
+            let from = self.label(dest);
+            let figures = match a.kind {
+                AlertKind::Stall => a.evidence.first().map_or_else(String::new, |e| {
                     format!(
-                        ": {:.1} MB/s vs {:.1} MB/s baseline ({:.2}×)",
-                        now / 1e6,
-                        base / 1e6,
-                        now / base
+                        ": a frame in flight {:.3} s, expected {:.3} s",
+                        e.observed,
+                        e.baseline.unwrap_or(0.0)
                     )
-                });
-            if a.state == AlertState::Firing {
-                self.congested_from.insert(p, (a.since_ns, false));
-                self.metrics.count_alert(self.rank, a.kind.name());
+                }),
+                _ => self
+                    .incoming
+                    .link(dest, now_ns)
+                    .and_then(|s| Some((s.throughput_bps?, s.baseline?.throughput_bps)))
+                    .map_or_else(String::new, |(now, base)| {
+                        format!(
+                            ": {:.1} MB/s vs {:.1} MB/s baseline ({:.2}×)",
+                            now / 1e6,
+                            base / 1e6,
+                            now / base
+                        )
+                    }),
+            };
+            let kind = a.kind.name();
+            let firing = a.state == AlertState::Firing;
+            // Congestion of a link from one peer is a re-plan's evidence; a stall shows
+            // as congestion too once its frame lands.
+            if let (AlertKind::Congestion, Dest::Peer(p)) = (a.kind, dest) {
+                if firing {
+                    self.congested_from.insert(p, (a.since_ns, false));
+                } else {
+                    self.congested_from.remove(&p);
+                }
+            }
+            if firing {
+                self.metrics.count_alert(self.rank, kind);
                 tracing::warn!(
-                    "rank {}: [FIRING congestion] link {from}→{} as received{figures}",
+                    "rank {}: [FIRING {kind}] link {from}→{} as received{figures}",
                     self.rank,
                     self.rank
                 );
             } else {
-                self.congested_from.remove(&p);
                 tracing::info!(
-                    "rank {}: [RESOLVED congestion] link {from}→{} as received{figures}",
+                    "rank {}: [RESOLVED {kind}] link {from}→{} as received{figures}",
                     self.rank,
                     self.rank
                 );
@@ -231,8 +358,20 @@ impl Live {
         }
     }
 
-    /// A call ended: evaluates and publishes, at most every [`EVALUATE_EVERY`].
+    /// A call ended: looks at the links, at most every [`EVALUATE_EVERY`].
     pub(crate) fn after_call(&mut self) {
+        self.look(&[], &[]);
+    }
+
+    /// A call is waiting with these frames half sent and half received: looks at the
+    /// links (stalls included), at most every [`EVALUATE_EVERY`].
+    pub(crate) fn during_call(&mut self, sending: &[Transfer], receiving: &[Transfer]) {
+        self.look(sending, receiving);
+    }
+
+    /// Learns baselines, runs both views' detectors, brings the metrics up to date, logs
+    /// and counts alerts as they fire and resolve, and publishes the views.
+    fn look(&mut self, sending: &[Transfer], receiving: &[Transfer]) {
         let now = Instant::now();
         if self
             .last
@@ -242,16 +381,8 @@ impl Live {
         }
         self.last = Some(now);
         let now_ns = self.ns(now);
-        self.evaluate_incoming(now_ns);
-        let name = |d: Dest| -> String {
-            match d {
-                Dest::Peer(p) => self
-                    .world_ranks
-                    .get(p)
-                    .map_or_else(|| p.to_string(), |w| w.to_string()),
-                other => other.to_string(),
-            }
-        };
+        let (sending, receiving) = (self.in_flight(sending), self.in_flight(receiving));
+        self.evaluate_incoming(now_ns, &receiving);
         let mut learn = Vec::new();
         let links: Vec<(String, Option<f64>, Option<f64>)> = self
             .links
@@ -266,7 +397,7 @@ impl Live {
                         learn.push((i, d, bw, latency_s.or(s.latency_s).unwrap_or(0.0)));
                     }
                 }
-                (name(d), s.throughput_bps, s.latency_s)
+                (self.label(d), s.throughput_bps, s.latency_s)
             })
             .collect();
         for (i, d, throughput_bps, latency_s) in learn {
@@ -279,7 +410,7 @@ impl Live {
                 tracing::debug!(
                     "rank {}: link to {} learned: {:.0} MB/s",
                     self.rank,
-                    name(d),
+                    self.label(d),
                     throughput_bps / 1e6
                 );
             }
@@ -287,28 +418,34 @@ impl Live {
         self.metrics.set_live_links(self.rank, &links);
         let alerts = self
             .congestion
-            .evaluate(&self.links, &[], now_ns)
+            .evaluate(&self.links, &sending, now_ns)
             .unwrap_or_default();
-        for a in alerts {
-            let (peer, dest) = match a.subject {
-                topoccl_watch::detect::Subject::Link { dest, .. } => (name(dest), Some(dest)),
-                topoccl_watch::detect::Subject::Rank { rank } => (rank.to_string(), None),
-            };
-            let firing = a.state == AlertState::Firing;
-            if let Some(d) = dest {
-                if firing {
-                    self.congested_to.insert(d);
+        if !alerts.is_empty() {
+            // A link is held congested while any of its alerts (slow, full, stalled) fires.
+            let firing: std::collections::BTreeSet<Dest> = self
+                .congestion
+                .firing()
+                .filter_map(|a| match a.subject {
+                    topoccl_watch::detect::Subject::Link { dest, .. } => Some(dest),
+                    _ => None,
+                })
+                .collect();
+            for a in &alerts {
+                if let topoccl_watch::detect::Subject::Link { dest, .. } = a.subject {
+                    self.metrics.set_congested(
+                        self.rank,
+                        &self.label(dest),
+                        firing.contains(&dest),
+                    );
+                }
+                if a.state == AlertState::Firing {
+                    self.metrics.count_alert(self.rank, a.kind.name());
+                    tracing::warn!("rank {}: {}", self.rank, a.log_line());
                 } else {
-                    self.congested_to.remove(&d);
+                    tracing::info!("rank {}: {}", self.rank, a.log_line());
                 }
             }
-            self.metrics.set_congested(self.rank, &peer, firing);
-            if firing {
-                self.metrics.count_alert(self.rank, a.kind.name());
-                tracing::warn!("rank {}: {}", self.rank, a.log_line());
-            } else {
-                tracing::info!("rank {}: {}", self.rank, a.log_line());
-            }
+            self.congested_to = firing;
         }
         self.publish(now_ns);
     }
@@ -318,15 +455,6 @@ impl Live {
     /// `in`: as received from it), the peer (a world rank, or an aggregate), the matrix's
     /// figures (`LinkStats`) and whether it is held congested.
     fn publish(&self, now_ns: u64) {
-        let name = |d: Dest| -> String {
-            match d {
-                Dest::Peer(p) => self
-                    .world_ranks
-                    .get(p)
-                    .map_or_else(|| p.to_string(), |w| w.to_string()),
-                other => other.to_string(),
-            }
-        };
         let mut rows = Vec::new();
         for (direction, view) in [("out", &self.links), ("in", &self.incoming)] {
             for (d, stats) in view.links(now_ns) {
@@ -337,7 +465,7 @@ impl Live {
                 };
                 rows.push(serde_json::json!({
                     "direction": direction,
-                    "peer": name(d),
+                    "peer": self.label(d),
                     "congested": congested,
                     "stats": stats,
                 }));
@@ -377,5 +505,133 @@ impl Live {
         seen.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         seen.truncate(max);
         seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 11 ranks, rank 0 watching: with 4 peers shown one by one, peer 5 is summed up
+    /// under its host `a` and peers 6–10 under `b`; the probe's figures are the metrics'
+    /// first (an aggregate's: its members' mean), and every view names links the same.
+    #[test]
+    fn peers_beyond_the_cap_are_summed_up_per_host() {
+        let world = 11usize;
+        let metrics = Arc::new(Metrics::new());
+        let config = crate::config::Config {
+            metrics_peers: 4,
+            ..Default::default()
+        };
+        let probed = Probed {
+            hosts: (0..world).map(|r| format!("h{r}")).collect(),
+            latency: vec![vec![1e-5; world]; world],
+            bandwidth: (0..world)
+                .map(|_| (0..world).map(|p| 1e9 * p as f64).collect())
+                .collect(),
+        };
+        let host = |r: Rank| if r < 6 { "a" } else { "b" };
+        let mut live = Live::new(
+            "world".into(),
+            0,
+            (0..world as Rank).collect(),
+            |r| PeerFacts {
+                host: Some(host(r).to_string()),
+                capacity_bps: None,
+            },
+            Some(&probed),
+            metrics.clone(),
+            &config,
+        )
+        .expect("a live view");
+        let text = metrics.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("topoccl_link_throughput_bytes_per_second{"))
+            .collect();
+        assert_eq!(series.len(), 6, "4 peers and 2 hosts: {series:?}");
+        for p in 1..=4 {
+            assert!(text.contains(&format!("peer=\"{p}\"")), "{text}");
+        }
+        assert!(!text.contains("peer=\"5\""), "{text}");
+        // Host b's peers 6..=10 probed at 6..10 GB/s: their mean.
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains("peer=\"host:b\"") && l.ends_with(" 8000000000.0")),
+            "{series:?}"
+        );
+        assert!(series.iter().any(|l| l.contains("peer=\"host:a\"")));
+        // Traffic to a summed-up peer lands on its host's link, named the same in /links.
+        let t = Instant::now();
+        live.record(7, 1 << 20, t, t + Duration::from_millis(1));
+        live.after_call();
+        let view: serde_json::Value =
+            serde_json::from_str(&live.published.lock().unwrap()).unwrap();
+        let b = view["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["direction"] == "out" && l["peer"] == "host:b")
+            .unwrap_or_else(|| panic!("{view}"));
+        assert_eq!(b["stats"]["bytes_total"], 1 << 20, "{b}");
+    }
+
+    /// A frame in flight far past its expected time raises a `stall` on its link while it
+    /// lasts, through the look in the middle of a call.
+    #[test]
+    fn a_frame_in_flight_too_long_is_a_stall() {
+        let metrics = Arc::new(Metrics::new());
+        let mut live = Live::new(
+            "world".into(),
+            0,
+            vec![0, 1],
+            |_| PeerFacts {
+                host: None,
+                capacity_bps: None,
+            },
+            None,
+            metrics.clone(),
+            &Default::default(),
+        )
+        .expect("a live view");
+        let began = Instant::now();
+        let sending = [Transfer {
+            peer: 1,
+            bytes: 1 << 20,
+            began,
+        }];
+        // No baseline yet: expected 0 s, so a stall from 100 ms on.
+        std::thread::sleep(Duration::from_millis(150));
+        live.during_call(&sending, &[]);
+        assert!(live.congested_to.contains(&Dest::Peer(1)));
+        let text = metrics.encode();
+        assert!(
+            text.contains("topoccl_alerts_total{rank=\"0\",kind=\"stall\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("topoccl_link_congested{rank=\"0\",peer=\"1\"} 1"));
+        // A frame received too long stalls the link as received, not as sent.
+        let mut live2 = Live::new(
+            "world".into(),
+            0,
+            vec![0, 1],
+            |_| PeerFacts {
+                host: None,
+                capacity_bps: None,
+            },
+            None,
+            Arc::new(Metrics::new()),
+            &Default::default(),
+        )
+        .expect("a live view");
+        let sending = [Transfer {
+            began: Instant::now(),
+            ..sending[0]
+        }];
+        std::thread::sleep(Duration::from_millis(150));
+        live2.during_call(&[], &sending);
+        assert!(live2.congested_to.is_empty());
+        assert!(live2.incoming_congestion.firing().count() == 1);
     }
 }

@@ -22,8 +22,9 @@
 //! Every label is bounded: `collective` and `algorithm` come from the plan core's tables
 //! (an algorithm's [`label`](topoccl_plan::Algorithm::label), never a rank order),
 //! `size` is one of [`SIZE_BUCKETS`] (×4 steps, 256 B to 1 GiB, then `+Inf`), `kind` one of
-//! [`Error::kind`]'s, `peer` a rank up to [`MAX_PEER_SERIES`] peers and `other` beyond (the
-//! mean of the rest). A process holds at most [`MAX_COMMUNICATORS`] in-flight slots.
+//! [`Error::kind`]'s, `peer` a world rank up to `TOPOCCL_METRICS_PEERS` peers (64), then
+//! `host:NAME` for the rest of a host's peers summed up (64 hosts), then `other`
+//! (`crate::live`). A process holds at most [`MAX_COMMUNICATORS`] in-flight slots.
 //!
 //! Recording costs a clock read on entry and return, one hash lookup of the call's
 //! cached handles, a histogram observation (an uncontended lock) and two atomic adds.
@@ -52,8 +53,6 @@ use crate::error::{Error, Result};
 
 /// The environment variable that turns metrics on, with the address to serve them on.
 pub const ENV_METRICS: &str = "TOPOCCL_METRICS";
-/// Peers shown one by one in the link metrics; the rest are summed up as `peer="other"`.
-pub const MAX_PEER_SERIES: usize = 64;
 /// Communicators of one process whose in-flight call the exporter watches.
 pub const MAX_COMMUNICATORS: usize = 256;
 /// Upper bounds of the `size` label, in bytes (the last bucket is `+Inf`).
@@ -266,26 +265,6 @@ impl Metrics {
     fn nanos(&self, t: Instant) -> u64 {
         // Never 0: 0 means idle.
         (t.saturating_duration_since(self.epoch).as_nanos() as u64).max(1)
-    }
-
-    /// Records the measured links of `rank`: `(peer, bytes per second, latency seconds)`,
-    /// the first [`MAX_PEER_SERIES`] peers one by one, the mean of the rest as `other`.
-    pub fn set_links(&self, rank: Rank, links: &[(Rank, f64, f64)]) {
-        let (shown, rest) = links.split_at(links.len().min(MAX_PEER_SERIES));
-        let set = |peer: String, bw: f64, lat: f64| {
-            let l = PeerLabels { rank, peer };
-            self.link_bandwidth.get_or_create(&l).set(bw);
-            self.link_latency.get_or_create(&l).set(lat);
-        };
-        for &(peer, bw, lat) in shown {
-            set(peer.to_string(), bw, lat);
-        }
-        if !rest.is_empty() {
-            let n = rest.len() as f64;
-            let bw = rest.iter().map(|l| l.1).sum::<f64>() / n;
-            let lat = rest.iter().map(|l| l.2).sum::<f64>() / n;
-            set("other".to_string(), bw, lat);
-        }
     }
 }
 
@@ -842,19 +821,5 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap();
         assert!(age >= 0.019, "{age}");
-    }
-
-    #[test]
-    fn links_beyond_the_cap_are_summed_up() {
-        let metrics = Metrics::new();
-        let links: Vec<_> = (0..100u32).map(|p| (p, 1e9, 1e-5)).collect();
-        metrics.set_links(0, &links);
-        let text = metrics.encode();
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("topoccl_link_latency_seconds{"))
-            .count();
-        assert_eq!(series, MAX_PEER_SERIES + 1);
-        assert!(text.contains("peer=\"other\""));
     }
 }
