@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::start_store_with;
@@ -27,6 +28,9 @@ struct Ended {
 /// environment), all at once, as ranks of one job on `store`; waits for all of them.
 fn run_ranks(store: &str, count: usize, iters: u32, ranks: &[Vec<(&str, String)>]) -> Vec<Ended> {
     let world = ranks.len().to_string();
+    // A job id of its own: a store keeps an earlier job's endpoints.
+    static JOBS: AtomicU32 = AtomicU32::new(0);
+    let job = format!("tls-test-{}", JOBS.fetch_add(1, Ordering::Relaxed));
     let start = Instant::now();
     let mut children: Vec<Child> = ranks
         .iter()
@@ -39,7 +43,7 @@ fn run_ranks(store: &str, count: usize, iters: u32, ranks: &[Vec<(&str, String)>
                 .env("TOPOCCL_RANK", r.to_string())
                 .env("TOPOCCL_WORLD_SIZE", &world)
                 .env("TOPOCCL_STORE", store)
-                .env("TOPOCCL_JOB_ID", "tls-test")
+                .env("TOPOCCL_JOB_ID", &job)
                 .env("TOPOCCL_SECRET", SECRET)
                 .env("TOPOCCL_TRANSPORT", "tcp")
                 .env("TOPOCCL_TIMEOUT", "20s")
