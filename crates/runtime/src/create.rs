@@ -123,6 +123,7 @@ fn parse_endpoint(v: &[u8]) -> Option<Endpoint> {
             shm: None,
             host: String::new(),
             nonce: [0; NONCE_LEN],
+            tls: false,
         });
     }
     serde_json::from_slice(v).ok()

@@ -10,6 +10,12 @@
 //! a fresh connection. That is safe for every request, counters included: the server
 //! closes an idle connection only when no byte of a request has arrived, and never after
 //! running one without replying.
+//!
+//! Over TLS (`TOPOCCL_TLS`) each connection reads the store's greeting in clear, then
+//! runs the TLS handshake and the usual greeting, hello and requests inside the session;
+//! the hello's proof covers the session's exporter value (`super::codec::hello`). A store
+//! and a client that disagree about TLS, or a certificate refused, fail the client at
+//! once with the reason (never retried: they would fail again).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -27,6 +33,7 @@ use super::limits::{
 use super::socket::{read_frame, FrameError};
 use super::{lock, shown, Store, StoreError};
 use crate::auth::{JobKey, NONCE_LEN};
+use crate::transport::tls::{self, Stream, Tls, TLS_VAR};
 
 fn nonzero(d: Duration) -> Duration {
     d.max(Duration::from_millis(1))
@@ -40,7 +47,7 @@ fn millis_until(deadline: Instant) -> u64 {
 }
 
 struct Pool {
-    idle: Vec<TcpStream>,
+    idle: Vec<Stream>,
     /// Connections in existence, idle or lent to a call.
     open: usize,
 }
@@ -52,6 +59,8 @@ pub struct TcpStore {
     peer: SocketAddr,
     /// The job's key, proven to the server on every connection.
     key: Option<JobKey>,
+    /// TLS for every connection (`None`: in clear).
+    tls: Option<Tls>,
     io_timeout: Duration,
     pool: Mutex<Pool>,
     freed: Condvar,
@@ -78,7 +87,7 @@ enum AttemptError {
 }
 
 /// A refusal's reason: a string of at most [`MAX_MESSAGE_LEN`] bytes worth reading.
-fn read_reason(mut r: &TcpStream) -> Option<String> {
+fn read_reason(r: &mut impl Read) -> Option<String> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).ok()?;
     let n = (u32::from_be_bytes(len) as usize).min(MAX_MESSAGE_LEN);
@@ -87,26 +96,24 @@ fn read_reason(mut r: &TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&msg).into_owned())
 }
 
-/// Opens one connection and completes the greeting, hello and welcome.
-fn connect_once(
+/// Reads the fixed part of a greeting and says what it means for this client;
+/// `Ok(())`: accepted (a nonce follows).
+fn read_greeting(
+    r: &mut impl Read,
     addr: &str,
     peer: SocketAddr,
-    key: Option<&JobKey>,
     timeout: Duration,
-) -> Result<TcpStream, AttemptError> {
-    let timeout = nonzero(timeout);
-    let stream = TcpStream::connect_timeout(&peer, timeout)
-        .map_err(|e| AttemptError::Retry(format!("connecting to {peer}: {e}")))?;
-    let setup = || -> io::Result<()> {
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))
-    };
-    setup()
-        .map_err(|e| AttemptError::Retry(format!("setting up the connection to {peer}: {e}")))?;
-    let mut r = &stream;
+    tls: Option<&Tls>,
+    inside_tls: bool,
+) -> Result<(), AttemptError> {
     let mut greeting = [0u8; GREETING_LEN];
     r.read_exact(&mut greeting).map_err(|e| {
+        if let (Some(t), Some(why)) = (tls, tls::rustls_error(&e)) {
+            return AttemptError::Fatal(StoreError::Protocol(format!(
+                "the store at {addr} refused this client's TLS session: {why}; {}",
+                t.advice()
+            )));
+        }
         AttemptError::Retry(match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
                 "{peer} accepted the connection but sent no greeting within {timeout:?} \
@@ -116,37 +123,99 @@ fn connect_once(
         })
     })?;
     match codec::parse_greeting(&greeting) {
-        Greeting::Accepted => {}
-        Greeting::NotAStore => {
-            return Err(AttemptError::Fatal(StoreError::Protocol(format!(
-                "{addr} ({peer}) is not a topoccl TCP store (unexpected greeting); check the \
-                 store address and port"
+        Greeting::Accepted if tls.is_some() && !inside_tls => {
+            Err(AttemptError::Fatal(StoreError::Protocol(format!(
+                "the store at {addr} does not use TLS, but {TLS_VAR} is on for this process; \
+                 give the store and every rank the same {TLS_VAR}"
             ))))
         }
-        Greeting::OtherVersion(version) => {
-            return Err(AttemptError::Fatal(StoreError::Protocol(format!(
-                "the store at {addr} speaks protocol version {version}, this client version \
+        Greeting::Accepted => Ok(()),
+        Greeting::Tls if tls.is_none() => Err(AttemptError::Fatal(StoreError::Protocol(format!(
+            "the store at {addr} speaks TLS and this process does not: set {TLS_VAR}=1 \
+                 (and the store's certificate settings) here, or start the store without it"
+        )))),
+        Greeting::Tls if inside_tls => Err(AttemptError::Fatal(StoreError::Protocol(format!(
+            "{addr} ({peer}) asked for TLS twice; it is not a topoccl store of this version"
+        )))),
+        Greeting::Tls => Ok(()),
+        Greeting::NotAStore => Err(AttemptError::Fatal(StoreError::Protocol(format!(
+            "{addr} ({peer}) is not a topoccl TCP store (unexpected greeting); check the \
+             store address and port"
+        )))),
+        Greeting::OtherVersion(version) => Err(AttemptError::Fatal(StoreError::Protocol(format!(
+            "the store at {addr} speaks protocol version {version}, this client version \
                  {VERSION}; use matching topoccl versions"
-            ))))
-        }
+        )))),
         Greeting::Refused => {
             let why = read_reason(r).unwrap_or_else(|| "no reason given".into());
-            return Err(AttemptError::Full(format!(
+            Err(AttemptError::Full(format!(
                 "the store refused the connection: {why}"
-            )));
+            )))
         }
     }
+}
+
+/// Opens one connection and completes the greeting, hello and welcome (and, with `tls`,
+/// the TLS handshake between the greeting in clear and the one inside).
+fn connect_once(
+    addr: &str,
+    peer: SocketAddr,
+    key: Option<&JobKey>,
+    tls: Option<&Tls>,
+    timeout: Duration,
+) -> Result<Stream, AttemptError> {
+    let timeout = nonzero(timeout);
+    let deadline = Instant::now() + timeout;
+    let tcp = TcpStream::connect_timeout(&peer, timeout)
+        .map_err(|e| AttemptError::Retry(format!("connecting to {peer}: {e}")))?;
+    let setup = || -> io::Result<()> {
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))
+    };
+    setup()
+        .map_err(|e| AttemptError::Retry(format!("setting up the connection to {peer}: {e}")))?;
+    read_greeting(&mut &tcp, addr, peer, timeout, tls, false)?;
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(t) => {
+            let s = t
+                .connect(tcp, deadline)
+                .map_err(|e| match tls::rustls_error(&e) {
+                    Some(why) => AttemptError::Fatal(StoreError::Protocol(format!(
+                        "TLS handshake with the store at {addr} failed: {why}; {}",
+                        t.advice()
+                    ))),
+                    None => AttemptError::Retry(format!("TLS handshake with {peer}: {e}")),
+                })?;
+            s.tcp()
+                .set_read_timeout(Some(nonzero(
+                    deadline.saturating_duration_since(Instant::now()),
+                )))
+                .map_err(|e| {
+                    AttemptError::Retry(format!("setting up the connection to {peer}: {e}"))
+                })?;
+            let mut s = s;
+            read_greeting(&mut s, addr, peer, timeout, tls, true)?;
+            s
+        }
+    };
     let mut nonce = [0u8; NONCE_LEN];
-    r.read_exact(&mut nonce)
+    stream
+        .read_exact(&mut nonce)
         .map_err(|e| AttemptError::Retry(format!("{peer} sent half a greeting ({e})")))?;
-    let mut w = &stream;
-    w.write_all(&codec::hello(key, &nonce))
+    let binding = stream
+        .binding()
+        .map_err(|e| AttemptError::Retry(format!("no TLS exporter value for {peer}: {e}")))?;
+    stream
+        .write_all(&codec::hello(key, &nonce, &binding))
         .map_err(|e| AttemptError::Retry(format!("sending hello to {peer}: {e}")))?;
     let mut welcome = [0u8; WELCOME_LEN];
-    r.read_exact(&mut welcome)
+    stream
+        .read_exact(&mut welcome)
         .map_err(|e| AttemptError::Retry(format!("{peer} did not answer the hello ({e})")))?;
     if welcome[0] != 0 {
-        let why = read_reason(r).unwrap_or_else(|| "no reason given".into());
+        let why = read_reason(&mut stream).unwrap_or_else(|| "no reason given".into());
         return Err(AttemptError::Fatal(StoreError::Protocol(format!(
             "the store at {addr} refused this client: {why}"
         ))));
@@ -183,7 +252,7 @@ fn resolve(addr: &str) -> Result<Result<Vec<SocketAddr>, String>, StoreError> {
 /// clean state.
 struct Lease<'a> {
     store: &'a TcpStore,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     reusable: bool,
     /// Taken from the pool (used before), rather than opened for this call.
     reused: bool,
@@ -191,7 +260,8 @@ struct Lease<'a> {
 
 /// Whether the server has closed (or reset) a pooled connection, or sent bytes nobody
 /// asked for: either way it is no use for a request.
-fn closed_by_peer(stream: &TcpStream) -> bool {
+fn closed_by_peer(stream: &Stream) -> bool {
+    let stream = stream.tcp();
     if stream.set_nonblocking(true).is_err() {
         return true;
     }
@@ -230,10 +300,22 @@ impl TcpStore {
         Self::connect_with(addr, None, deadline)
     }
 
-    /// Connects proving `key` (the job's secret's) to the server on every connection.
+    /// Connects proving `key` (the job's secret's) to the server on every connection,
+    /// over TLS when this process's `TOPOCCL_TLS` says so.
     pub fn connect_with(
         addr: &str,
         key: Option<JobKey>,
+        deadline: Instant,
+    ) -> Result<TcpStore, StoreError> {
+        Self::connect_with_tls(addr, key, super::server::process_tls()?, deadline)
+    }
+
+    /// As [`Self::connect_with`], with TLS settings given (`None`: in clear) rather than
+    /// read from the environment.
+    pub fn connect_with_tls(
+        addr: &str,
+        key: Option<JobKey>,
+        tls: Option<Tls>,
         deadline: Instant,
     ) -> Result<TcpStore, StoreError> {
         let io_timeout = DEFAULT_IO_TIMEOUT;
@@ -251,7 +333,8 @@ impl TcpStore {
                     let mut last = String::new();
                     let mut found = None;
                     for peer in peers {
-                        match connect_once(addr, peer, key.as_ref(), attempt_timeout) {
+                        match connect_once(addr, peer, key.as_ref(), tls.as_ref(), attempt_timeout)
+                        {
                             Ok(s) => {
                                 found = Some((peer, s));
                                 break;
@@ -276,6 +359,7 @@ impl TcpStore {
                             addr: addr.to_string(),
                             peer,
                             key,
+                            tls,
                             io_timeout,
                             pool: Mutex::new(Pool {
                                 idle: vec![stream],
@@ -349,7 +433,13 @@ impl TcpStore {
                 let timeout = deadline
                     .saturating_duration_since(Instant::now())
                     .min(self.io_timeout);
-                match connect_once(&self.addr, self.peer, self.key.as_ref(), timeout) {
+                match connect_once(
+                    &self.addr,
+                    self.peer,
+                    self.key.as_ref(),
+                    self.tls.as_ref(),
+                    timeout,
+                ) {
                     Ok(s) => lease.stream = Some(s),
                     Err(AttemptError::Fatal(e)) => return Err(e),
                     Err(AttemptError::Retry(e) | AttemptError::Full(e)) => {
@@ -419,7 +509,7 @@ impl TcpStore {
         request: &Request<'_>,
         wait_until: Option<Instant>,
     ) -> Result<Vec<u8>, (StoreError, bool)> {
-        let Some(stream) = lease.stream.as_ref() else {
+        let Some(stream) = lease.stream.as_mut() else {
             return Err((self.unreachable(format!("{what}: no connection")), false));
         };
         let reply_timeout = match wait_until {
@@ -446,10 +536,10 @@ impl TcpStore {
             };
             (self.unreachable(reason), closed && before_reply)
         };
-        let mut w = stream;
         stream
+            .tcp()
             .set_write_timeout(Some(self.io_timeout))
-            .and_then(|()| w.write_all(&request.encode()))
+            .and_then(|()| stream.write_all(&request.encode()))
             .map_err(|e| describe(e, "sending", true))?;
         let body = match read_frame(stream, Some(nonzero(reply_timeout)), self.io_timeout) {
             Ok(b) => b,
@@ -671,7 +761,11 @@ mod tests {
             let mut hello = [0u8; codec::HELLO_LEN];
             (&s).read_exact(&mut hello).unwrap();
             (&s).write_all(&codec::welcome(&Ok(()))).unwrap();
-            let _ = read_frame(&s, Some(Duration::from_secs(5)), Duration::from_secs(5));
+            let _ = read_frame(
+                &mut Stream::Plain(s.try_clone().unwrap()),
+                Some(Duration::from_secs(5)),
+                Duration::from_secs(5),
+            );
             (&s).write_all(&reply).unwrap();
         });
         (a, t)

@@ -94,6 +94,8 @@ pub(super) const ST_ERROR: u8 = 3;
 
 const GREETING_ACCEPTED: u8 = 0;
 const GREETING_REFUSED: u8 = 1;
+/// The store speaks TLS: a TLS handshake follows, then the accepted greeting inside it.
+const GREETING_TLS: u8 = 2;
 
 /// Opcode, timeout and key count: the part of a WAIT body before its keys.
 const WAIT_FIXED_LEN: usize = 1 + 8 + 4;
@@ -108,6 +110,16 @@ pub(super) fn greeting(nonce: &[u8; NONCE_LEN]) -> [u8; GREETING_LEN + NONCE_LEN
     g[8..10].copy_from_slice(&VERSION.to_be_bytes());
     g[10] = GREETING_ACCEPTED;
     g[GREETING_LEN..].copy_from_slice(nonce);
+    g
+}
+
+/// The fixed part of the greeting of a store that speaks TLS, sent in clear before the
+/// handshake so that a client without TLS learns why at once.
+pub(super) fn tls_greeting() -> [u8; GREETING_LEN] {
+    let mut g = [0u8; GREETING_LEN];
+    g[..8].copy_from_slice(&MAGIC);
+    g[8..10].copy_from_slice(&VERSION.to_be_bytes());
+    g[10] = GREETING_TLS;
     g
 }
 
@@ -132,6 +144,8 @@ pub(super) enum Greeting {
     /// A store speaking this other protocol version.
     OtherVersion(u16),
     Accepted,
+    /// The store speaks TLS: the client's TLS handshake must follow.
+    Tls,
     /// Refused; a reason string follows (a `u32` length and at most
     /// [`MAX_MESSAGE_LEN`] bytes worth reading).
     Refused,
@@ -143,20 +157,37 @@ pub(super) fn parse_greeting(g: &[u8; GREETING_LEN]) -> Greeting {
         Greeting::NotAStore
     } else if version != VERSION {
         Greeting::OtherVersion(version)
-    } else if g[10] != GREETING_ACCEPTED {
-        Greeting::Refused
     } else {
-        Greeting::Accepted
+        match g[10] {
+            GREETING_ACCEPTED => Greeting::Accepted,
+            GREETING_TLS => Greeting::Tls,
+            _ => Greeting::Refused,
+        }
+    }
+}
+
+/// What the client's MAC covers: the server's nonce and, over TLS, the session's
+/// exporter value (`binding`; empty for a plain connection), so that a proof made for one
+/// TLS session cannot be forwarded into another by a man in the middle.
+fn proven<'a>(nonce: &'a [u8; NONCE_LEN], binding: &'a [u8]) -> Vec<&'a [u8]> {
+    if binding.is_empty() {
+        vec![nonce]
+    } else {
+        vec![nonce, binding]
     }
 }
 
 /// The client's hello.
-pub(super) fn hello(key: Option<&JobKey>, nonce: &[u8; NONCE_LEN]) -> [u8; HELLO_LEN] {
+pub(super) fn hello(
+    key: Option<&JobKey>,
+    nonce: &[u8; NONCE_LEN],
+    binding: &[u8],
+) -> [u8; HELLO_LEN] {
     let mut h = [0u8; HELLO_LEN];
     h[..8].copy_from_slice(&MAGIC);
     h[8..10].copy_from_slice(&VERSION.to_be_bytes());
     if let Some(k) = key {
-        h[10..].copy_from_slice(&k.mac(Use::StoreClient, &[nonce]));
+        h[10..].copy_from_slice(&k.mac(Use::StoreClient, &proven(nonce, binding)));
     }
     h
 }
@@ -166,6 +197,7 @@ pub(super) fn check_hello(
     h: &[u8; HELLO_LEN],
     key: Option<&JobKey>,
     nonce: &[u8; NONCE_LEN],
+    binding: &[u8],
 ) -> Result<(), String> {
     let version = u16::from_be_bytes([h[8], h[9]]);
     if h[..8] != MAGIC || version != VERSION {
@@ -175,7 +207,7 @@ pub(super) fn check_hello(
         ));
     }
     match key {
-        Some(k) if !k.verify(Use::StoreClient, &[nonce], &h[10..]) => Err(
+        Some(k) if !k.verify(Use::StoreClient, &proven(nonce, binding), &h[10..]) => Err(
             "this store serves only clients that prove the job's secret, and this one did \
              not: give it the same TOPOCCL_SECRET as the store"
                 .into(),
@@ -713,15 +745,21 @@ mod tests {
         let mut other = fixed(&g);
         other[9] = 7;
         assert_eq!(parse_greeting(&other), Greeting::OtherVersion(7));
+        assert_eq!(parse_greeting(&tls_greeting()), Greeting::Tls);
         let http: [u8; GREETING_LEN] = b"HTTP/1.1 40".to_owned();
         assert_eq!(parse_greeting(&http), Greeting::NotAStore);
-        assert_eq!(check_hello(&hello(None, &nonce), None, &nonce), Ok(()));
-        let mut h = hello(None, &nonce);
+        assert_eq!(
+            check_hello(&hello(None, &nonce, &[]), None, &nonce, &[]),
+            Ok(())
+        );
+        let mut h = hello(None, &nonce, &[]);
         h[9] = 7;
-        assert!(check_hello(&h, None, &nonce).unwrap_err().contains("(7)"));
-        h = hello(None, &nonce);
+        assert!(check_hello(&h, None, &nonce, &[])
+            .unwrap_err()
+            .contains("(7)"));
+        h = hello(None, &nonce, &[]);
         h[0] = b'X';
-        assert!(check_hello(&h, None, &nonce).is_err());
+        assert!(check_hello(&h, None, &nonce, &[]).is_err());
     }
 
     #[test]
@@ -729,26 +767,40 @@ mod tests {
         let key = JobKey::from_secret(b"job");
         let nonce = [5u8; NONCE_LEN];
         assert_eq!(
-            check_hello(&hello(Some(&key), &nonce), Some(&key), &nonce),
+            check_hello(&hello(Some(&key), &nonce, &[]), Some(&key), &nonce, &[]),
             Ok(())
         );
         // No proof, another key's, or one made for another connection's nonce.
         let other = JobKey::from_secret(b"other");
         for h in [
-            hello(None, &nonce),
-            hello(Some(&other), &nonce),
-            hello(Some(&key), &[6; NONCE_LEN]),
+            hello(None, &nonce, &[]),
+            hello(Some(&other), &nonce, &[]),
+            hello(Some(&key), &[6; NONCE_LEN], &[]),
         ] {
-            let e = check_hello(&h, Some(&key), &nonce).unwrap_err();
+            let e = check_hello(&h, Some(&key), &nonce, &[]).unwrap_err();
             assert!(e.contains("TOPOCCL_SECRET"), "{e}");
         }
         // A store without a key welcomes any proof.
         assert_eq!(
-            check_hello(&hello(Some(&other), &nonce), None, &nonce),
+            check_hello(&hello(Some(&other), &nonce, &[]), None, &nonce, &[]),
             Ok(())
         );
-        assert_eq!(welcome(&Ok(())), vec![0]);
         assert_eq!(welcome(&Err("no".into())), vec![1, 0, 0, 0, 2, b'n', b'o']);
+        assert_eq!(welcome(&Ok(())), vec![0]);
+    }
+
+    #[test]
+    fn over_tls_the_proof_is_bound_to_the_session() {
+        let key = JobKey::from_secret(b"job");
+        let nonce = [5u8; NONCE_LEN];
+        let session = [1u8; 32];
+        let h = hello(Some(&key), &nonce, &session);
+        assert_eq!(check_hello(&h, Some(&key), &nonce, &session), Ok(()));
+        // Forwarded into another session (a man in the middle's), or out of TLS: refused.
+        assert!(check_hello(&h, Some(&key), &nonce, &[2u8; 32]).is_err());
+        assert!(check_hello(&h, Some(&key), &nonce, &[]).is_err());
+        let plain = hello(Some(&key), &nonce, &[]);
+        assert!(check_hello(&plain, Some(&key), &nonce, &session).is_err());
     }
 
     #[test]
@@ -828,8 +880,8 @@ mod props {
                 *h = *b;
             }
             let key = JobKey::from_secret(b"k");
-            let _ = check_hello(&hello, Some(&key), &[0; NONCE_LEN]);
-            let _ = check_hello(&hello, None, &[0; NONCE_LEN]);
+            let _ = check_hello(&hello, Some(&key), &[0; NONCE_LEN], &[]);
+            let _ = check_hello(&hello, None, &[0; NONCE_LEN], &[]);
         }
 
         #[test]

@@ -20,6 +20,10 @@
 //! | `file`   | [`FileStore`]                                                          |
 //!
 //! Counters are decimal ASCII in every store, so `get` of a counter reads e.g. `b"42"`.
+//!
+//! The TCP store's connections are TLS sessions when `TOPOCCL_TLS` is on
+//! (`crate::transport::tls`): `server` and `client` read it from the process's environment,
+//! or take it from their `*_tls` constructors.
 
 use crate::auth::JobKey;
 use std::fmt;

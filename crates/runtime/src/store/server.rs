@@ -15,6 +15,11 @@
 //! a GET or WAIT blocked waiting for keys, is not idle however long it waits (the clock
 //! runs only while the server waits for a request to begin). Clients reopen closed
 //! connections on their next call.
+//!
+//! With TLS (`TOPOCCL_TLS`, [`Tls`]) the greeting's fixed part goes out in clear saying
+//! so, then the TLS handshake (within the hello deadline), then the usual greeting, hello
+//! and requests inside the session; the client's proof covers the session's exporter
+//! value. Refusals for a full server are sent in clear before any handshake.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,6 +40,7 @@ use super::socket::{read_frame, FrameError};
 use super::state::{Capacity, State, WaitOutcome, Watch};
 use super::{lock, StoreError};
 use crate::auth::{fresh, JobKey, NONCE_LEN};
+use crate::transport::tls::{self, Stream, Tls};
 
 /// The limits a store's operator chooses (`topoccl store --job-max-keys`,
 /// `--job-max-bytes`, `--idle-timeout`); [`ServerOptions::check`] says which are out of
@@ -135,6 +141,8 @@ struct Shared {
     state: State,
     /// The job's key: clients must prove it (`None`: any client is served).
     key: Option<JobKey>,
+    /// TLS for every connection (`None`: in clear).
+    tls: Option<Tls>,
     /// A handle on every open connection, so stopping can unblock their threads.
     conns: Mutex<HashMap<u64, TcpStream>>,
     /// Per address, the connections that have not finished their hello.
@@ -178,32 +186,57 @@ impl fmt::Debug for TcpStoreServer {
 const LISTENER: mio::Token = mio::Token(0);
 const WAKER: mio::Token = mio::Token(1);
 
+/// This process's TLS settings (`TOPOCCL_TLS`), as a store error.
+pub(super) fn process_tls() -> Result<Option<Tls>, StoreError> {
+    Tls::process().map_err(|e| StoreError::Protocol(e.to_string()))
+}
+
 impl TcpStoreServer {
-    /// Binds `addr` (port 0 picks a free port) and starts serving any client.
+    /// Binds `addr` (port 0 picks a free port) and starts serving any client (over TLS
+    /// when this process's `TOPOCCL_TLS` says so).
     pub fn start(addr: &str) -> Result<TcpStoreServer, StoreError> {
-        Self::start_with(addr, ServerLimits::default(), None)
+        Self::start_with(addr, ServerLimits::default(), None, process_tls()?)
     }
 
-    /// Binds `addr` and serves only clients that prove `key` (the job's secret's).
+    /// Binds `addr` and serves only clients that prove `key` (the job's secret's), over
+    /// TLS when this process's `TOPOCCL_TLS` says so.
     pub fn start_authenticated(addr: &str, key: JobKey) -> Result<TcpStoreServer, StoreError> {
-        Self::start_with(addr, ServerLimits::default(), Some(key))
+        Self::start_with(addr, ServerLimits::default(), Some(key), process_tls()?)
     }
 
     /// Binds `addr` and serves clients that prove `key` (any client: `None`) within the
-    /// operator's `options`, checked first.
+    /// operator's `options`, checked first; over TLS when this process's `TOPOCCL_TLS`
+    /// says so.
     pub fn start_with_options(
         addr: &str,
         key: Option<JobKey>,
         options: ServerOptions,
     ) -> Result<TcpStoreServer, StoreError> {
+        Self::start_with_tls(addr, key, options, process_tls()?)
+    }
+
+    /// As [`Self::start_with_options`], with TLS settings given (`None`: in clear)
+    /// rather than read from the environment.
+    pub fn start_with_tls(
+        addr: &str,
+        key: Option<JobKey>,
+        options: ServerOptions,
+        tls: Option<Tls>,
+    ) -> Result<TcpStoreServer, StoreError> {
         options.check()?;
-        Self::start_with(addr, ServerLimits::from(options), key)
+        Self::start_with(addr, ServerLimits::from(options), key, tls)
+    }
+
+    /// Whether this server speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     fn start_with(
         addr: &str,
         limits: ServerLimits,
         key: Option<JobKey>,
+        tls: Option<Tls>,
     ) -> Result<TcpStoreServer, StoreError> {
         let io_err = |what: &str, e: io::Error| {
             StoreError::Io(format!("TCP store server on {addr}: {what}: {e}"))
@@ -230,6 +263,7 @@ impl TcpStoreServer {
         let shared = Arc::new(Shared {
             state: State::new(limits.capacity),
             key,
+            tls,
             conns: Mutex::new(HashMap::new()),
             unwelcomed: Mutex::new(HashMap::new()),
             limits,
@@ -389,7 +423,7 @@ fn admit(
         .name("topoccl-store-conn".into())
         .stack_size(CONN_THREAD_STACK)
         .spawn(move || {
-            serve(&stream, peer, &worker_shared, unwelcomed);
+            serve(stream, peer, &worker_shared, unwelcomed);
             lock(&worker_shared.conns).remove(&id);
         });
     match spawned {
@@ -448,9 +482,38 @@ fn refuse(stream: &TcpStream, why: &str) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwelcomed) {
+/// The connection, in clear or after the TLS handshake (within the hello deadline).
+fn secure(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Stream> {
+    let Some(tls) = &shared.tls else {
+        return Some(Stream::Plain(tcp));
+    };
+    let deadline = Instant::now() + shared.limits.hello_deadline;
+    if let Err(e) = (&tcp).write_all(&codec::tls_greeting()) {
+        tracing::debug!(%peer, "TCP store: client left before the greeting: {e}");
+        return None;
+    }
+    match tls.accept(tcp, deadline) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let hint = if tls::is_refusal(&e) {
+                format!("; {}", tls.advice())
+            } else {
+                " (a client without TOPOCCL_TLS closes here: give every rank and the store \
+                 the same TOPOCCL_TLS)"
+                    .to_string()
+            };
+            tracing::warn!(%peer, "TCP store: TLS handshake with a client failed: {e}{hint}");
+            None
+        }
+    }
+}
+
+fn serve(tcp: TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwelcomed) {
     let io_timeout = shared.limits.io_timeout;
-    let mut w = stream;
+    let Some(mut stream) = secure(tcp, peer, shared) else {
+        return;
+    };
+    let w = &mut stream;
     let nonce: [u8; NONCE_LEN] = match fresh("the connection's nonce") {
         Ok(n) => n,
         Err(e) => {
@@ -463,14 +526,22 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwe
         return;
     }
     let mut hello = [0u8; HELLO_LEN];
-    let hello_read = stream
+    let hello_read = w
+        .tcp()
         .set_read_timeout(Some(io_timeout.min(shared.limits.hello_deadline)))
         .and_then(|()| w.read_exact(&mut hello));
     if let Err(e) = hello_read {
         tracing::debug!(%peer, "TCP store: no hello from client: {e}");
         return;
     }
-    let admitted = codec::check_hello(&hello, shared.key.as_ref(), &nonce);
+    let binding = match w.binding() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%peer, "TCP store: no TLS exporter value: {e}");
+            return;
+        }
+    };
+    let admitted = codec::check_hello(&hello, shared.key.as_ref(), &nonce, &binding);
     let _ = w.write_all(&codec::welcome(&admitted));
     if let Err(why) = admitted {
         tracing::warn!(%peer, "TCP store: refused a client: {why}");
@@ -479,7 +550,7 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwe
     drop(unwelcomed);
     tracing::debug!(%peer, "TCP store: client connected");
     loop {
-        let body = match read_frame(stream, Some(shared.limits.idle_timeout), io_timeout) {
+        let body = match read_frame(w, Some(shared.limits.idle_timeout), io_timeout) {
             Ok(b) => b,
             Err(FrameError::Closed) => {
                 tracing::debug!(%peer, "TCP store: client disconnected");
@@ -491,7 +562,7 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwe
                     "TCP store: closing a client idle for {:?}",
                     shared.limits.idle_timeout
                 );
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = w.tcp().shutdown(Shutdown::Both);
                 return;
             }
             Err(FrameError::TooLong(n)) => {
@@ -509,7 +580,7 @@ fn serve(stream: &TcpStream, peer: SocketAddr, shared: &Shared, unwelcomed: Unwe
                 return;
             }
         };
-        let reply = match handle(&shared.state, stream, &body) {
+        let reply = match handle(&shared.state, w.tcp(), &body) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(msg) => {
@@ -594,7 +665,7 @@ mod tests {
         let fixed: [u8; codec::GREETING_LEN] = g[..codec::GREETING_LEN].try_into().unwrap();
         assert_eq!(codec::parse_greeting(&fixed), codec::Greeting::Accepted);
         let nonce = g[codec::GREETING_LEN..].try_into().unwrap();
-        (&s).write_all(&codec::hello(None, &nonce)).unwrap();
+        (&s).write_all(&codec::hello(None, &nonce, &[])).unwrap();
         let mut welcome = [9u8; 1];
         (&s).read_exact(&mut welcome).unwrap();
         assert_eq!(welcome, [0]);
@@ -602,7 +673,8 @@ mod tests {
     }
 
     fn reply(s: &TcpStream) -> Vec<u8> {
-        match read_frame(s, Some(Duration::from_secs(5)), Duration::from_secs(5)) {
+        let mut s = Stream::Plain(s.try_clone().expect("clone"));
+        match read_frame(&mut s, Some(Duration::from_secs(5)), Duration::from_secs(5)) {
             Ok(b) => b,
             Err(_) => panic!("no reply frame"),
         }
@@ -715,7 +787,7 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut g = [0u8; codec::GREETING_LEN + NONCE_LEN];
         (&s).read_exact(&mut g).unwrap();
-        let mut hello = codec::hello(None, &[0; NONCE_LEN]);
+        let mut hello = codec::hello(None, &[0; NONCE_LEN], &[]);
         hello[9] = 9;
         (&s).write_all(&hello).unwrap();
         let mut answer = Vec::new();
@@ -778,7 +850,7 @@ mod tests {
             max_connections: 2,
             ..ServerLimits::default()
         };
-        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None).unwrap();
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None, None).unwrap();
         let a = s.local_addr().to_string();
         let c1 = TcpStore::connect(&a, soon(2000)).unwrap();
         let c2 = TcpStore::connect(&a, soon(2000)).unwrap();
@@ -804,7 +876,7 @@ mod tests {
             ..ServerLimits::default()
         };
         let key = JobKey::from_secret(b"job");
-        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, Some(key.clone())).unwrap();
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, Some(key.clone()), None).unwrap();
         let a = s.local_addr().to_string();
         let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&a).unwrap()).collect();
         thread::sleep(Duration::from_millis(100));
@@ -841,7 +913,7 @@ mod tests {
             },
             ..ServerLimits::default()
         };
-        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None).unwrap();
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None, None).unwrap();
         let c = TcpStore::connect(&s.local_addr().to_string(), soon(2000)).unwrap();
         c.set("a", b"1").unwrap();
         c.set("b", b"2").unwrap();
@@ -858,7 +930,7 @@ mod tests {
             idle_timeout: Duration::from_millis(ms),
             ..ServerLimits::default()
         };
-        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None).unwrap();
+        let s = TcpStoreServer::start_with("127.0.0.1:0", limits, None, None).unwrap();
         let a = s.local_addr().to_string();
         (s, a)
     }
@@ -1044,6 +1116,176 @@ mod tests {
         assert!(
             matches!(&e, StoreError::Io(m) if m.contains("cannot listen")),
             "{e}"
+        );
+    }
+
+    // -----------------------------------------------------------------------------------
+    // TLS
+
+    use crate::transport::tls::pki::{scratch, Ca};
+
+    fn tls_server(key: Option<JobKey>, tls: Option<Tls>) -> (TcpStoreServer, String) {
+        let s = TcpStoreServer::start_with_tls("127.0.0.1:0", key, ServerOptions::default(), tls)
+            .expect("start server");
+        let a = s.local_addr().to_string();
+        (s, a)
+    }
+
+    fn ephemeral() -> Option<Tls> {
+        Some(Tls::ephemeral().expect("ephemeral TLS"))
+    }
+
+    /// Connecting fails, within `within`, with an error holding every one of `words`.
+    fn refused_fast(
+        addr: &str,
+        key: Option<JobKey>,
+        tls: Option<Tls>,
+        within: Duration,
+        words: &[&str],
+    ) {
+        let start = Instant::now();
+        let e = TcpStore::connect_with_tls(addr, key, tls, soon(10_000))
+            .expect_err("connected")
+            .to_string();
+        assert!(start.elapsed() < within, "took {:?}: {e}", start.elapsed());
+        for w in words {
+            assert!(e.contains(w), "'{w}' missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn a_store_over_tls_serves_clients_that_prove_the_secret_over_their_session() {
+        let key = JobKey::from_secret(b"job");
+        let (s, a) = tls_server(Some(key.clone()), ephemeral());
+        assert!(s.is_tls());
+        // Each client has its own ephemeral certificate, as each process would.
+        let c = TcpStore::connect_with_tls(&a, Some(key.clone()), ephemeral(), soon(5000)).unwrap();
+        c.set("k", b"value").unwrap();
+        assert_eq!(c.get("k", soon(1000)).unwrap(), b"value");
+        assert_eq!(c.add("n", 3).unwrap(), 3);
+        // A waiting call and a concurrent one on a second connection of the pool.
+        thread::scope(|t| {
+            let waiter = t.spawn(|| c.get("later", soon(5000)));
+            thread::sleep(Duration::from_millis(100));
+            c.set("later", b"x").unwrap();
+            assert_eq!(waiter.join().unwrap().unwrap(), b"x");
+        });
+        // A large value crosses many TLS records.
+        let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+        c.set("big", &big).unwrap();
+        assert_eq!(c.try_get("big").unwrap().unwrap(), big);
+        // Without the secret, or with another: refused, over TLS as in clear.
+        for wrong in [None, Some(JobKey::from_secret(b"guess"))] {
+            refused_fast(
+                &a,
+                wrong,
+                ephemeral(),
+                Duration::from_secs(3),
+                &["TOPOCCL_SECRET"],
+            );
+        }
+    }
+
+    #[test]
+    fn tls_on_one_side_only_fails_the_client_at_once_saying_so() {
+        let (_s, a) = tls_server(None, ephemeral());
+        refused_fast(
+            &a,
+            None,
+            None,
+            Duration::from_secs(3),
+            &["speaks TLS", "TOPOCCL_TLS=1"],
+        );
+        let (_p, plain) = tls_server(None, None);
+        refused_fast(
+            &plain,
+            None,
+            ephemeral(),
+            Duration::from_secs(3),
+            &["does not use TLS", "TOPOCCL_TLS"],
+        );
+    }
+
+    #[test]
+    fn with_certificate_files_only_the_cas_certificates_get_in() {
+        let d = scratch("store-ca");
+        let (ca, other_ca) = (Ca::new(&d, "job"), Ca::new(&d, "other"));
+        let files = |ca: &Ca, name: &str| {
+            let (cert, key) = ca.leaf(&d, name);
+            Some(Tls::from_files(&cert, &key, &ca.pem).expect("TLS from files"))
+        };
+        let (_s, a) = tls_server(None, files(&ca, "store"));
+        let c = TcpStore::connect_with_tls(&a, None, files(&ca, "rank"), soon(5000)).unwrap();
+        c.set("k", b"v").unwrap();
+        assert_eq!(c.try_get("k").unwrap().unwrap(), b"v");
+        // A client whose certificate and CA are another's: it refuses the store's
+        // certificate, and the store refuses its own.
+        refused_fast(
+            &a,
+            None,
+            files(&other_ca, "stranger"),
+            Duration::from_secs(3),
+            &["TLS handshake with the store", "TOPOCCL_TLS_CA"],
+        );
+        // A client that trusts the job's CA but holds a certificate of another CA.
+        let (cert, key) = other_ca.leaf(&d, "half");
+        let half = Tls::from_files(&cert, &key, &ca.pem).unwrap();
+        refused_fast(
+            &a,
+            None,
+            Some(half),
+            Duration::from_secs(3),
+            &["refused this client's TLS session", "TOPOCCL_TLS_CERT"],
+        );
+        // An ephemeral client has no certificate to show.
+        refused_fast(&a, None, ephemeral(), Duration::from_secs(3), &["TLS"]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A man in the middle: it terminates the client's TLS session with a certificate of
+    /// its own, opens its own session to the store, and relays the plaintext of the
+    /// greeting, hello and welcome. The client's proof was made for the first session, so
+    /// the store refuses it, and the man in the middle learns nothing it could use.
+    #[test]
+    fn a_man_in_the_middle_without_the_secret_cannot_relay_a_proof() {
+        let key = JobKey::from_secret(b"job");
+        let (_s, store) = tls_server(Some(key.clone()), ephemeral());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mitm = listener.local_addr().unwrap().to_string();
+        let relay = thread::spawn(move || -> io::Result<Vec<u8>> {
+            let (client, _) = listener.accept()?;
+            let upstream = TcpStream::connect(&store)?;
+            upstream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut fixed = [0u8; codec::GREETING_LEN];
+            (&upstream).read_exact(&mut fixed)?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let own = Tls::ephemeral().map_err(io::Error::other)?;
+            let mut up = own.connect(upstream, deadline)?;
+            (&client).write_all(&codec::tls_greeting())?;
+            let mut down = own.accept(client, deadline)?;
+            let mut greeting = [0u8; codec::GREETING_LEN + NONCE_LEN];
+            up.read_exact(&mut greeting)?;
+            down.write_all(&greeting)?;
+            let mut hello = [0u8; HELLO_LEN];
+            down.read_exact(&mut hello)?;
+            up.write_all(&hello)?;
+            let mut welcome = Vec::new();
+            let _ = up.read_to_end(&mut welcome);
+            down.write_all(&welcome)?;
+            Ok(welcome)
+        });
+        refused_fast(
+            &mitm,
+            Some(key),
+            ephemeral(),
+            Duration::from_secs(5),
+            &["refused this client", "TOPOCCL_SECRET"],
+        );
+        let welcome = relay.join().unwrap().expect("relay");
+        assert_eq!(
+            welcome.first(),
+            Some(&1),
+            "the store must refuse the relayed proof"
         );
     }
 }

@@ -1,12 +1,13 @@
 //! Reading one frame of the TCP store's protocol from a socket, for the server and the
 //! client alike: the header, its length checked against the limit before anything is
-//! allocated, then the body under a timeout.
+//! allocated, then the body under a timeout. Over TLS as in clear: timeouts are set on
+//! the socket underneath.
 
 use std::io::{self, Read};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use super::codec::{frame_len, FRAME_HEADER_LEN};
+use crate::transport::tls::Stream;
 
 pub(super) enum FrameError {
     /// The peer closed (or reset) the connection between frames.
@@ -28,12 +29,11 @@ impl From<io::Error> for FrameError {
 /// no bound; past it, [`FrameError::Idle`]); `body_timeout` bounds the rest once its header has begun, so a peer that
 /// dies mid-frame cannot hold the reader.
 pub(super) fn read_frame(
-    stream: &TcpStream,
+    r: &mut Stream,
     header_timeout: Option<Duration>,
     body_timeout: Duration,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut r = stream;
-    stream.set_read_timeout(header_timeout)?;
+    r.tcp().set_read_timeout(header_timeout)?;
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut got = 0;
     while got < FRAME_HEADER_LEN {
@@ -48,12 +48,15 @@ pub(super) fn read_frame(
             {
                 return Err(FrameError::Idle)
             }
-            // A peer that closed with bytes of ours unread resets the connection.
+            // A peer that closed with bytes of ours unread resets the connection; a TLS
+            // peer that closed without a close_notify reads as an unexpected end.
             Err(e)
                 if got == 0
                     && matches!(
                         e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::UnexpectedEof
                     ) =>
             {
                 return Err(FrameError::Closed)
@@ -65,11 +68,11 @@ pub(super) fn read_frame(
         }
         if (1..FRAME_HEADER_LEN).contains(&got) {
             // A header has begun: the rest of the frame must follow promptly.
-            stream.set_read_timeout(Some(body_timeout))?;
+            r.tcp().set_read_timeout(Some(body_timeout))?;
         }
     }
     let len = frame_len(header).map_err(FrameError::TooLong)?;
-    stream.set_read_timeout(Some(body_timeout))?;
+    r.tcp().set_read_timeout(Some(body_timeout))?;
     // Grow as bytes arrive rather than trusting the announced length with an allocation.
     let mut body = Vec::with_capacity(len.min(64 << 10));
     r.take(len as u64).read_to_end(&mut body)?;

@@ -439,6 +439,7 @@ mod tests {
             shm: Some(format!("topoccl-{:x}-{}-{}", u64::MAX, u32::MAX, u32::MAX)),
             host: format!("{}/net:[{}]", "f".repeat(36), u64::MAX),
             nonce: [255; crate::auth::NONCE_LEN],
+            tls: true,
         };
         let json = serde_json::to_vec(&largest).unwrap().len();
         // Room for a certificate's fingerprint (64 hex digits) and its field name.

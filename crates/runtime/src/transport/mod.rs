@@ -29,11 +29,17 @@
 //! proves the dialler knows the job's secret (the ack's MAC proves the acceptor does:
 //! `crate::auth`); anything else is refused with a reason the dialler reports and the listener
 //! logs and remembers (to blame the rank if it is later waited for).
+//!
+//! With `TOPOCCL_TLS` ([`tls`]) every TCP connection between ranks, data and control, is
+//! a TLS 1.3 session whose exporter value the hello's MAC covers; shared memory is not
+//! affected. Each rank publishes whether it uses TLS in its [`Endpoint`]; ranks that
+//! disagree fail at once naming each other, before any connection is tried.
 
 pub mod faults;
 mod ring;
 mod shm;
 mod tcp;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, Read, Write};
@@ -49,7 +55,7 @@ use topoccl_plan::Rank;
 
 use crate::auth::{JobKey, Use, MAC_LEN, NONCE_LEN};
 use crate::error::{Error, Result};
-use crate::wire::{AbortNotice, Header, Hello, Kind, Purpose, HEADER_LEN, HELLO_MAC_AT};
+use crate::wire::{AbortNotice, Header, Hello, Kind, Purpose, HEADER_LEN, HELLO_LEN, HELLO_MAC_AT};
 use faults::{Gate, LinkFaults, Rule};
 
 pub use shm::{DEFAULT_RING_BYTES, RING_BYTES_RANGE};
@@ -160,6 +166,16 @@ impl Identity {
         h
     }
 
+    /// Re-MACs an encoded hello for a TLS session: over its fields, the acceptor's
+    /// instance nonce and the session's exporter value (`binding`), as [`admit`] checks.
+    pub fn seal(&self, hello: &mut [u8; HELLO_LEN], peer_nonce: &[u8], binding: &[u8]) {
+        let mac = self.key.mac(
+            Use::PeerHello,
+            &hello_parts(&hello[..HELLO_MAC_AT], peer_nonce, binding),
+        );
+        hello[HELLO_MAC_AT..].copy_from_slice(&mac);
+    }
+
     /// The MAC an acceptor answers a hello's MAC with.
     pub fn ack_mac(&self, hello_mac: &[u8]) -> [u8; MAC_LEN] {
         self.key.mac(Use::PeerAck, &[hello_mac])
@@ -192,6 +208,9 @@ pub struct Endpoint {
     pub host: String,
     /// Its instance nonce ([`Identity::nonce`]).
     pub nonce: [u8; NONCE_LEN],
+    /// Whether its TCP connections are TLS sessions (`TOPOCCL_TLS`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// How a communicator's transports are set up.
@@ -259,7 +278,8 @@ impl Tx {
 /// What the bytes of a connection travel on.
 #[derive(Debug)]
 pub enum Io {
-    Tcp(mio::net::TcpStream),
+    /// A TCP connection, in clear or TLS.
+    Tcp(tcp::Sock),
     /// A shared-memory pair's control connection.
     Unix(mio::net::UnixStream),
     /// A shared-memory data lane.
@@ -563,7 +583,8 @@ impl Transports {
     /// after the rendezvous.
     pub fn new(id: Identity, setup: Setup) -> Result<Transports> {
         let poll = Poll::new().map_err(|e| io_err("poll", e))?;
-        let tcp = tcp::Tcp::bind(setup.bind, poll.registry(), TCP_LISTENER)?;
+        let tls = tls::Tls::process().map_err(|e| Error::Config(e.to_string()))?;
+        let tcp = tcp::Tcp::bind(setup.bind, poll.registry(), TCP_LISTENER, tls)?;
         let shm = match setup.mode {
             Mode::Tcp => None,
             mode => match shm::Shm::open(
@@ -619,6 +640,7 @@ impl Transports {
             shm: self.shm.as_ref().map(|s| s.name().to_string()),
             host: shm::host_key(),
             nonce: self.id.nonce,
+            tls: self.tcp.tls().is_some(),
         })
     }
 
@@ -627,6 +649,23 @@ impl Transports {
     pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) -> Result<()> {
         let me = self.id.rank as usize;
         let mine = endpoints.get(me).cloned();
+        let tls = self.tcp.tls().is_some();
+        let differ: Vec<String> = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.tls != tls)
+            .take(8)
+            .map(|(r, _)| r.to_string())
+            .collect();
+        if !differ.is_empty() {
+            let (here, there) = if tls { ("on", "off") } else { ("off", "on") };
+            return Err(Error::Config(format!(
+                "TOPOCCL_TLS is {here} for rank {} but {there} for rank(s) {}: give every rank \
+                 the same TOPOCCL_TLS (and certificate settings)",
+                self.id.rank,
+                differ.join(", ")
+            )));
+        }
         self.routes = endpoints
             .iter()
             .enumerate()
@@ -787,7 +826,7 @@ impl Transports {
         wanted.extend((0..self.streams).map(|s| (Purpose::Data, s)));
         for (purpose, stream) in wanted {
             let hello = self.id.hello(purpose, stream, peer, &ep.nonce);
-            let (sock, hs) = tcp::dial(peer, ep.tcp, &hello)?;
+            let (sock, hs) = tcp::dial(peer, ep.tcp, &hello, self.tcp.tls(), ep.nonce)?;
             self.insert(Io::Tcp(sock), Hs::Tcp(hs), peer, purpose, stream)?;
         }
         Ok(())
@@ -842,7 +881,7 @@ impl Transports {
         let c = self.conns[i].as_mut().expect("connection");
         c.hs = Hs::Ready;
         if let Io::Tcp(s) = &c.io {
-            tcp::tune_established(s);
+            tcp::tune_established(s.raw());
         }
         let (peer, purpose, lane, kind) = (c.peer, c.purpose, c.lane, c.kind());
         if purpose == Purpose::Data {
@@ -1008,6 +1047,7 @@ impl Transports {
     /// microseconds then costs no trip through the scheduler (which dominates small
     /// messages); longer waits sleep in epoll, shared-memory peers ringing the doorbell.
     pub fn wait(&mut self, until: Instant, polling: Polling) -> Result<bool> {
+        self.flush_tls();
         if self.accept_later {
             // Edge-triggered: connections left in the backlog raise no new event.
             self.accept_all(TransportKind::Tcp)?;
@@ -1084,6 +1124,12 @@ impl Transports {
                         }
                         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
                             c.writable = true;
+                            if let Io::Tcp(s) = &mut c.io {
+                                // Bytes a TLS session holds: the send that made them is
+                                // over, so nobody else sends them. An error shows at the
+                                // next read or write.
+                                let _ = s.flush_pending();
+                            }
                         }
                     }
                 }
@@ -1099,6 +1145,16 @@ impl Transports {
             self.accept_all(TransportKind::Shm)?;
         }
         Ok(true)
+    }
+
+    /// Sends what TLS sessions hold for their sockets (records a send left behind when
+    /// the socket was full); those still full raise a writable event when they drain.
+    fn flush_tls(&mut self) {
+        for c in self.conns.iter_mut().flatten() {
+            if let Io::Tcp(s) = &mut c.io {
+                let _ = s.flush_pending();
+            }
+        }
     }
 
     /// Tells shared-memory peers to ring the doorbell on news; false if news came first.
@@ -1190,6 +1246,12 @@ impl Transports {
                     Err(_) => break,
                 }
             }
+            // Over TLS, the last records may still wait for the socket.
+            if let Io::Tcp(s) = &mut c.io {
+                while !matches!(s.flush_pending(), Ok(true) | Err(_)) && Instant::now() < give_up {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
         }
     }
 
@@ -1261,11 +1323,25 @@ impl<S: std::os::fd::AsRawFd> mio::event::Source for SourceOf<'_, S> {
 }
 
 /// Checks a hello against this rank's identity (both transports).
-fn admit(id: &Identity, lanes: u16, h: &Hello) -> std::result::Result<(), String> {
+/// What a hello's MAC covers: its fields, the acceptor's instance nonce and, over TLS,
+/// the session's exporter value (empty in clear).
+fn hello_parts<'a>(signed: &'a [u8], nonce: &'a [u8], binding: &'a [u8]) -> Vec<&'a [u8]> {
+    if binding.is_empty() {
+        vec![signed, nonce]
+    } else {
+        vec![signed, nonce, binding]
+    }
+}
+
+fn admit(id: &Identity, lanes: u16, h: &Hello, binding: &[u8]) -> std::result::Result<(), String> {
     // The proof first: a hello without it says nothing about who sent it, so none of
     // its fields is worth an answer of its own.
     let signed = &h.encode()[..HELLO_MAC_AT];
-    if !id.key.verify(Use::PeerHello, &[signed, &id.nonce], &h.mac) {
+    if !id.key.verify(
+        Use::PeerHello,
+        &hello_parts(signed, &id.nonce, binding),
+        &h.mac,
+    ) {
         return Err(format!(
             "wrong secret: the hello's MAC does not prove this job's secret (rank {} started \
              with another TOPOCCL_SECRET, or someone else claiming to be it)",
@@ -1341,21 +1417,38 @@ mod tests {
     fn a_hello_opens_only_the_rank_and_instance_it_was_made_for() {
         let (dialler, acceptor) = (id(1, "s", 1), id(2, "s", 2));
         let h = dialler.hello(Purpose::Data, 0, 2, &acceptor.nonce);
-        assert_eq!(admit(&acceptor, 1, &h), Ok(()));
+        assert_eq!(admit(&acceptor, 1, &h, &[]), Ok(()));
         // The ack's MAC proves the acceptor knows the secret too.
         let ack = acceptor.ack_mac(&h.mac);
         assert!(dialler.check_ack(2, &h.mac, &ack).is_ok());
         let e = dialler.check_ack(2, &h.mac, &[0; MAC_LEN]).unwrap_err();
         assert!(e.to_string().contains("without proof"), "{e}");
         // Another run of the same job (new instance nonce): the old hello is refused.
-        let e = admit(&id(2, "s", 3), 1, &h).unwrap_err();
+        let e = admit(&id(2, "s", 3), 1, &h, &[]).unwrap_err();
         assert!(e.contains("wrong secret"), "{e}");
         // Another secret, or any field changed after the MAC was made.
-        assert!(admit(&id(2, "t", 2), 1, &h).is_err());
+        assert!(admit(&id(2, "t", 2), 1, &h, &[]).is_err());
         let mut forged = h.clone();
         forged.rank = 0;
-        assert!(admit(&acceptor, 1, &forged)
+        assert!(admit(&acceptor, 1, &forged, &[])
             .unwrap_err()
             .contains("wrong secret"));
+    }
+
+    #[test]
+    fn over_tls_a_hello_opens_only_the_session_it_was_sealed_for() {
+        let (dialler, acceptor) = (id(1, "s", 1), id(2, "s", 2));
+        let mut bytes = dialler.hello(Purpose::Data, 0, 2, &acceptor.nonce).encode();
+        dialler.seal(&mut bytes, &acceptor.nonce, &[7; 32]);
+        let h = Hello::decode(&bytes).unwrap();
+        assert_eq!(admit(&acceptor, 1, &h, &[7; 32]), Ok(()));
+        // Relayed into another session (a man in the middle's own), or out of TLS.
+        for other in [&[8u8; 32][..], &[]] {
+            let e = admit(&acceptor, 1, &h, other).unwrap_err();
+            assert!(e.contains("wrong secret"), "{e}");
+        }
+        // A hello made in clear does not open a TLS session.
+        let plain = dialler.hello(Purpose::Data, 0, 2, &acceptor.nonce);
+        assert!(admit(&acceptor, 1, &plain, &[7; 32]).is_err());
     }
 }

@@ -647,7 +647,7 @@ pub(super) fn step(c: &mut Conn, id: &Identity, shm: Option<&Shm>) -> Result<Ste
                     return Ok(Step::Close { refused: None });
                 }
             };
-            if let Err(reason) = admit(id, 1, &h) {
+            if let Err(reason) = admit(id, 1, &h, &[]) {
                 tracing::warn!("refused a connection claiming rank {}: {reason}", h.rank);
                 refuse(sock, 1, &reason);
                 let refused = (h.rank < id.world).then_some((h.rank, reason));
