@@ -100,9 +100,11 @@ function edgeText(i: number): string {
   if (f) {
     lines.push(
       `live: ${f.level}${f.congested ? " (congested)" : ""}`,
-      `utilisation ${percent(f.utilisation)}, throughput ${rate(f.throughput_bps)}`,
-      `latency ${seconds(f.latency_s)}, ${f.pairs} rank pairs`,
+      `utilisation ${percent(f.utilisation)}, load ${rate(f.throughput_bps)}`,
+      `latency ${seconds(f.latency_s)}, ${bytes(f.bytes)} carried, ${f.pairs} rank pairs`,
     );
+    if (f.throughput_ratio !== undefined)
+      lines.push(`slowest pair at ${percent(f.throughput_ratio)} of its learned throughput`);
   } else {
     lines.push("no live figures");
   }
