@@ -333,6 +333,6 @@ setupWhatIf();
 setupTimelineHover();
 window.addEventListener("resize", redrawTimeline);
 void loadTopology();
-every(1000, pollLinks);
+every(500, pollLinks);
 every(2000, pollAlerts);
 every(2000, pollCalls);

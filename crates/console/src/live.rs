@@ -14,10 +14,11 @@
 //! baseline) the smallest.
 //!
 //! **Blame.** A congested pair says only that something on its path is slow. The link
-//! held congested is, on each congested pair's route, the one crossed by the most
-//! congested pairs (ties: all of them): a throttled trunk under four congested pairs is
-//! red, the host cables each under one are not painted by congestion (their own load and
-//! latency still colour them).
+//! held congested is, on each congested pair's route, the one whose cable (the link and
+//! its reverse: a fault on a cable usually slows both ways) is crossed by the most
+//! congested pairs (ties: all of them): a throttled trunk under two congested pairs, one
+//! each way, is red; the host cables, each under one, are not painted by congestion
+//! (their own load and latency still colour them).
 //!
 //! A drawn edge shows the worst of its links (largest utilisation, latency; congested if
 //! any). Pairs naming ranks beyond the placement or the topology are skipped; at most
@@ -185,15 +186,21 @@ pub fn edge_figures(
             congested_routes.push(route.links.iter().map(|&(l, _)| l).collect());
         }
     }
+    // Congested pairs per cable: a link's and its reverse's.
+    let on_cable = |loads: &BTreeMap<LinkId, LinkLoad>, l: LinkId| -> u32 {
+        let here = loads.get(&l).map_or(0, |e| e.congested_pairs);
+        let back = t
+            .reverse(l)
+            .and_then(|r| loads.get(&r))
+            .map_or(0, |e| e.congested_pairs);
+        here + back
+    };
     for route in &congested_routes {
-        let most = route
-            .iter()
-            .filter_map(|l| loads.get(l).map(|e| e.congested_pairs))
-            .max()
-            .unwrap_or(0);
-        for l in route {
+        let counts: Vec<u32> = route.iter().map(|&l| on_cable(&loads, l)).collect();
+        let most = counts.iter().copied().max().unwrap_or(0);
+        for (l, n) in route.iter().zip(counts) {
             if let Some(e) = loads.get_mut(l) {
-                e.blamed |= e.congested_pairs == most;
+                e.blamed |= n == most;
             }
         }
     }
@@ -249,8 +256,8 @@ impl AlertKey {
     pub fn reason(&self) -> String {
         match self {
             AlertKey::Congestion { rank, peer } => format!(
-                "rank {rank}'s congestion detector holds its link to rank {peer} congested \
-                 (slow, full or slow to answer)"
+                "the link from rank {rank} to rank {peer} is held congested by a rank's \
+                 congestion detector (slow, full or slow to answer)"
             ),
             AlertKey::Straggler { rank } => format!(
                 "the launcher holds rank {rank} a straggler: persistently late to enter calls, \
@@ -261,6 +268,24 @@ impl AlertKey {
             }
         }
     }
+}
+
+/// What is firing: the scrape's alerts and the congested pairs (sender → receiver, as
+/// the job's live matrix holds them), each once.
+pub fn alerts_with_pairs(scrape: &Scrape, pairs: &[PairFigures]) -> Vec<AlertKey> {
+    let mut out = alerts_of(scrape);
+    out.extend(
+        pairs
+            .iter()
+            .filter(|p| p.congested)
+            .map(|p| AlertKey::Congestion {
+                rank: p.rank,
+                peer: p.peer,
+            }),
+    );
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What is firing in one scrape.
@@ -415,6 +440,25 @@ mod tests {
             .map(|f| l.edges[f.edge as usize].name.as_str())
             .collect();
         assert_eq!(red.len(), 1, "only the trunk: {red:?}");
+        // One congested pair each way (what a hierarchical plan sends over the trunk):
+        // still only the trunk.
+        let two = [
+            PairFigures {
+                rank: 1,
+                peer: 0,
+                ..ring[0]
+            },
+            ring[2],
+        ];
+        let figs2 = edge_figures(&t, &mut router, &l, &two, &place, &Thresholds::default());
+        let red2: Vec<&str> = figs2
+            .iter()
+            .filter(|f| f.level == Level::Red)
+            .map(|f| l.edges[f.edge as usize].name.as_str())
+            .collect();
+        assert_eq!(red2, red, "the trunk alone");
+        let firing = alerts_with_pairs(&crate::prom::Scrape::default(), &two);
+        assert_eq!(firing.len(), 2);
         assert!(
             red[0].contains("leaf0") && red[0].contains("leaf1"),
             "{red:?}"

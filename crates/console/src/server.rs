@@ -612,7 +612,7 @@ fn poll(state: Weak<AppState>, addrs: Vec<SocketAddr>, every: Duration) {
                     }
                     _ => Vec::new(),
                 };
-                let firing = live::alerts_of(&scrape);
+                let firing = live::alerts_with_pairs(&scrape, &pairs);
                 let up_samples: Vec<f64> = scrape
                     .samples
                     .iter()
