@@ -169,7 +169,11 @@ function draw(t: TopologyBody) {
     labelRenderedSizeThreshold: big ? 6 : 3,
     labelColor: { color: "#c9d3dd" },
     enableEdgeEvents: true,
-    hideEdgesOnMove: false,
+    // Large graphs: while the camera moves (pan, zoom, animations) only the nodes are
+    // drawn; edges and labels come back on the frame it stops. On software WebGL the
+    // edges and labels cost most of a frame (docs/console.md, "Measured").
+    hideEdgesOnMove: big,
+    hideLabelsOnMove: big,
     defaultEdgeColor: "#2d5a44",
     minCameraRatio: 0.0005,
     maxCameraRatio: 4,
