@@ -68,6 +68,10 @@ export interface EdgeFigures {
   latency_s?: number;
   congested: boolean;
   pairs: number;
+  /** Bytes carried so far. */
+  bytes: number;
+  /** Achieved over the learned baseline throughput (the slowest pair crossing it). */
+  throughput_ratio?: number;
 }
 
 export interface LinksBody {

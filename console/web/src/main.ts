@@ -100,9 +100,11 @@ function edgeText(i: number): string {
   if (f) {
     lines.push(
       `live: ${f.level}${f.congested ? " (congested)" : ""}`,
-      `utilisation ${percent(f.utilisation)}, throughput ${rate(f.throughput_bps)}`,
-      `latency ${seconds(f.latency_s)}, ${f.pairs} rank pairs`,
+      `utilisation ${percent(f.utilisation)}, load ${rate(f.throughput_bps)}`,
+      `latency ${seconds(f.latency_s)}, ${bytes(f.bytes)} carried, ${f.pairs} rank pairs`,
     );
+    if (f.throughput_ratio !== undefined)
+      lines.push(`slowest pair at ${percent(f.throughput_ratio)} of its learned throughput`);
   } else {
     lines.push("no live figures");
   }
@@ -167,7 +169,11 @@ function draw(t: TopologyBody) {
     labelRenderedSizeThreshold: big ? 6 : 3,
     labelColor: { color: "#c9d3dd" },
     enableEdgeEvents: true,
-    hideEdgesOnMove: false,
+    // Large graphs: while the camera moves (pan, zoom, animations) only the nodes are
+    // drawn; edges and labels come back on the frame it stops. On software WebGL the
+    // edges and labels cost most of a frame (docs/console.md, "Measured").
+    hideEdgesOnMove: big,
+    hideLabelsOnMove: big,
     defaultEdgeColor: "#2d5a44",
     minCameraRatio: 0.0005,
     maxCameraRatio: 4,
@@ -331,6 +337,6 @@ setupWhatIf();
 setupTimelineHover();
 window.addEventListener("resize", redrawTimeline);
 void loadTopology();
-every(1000, pollLinks);
+every(500, pollLinks);
 every(2000, pollAlerts);
 every(2000, pollCalls);

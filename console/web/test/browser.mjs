@@ -9,44 +9,18 @@
 // Environment: TOPOCCL_BIN (the binary), CHROMIUM (default /usr/bin/chromium),
 // CONSOLE_OUT (screenshots; default target/console), MIN_FPS (30), MAX_DRAW_MS (3000).
 
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
+import { check, launchChromium, root, run, startConsole as start } from "./lib.mjs";
 
-const root = resolve(new URL("../../..", import.meta.url).pathname);
 const bin = process.env.TOPOCCL_BIN ?? join(root, "target/debug/topoccl");
 const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const out = process.env.CONSOLE_OUT ?? join(root, "target/console");
 const minFps = Number(process.env.MIN_FPS ?? 30);
 const maxDrawMs = Number(process.env.MAX_DRAW_MS ?? 3000);
 const token = "browser-test-token";
-
-const children = [];
-let failed = 0;
-
-function check(ok, what, detail = "") {
-  console.log(`${ok ? "ok  " : "FAIL"} ${what}${detail ? `: ${detail}` : ""}`);
-  if (!ok) failed++;
-}
-
-/** Starts `topoccl console ARGS`; resolves with its printed URL. */
-function startConsole(args) {
-  const child = spawn(bin, ["console", ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  return new Promise((res, rej) => {
-    const lines = createInterface({ input: child.stdout });
-    lines.on("line", (line) => {
-      const m = line.match(/^console: (http:\/\/\S+)$/);
-      if (m) res({ url: m[1], stderr: () => stderr });
-    });
-    child.on("exit", (code) => rej(new Error(`topoccl console exited (${code}): ${stderr}`)));
-  });
-}
+const startConsole = (args) => start(bin, args);
 
 async function main() {
   if (!existsSync(browserPath)) {
@@ -58,11 +32,7 @@ async function main() {
   const main = await startConsole(["--topo", topo, "--token", token, "--allow-what-if"]);
   const base = main.url.replace(/\?token=.*$/, "");
 
-  const browser = await chromium.launch({
-    executablePath: browserPath,
-    headless: true,
-    args: ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"],
-  });
+  const browser = await launchChromium(browserPath);
   try {
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     page.on("pageerror", (e) => check(false, "no page errors", String(e)));
@@ -164,14 +134,4 @@ async function main() {
   }
 }
 
-try {
-  await main();
-} catch (e) {
-  check(false, "browser test", e instanceof Error ? e.stack : String(e));
-} finally {
-  for (const c of children) c.kill();
-}
-if (failed) {
-  console.log(`${failed} check(s) failed`);
-  process.exit(1);
-}
+await run(main);

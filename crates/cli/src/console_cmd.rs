@@ -18,10 +18,11 @@ pub struct ConsoleArgs {
     /// matrix); its errors are shown on the page and here, with the file's line.
     #[arg(long)]
     topo: Option<PathBuf>,
-    /// The running job's merged metrics (`topoccl run|bench --metrics ADDR`), polled for
-    /// live link figures, alerts and the ranks' flight recorders.
-    #[arg(long, value_name = "ADDR")]
-    job: Option<SocketAddr>,
+    /// The running job: the launcher's metrics address (`topoccl run|bench --metrics
+    /// ADDR`), or its ranks' own exporters (TOPOCCL_METRICS) comma-separated in rank
+    /// order; polled for the live link matrix, alerts and the ranks' flight recorders.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', num_args = 1..)]
+    job: Vec<SocketAddr>,
     /// Where to listen (port 0 picks a free one). Anything but loopback requires a token.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -42,7 +43,7 @@ pub struct ConsoleArgs {
 }
 
 pub fn run(args: ConsoleArgs) -> Result<ExitCode, CliError> {
-    if args.topo.is_none() && args.job.is_none() {
+    if args.topo.is_none() && args.job.is_empty() {
         return Err(CliError::usage(
             "console: give --topo FILE, --job ADDR or both",
         ));

@@ -10,6 +10,7 @@ mod bench_cmd;
 mod bench_compress;
 mod compare_cmd;
 mod console_cmd;
+mod demo_cmd;
 mod doctor_cmd;
 mod failures_cmd;
 mod internal_cmd;
@@ -69,6 +70,9 @@ enum Command {
     /// A web page over a topology file and a running job: links coloured by live load,
     /// timelines, alerts, what-ifs.
     Console(console_cmd::ConsoleArgs),
+    /// A job to look at: N local ranks running a training-like loop, and the console over
+    /// it (prints the URL; Ctrl-C stops everything).
+    Demo(demo_cmd::DemoArgs),
     #[command(hide = true)]
     Internal(internal_cmd::InternalArgs),
 }
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Console(args) => console_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run(args),
         Command::Internal(args) => internal_cmd::run(args),
     };
     match result {

@@ -264,6 +264,11 @@ fn a_topology_with_an_error_is_shown_with_its_line() {
 /// A stand-in for the launcher's metrics endpoint: answers every request with `metrics`
 /// (and `[]` at /flight) until the test ends.
 fn fake_job(metrics: String) -> SocketAddr {
+    fake_job_with_matrix(metrics, None)
+}
+
+/// [`fake_job`], answering `/matrix` with `matrix` when given.
+fn fake_job_with_matrix(metrics: String, matrix: Option<String>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -274,6 +279,8 @@ fn fake_job(metrics: String) -> SocketAddr {
             let req = String::from_utf8_lossy(&buf[..n]);
             let body = if req.starts_with("GET /flight") {
                 "[]".to_string()
+            } else if let (true, Some(m)) = (req.starts_with("GET /matrix"), &matrix) {
+                m.clone()
             } else {
                 metrics.clone()
             };
@@ -337,6 +344,52 @@ fn a_jobs_congested_pair_turns_its_links_red_and_raises_an_alert() {
         .is_some_and(|r| r.contains("rank 0") && r.contains("rank 9")));
 }
 
+/// One published link of a rank's live view, as the runtime writes it.
+fn link_row(direction: &str, peer: u32, congested: bool, rate: f64) -> String {
+    format!(
+        r#"{{"direction":"{direction}","peer":"{peer}","congested":{congested},"stats":{{
+        "members":1,"bytes_total":4000000,"transfers_total":40,"throughput_bps":2e7,
+        "throughput_samples":40,"last_throughput_ns":1,"latency_s":0.0002,"latency_min_s":0.0001,
+        "last_latency_ns":1,"window":{{"start_ns":0,"end_ns":1000000000,"bytes":1,"transfers":1,
+        "rate_bps":{rate},"throughput_bps":2e7}},"baseline":{{"throughput_bps":1e8,"latency_s":0.0001}},
+        "capacity_bps":null,"last_update_ns":1}}}}"#
+    )
+}
+
+#[test]
+fn the_jobs_live_matrix_colours_the_links_it_crosses() {
+    let t = example("fat-tree-1k.toml");
+    // Ranks 0 and 8 are on hosts 0 and 1 (eight GPUs each), 1000 and 1008 on hosts 125
+    // and 126, under another leaf: their routes share no cable.
+    let matrix = format!(
+        r#"[{{"communicator":"w","rank":0,"links":[{}]}},{{"communicator":"w","rank":8,"links":[{}]}},
+            {{"communicator":"w","rank":1000,"links":[{}]}}]"#,
+        link_row("out", 8, false, 1e6),
+        link_row("in", 0, true, 1e6),
+        link_row("out", 1008, false, 1e3),
+    );
+    let job = fake_job_with_matrix("topoccl_rank_up{rank=\"0\"} 1\n".into(), Some(matrix));
+    let c = start(&["--topo", &t, "--job", &job.to_string(), "--poll-ms", "200"]);
+    let links = wait_for(&c, "/api/links", |v| {
+        v["edges"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    let pairs = links["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 2, "{links}");
+    let crossing = pairs.iter().find(|p| p["rank"] == 0).expect("0 → 8");
+    assert_eq!(crossing["peer"], 8);
+    assert_eq!(crossing["congested"], true);
+    assert_eq!(crossing["bytes"], 4_000_000);
+    assert_eq!(crossing["throughput_ratio"], 0.2);
+    let edges = links["edges"].as_array().expect("edges");
+    let red = edges.iter().filter(|e| e["level"] == "red").count();
+    let green = edges.iter().filter(|e| e["level"] == "green").count();
+    assert!(red >= 1, "the congested path is red: {links}");
+    assert!(green >= 1, "the quiet pair 1000 → 1008 is not: {links}");
+    assert!(edges
+        .iter()
+        .all(|e| e["bytes"].as_u64().is_some() && e["pairs"].as_u64().is_some()));
+}
+
 #[test]
 fn a_job_that_does_not_answer_is_reported_and_retried() {
     let dead = common::free_port().to_string();
@@ -388,9 +441,17 @@ fn a_real_jobs_pairs_and_flight_recorders_reach_the_api() {
         .spawn()
         .expect("start a job");
     let _bench = Proc(bench);
+    // Two hosts of one GPU each: the two ranks' traffic crosses drawn cables.
+    let topo = std::env::temp_dir().join(format!("console-pair-{}.toml", std::process::id()));
+    std::fs::write(
+        &topo,
+        "name = \"pair\"\n[generate]\nkind = \"switch\"\nhosts = 2\nlatency = \"1us\"\n\
+         [generate.host]\ngpus_per_host = 1\n",
+    )
+    .expect("write the topology");
     let c = start(&[
         "--topo",
-        &example("dgx-pair.toml"),
+        topo.to_str().expect("a UTF-8 path"),
         "--job",
         &metrics,
         "--poll-ms",
@@ -400,6 +461,14 @@ fn a_real_jobs_pairs_and_flight_recorders_reach_the_api() {
         v["job"]["up"] == true && v["pairs"].as_array().is_some_and(|p| p.len() >= 2)
     });
     assert_eq!(links["job"]["ranks_up"], 2, "{links}");
+    // The launcher's /matrix: the pairs carry the ranks' bytes, and the links are drawn.
+    let links = wait_for(&c, "/api/links", |v| {
+        v["pairs"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["bytes"].as_u64().is_some_and(|b| b > 0)))
+            && v["edges"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    assert!(links["edges"][0]["level"].is_string(), "{links}");
     let calls = wait_for(&c, "/api/calls", |v| {
         v["timeline"]["tracks"]
             .as_array()
@@ -416,4 +485,5 @@ fn a_real_jobs_pairs_and_flight_recorders_reach_the_api() {
     // Nothing of the job's secret: the page sees figures and call records only.
     let all = format!("{links}{calls}{}", get(&c, "/api/alerts").2);
     assert!(!all.contains("console-test-job-secret-4f2a"), "{all}");
+    let _ = std::fs::remove_file(&topo);
 }

@@ -1,16 +1,28 @@
-//! A running job's figures on the drawn topology: the launcher's merged metrics (parsed by
-//! [`crate::prom`]) turned into per-edge figures and colours, and the alerts they show.
-//! Pure: takes the scrape, the topology, the layout; times are passed in.
+//! A running job's figures on the drawn topology: per directed rank pair (from the job's
+//! live matrix, [`crate::matrix`], or else its merged metrics, parsed by [`crate::prom`])
+//! turned into per-edge figures and colours, and the alerts they show. Pure: takes the
+//! figures, the topology, the layout; times are passed in.
 //!
 //! # Per link
 //!
-//! Every `(rank, peer)` pair with figures is routed over the topology
-//! (`topoccl_topo::Router`, ECMP shares included). A topology link carries the sum of the
-//! pairs' throughputs times their shares; its utilisation is that over its bandwidth, its
-//! latency the largest of the pairs crossing it, and it is congested if the detector holds
-//! any of those pairs congested. A drawn edge shows the worst of its links (largest
-//! utilisation, latency; congested if any). Pairs naming ranks beyond the topology's world
-//! or the `other` peer are skipped; at most [`MAX_PAIRS`] pairs are routed per scrape.
+//! Every `(sender, receiver)` pair with figures is placed on the topology's ranks
+//! ([`crate::matrix::placement`]) and routed (`topoccl_topo::Router`, ECMP shares
+//! included). A topology link (one direction of a cable) carries the sum of the pairs'
+//! loads (bytes/s; the metrics' achieved throughput where no load is known) and bytes
+//! times their shares; its utilisation is that load over its bandwidth, its latency the
+//! largest of the pairs crossing it, its throughput ratio (achieved over the learned
+//! baseline) the smallest.
+//!
+//! **Blame.** A congested pair says only that something on its path is slow. The link
+//! held congested is, on each congested pair's route, the one whose cable (the link and
+//! its reverse: a fault on a cable usually slows both ways) is crossed by the most
+//! congested pairs (ties: all of them): a throttled trunk under two congested pairs, one
+//! each way, is red; the host cables, each under one, are not painted by congestion
+//! (their own load and latency still colour them).
+//!
+//! A drawn edge shows the worst of its links (largest utilisation, latency; congested if
+//! any). Pairs naming ranks beyond the placement or the topology are skipped; at most
+//! [`MAX_PAIRS`] pairs are routed per poll.
 //!
 //! # Alerts
 //!
@@ -43,16 +55,27 @@ pub const FAMILIES: [&str; 6] = [
     "topoccl_collective_bytes_total",
 ];
 
-/// One pair's figures as the ranks report them.
+/// One directed pair's figures as the ranks report them: `rank` sends to `peer` (job
+/// ranks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct PairFigures {
     pub rank: u32,
     pub peer: u32,
+    /// Achieved throughput of its transfers, bytes/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_bps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_s: Option<f64>,
     pub congested: bool,
+    /// Load carried (the last window's bytes over its length), bytes/s; `None` where only
+    /// the metrics were read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_bps: Option<f64>,
+    /// Bytes sent so far.
+    pub bytes: u64,
+    /// Achieved over the learned baseline throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_ratio: Option<f64>,
 }
 
 /// A drawn edge's live figures.
@@ -64,7 +87,7 @@ pub struct EdgeFigures {
     /// Busiest link's load over its bandwidth.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub utilisation: Option<f64>,
-    /// Bytes per second on the busiest link.
+    /// Load on the busiest link, bytes/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_bps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,6 +95,11 @@ pub struct EdgeFigures {
     pub congested: bool,
     /// Pairs crossing it.
     pub pairs: u32,
+    /// Bytes carried so far (the busiest link's share of its pairs' bytes).
+    pub bytes: u64,
+    /// The smallest achieved-over-baseline throughput of the pairs crossing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_ratio: Option<f64>,
 }
 
 /// The pairs of a scrape, merged by (rank, peer).
@@ -99,36 +127,81 @@ pub fn pairs_of(scrape: &Scrape) -> Vec<PairFigures> {
 #[derive(Clone, Copy, Default)]
 struct LinkLoad {
     bps: f64,
+    bytes: f64,
     latency: Option<f64>,
-    congested: bool,
+    ratio: Option<f64>,
+    /// Congested pairs crossing it, and whether it is blamed (see the module doc).
+    congested_pairs: u32,
+    blamed: bool,
     pairs: u32,
 }
 
-/// Per drawn edge with figures, its figures and colour (see the module doc).
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+fn min_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Per drawn edge with figures, its figures and colour (see the module doc). `place[r]`
+/// is job rank `r`'s topology rank.
 pub fn edge_figures(
     t: &Topology,
     router: &mut Router<'_>,
     layout: &Layout,
     pairs: &[PairFigures],
+    place: &[u32],
     thresholds: &Thresholds,
 ) -> Vec<EdgeFigures> {
     let mut loads: BTreeMap<LinkId, LinkLoad> = BTreeMap::new();
+    let mut congested_routes: Vec<Vec<LinkId>> = Vec::new();
     for p in pairs.iter().take(MAX_PAIRS) {
-        if p.rank >= t.world() || p.peer >= t.world() || p.rank == p.peer {
-            continue;
-        }
-        let Ok(route) = router.route(p.rank, p.peer) else {
+        let (Some(&a), Some(&b)) = (place.get(p.rank as usize), place.get(p.peer as usize)) else {
             continue;
         };
-        for (l, share) in route.links {
+        if a >= t.world() || b >= t.world() || a == b {
+            continue;
+        }
+        let Ok(route) = router.route(a, b) else {
+            continue;
+        };
+        let load = p.load_bps.or(p.throughput_bps).unwrap_or(0.0);
+        for &(l, share) in &route.links {
             let e = loads.entry(l).or_default();
-            e.bps += p.throughput_bps.unwrap_or(0.0) * share;
-            e.latency = match (e.latency, p.latency_s) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            e.congested |= p.congested;
+            e.bps += load * share;
+            e.bytes += p.bytes as f64 * share;
+            e.latency = max_opt(e.latency, p.latency_s);
+            e.ratio = min_opt(e.ratio, p.throughput_ratio);
+            e.congested_pairs += u32::from(p.congested);
             e.pairs += 1;
+        }
+        if p.congested {
+            congested_routes.push(route.links.iter().map(|&(l, _)| l).collect());
+        }
+    }
+    // Congested pairs per cable: a link's and its reverse's.
+    let on_cable = |loads: &BTreeMap<LinkId, LinkLoad>, l: LinkId| -> u32 {
+        let here = loads.get(&l).map_or(0, |e| e.congested_pairs);
+        let back = t
+            .reverse(l)
+            .and_then(|r| loads.get(&r))
+            .map_or(0, |e| e.congested_pairs);
+        here + back
+    };
+    for route in &congested_routes {
+        let counts: Vec<u32> = route.iter().map(|&l| on_cable(&loads, l)).collect();
+        let most = counts.iter().copied().max().unwrap_or(0);
+        for (l, n) in route.iter().zip(counts) {
+            if let Some(e) = loads.get_mut(l) {
+                e.blamed |= n == most;
+            }
         }
     }
     let mut out = Vec::new();
@@ -145,16 +218,17 @@ pub fn edge_figures(
                 latency_s: None,
                 congested: false,
                 pairs: 0,
+                bytes: 0,
+                throughput_ratio: None,
             });
             if f.utilisation.is_none_or(|u| util > u) {
                 f.utilisation = Some(util);
                 f.throughput_bps = Some(load.bps);
+                f.bytes = load.bytes as u64;
             }
-            f.latency_s = match (f.latency_s, load.latency) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            f.congested |= load.congested;
+            f.latency_s = max_opt(f.latency_s, load.latency);
+            f.throughput_ratio = min_opt(f.throughput_ratio, load.ratio);
+            f.congested |= load.blamed;
             f.pairs = f.pairs.max(load.pairs);
         }
         if let Some(mut f) = fig {
@@ -182,8 +256,8 @@ impl AlertKey {
     pub fn reason(&self) -> String {
         match self {
             AlertKey::Congestion { rank, peer } => format!(
-                "rank {rank}'s congestion detector holds its link to rank {peer} congested \
-                 (slow, full or slow to answer)"
+                "the link from rank {rank} to rank {peer} is held congested by a rank's \
+                 congestion detector (slow, full or slow to answer)"
             ),
             AlertKey::Straggler { rank } => format!(
                 "the launcher holds rank {rank} a straggler: persistently late to enter calls, \
@@ -194,6 +268,24 @@ impl AlertKey {
             }
         }
     }
+}
+
+/// What is firing: the scrape's alerts and the congested pairs (sender → receiver, as
+/// the job's live matrix holds them), each once.
+pub fn alerts_with_pairs(scrape: &Scrape, pairs: &[PairFigures]) -> Vec<AlertKey> {
+    let mut out = alerts_of(scrape);
+    out.extend(
+        pairs
+            .iter()
+            .filter(|p| p.congested)
+            .map(|p| AlertKey::Congestion {
+                rank: p.rank,
+                peer: p.peer,
+            }),
+    );
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What is firing in one scrape.
@@ -297,10 +389,109 @@ mod tests {
         let pairs = pairs_of(&scrape);
         assert_eq!(pairs.len(), 1);
         let mut router = Router::new(&t);
-        let figs = edge_figures(&t, &mut router, &l, &pairs, &Thresholds::default());
+        let place: Vec<u32> = (0..t.world()).collect();
+        let figs = edge_figures(&t, &mut router, &l, &pairs, &place, &Thresholds::default());
         assert!(!figs.is_empty());
         assert!(figs.iter().all(|f| f.level == Level::Red));
         assert!(figs.len() < l.edges.len());
+    }
+
+    /// Two racks of two hosts, one rank per host, racks alternating (as the namespaced
+    /// drills place them).
+    fn racks() -> Topology {
+        let mut text = String::from(
+            "name = \"r\"\nranks = [\"h0\", \"h2\", \"h1\", \"h3\"]\n\
+             [[node]]\nname = \"leaf0\"\nkind = \"switch\"\n\
+             [[node]]\nname = \"leaf1\"\nkind = \"switch\"\n\
+             [[link]]\na = \"leaf0\"\nb = \"leaf1\"\nbandwidth = \"1Gbps\"\nlatency = \"20us\"\n",
+        );
+        for h in 0..4 {
+            text += &format!(
+                "[[node]]\nname = \"h{h}\"\nkind = \"host\"\n\
+                 [[link]]\na = \"h{h}\"\nb = \"leaf{}\"\nbandwidth = \"1Gbps\"\nlatency = \"20us\"\n",
+                h / 2
+            );
+        }
+        topoccl_topo::format::read(&text, "r.toml").expect("a valid topology")
+    }
+
+    #[test]
+    fn congestion_is_blamed_on_the_link_the_congested_pairs_share() {
+        let t = racks();
+        let l = layout(&t, Scope::All).expect("lays out");
+        // The ring 0→1→2→3→0 crosses the trunk at every hop.
+        let ring: Vec<PairFigures> = (0..4u32)
+            .map(|r| PairFigures {
+                rank: r,
+                peer: (r + 1) % 4,
+                load_bps: Some(1e6),
+                bytes: 1 << 20,
+                latency_s: Some(1e-4),
+                congested: true,
+                ..PairFigures::default()
+            })
+            .collect();
+        let mut router = Router::new(&t);
+        let place: Vec<u32> = (0..4).collect();
+        let figs = edge_figures(&t, &mut router, &l, &ring, &place, &Thresholds::default());
+        let red: Vec<&str> = figs
+            .iter()
+            .filter(|f| f.level == Level::Red)
+            .map(|f| l.edges[f.edge as usize].name.as_str())
+            .collect();
+        assert_eq!(red.len(), 1, "only the trunk: {red:?}");
+        // One congested pair each way (what a hierarchical plan sends over the trunk):
+        // still only the trunk.
+        let two = [
+            PairFigures {
+                rank: 1,
+                peer: 0,
+                ..ring[0]
+            },
+            ring[2],
+        ];
+        let figs2 = edge_figures(&t, &mut router, &l, &two, &place, &Thresholds::default());
+        let red2: Vec<&str> = figs2
+            .iter()
+            .filter(|f| f.level == Level::Red)
+            .map(|f| l.edges[f.edge as usize].name.as_str())
+            .collect();
+        assert_eq!(red2, red, "the trunk alone");
+        let firing = alerts_with_pairs(&crate::prom::Scrape::default(), &two);
+        assert_eq!(firing.len(), 2);
+        assert!(
+            red[0].contains("leaf0") && red[0].contains("leaf1"),
+            "{red:?}"
+        );
+        assert_eq!(figs.len(), 5, "every cable carries a pair");
+        let trunk = figs.iter().find(|f| f.level == Level::Red).expect("red");
+        assert_eq!(trunk.pairs, 2, "two pairs each way");
+        assert_eq!(trunk.bytes, 2 << 20);
+        // Uncongested, the same pairs leave everything green; placed elsewhere, nothing
+        // crosses the trunk.
+        let calm: Vec<PairFigures> = ring
+            .iter()
+            .map(|p| PairFigures {
+                congested: false,
+                ..*p
+            })
+            .collect();
+        let figs = edge_figures(&t, &mut router, &l, &calm, &place, &Thresholds::default());
+        assert!(figs.iter().all(|f| f.level == Level::Green));
+        let same_rack = [1, 0, 3, 2].map(|r| [0u32, 2, 1, 3][r]);
+        let figs = edge_figures(
+            &t,
+            &mut router,
+            &l,
+            &ring[..1],
+            &same_rack,
+            &Thresholds::default(),
+        );
+        assert_eq!(
+            figs.len(),
+            2,
+            "0→1 placed on one rack: two host cables only"
+        );
     }
 
     #[test]

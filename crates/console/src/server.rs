@@ -45,6 +45,7 @@ use crate::calls::{self, Timeline};
 use crate::health::Thresholds;
 use crate::layout::{layout, Layout, Scope};
 use crate::live::{self, AlertLog, EdgeFigures, LoggedAlert, PairFigures};
+use crate::matrix::{self, RankView};
 use crate::whatif::{self, WhatIf};
 
 /// One request to the job's launcher may take this long.
@@ -67,8 +68,9 @@ pub fn assets_built() -> bool {
 pub struct Config {
     /// The topology, or why its file could not be read (with the file's line).
     pub topology: Option<Result<Arc<Topology>, String>>,
-    /// The launcher's metrics address (`topoccl run|bench --metrics ADDR`).
-    pub job: Option<SocketAddr>,
+    /// The job: the launcher's metrics address (`topoccl run|bench --metrics ADDR`), or
+    /// its ranks' own exporters (`TOPOCCL_METRICS`), in rank order. Empty: no job.
+    pub job: Vec<SocketAddr>,
     /// Required on every request when set.
     pub token: Option<String>,
     pub allow_what_if: bool,
@@ -147,6 +149,16 @@ struct TopologyBody<'a> {
     layout: &'a Layout,
 }
 
+/// The job's addresses as shown: `a` or `a,b,c`.
+fn job_name(job: &[SocketAddr]) -> Option<String> {
+    (!job.is_empty()).then(|| {
+        job.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
 fn topology_json(t: &Topology, l: &Layout, config: &Config) -> Vec<u8> {
     serde_json::to_vec(&TopologyBody {
         name: t.name(),
@@ -155,7 +167,7 @@ fn topology_json(t: &Topology, l: &Layout, config: &Config) -> Vec<u8> {
         links_in_model: t.links().len(),
         thresholds: Thresholds::default(),
         what_if: config.allow_what_if,
-        job: config.job.map(|a| a.to_string()),
+        job: job_name(&config.job),
         layout: l,
     })
     .unwrap_or_default()
@@ -172,7 +184,7 @@ pub fn router(config: Config) -> Router {
     };
     let live = LiveData {
         job: JobStatus {
-            addr: config.job.map(|a| a.to_string()),
+            addr: job_name(&config.job),
             ..JobStatus::default()
         },
         ..LiveData::default()
@@ -183,12 +195,13 @@ pub fn router(config: Config) -> Router {
         live: Mutex::new(live),
         sim_busy: tokio::sync::Semaphore::new(1),
     });
-    if let Some(addr) = state.config.job {
+    if !state.config.job.is_empty() {
         let weak = Arc::downgrade(&state);
         let every = state.config.poll_every;
+        let addrs = state.config.job.clone();
         let _ = std::thread::Builder::new()
             .name("console-poll".into())
-            .spawn(move || poll(weak, addr, every));
+            .spawn(move || poll(weak, addrs, every));
     }
     Router::new()
         .route("/", get(index))
@@ -464,8 +477,103 @@ async fn api_sim(State(state): State<Arc<AppState>>, body: axum::body::Bytes) ->
     }
 }
 
+/// Where an address serves its links: a launcher gathers them at `/matrix`, a rank's own
+/// exporter serves `/links`; learned from the first answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LinksAt {
+    Unknown,
+    Matrix,
+    Links,
+}
+
+/// One poll of every address: the merged metrics and how many answered (or why none
+/// did) and, for those that serve them, the link views.
+fn fetch_live(
+    addrs: &[SocketAddr],
+    links_at: &mut [LinksAt],
+) -> (Result<(String, u32), String>, Vec<RankView>) {
+    let mut texts = Vec::with_capacity(addrs.len());
+    let mut failures = Vec::new();
+    let mut views = Vec::new();
+    for (addr, at) in addrs.iter().zip(links_at.iter_mut()) {
+        match topoccl::metrics::http_get(*addr, "/metrics", "text/plain", JOB_TIMEOUT) {
+            Ok(t) => texts.push(t),
+            Err(e) => {
+                failures.push(format!("{addr}: {e}"));
+                continue;
+            }
+        }
+        let tries: &[(LinksAt, &str)] = match at {
+            LinksAt::Unknown => &[(LinksAt::Matrix, "/matrix"), (LinksAt::Links, "/links")],
+            LinksAt::Matrix => &[(LinksAt::Matrix, "/matrix")],
+            LinksAt::Links => &[(LinksAt::Links, "/links")],
+        };
+        for &(kind, path) in tries {
+            let got = topoccl::metrics::http_get(*addr, path, "application/json", JOB_TIMEOUT)
+                .ok()
+                .and_then(|text| matrix::parse(&text).ok());
+            if let Some(v) = got {
+                *at = kind;
+                views.extend(v);
+                break;
+            }
+        }
+    }
+    views.truncate(matrix::MAX_VIEWS);
+    if texts.is_empty() {
+        return (Err(failures.join("; ")), views);
+    }
+    // The parser reads samples line by line: the expositions are simply joined.
+    let answered = texts.len() as u32;
+    (Ok((texts.join("\n"), answered)), views)
+}
+
+/// The flight recorders of every address that answers, joined (at most
+/// [`MAX_DUMPS`] dumps).
+fn fetch_flight(addrs: &[SocketAddr]) -> Option<Vec<Dump>> {
+    let mut all = Vec::new();
+    let mut any = false;
+    for addr in addrs {
+        let Ok(text) =
+            topoccl::metrics::http_get(*addr, "/flight", "application/json", JOB_TIMEOUT)
+        else {
+            continue;
+        };
+        if let Ok(dumps) = serde_json::from_str::<Vec<Dump>>(&text) {
+            any = true;
+            all.extend(dumps);
+        }
+    }
+    all.truncate(MAX_DUMPS);
+    any.then_some(all)
+}
+
+/// Flight-recorder dumps kept per poll.
+pub const MAX_DUMPS: usize = 16_384;
+
+/// The job's ranks' hosts, from the dumps of its widest communicator (the world's).
+fn hosts_of(dumps: &[Dump]) -> Vec<Option<String>> {
+    let Some(world) = dumps.iter().map(|d| d.world_size).max() else {
+        return Vec::new();
+    };
+    let Some(group) = dumps
+        .iter()
+        .find(|d| d.world_size == world)
+        .map(|d| d.process_group.clone())
+    else {
+        return Vec::new();
+    };
+    let mut hosts = vec![None; (world as usize).min(MAX_DUMPS)];
+    for d in dumps.iter().filter(|d| d.process_group == group) {
+        if let Some(h) = hosts.get_mut(d.rank as usize) {
+            *h = Some(d.host.clone());
+        }
+    }
+    hosts
+}
+
 /// The poller's loop (see the module doc).
-fn poll(state: Weak<AppState>, addr: SocketAddr, every: Duration) {
+fn poll(state: Weak<AppState>, addrs: Vec<SocketAddr>, every: Duration) {
     let Some(first) = state.upgrade() else { return };
     let topo = match &first.config.topology {
         Some(Ok(t)) => Some(t.clone()),
@@ -473,37 +581,50 @@ fn poll(state: Weak<AppState>, addr: SocketAddr, every: Duration) {
     };
     drop(first);
     let mut router = topo.as_deref().map(TopoRouter::new);
+    let mut place: Vec<u32> = topo
+        .as_deref()
+        .map_or_else(Vec::new, |t| (0..t.world()).collect());
+    let mut links_at = vec![LinksAt::Unknown; addrs.len()];
     let mut tick: u64 = 0;
     loop {
-        let metrics = topoccl::metrics::http_get(addr, "/metrics", "text/plain", JOB_TIMEOUT);
+        let (metrics, views) = fetch_live(&addrs, &mut links_at);
         let flight = if tick % 2 == 0 {
-            Some(topoccl::metrics::http_get(
-                addr,
-                "/flight",
-                "application/json",
-                JOB_TIMEOUT,
-            ))
+            fetch_flight(&addrs)
         } else {
             None
         };
+        if let (Some(dumps), Some(t)) = (&flight, topo.as_deref()) {
+            place = matrix::placement(t, &hosts_of(dumps));
+        }
         let Some(state) = state.upgrade() else { return };
         let now = now_ns();
         match metrics {
-            Ok(text) => {
+            Ok((text, answered)) => {
                 let scrape = crate::prom::parse(&text, |n| live::FAMILIES.contains(&n));
-                let pairs = live::pairs_of(&scrape);
+                let pairs = if views.is_empty() {
+                    live::pairs_of(&scrape)
+                } else {
+                    matrix::pairs_of(&views)
+                };
                 let edges = match (&topo, &mut router, &state.full) {
                     (Some(t), Some(r), Some((l, _))) => {
-                        live::edge_figures(t, r, l, &pairs, &Thresholds::default())
+                        live::edge_figures(t, r, l, &pairs, &place, &Thresholds::default())
                     }
                     _ => Vec::new(),
                 };
-                let firing = live::alerts_of(&scrape);
-                let ranks_up = scrape
+                let firing = live::alerts_with_pairs(&scrape, &pairs);
+                let up_samples: Vec<f64> = scrape
                     .samples
                     .iter()
-                    .filter(|s| s.name == "topoccl_rank_up" && s.value >= 1.0)
-                    .count() as u32;
+                    .filter(|s| s.name == "topoccl_rank_up")
+                    .map(|s| s.value)
+                    .collect();
+                // The ranks' own exporters carry no topoccl_rank_up: each that answered is up.
+                let ranks_up = if up_samples.is_empty() {
+                    answered
+                } else {
+                    up_samples.iter().filter(|v| **v >= 1.0).count() as u32
+                };
                 let mut live = lock(&state);
                 live.pairs = pairs;
                 live.edges = edges;
@@ -520,16 +641,14 @@ fn poll(state: Weak<AppState>, addr: SocketAddr, every: Duration) {
                 live.job.up = false;
                 live.job.failed_polls += 1;
                 live.job.error = Some(format!(
-                    "the job's metrics at {addr} did not answer ({e}); retrying every {:.1} s",
+                    "the job's metrics did not answer ({e}); retrying every {:.1} s",
                     every.as_secs_f64()
                 ));
                 live.updated_ns = now;
             }
         }
-        if let Some(Ok(text)) = flight {
-            if let Ok(dumps) = serde_json::from_str::<Vec<Dump>>(&text) {
-                lock(&state).flight = Some(calls::from_dumps(&dumps, now));
-            }
+        if let Some(dumps) = flight {
+            lock(&state).flight = Some(calls::from_dumps(&dumps, now));
         }
         drop(state);
         tick += 1;
