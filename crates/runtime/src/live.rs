@@ -577,24 +577,30 @@ mod tests {
         assert_eq!(b["stats"]["bytes_total"], 1 << 20, "{b}");
     }
 
+    /// Rank 0's view of a world of 2, default settings, no probe.
+    fn two_ranks(metrics: Arc<Metrics>) -> Live {
+        let facts = |_| PeerFacts {
+            host: None,
+            capacity_bps: None,
+        };
+        Live::new(
+            "world".into(),
+            0,
+            vec![0, 1],
+            facts,
+            None,
+            metrics,
+            &Default::default(),
+        )
+        .expect("a live view")
+    }
+
     /// A frame in flight far past its expected time raises a `stall` on its link while it
     /// lasts, through the look in the middle of a call.
     #[test]
     fn a_frame_in_flight_too_long_is_a_stall() {
         let metrics = Arc::new(Metrics::new());
-        let mut live = Live::new(
-            "world".into(),
-            0,
-            vec![0, 1],
-            |_| PeerFacts {
-                host: None,
-                capacity_bps: None,
-            },
-            None,
-            metrics.clone(),
-            &Default::default(),
-        )
-        .expect("a live view");
+        let mut live = two_ranks(metrics.clone());
         let began = Instant::now();
         let sending = [Transfer {
             peer: 1,
@@ -612,19 +618,7 @@ mod tests {
         );
         assert!(text.contains("topoccl_link_congested{rank=\"0\",peer=\"1\"} 1"));
         // A frame received too long stalls the link as received, not as sent.
-        let mut live2 = Live::new(
-            "world".into(),
-            0,
-            vec![0, 1],
-            |_| PeerFacts {
-                host: None,
-                capacity_bps: None,
-            },
-            None,
-            Arc::new(Metrics::new()),
-            &Default::default(),
-        )
-        .expect("a live view");
+        let mut live2 = two_ranks(Arc::new(Metrics::new()));
         let sending = [Transfer {
             began: Instant::now(),
             ..sending[0]
