@@ -7,9 +7,12 @@
 //!
 //! | MAC          | over                                                        | checked by   |
 //! |--------------|-------------------------------------------------------------|--------------|
-//! | peer hello   | the hello's fields, the acceptor's instance nonce           | the acceptor |
-//! | peer ack     | the hello's MAC                                             | the dialler  |
-//! | store client | the store server's nonce for this connection                | the server   |
+//! | peer hello   | the hello's fields, the acceptor's instance nonce, and under TLS the session's exporter value | the acceptor |
+//! | peer ack     | the hello's MAC (so the session's binding too)              | the dialler  |
+//! | store client | the store server's nonce for this connection, and under TLS the session's exporter value | the server   |
+//!
+//! Under `TOPOCCL_TLS` the exporter value (`transport::tls`) binds each proof to its TLS
+//! session: a proof relayed by a man in the middle into a session of its own is refused.
 //!
 //! An instance nonce is drawn by every rank when its transports open and published with
 //! its endpoint: a hello made for one communicator cannot open a connection to another,
