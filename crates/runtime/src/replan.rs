@@ -3,8 +3,8 @@
 //!
 //! | step | who | how |
 //! |---|---|---|
-//! | notice | a rank whose live view (`crate::live`, on while metrics are) has held a link from a peer congested, as the frames arrive, for [`crate::live::SUSTAINED`] | `Live::wants_replan` |
-//! | ask | that rank, at its next [agreeing](agrees) call, unless `TOPOCCL_REPLAN=0` | sets [`wire::FLAG_REPLAN`] on the call's frames |
+//! | notice | a rank whose live view (`crate::live`, on while metrics are) has held a link from a peer congested, as the frames arrive, for `live::SUSTAINED` (2 s) | `Live::wants_replan` |
+//! | ask | that rank, at its next [agreeing](agrees) call, unless `TOPOCCL_REPLAN=0` | sets [`FLAG_REPLAN`] on the call's frames |
 //! | agree | every rank | each rank ORs the flags it receives into the frames it sends later in the call (`crate::matcher`); in an agreeing call every rank's output depends on every rank's input, so when the call returns every rank holds the flag — all after the same sequence number, at no cost in messages |
 //! | share | every rank | one all-gather of [`RECORD_LEN`] numbers per rank: whether it asked, and up to [`MAX_OBSERVATIONS`] of the links it receives on as (sending peer, achieved share of the link's learned throughput) |
 //! | re-price | every rank, on the same numbers | [`topoccl_topo::slow::lower_slow_links`] lowers the links of the job's model as it was before the first re-plan (so lowerings never compound) that explain the slow pairs (a pair below [`HEALTHY_AT`] of its baseline is slow); the selection's candidates are priced on the lowered model from the next call on (the plan cache is emptied) |
