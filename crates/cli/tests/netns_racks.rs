@@ -11,17 +11,7 @@ fn topology_aware_allreduce_beats_the_worst_ring_as_predicted() {
     let Some(stdout) = common::netns_script("netns-racks", &[]) else {
         return;
     };
-    let result = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .expect("a RESULT line");
-    let field = |k: &str| -> f64 {
-        result
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {result}"))
-    };
+    let field = |k: &str| common::result_field(&stdout, k);
     let (predicted, measured) = (field("predicted"), field("measured"));
     assert!(
         predicted > 1.5,

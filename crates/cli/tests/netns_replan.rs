@@ -12,17 +12,7 @@ fn every_rank_replans_at_one_call_when_the_trunk_slows() {
     let Some(stdout) = common::netns_script("netns-replan", &[]) else {
         return;
     };
-    let result = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .expect("a RESULT line");
-    let field = |k: &str| -> f64 {
-        result
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {result}"))
-    };
+    let field = |k: &str| common::result_field(&stdout, k);
     assert_eq!(
         field("same_call"),
         1.0,
@@ -30,10 +20,10 @@ fn every_rank_replans_at_one_call_when_the_trunk_slows() {
     );
     assert!(
         field("replan_s").is_finite(),
-        "a re-plan happened: {result}"
+        "a re-plan happened: {stdout}"
     );
     assert!(
         field("recovery") >= 0.8,
-        "the new plan runs below 80% of its predicted speed: {result}"
+        "the new plan runs below 80% of its predicted speed: {stdout}"
     );
 }

@@ -434,10 +434,7 @@ impl Communicator {
                 self.namespace.clone(),
                 self.rank,
                 self.world_ranks.clone(),
-                |r| PeerFacts {
-                    host: facts[r as usize].host.clone(),
-                    capacity_bps: facts[r as usize].capacity_bps,
-                },
+                facts,
                 self.matrix.as_deref(),
                 meter.metrics().clone(),
                 &self.cfg,

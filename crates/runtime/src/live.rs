@@ -47,6 +47,7 @@ use topoccl_watch::matrix::{Baseline, Dest, LinkMatrix, MatrixConfig, PeerSpec};
 use crate::metrics::Metrics;
 
 /// What the communicator knows of a peer when the watch starts.
+#[derive(Default)]
 pub(crate) struct PeerFacts {
     /// Its host's name (peers beyond the cap are summed up by host).
     pub host: Option<String>,
@@ -108,14 +109,14 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    /// The links of `me` among `world_ranks.len()` ranks; `facts` tells each peer's host
-    /// and capacity, `probed` the links measured at creation (their figures are the
+    /// The links of `me` among `world_ranks.len()` ranks; `facts` tells each rank's host
+    /// and capacity (indexed by rank; a missing entry: nothing known), `probed` the links measured at creation (their figures are the
     /// metrics' first), `config` the detector's thresholds and the peers shown one by one.
     pub(crate) fn new(
         communicator: String,
         me: Rank,
         world_ranks: Vec<Rank>,
-        facts: impl Fn(Rank) -> PeerFacts,
+        mut facts: Vec<PeerFacts>,
         probed: Option<&Probed>,
         metrics: Arc<Metrics>,
         config: &crate::config::Config,
@@ -133,7 +134,10 @@ impl Live {
         // The probe's figures per link (aggregates: their members' mean), for the metrics.
         let mut seeded: Vec<(Dest, f64, f64, u32)> = Vec::new();
         for peer in (0..world as Rank).filter(|&p| p != me) {
-            let PeerFacts { host, capacity_bps } = facts(peer);
+            let PeerFacts { host, capacity_bps } = facts
+                .get_mut(peer as usize)
+                .map(std::mem::take)
+                .unwrap_or_default();
             let group = host.map(|h| {
                 *host_ids.entry(h.clone()).or_insert_with(|| {
                     group_names.push(h);
@@ -535,10 +539,12 @@ mod tests {
             "world".into(),
             0,
             (0..world as Rank).collect(),
-            |r| PeerFacts {
-                host: Some(host(r).to_string()),
-                capacity_bps: None,
-            },
+            (0..world as Rank)
+                .map(|r| PeerFacts {
+                    host: Some(host(r).to_string()),
+                    capacity_bps: None,
+                })
+                .collect(),
             Some(&probed),
             metrics.clone(),
             &config,
@@ -579,15 +585,11 @@ mod tests {
 
     /// Rank 0's view of a world of 2, default settings, no probe.
     fn two_ranks(metrics: Arc<Metrics>) -> Live {
-        let facts = |_| PeerFacts {
-            host: None,
-            capacity_bps: None,
-        };
         Live::new(
             "world".into(),
             0,
             vec![0, 1],
-            facts,
+            Vec::new(),
             None,
             metrics,
             &Default::default(),

@@ -76,6 +76,19 @@ pub fn topoccl(args: &[&str]) -> Output {
 /// target directory, on a clean selection environment plus `env`, echoing its output.
 /// `None` when the script skipped (exit 77: network namespaces cannot be made here), after
 /// saying SKIP; panics when it failed.
+/// The value of `key` on a script's `RESULT k=v k=v …` line (the netns scripts print one).
+pub fn result_field(stdout: &str, key: &str) -> f64 {
+    let result = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    result
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {result}"))
+}
+
 pub fn netns_script(name: &str, env: &[(&str, &str)]) -> Option<String> {
     let script = format!("{}/../../scripts/{name}.sh", env!("CARGO_MANIFEST_DIR"));
     let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
