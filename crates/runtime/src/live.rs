@@ -630,4 +630,54 @@ mod tests {
         assert!(live2.congested_to.is_empty());
         assert!(live2.incoming_congestion.firing().count() == 1);
     }
+
+    /// With a capacity stated (a topology file), a link kept above 70% of it is flagged:
+    /// 10 MB sent over a second on a 10 MB/s link is; the same on a 100 MB/s link is not.
+    #[test]
+    fn a_link_kept_near_its_stated_capacity_is_flagged() {
+        use topoccl_watch::detect::{HysteresisConfig, Persist};
+        let metrics = Arc::new(Metrics::new());
+        let mut config = crate::config::Config::default();
+        config.congestion.congestion = HysteresisConfig {
+            raise_after: Persist::Samples(1),
+            ..config.congestion.congestion
+        };
+        let facts = vec![
+            PeerFacts::default(),
+            PeerFacts {
+                host: None,
+                capacity_bps: Some(10e6),
+            },
+            PeerFacts {
+                host: None,
+                capacity_bps: Some(100e6),
+            },
+        ];
+        let mut live = Live::new(
+            "world".into(),
+            0,
+            vec![0, 1, 2],
+            facts,
+            None,
+            metrics.clone(),
+            &config,
+        )
+        .expect("a live view");
+        let start = live.epoch;
+        std::thread::sleep(Duration::from_millis(1300));
+        for i in 0..10u64 {
+            let began = start + Duration::from_millis(100 * i);
+            for peer in [1, 2] {
+                live.record(peer, 1_000_000, began, began + Duration::from_millis(100));
+            }
+        }
+        live.after_call();
+        let text = metrics.encode();
+        assert!(
+            text.contains("topoccl_link_congested{rank=\"0\",peer=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(live.congested_to.contains(&Dest::Peer(1)));
+        assert!(!live.congested_to.contains(&Dest::Peer(2)), "{text}");
+    }
 }
