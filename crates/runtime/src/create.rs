@@ -44,8 +44,14 @@ fn listen_ip(cfg: &Config, store: &StoreAddr) -> Result<IpAddr> {
             ))
         });
     }
-    match store {
-        StoreAddr::Tcp(hostport) => {
+    // A network store: the address that reaches it (an etcd cluster's first member).
+    let hostport = match store {
+        StoreAddr::Tcp(hostport) => Some(hostport.as_str()),
+        StoreAddr::Etcd(members) => members.first().map(String::as_str),
+        StoreAddr::File(_) => None,
+    };
+    match hostport {
+        Some(hostport) => {
             let target = hostport
                 .to_socket_addrs()
                 .ok()
@@ -65,7 +71,7 @@ fn listen_ip(cfg: &Config, store: &StoreAddr) -> Result<IpAddr> {
             .map_err(|e| Error::Config(format!("no route to the store at {hostport}: {e}")))?;
             Ok(probe.ip())
         }
-        StoreAddr::File(_) => Ok(if_addrs::get_if_addrs()
+        None => Ok(if_addrs::get_if_addrs()
             .ok()
             .and_then(|ifs| {
                 ifs.into_iter()

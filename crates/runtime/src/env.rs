@@ -8,8 +8,9 @@
 //! | Open MPI | `OMPI_COMM_WORLD_RANK` | `OMPI_COMM_WORLD_SIZE` | `OMPI_COMM_WORLD_LOCAL_RANK` | as torchrun |
 //! | Slurm | `SLURM_PROCID` | `SLURM_NTASKS` | `SLURM_LOCALID` | as torchrun |
 //!
-//! `TOPOCCL_STORE` (`tcp://host:port` or `file:///dir`) always wins: a store someone else
-//! hosts (`topoccl store`, the launcher). Otherwise rank 0 hosts a TCP store at
+//! `TOPOCCL_STORE` (`tcp://host:port`, `file:///dir` or `etcd://host:port[,host:port]`)
+//! always wins, under every launcher: a store someone else hosts (`topoccl store`, the
+//! launcher, an etcd cluster). Otherwise rank 0 hosts a TCP store at
 //! `MASTER_ADDR:MASTER_PORT`.
 
 use crate::error::{Error, Result};
@@ -126,7 +127,8 @@ impl LaunchInfo {
                 }
                 _ => {
                     return Err(Error::Config(format!(
-                        "no rendezvous store: set TOPOCCL_STORE=tcp://HOST:PORT (or file:///DIR), \
+                        "no rendezvous store: set TOPOCCL_STORE=tcp://HOST:PORT (or file:///DIR, \
+                         etcd://HOST:PORT), \
                          or MASTER_ADDR and MASTER_PORT for rank 0 to host one (launcher: {})",
                         source.name
                     )))
@@ -230,6 +232,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((slurm.rank, slurm.world, slurm.source), (1, 2, "Slurm"));
+        let etcd = info(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "2"),
+            ("TOPOCCL_STORE", "etcd://10.0.0.1:2379,10.0.0.2:2379"),
+        ])
+        .unwrap();
+        assert_eq!(
+            etcd.store,
+            StoreAddr::Etcd(vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()])
+        );
+        assert!(!etcd.host_store);
         assert!(!slurm.host_store);
     }
 

@@ -108,6 +108,32 @@ pub(super) const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const STALE_RETRIES: usize = 5;
 
 // ---------------------------------------------------------------------------------------
+// etcd store
+
+/// Lease TTL by default (`TOPOCCL_ETCD_LEASE_TTL`): a dead rank's keys vanish this long
+/// after its last keepalive. Long enough to ride out a leader election (about a second)
+/// and a busy host; short enough that a restarted job does not trip over its old keys.
+pub const ETCD_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Shortest and longest lease TTL accepted, in seconds (etcd raises shorter ones to its
+/// minimum, about 1.5 x its election timeout).
+pub(super) const ETCD_MIN_LEASE_TTL_S: u64 = 2;
+pub(super) const ETCD_MAX_LEASE_TTL_S: u64 = 3600;
+/// Keepalives per TTL: a lease survives two lost keepalives in a row.
+pub(super) const ETCD_KEEPALIVES_PER_TTL: u32 = 3;
+/// Endpoints in one `etcd://` address.
+pub(super) const ETCD_MAX_ENDPOINTS: usize = 16;
+/// Largest reply read from etcd: the largest value and key in base64, and room for a
+/// transaction's worth of keys and the headers.
+pub(super) const ETCD_MAX_REPLY: usize = (MAX_VALUE_LEN + MAX_KEY_LEN).div_ceil(3) * 4 + (4 << 20);
+/// Polling for keys: first pause and longest pause.
+pub(super) const ETCD_POLL_FIRST: Duration = Duration::from_millis(2);
+pub(super) const ETCD_POLL_MAX: Duration = Duration::from_millis(50);
+/// Lost compare-and-puts of a counter in a row before `add` pauses (a random part of
+/// [`ETCD_ADD_PAUSE`]) between tries; it keeps trying until the I/O timeout.
+pub(super) const ETCD_ADD_EAGER_TRIES: u32 = 4;
+pub(super) const ETCD_ADD_PAUSE: Duration = Duration::from_millis(2);
+
+// ---------------------------------------------------------------------------------------
 // Checks
 
 /// Refuses a key longer than [`MAX_KEY_LEN`].

@@ -2,9 +2,10 @@
 //! of their own. Ranks publish their listening addresses and the job's secret here, wait
 //! for each other with a deadline, and count arrivals.
 //!
-//! Three implementations: a TCP store (hosted by rank 0, by the launcher, or by a
+//! Four implementations: a TCP store (hosted by rank 0, by the launcher, or by a
 //! standalone `topoccl store` process), a file store (a directory on a shared file
-//! system), and an in-memory store for ranks that are threads of one process.
+//! system), an etcd v3 cluster's key space (with leases for liveness), and an in-memory
+//! store for ranks that are threads of one process.
 //!
 //! The parts:
 //!
@@ -18,6 +19,9 @@
 //! | `client` | [`TcpStore`]: the pooled client                                        |
 //! | `mem`    | [`MemStore`]: a `state` used in-process, stored exactly as the server stores |
 //! | `file`   | [`FileStore`]                                                          |
+//! | `http`   | the smallest HTTP/1.1 client: one POST, one bounded response           |
+//! | `etcd_codec` | etcd v3's JSON gateway as request bodies ↔ replies, no sockets     |
+//! | `etcd`   | [`EtcdStore`]: the etcd client, its lease and keepalive thread         |
 //!
 //! Counters are decimal ASCII in every store, so `get` of a counter reads e.g. `b"42"`.
 //!
@@ -36,7 +40,10 @@ use thiserror::Error;
 
 mod client;
 mod codec;
+mod etcd;
+mod etcd_codec;
 mod file;
+mod http;
 mod limits;
 mod mem;
 mod server;
@@ -44,8 +51,11 @@ mod socket;
 mod state;
 
 pub use client::TcpStore;
+pub use etcd::{EtcdOptions, EtcdStore, ENV_ETCD_LEASE_TTL};
 pub use file::FileStore;
-pub use limits::{IDLE_TIMEOUT, JOB_MAX_BYTES, JOB_MAX_KEYS, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use limits::{
+    ETCD_LEASE_TTL, IDLE_TIMEOUT, JOB_MAX_BYTES, JOB_MAX_KEYS, MAX_KEY_LEN, MAX_VALUE_LEN,
+};
 pub use mem::MemStore;
 pub use server::{ServerOptions, TcpStoreServer, MAX_IDLE_TIMEOUT};
 
@@ -105,11 +115,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn delete(&self, key: &str) -> Result<(), StoreError>;
 }
 
-/// Where a store lives: `tcp://host:port` or `file:///path/to/dir`.
+/// Where a store lives: `tcp://host:port`, `file:///path/to/dir`, or
+/// `etcd://host:port[,host:port...]` (the client URLs of an etcd cluster's members).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreAddr {
     Tcp(String),
     File(PathBuf),
+    /// The members of one etcd cluster (`HOST:PORT` each, 1 to 16), tried in order.
+    Etcd(Vec<String>),
 }
 
 impl FromStr for StoreAddr {
@@ -129,9 +142,14 @@ impl FromStr for StoreAddr {
                 )));
             }
             Ok(StoreAddr::File(PathBuf::from(rest)))
+        } else if let Some(rest) = s.strip_prefix("etcd://") {
+            let members: Vec<String> = rest.split(',').map(|m| m.trim().to_string()).collect();
+            etcd::check_endpoints(&members)
+                .map_err(|e| StoreError::Protocol(format!("store address '{s}': {e}")))?;
+            Ok(StoreAddr::Etcd(members))
         } else {
             Err(StoreError::Protocol(format!(
-                "store address '{s}' must start with tcp:// or file://"
+                "store address '{s}' must start with tcp://, file:// or etcd://"
             )))
         }
     }
@@ -142,13 +160,15 @@ impl fmt::Display for StoreAddr {
         match self {
             StoreAddr::Tcp(a) => write!(f, "tcp://{a}"),
             StoreAddr::File(p) => write!(f, "file://{}", p.display()),
+            StoreAddr::Etcd(members) => write!(f, "etcd://{}", members.join(",")),
         }
     }
 }
 
 impl StoreAddr {
     /// Connects to (or opens) the store, retrying a store that is not up yet until
-    /// `deadline`; a TCP store's connections prove `key` (the job's secret's).
+    /// `deadline`; a TCP store's connections prove `key` (the job's secret's). An etcd
+    /// store takes its lease TTL from `TOPOCCL_ETCD_LEASE_TTL`.
     pub fn open(
         &self,
         key: Option<JobKey>,
@@ -157,6 +177,7 @@ impl StoreAddr {
         Ok(match self {
             StoreAddr::Tcp(a) => Arc::new(TcpStore::connect_with(a, key, deadline)?),
             StoreAddr::File(p) => Arc::new(FileStore::new(p.clone())?),
+            StoreAddr::Etcd(members) => Arc::new(EtcdStore::connect(members, deadline)?),
         })
     }
 }
