@@ -4,7 +4,10 @@
 //! fails, the timeout passes or the launcher is interrupted) is the `topoccl-launch`
 //! library; this module parses the arguments, makes the job (a fresh id and secret),
 //! hosts its rendezvous store (serving only clients that prove the secret) and gives every
-//! rank the store's address, the id and the secret. Other commands that start their own
+//! rank the store's address, the id and the secret. With `--store URL` the ranks meet in
+//! a store someone else runs instead (an etcd cluster, a `topoccl store`, a directory):
+//! the launcher checks it answers before starting anyone, and removes the job's keys from
+//! an etcd store when the ranks are gone. Other commands that start their own
 //! ranks (a benchmark, say) reuse the pieces:
 //!
 //! ```ignore
@@ -22,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use topoccl::store::TcpStoreServer;
+use topoccl::store::{EtcdStore, StoreAddr, TcpStoreServer};
 pub use topoccl_launch::LaunchOptions;
 use topoccl_launch::{LaunchError, LaunchOutcome};
 
@@ -48,6 +51,10 @@ pub struct RunArgs {
     timeout: Option<String>,
     #[command(flatten)]
     watch: crate::job_metrics::WatchArgs,
+    /// Meet in this store instead of hosting one: etcd://HOST:PORT[,HOST:PORT...] (an
+    /// etcd v3 cluster), tcp://HOST:PORT (`topoccl store`) or file:///DIR.
+    #[arg(long, value_name = "URL", conflicts_with = "no_store")]
+    store: Option<String>,
     /// Do not host a rendezvous store (TOPOCCL_STORE is then not set).
     #[arg(long, hide = true)]
     no_store: bool,
@@ -74,16 +81,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         .transpose()
         .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
     let job = new_job()?;
-    let store = if args.no_store {
+    let external = args.store.as_deref().map(ExternalStore::open).transpose()?;
+    let store = if args.no_store || external.is_some() {
         None
     } else {
         Some(host_store(&job)?)
     };
-    let mut env = job_env(store.as_ref().map(JobStore::url), &job);
+    let url = match &external {
+        Some(e) => Some(e.url.as_str()),
+        None => store.as_ref().map(JobStore::url),
+    };
+    let mut env = job_env(url, &job);
     if args.watch.metrics.is_some() {
         let Some(store) = &store else {
             return Err(CliError::usage(
-                "--metrics needs the job's store: leave out --no-store".to_string(),
+                "--metrics needs the store `topoccl run` hosts: leave out --no-store and                  --store"
+                    .to_string(),
             ));
         };
         env.extend(args.watch.start(store.url(), &job, args.ranks)?);
@@ -93,8 +106,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         plain_stdout: None,
         dump: Some(DUMP),
     };
-    let outcome = launch(&args.program, &args.args, args.ranks, &env, &opts)?;
+    let outcome = launch(&args.program, &args.args, args.ranks, &env, &opts);
     drop(store);
+    if let Some(e) = external {
+        e.clean_up(&job);
+    }
+    let outcome = outcome?;
     if let Some(line) = outcome.summary() {
         eprintln!("topoccl run: {line}");
     }
@@ -135,6 +152,54 @@ pub fn host_store(job: &Job) -> Result<JobStore, CliError> {
         _server: server,
         url,
     })
+}
+
+/// A store the user named (`--store`): checked before the ranks start; an etcd store is
+/// kept open to remove the job's keys at the end.
+struct ExternalStore {
+    url: String,
+    etcd: Option<EtcdStore>,
+}
+
+impl ExternalStore {
+    /// Parses `url` and, for etcd, connects within `TOPOCCL_INIT_TIMEOUT` (an address that
+    /// does not answer fails here, naming it, before any rank starts).
+    fn open(url: &str) -> Result<ExternalStore, CliError> {
+        let addr: StoreAddr = url
+            .parse()
+            .map_err(|e| CliError::usage(format!("--store: {e}")))?;
+        let etcd = match &addr {
+            StoreAddr::Etcd(members) => {
+                let wait = topoccl::Config::from_env()
+                    .map(|c| c.init_timeout)
+                    .unwrap_or(topoccl::Config::default().init_timeout);
+                let deadline = std::time::Instant::now() + wait;
+                Some(
+                    EtcdStore::connect(members, deadline)
+                        .map_err(|e| CliError::failed(format!("--store {url}: {e}")))?,
+                )
+            }
+            StoreAddr::Tcp(_) | StoreAddr::File(_) => None,
+        };
+        Ok(ExternalStore {
+            url: addr.to_string(),
+            etcd,
+        })
+    }
+
+    /// Removes the job's keys (`topoccl/JOB/`) from an etcd store: safe once every rank
+    /// has exited. Other stores keep theirs (a `topoccl store` ends with its job; a
+    /// directory is the user's).
+    fn clean_up(self, job: &Job) {
+        if let Some(etcd) = self.etcd {
+            let prefix = format!("topoccl/{}/", job.id);
+            if let Err(e) = etcd.delete_prefix(&prefix) {
+                eprintln!("topoccl run: could not remove the job's keys ({prefix}) from etcd: {e}");
+            }
+            // Its own lease holds no keys; end it rather than leave it to expire.
+            let _ = etcd.revoke();
+        }
+    }
 }
 
 /// What identifies a job to its ranks, and them to each other.
