@@ -44,6 +44,7 @@ mod socket;
 mod state;
 
 pub use client::TcpStore;
+pub(crate) use codec::take_any_bytes;
 pub use file::FileStore;
 pub use limits::{IDLE_TIMEOUT, JOB_MAX_BYTES, JOB_MAX_KEYS, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use mem::MemStore;
