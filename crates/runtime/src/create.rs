@@ -121,7 +121,7 @@ fn host_store(addr: &StoreAddr, key: Option<JobKey>) -> Result<TcpStoreServer> {
 }
 
 /// A rank's published endpoint: topoccl's JSON, or a bare `IP:PORT` (TCP only).
-fn parse_endpoint(v: &[u8]) -> Option<Endpoint> {
+pub(crate) fn parse_endpoint(v: &[u8]) -> Option<Endpoint> {
     let text = String::from_utf8_lossy(v);
     if let Ok(tcp) = text.trim().parse() {
         return Some(Endpoint {

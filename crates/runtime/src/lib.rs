@@ -18,6 +18,8 @@ pub mod env;
 pub mod error;
 mod exec;
 pub mod flight;
+#[doc(hidden)]
+pub mod fuzzing;
 mod live;
 mod matcher;
 pub mod metrics;

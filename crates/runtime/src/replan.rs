@@ -73,6 +73,14 @@ pub fn encode(asked: bool, seen: &[(Rank, f64)]) -> Vec<f64> {
 pub fn decode(all: &[f64], world: u32) -> Result<(Vec<Rank>, Vec<Observation>)> {
     let mut asked = Vec::new();
     let mut seen = Vec::new();
+    if all.len() != world as usize * RECORD_LEN {
+        return Err(Error::BufferSize {
+            what: "the re-plan exchange's records",
+            got: all.len(),
+            needed: u64::from(world) * RECORD_LEN as u64,
+            hint: "every rank sends one record (a bug if it happens)",
+        });
+    }
     for (src, r) in all.chunks(RECORD_LEN).enumerate() {
         let src = src as Rank;
         let bad = |what: String| Error::PeerFailed {
@@ -306,7 +314,7 @@ mod tests {
         /// Any numbers decode to observations inside the world, or to an error.
         #[test]
         fn decoding_any_numbers_never_panics(all in proptest::collection::vec(
-            prop_oneof![any::<f64>(), 0.0f64..4.0, Just(1.0)], 0..(3 * RECORD_LEN))) {
+            prop_oneof![any::<f64>(), 0.0f64..4.0, Just(1.0)], 4 * RECORD_LEN)) {
             if let Ok((_, seen)) = decode(&all, 4) {
                 for o in seen {
                     prop_assert!(o.src < 4 && o.dst < 4 && o.src != o.dst && o.ratio > 0.0);

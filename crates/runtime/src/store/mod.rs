@@ -51,7 +51,9 @@ mod socket;
 mod state;
 
 pub use client::TcpStore;
+pub(crate) use codec::take_any_bytes;
 pub use etcd::{EtcdOptions, EtcdStore, ENV_ETCD_LEASE_TTL};
+pub(crate) use etcd_codec::take_any_bytes as take_any_etcd_bytes;
 pub use file::FileStore;
 pub use limits::{
     ETCD_LEASE_TTL, IDLE_TIMEOUT, JOB_MAX_BYTES, JOB_MAX_KEYS, MAX_KEY_LEN, MAX_VALUE_LEN,
