@@ -10,6 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
 
+# Every decoder of bytes from another process, fuzzed for a bounded time from the
+# committed corpus (fuzz/; a crash fails the run with the input saved).
+scripts/fuzz.sh "${TOPOCCL_FUZZ_SECONDS:-10}"
+
 # The console's page in a real browser (Debian's chromium, playwright-core): built and
 # embedded first; SKIP only without chromium or npm.
 if command -v chromium >/dev/null && command -v npm >/dev/null; then
