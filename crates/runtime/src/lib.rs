@@ -10,6 +10,7 @@
 //! sub-communicators.
 
 pub mod auth;
+pub mod beat;
 pub mod comm;
 pub mod compressed;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod env;
 pub mod error;
 mod exec;
 pub mod flight;
+pub mod health;
 mod live;
 mod matcher;
 pub mod metrics;
@@ -38,6 +40,7 @@ pub use config::Config;
 pub use env::LaunchInfo;
 pub use error::{Error, Result};
 pub use exec::Dtype;
+pub use health::{PeerHealth, PeerState};
 pub use nonblocking::{AsyncCommunicator, Work};
 pub use split::TimeSplit;
 pub use topoccl_plan::{Collective, CollectiveSpec, CountMatrix, DType, ReduceOp};
