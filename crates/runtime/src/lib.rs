@@ -15,6 +15,7 @@ pub mod comm;
 pub mod compressed;
 pub mod config;
 mod create;
+pub mod deadlines;
 pub mod env;
 pub mod error;
 mod exec;

@@ -626,6 +626,62 @@ impl Health {
     }
 }
 
+/// A job-wide verdict on one rank, merged from every rank's view (`topoccl status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merged {
+    pub rank: Rank,
+    /// The worst state any view holds of it (dead > hung > left > alive).
+    pub state: PeerState,
+    /// The ranks that judged it so first-hand (for alive: those that watch it).
+    pub said_by: Vec<Rank>,
+    /// Whether its own view was among those merged (a stopped or dead rank's is not).
+    pub answered: bool,
+    /// The detail of the first view that holds the state.
+    pub detail: String,
+}
+
+/// Merges the views of the ranks that answered (`(observer, its verdicts)`) into one
+/// verdict per rank of a world of `world`. Verdicts on ranks out of range are ignored.
+pub fn merge(world: u32, views: &[(Rank, Vec<Verdict>)]) -> Vec<Merged> {
+    let mut out: Vec<Merged> = (0..world)
+        .map(|rank| Merged {
+            rank,
+            state: PeerState::Alive,
+            said_by: Vec::new(),
+            answered: views.iter().any(|(o, _)| *o == rank),
+            detail: String::new(),
+        })
+        .collect();
+    for (observer, verdicts) in views {
+        for v in verdicts {
+            let Some(m) = out.get_mut(v.rank as usize) else {
+                continue;
+            };
+            if v.rank == *observer || v.by.is_empty() {
+                continue;
+            }
+            let worse = v.state.severity() > m.state.severity();
+            if worse {
+                m.state = v.state;
+                m.said_by.clear();
+                m.detail = v.detail.clone();
+            }
+            if worse || v.state.severity() == m.state.severity() {
+                if m.detail.is_empty() {
+                    m.detail = v.detail.clone();
+                }
+                m.said_by.extend(v.by.iter().copied());
+            }
+        }
+    }
+    for m in &mut out {
+        m.said_by.sort_unstable();
+        m.said_by.dedup();
+        m.said_by.truncate(MAX_OBSERVERS * 4);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -852,6 +908,61 @@ mod tests {
     /// A synthetic timeline: per step, a time advance and an event about a peer.
     fn timeline() -> impl Strategy<Value = Vec<(u64, u8, Rank)>> {
         proptest::collection::vec((0u64..400, 0u8..6, 1u32..4), 0..200)
+    }
+
+    #[test]
+    fn merged_views_name_the_worst_state_and_who_saw_it() {
+        let v = |rank, state, by: Vec<Rank>| Verdict {
+            rank,
+            state,
+            since_ms: 0,
+            by,
+            detail: format!("{state}"),
+        };
+        let views = vec![
+            (
+                0,
+                vec![
+                    v(0, PeerState::Alive, vec![0]),
+                    v(1, PeerState::HungStopped, vec![0]),
+                    v(2, PeerState::Alive, vec![0]),
+                ],
+            ),
+            (
+                2,
+                vec![
+                    v(0, PeerState::Alive, vec![2]),
+                    v(1, PeerState::HungStopped, vec![2]),
+                    v(2, PeerState::Alive, vec![2]),
+                ],
+            ),
+        ];
+        let m = merge(3, &views);
+        assert_eq!(m[1].state, PeerState::HungStopped);
+        assert_eq!(m[1].said_by, vec![0, 2]);
+        assert!(!m[1].answered);
+        assert!(m[0].answered && m[2].answered);
+        assert_eq!(
+            (m[0].state, m[0].said_by.clone()),
+            (PeerState::Alive, vec![2])
+        );
+        // A dead claim outranks a hung one, relayed claims name their observers.
+        let views = vec![
+            (0, vec![v(1, PeerState::HungStopped, vec![0])]),
+            (
+                3,
+                vec![
+                    v(1, PeerState::DeadExited, vec![2]),
+                    v(7, PeerState::DeadExited, vec![2]),
+                ],
+            ),
+        ];
+        let m = merge(4, &views);
+        assert_eq!(
+            (m[1].state, m[1].said_by.clone()),
+            (PeerState::DeadExited, vec![2])
+        );
+        assert_eq!(m.len(), 4);
     }
 
     proptest! {
