@@ -81,17 +81,20 @@ fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
         })
 }
 
+/// Each answering rank's verdicts, by rank.
+type Views = Vec<(u32, Vec<Verdict>)>;
+
 /// The views in `body` (the launcher's object or a rank's array) and the world's size.
-fn views_of(body: &str, addr: &str) -> Result<(u32, Vec<(u32, Vec<Verdict>)>), CliError> {
+fn views_of(body: &str, addr: &str) -> Result<(u32, Views), CliError> {
     let bad = |e: serde_json::Error| {
         CliError::usage(format!(
             "{addr}/health did not answer with a job's health ({e}); is it a topoccl job's \
              metrics address?"
         ))
     };
-    let trimmed = body.trim_start();
-    let views: Vec<View> = if trimmed.starts_with('{') {
+    if body.trim_start().starts_with('{') {
         let job: JobHealth = serde_json::from_str(body).map_err(bad)?;
+        // Each rank's own views (a process that hosts several ranks serves all of them).
         let views: Vec<View> = job
             .ranks
             .into_iter()
@@ -100,18 +103,16 @@ fn views_of(body: &str, addr: &str) -> Result<(u32, Vec<(u32, Vec<Verdict>)>), C
                 r.views.into_iter().filter(move |v| v.rank == rank)
             })
             .collect();
-        let world = job.world;
-        return Ok((world, pick_world(views)));
-    } else {
-        serde_json::from_str(body).map_err(bad)?
-    };
+        return Ok((job.world, pick_world(views)));
+    }
+    let views: Vec<View> = serde_json::from_str(body).map_err(bad)?;
     let world = views.iter().map(|v| v.world).max().unwrap_or(0);
     Ok((world, pick_world(views)))
 }
 
 /// One view per rank: each rank's world communicator (the first created, `world0`, when
 /// a process holds several).
-fn pick_world(mut views: Vec<View>) -> Vec<(u32, Vec<Verdict>)> {
+fn pick_world(mut views: Vec<View>) -> Views {
     views.sort_by(|a, b| (a.rank, &a.communicator).cmp(&(b.rank, &b.communicator)));
     views.dedup_by_key(|v| v.rank);
     views.into_iter().map(|v| (v.rank, v.peers)).collect()
