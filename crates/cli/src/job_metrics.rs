@@ -56,7 +56,8 @@ pub fn rank_env() -> (String, String) {
 pub struct WatchArgs {
     /// Serve the whole job's Prometheus metrics on this address while it runs (e.g.
     /// 127.0.0.1:9464; port 0 picks a free one): every rank's, merged, with
-    /// topoccl_rank_up and topoccl_straggler; GET /flight there gives the flight recorders.
+    /// topoccl_rank_up and topoccl_straggler; GET /flight there gives the flight recorders,
+    /// GET /health the ranks' heartbeat views (`topoccl status ADDR` reads it).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
     /// With --metrics: post the straggler watcher's alerts to this Alertmanager-compatible
