@@ -10,7 +10,9 @@
 //! recorders the same way: one JSON array of dumps, which `topoccl doctor` reads once
 //! saved one per file. `GET /matrix` gathers every rank's live links (`/links`: per
 //! communicator, each link as sent and as received, with its figures and whether it is
-//! held congested) into one JSON array: the job's live communication matrix.
+//! held congested) into one JSON array: the job's live communication matrix. `GET /health`
+//! gathers every rank's heartbeat view (each within [`RANK_HEALTH_TIMEOUT`], in parallel),
+//! which `topoccl status ADDR` merges.
 //!
 //! **Stragglers.** Only the launcher sees when every rank entered each call: every
 //! [`WATCH_EVERY`] it fetches the world communicator's new flight-recorder entries from
@@ -36,6 +38,9 @@ use crate::CliError;
 
 /// How long one rank's scrape may take before it counts as down.
 pub const RANK_SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one rank's heartbeat view may take before `/health` reports it silent (a
+/// stopped rank's endpoint accepts connections but never answers).
+pub const RANK_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the launcher looks at the ranks' new calls for stragglers.
 pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// How long one rank's flight recorder may take to answer the watcher.
@@ -51,7 +56,8 @@ pub fn rank_env() -> (String, String) {
 pub struct WatchArgs {
     /// Serve the whole job's Prometheus metrics on this address while it runs (e.g.
     /// 127.0.0.1:9464; port 0 picks a free one): every rank's, merged, with
-    /// topoccl_rank_up and topoccl_straggler; GET /flight there gives the flight recorders.
+    /// topoccl_rank_up and topoccl_straggler; GET /flight there gives the flight recorders,
+    /// GET /health the ranks' heartbeat views (`topoccl status ADDR` reads it).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
     /// With --metrics: post the straggler watcher's alerts to this Alertmanager-compatible
@@ -171,6 +177,8 @@ pub fn serve(
     let flight = move |_query: &str| gather_arrays(&ranks_of(), "/flight");
     let ranks_of = endpoints.clone();
     let matrix = move |_query: &str| gather_arrays(&ranks_of(), "/links");
+    let ranks_of = endpoints.clone();
+    let health = move |_query: &str| gather_health(ranks, &ranks_of());
 
     let ranks_of = endpoints.clone();
     let shown = flagged.clone();
@@ -223,6 +231,7 @@ pub fn serve(
     let pages: Vec<metrics::Page> = vec![
         ("/flight", "application/json", Box::new(flight)),
         ("/matrix", "application/json", Box::new(matrix)),
+        ("/health", "application/json", Box::new(health)),
     ];
     let bound = metrics::serve(addr, gather, pages)
         .map_err(|e| CliError::usage(format!("--metrics {addr}: {e}")))?;
@@ -248,6 +257,43 @@ fn gather_arrays(ranks: &[Option<SocketAddr>], path: &str) -> String {
         .filter(|a| !a.is_empty())
         .collect();
     format!("[{}]", arrays.join(","))
+}
+
+/// `GET /health`: every rank's heartbeat views (`topoccl::health::health_json`), asked in
+/// parallel, each within [`RANK_HEALTH_TIMEOUT`]: `{"world": N, "ranks": [{"rank",
+/// "answered", "error", "views"}]}`. `topoccl status` merges them.
+fn gather_health(world: u32, ranks: &[Option<SocketAddr>]) -> String {
+    let answers: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let asks: Vec<_> = ranks
+            .iter()
+            .map(|addr| {
+                s.spawn(move || match addr {
+                    None => Err("has not published its metrics address".to_string()),
+                    Some(a) => http_get(*a, "/health", "application/json", RANK_HEALTH_TIMEOUT)
+                        .map_err(|e| format!("did not answer within {RANK_HEALTH_TIMEOUT:?}: {e}"))
+                        .and_then(|body| {
+                            serde_json::from_str::<serde_json::Value>(&body)
+                                .map_err(|e| format!("answered garbage: {e}"))
+                        }),
+                })
+            })
+            .collect();
+        asks.into_iter()
+            .enumerate()
+            .map(|(r, t)| {
+                let got = t
+                    .join()
+                    .unwrap_or_else(|_| Err("the asking thread failed".into()));
+                match got {
+                    Ok(views) => serde_json::json!({"rank": r, "answered": true, "views": views}),
+                    Err(e) => {
+                        serde_json::json!({"rank": r, "answered": false, "error": e, "views": []})
+                    }
+                }
+            })
+            .collect()
+    });
+    serde_json::json!({ "world": world, "ranks": answers }).to_string()
 }
 
 fn wall_ns() -> u64 {

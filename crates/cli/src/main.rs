@@ -21,6 +21,7 @@ mod progress;
 mod run_cmd;
 mod selftest_cmd;
 mod sim_cmd;
+mod status_cmd;
 mod store_cmd;
 mod topo_cmd;
 mod topo_file;
@@ -64,6 +65,7 @@ enum Command {
     Doctor(doctor_cmd::DoctorArgs),
     /// Host a standalone rendezvous store (TOPOCCL_STORE=tcp://HOST:PORT).
     Store(store_cmd::StoreArgs),
+    Status(status_cmd::StatusArgs),
     /// Cluster topologies: generate, discover, measure, show and validate them.
     #[command(subcommand)]
     Topo(topo_cmd::TopoCmd),
@@ -169,6 +171,7 @@ fn main() -> ExitCode {
         Command::Tune(args) => tune_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Store(args) => store_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
         Command::Doctor(args) => doctor_cmd::run(args),
         Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Console(args) => console_cmd::run(args),

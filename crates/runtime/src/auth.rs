@@ -10,6 +10,7 @@
 //! | peer hello   | the hello's fields, the acceptor's instance nonce, and under TLS the session's exporter value | the acceptor |
 //! | peer ack     | the hello's MAC (so the session's binding too)              | the dialler  |
 //! | store client | the store server's nonce for this connection, and under TLS the session's exporter value | the server   |
+//! | heartbeat    | the beat's bytes and the receiver's heartbeat nonce (`crate::beat`)   | the receiver |
 //!
 //! Under `TOPOCCL_TLS` the exporter value (`transport::tls`) binds each proof to its TLS
 //! session: a proof relayed by a man in the middle into a session of its own is refused.
@@ -43,6 +44,7 @@ pub enum Use {
     PeerHello,
     PeerAck,
     StoreClient,
+    Heartbeat,
 }
 
 impl Use {
@@ -51,6 +53,7 @@ impl Use {
             Use::PeerHello => b"topoccl/1 peer hello",
             Use::PeerAck => b"topoccl/1 peer ack",
             Use::StoreClient => b"topoccl/1 store client",
+            Use::Heartbeat => b"topoccl/1 heartbeat",
         }
     }
 }

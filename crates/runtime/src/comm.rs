@@ -18,9 +18,11 @@ use topoccl_plan::{
 };
 
 use crate::config::Config;
+use crate::deadlines::{Level, ProgressDeadlines};
 use crate::error::{Error, Result};
-use crate::exec::{self, Buffers, Deadline, Departed, Dtype, OneOp, Storage};
+use crate::exec::{self, Buffers, CallWatch, Deadline, Departed, Dtype, OneOp, Storage};
 use crate::flight::Recorder;
+use crate::health::{Monitor, PeerHealth};
 use crate::live::Live;
 use crate::matcher::{CallInfo, CallName, Matcher};
 use crate::metrics::Meter;
@@ -88,6 +90,31 @@ pub struct Communicator {
     /// The model the first re-plan started from: every re-plan lowers it afresh, so
     /// lowerings never compound (`crate::replan`).
     pub(crate) replan_base: Option<Arc<topoccl_topo::Topology>>,
+    /// The world's heartbeat monitor (`crate::health`), shared by splits; `None` while
+    /// heartbeats are off or in a one-rank world.
+    pub(crate) health: Option<Arc<Monitor>>,
+    /// This communicator's id in beats (a hash of its name).
+    pub(crate) comm_id: u32,
+    /// With progress deadlines on: the level of the link to each rank
+    /// (`crate::deadlines`).
+    pub(crate) levels: Vec<Level>,
+}
+
+/// What a call passes the executor about the heartbeat monitor.
+fn call_watch<'a>(
+    health: &'a Option<Arc<Monitor>>,
+    comm: u32,
+    world_ranks: &'a [Rank],
+    progress: Option<ProgressDeadlines>,
+    levels: &'a [Level],
+) -> Option<CallWatch<'a>> {
+    let monitor = health.as_deref()?;
+    Some(CallWatch {
+        monitor,
+        comm,
+        world_ranks,
+        deadlines: progress.map(|d| (d, levels)),
+    })
 }
 
 impl std::fmt::Debug for Communicator {
@@ -252,6 +279,25 @@ impl Communicator {
     /// The store this communicator met in.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// What this rank's heartbeat monitor says of every rank of this communicator
+    /// (itself included, as alive), in rank order: alive, left, dead (exited or
+    /// unreachable) or hung (stopped, or stuck in a call), since when and who says so
+    /// (`crate::health`). Empty while heartbeats are off (`TOPOCCL_HEARTBEAT=off`) or in a
+    /// one-rank world.
+    pub fn peer_health(&self) -> Vec<PeerHealth> {
+        self.health
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.peer_health(&self.world_ranks))
+    }
+
+    /// The ranks of this communicator believed dead or hung right now, in order (empty
+    /// while heartbeats are off).
+    pub fn failed_peers(&self) -> Vec<Rank> {
+        self.health
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.failed_of(&self.world_ranks))
     }
 
     pub(crate) fn usable(&self) -> Result<()> {
@@ -467,6 +513,13 @@ impl Communicator {
             deadline,
             self.split.as_mut(),
             self.live.as_mut(),
+            call_watch(
+                &self.health,
+                self.comm_id,
+                &self.world_ranks,
+                self.cfg.progress,
+                &self.levels,
+            ),
         );
         let agreed = self.matcher.flags();
         if let (Some(m), Some(began)) = (&mut self.meter, began) {
@@ -871,6 +924,13 @@ impl Communicator {
             deadline,
             self.split.as_mut(),
             self.live.as_mut(),
+            call_watch(
+                &self.health,
+                self.comm_id,
+                &self.world_ranks,
+                self.cfg.progress,
+                &self.levels,
+            ),
         );
         result.map_err(|e| self.fail(e, &call.name.to_string()))
     }

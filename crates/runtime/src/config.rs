@@ -22,6 +22,8 @@
 //! | `TOPOCCL_CONGESTION` | thresholds of the live links' congestion and stall detector: a JSON file, or the JSON itself when it starts with `{` (keys of `topoccl_watch::detect::CongestionConfig`: `throughput_ratio`, `utilisation_max`, `latency_max_s`, `stall_after_s`, …; those left out keep their defaults) | 0.5× baseline, 70% utilisation, 100 ms latency, 100 ms stall |
 //! | `TOPOCCL_METRICS_PEERS` | peers shown one by one in the link metrics and views (1–65536); beyond them peers are summed up per host | 64 |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
+//! | `TOPOCCL_HEARTBEAT` | the heartbeat's period (`100ms`), `0`/`off` turns it off, see [`crate::health`] | 100 ms |
+//! | `TOPOCCL_PROGRESS_DEADLINE` | progress deadlines by level: `on`, one duration, or `host=50ms,rack=200ms,cross=500ms`; `off`, see [`crate::deadlines`] | off |
 
 use crate::auth::JobKey;
 use std::time::Duration;
@@ -68,6 +70,10 @@ pub struct Config {
     pub congestion: CongestionConfig,
     /// Peers shown one by one in the live links (`TOPOCCL_METRICS_PEERS`).
     pub metrics_peers: usize,
+    /// The heartbeat's period (`TOPOCCL_HEARTBEAT`); `None`: heartbeats off.
+    pub heartbeat: Option<Duration>,
+    /// Progress deadlines by level (`TOPOCCL_PROGRESS_DEADLINE`); `None`: off.
+    pub progress: Option<crate::deadlines::ProgressDeadlines>,
 }
 
 /// The default of [`Config::metrics_peers`].
@@ -100,6 +106,8 @@ impl Default for Config {
             replan: true,
             congestion: CongestionConfig::default(),
             metrics_peers: DEFAULT_METRICS_PEERS,
+            heartbeat: Some(crate::health::DEFAULT_PERIOD),
+            progress: None,
         }
     }
 }
@@ -316,6 +324,12 @@ impl Config {
             c.metrics = Some(v.trim().to_string());
         }
         c.flight = crate::flight::FlightConfig::from_lookup(lookup)?;
+        if let Some(v) = lookup("TOPOCCL_HEARTBEAT") {
+            c.heartbeat = crate::health::parse_period(&v)?;
+        }
+        if let Some(v) = lookup(crate::deadlines::ENV) {
+            c.progress = crate::deadlines::parse(&v)?;
+        }
         if let Some(v) = lookup("TOPOCCL_FAULTS").filter(|s| !s.trim().is_empty()) {
             c.faults = faults::parse(&v).map_err(|e| {
                 Error::Config(format!(

@@ -170,6 +170,7 @@ impl Communicator {
             cfg,
             deadline,
         )?;
+        comm.start_heartbeat(deadline)?;
         comm.tune_within(deadline)?;
         comm.publish_metrics(&info.job_id)?;
         Ok(comm)
@@ -259,6 +260,7 @@ impl Communicator {
             cfg,
             deadline,
         )?;
+        comm.start_heartbeat(deadline)?;
         comm.tune_within(deadline)?;
         Ok(comm)
     }
@@ -302,11 +304,12 @@ impl Communicator {
                 JobKey::from_secret(&s)
             }
         };
+        let id_comm = wire::fnv1a(namespace.as_bytes(), FNV_OFFSET);
         let id = Identity {
             rank,
             world,
             job,
-            comm: wire::fnv1a(namespace.as_bytes(), FNV_OFFSET),
+            comm: id_comm,
             key: job_key,
             nonce: fresh("the handshake nonce").map_err(Error::Io)?,
         };
@@ -401,7 +404,44 @@ impl Communicator {
             flight,
             live: None,
             replan_base: None,
+            health: None,
+            comm_id: id_comm as u32,
+            levels: Vec::new(),
         })
+    }
+
+    /// A world communicator's heartbeat monitor (`crate::health`), unless heartbeats are
+    /// off or the world has one rank; its peers' addresses are awaited within `deadline`.
+    fn start_heartbeat(&mut self, deadline: Instant) -> Result<()> {
+        let Some(period) = self.cfg.heartbeat.filter(|_| self.world > 1) else {
+            return Ok(());
+        };
+        let hosts = (0..self.world)
+            .map(|r| self.tr.peer_host(r).unwrap_or_default().to_string())
+            .collect();
+        let monitor = crate::health::Monitor::start(crate::health::Start {
+            period,
+            store: &self.store,
+            namespace: &self.namespace,
+            me: self.rank,
+            world: self.world,
+            hosts,
+            key: self.tr.job_key().clone(),
+            ip: self.tr.local_addr()?.ip(),
+            deadline,
+        })?;
+        self.health = Some(monitor);
+        Ok(())
+    }
+
+    /// With progress deadlines on: the level of each link, from the topology or the hosts.
+    fn set_levels(&mut self) {
+        if self.cfg.progress.is_none() {
+            return;
+        }
+        let hosts: Vec<Option<&str>> = (0..self.world).map(|r| self.tr.peer_host(r)).collect();
+        self.levels =
+            crate::deadlines::levels(self.rank, self.selector.topology().map(|t| &**t), &hosts);
     }
 
     /// [`Self::tune`] with every call of it bounded by creation's deadline
@@ -411,6 +451,7 @@ impl Communicator {
         let tuned = self.tune();
         self.creating = None;
         self.watch_links();
+        self.set_levels();
         tuned
     }
 
@@ -545,6 +586,8 @@ impl Communicator {
                 .map(Arc::new),
             self.selector.overhead(),
         );
+        child.health = self.health.clone();
+        child.set_levels();
         Ok(Some(child))
     }
 }

@@ -77,6 +77,23 @@ pub enum Error {
         detail: String,
     },
 
+    /// A link moved no byte for its progress deadline while both its ends were inside
+    /// the same call waiting on each other (`crate::deadlines`).
+    #[error("{op}: the link from rank {rank} to rank {peer} ({level}) moved no byte for \
+        {:.0} ms while both were inside the call waiting on each other (progress deadline \
+        {:.0} ms, TOPOCCL_PROGRESS_DEADLINE)", stalled.as_secs_f64() * 1e3, deadline.as_secs_f64() * 1e3)]
+    Stalled {
+        op: String,
+        /// This rank.
+        rank: Rank,
+        /// The other end of the link.
+        peer: Rank,
+        /// The level the link crosses: host, rack or cross.
+        level: &'static str,
+        stalled: Duration,
+        deadline: Duration,
+    },
+
     /// A connection was refused during its handshake.
     #[error("handshake with rank {rank} failed: {reason}")]
     Handshake { rank: Rank, reason: String },
@@ -104,6 +121,7 @@ impl Error {
             Error::InvalidPlan(_) => "invalid_plan",
             Error::BufferSize { .. } => "buffer_size",
             Error::Timeout { .. } => "timeout",
+            Error::Stalled { .. } => "stalled",
             Error::PeerFailed { .. } => "peer_failed",
             Error::Aborted { .. } => "aborted",
             Error::Mismatch { .. } => "mismatch",
@@ -118,6 +136,7 @@ impl Error {
     pub fn culprits(&self) -> Vec<Rank> {
         match self {
             Error::PeerFailed { rank, .. } | Error::Handshake { rank, .. } => vec![*rank],
+            Error::Stalled { peer, .. } => vec![*peer],
             Error::Mismatch { peer, .. } => vec![*peer],
             Error::Aborted {
                 culprit: Some(c), ..

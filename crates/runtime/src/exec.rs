@@ -202,6 +202,24 @@ pub(crate) struct Deadline {
     pub polling: Polling,
 }
 
+/// What a call tells its world's heartbeat monitor, and asks it (`crate::health`,
+/// `crate::deadlines`).
+pub(crate) struct CallWatch<'a> {
+    pub monitor: &'a crate::health::Monitor,
+    /// The communicator's id in beats (a hash of its name).
+    pub comm: u32,
+    /// This communicator's ranks as world ranks.
+    pub world_ranks: &'a [Rank],
+    /// With progress deadlines on: the deadlines and the level of each link.
+    pub deadlines: Option<(
+        crate::deadlines::ProgressDeadlines,
+        &'a [crate::deadlines::Level],
+    )>,
+}
+
+/// How often a waiting call publishes whom it waits on and checks its links' progress.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
 /// Executes `prog` for one call, adding where its time went to `split` if given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run<T: Dtype>(
@@ -214,8 +232,13 @@ pub(crate) fn run<T: Dtype>(
     deadline: Deadline,
     split: Option<&mut TimeSplit>,
     live: Option<&mut Live>,
+    watch: Option<CallWatch<'_>>,
 ) -> Result<()> {
     matcher.begin(*call, std::mem::size_of::<T>());
+    if let Some(w) = &watch {
+        w.monitor.counters().enter(w.comm, call.seq);
+    }
+    let now = Instant::now();
     let mut ex = Exec {
         call,
         m: matcher,
@@ -225,10 +248,17 @@ pub(crate) fn run<T: Dtype>(
         sw: Stopwatch::new(split),
         live,
         rx_began: Default::default(),
+        watch,
+        links: Default::default(),
+        next_watch: now,
+        began: now,
     };
     let start = ex.sw.start();
     let result = ex.run(tr, departed, prog, bufs);
     ex.sw.call(start);
+    if let Some(w) = &ex.watch {
+        w.monitor.counters().leave();
+    }
     // The matcher knows peers, not this rank: the subject of a mismatch is filled here.
     result.map_err(|e| match e {
         Error::Mismatch { peer, detail, .. } => Error::Mismatch {
@@ -273,6 +303,22 @@ struct Exec<'c> {
     live: Option<&'c mut Live>,
     /// While metrics are on: the frame being read on each (peer, lane).
     rx_began: std::collections::HashMap<(Rank, u16), Reading>,
+    /// The heartbeat monitor, when on.
+    watch: Option<CallWatch<'c>>,
+    /// Per peer (of this communicator): when bytes last moved with it, and since when it
+    /// is known to be in this call waiting on this rank.
+    links: FxHashMap<Rank, LinkClock>,
+    /// When to publish and check next.
+    next_watch: Instant,
+    /// When the call began.
+    began: Instant,
+}
+
+/// A link's progress clock (`crate::deadlines`).
+#[derive(Clone, Copy, Default)]
+struct LinkClock {
+    moved: Option<Instant>,
+    engaged: Option<Instant>,
 }
 
 /// While metrics are on, a frame being read: when its header arrived, and once this
@@ -347,7 +393,12 @@ impl Exec<'_> {
                 let lanes = tr.lanes(peer);
                 let Some(c) = tr.conn(i) else { continue };
                 match self.pump(c, lanes, prog, bufs) {
-                    Ok(p) => progressed |= p,
+                    Ok(p) => {
+                        progressed |= p;
+                        if p && self.watch.is_some() {
+                            self.links.entry(peer).or_default().moved = Some(Instant::now());
+                        }
+                    }
                     Err(Gone { peer, reason }) => {
                         // A message half written on it can never complete now; it left
                         // the posted sends when its first byte was written.
@@ -376,9 +427,13 @@ impl Exec<'_> {
                 continue;
             }
             self.look_in_flight(tr);
+            self.watch_links(tr)?;
             let mut until = self
                 .timer
                 .map_or(self.deadline.at, |t| t.min(self.deadline.at));
+            if self.watch.is_some() {
+                until = until.min(self.next_watch);
+            }
             if let Some(look) = self.live.as_deref().and_then(Live::next_look) {
                 until = until.min(look);
             }
@@ -389,6 +444,74 @@ impl Exec<'_> {
                 return Err(self.timeout_error(tr));
             }
         }
+    }
+
+    /// With a heartbeat monitor, at most every [`WATCH_EVERY`]: publishes the peers this
+    /// rank waits on (posted transfers not finished), and with progress deadlines on fails
+    /// the call on a link that moved nothing for its level's deadline while its other end,
+    /// by its beats, is inside this call waiting on this rank.
+    fn watch_links(&mut self, tr: &mut Transports) -> Result<()> {
+        let Some(w) = &self.watch else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < self.next_watch {
+            return Ok(());
+        }
+        self.next_watch = now + WATCH_EVERY;
+        let mut pending: Vec<Rank> = self.m.waiting_recvs().iter().map(|r| r.0).collect();
+        pending.extend(self.m.waiting_sends().iter().map(|s| s.0));
+        for i in tr.live().collect::<Vec<_>>() {
+            if let Some(c) = tr.conn(i).filter(|c| c.purpose == Purpose::Data) {
+                if c.tx.is_some() || matches!(c.rx, Rx::Payload { .. }) {
+                    pending.push(c.peer);
+                }
+            }
+        }
+        pending.sort_unstable();
+        pending.dedup();
+        let world: Vec<Rank> = pending
+            .iter()
+            .filter_map(|&p| w.world_ranks.get(p as usize).copied())
+            .collect();
+        w.monitor.counters().set_waiting(&world);
+        let Some((deadlines, levels)) = w.deadlines else {
+            return Ok(());
+        };
+        let this = topoccl_watch::health::CallId {
+            comm: w.comm,
+            seq: self.call.seq,
+        };
+        self.links.retain(|p, _| pending.binary_search(p).is_ok());
+        for (&peer, &wr) in pending.iter().zip(&world) {
+            let engaged = w
+                .monitor
+                .progress(wr)
+                .is_some_and(|p| p.in_call == Some(this) && p.waiting_on_you);
+            let clock = self.links.entry(peer).or_default();
+            if !engaged {
+                clock.engaged = None;
+                continue;
+            }
+            let since = *clock.engaged.get_or_insert(now);
+            let from = clock.moved.map_or(since, |m| m.max(since)).max(self.began);
+            let level = levels
+                .get(peer as usize)
+                .copied()
+                .unwrap_or(crate::deadlines::Level::Cross);
+            let limit = deadlines.of(level);
+            if now.duration_since(from) >= limit {
+                return Err(Error::Stalled {
+                    op: self.call.name.to_string(),
+                    rank: tr.rank(),
+                    peer,
+                    level: level.name(),
+                    stalled: now.duration_since(from),
+                    deadline: limit,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// While metrics are on and a look is due: shows the live view the frames this call
@@ -580,8 +703,11 @@ impl Exec<'_> {
             let sent = c.send(&payload[from..to]);
             self.sw.stop(Part::Copy, t);
             match sent {
-                Ok(Sent::Bytes(_)) => {
+                Ok(Sent::Bytes(n)) => {
                     progressed = true;
+                    if let Some(w) = &self.watch {
+                        w.monitor.counters().moved(n);
+                    }
                     if c.tx.as_ref().is_some_and(Tx::done) {
                         let tx = c.tx.take().expect("a frame");
                         if let (Some(live), Some(began)) = (self.live.as_deref_mut(), tx.began) {
@@ -793,6 +919,9 @@ impl Exec<'_> {
         };
         if n == 0 {
             return Ok(false);
+        }
+        if let Some(w) = &self.watch {
+            w.monitor.counters().moved(n);
         }
         let got = got + n as u64;
         debug_assert!(got <= header.len, "read past the frame");

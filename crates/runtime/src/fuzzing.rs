@@ -9,6 +9,7 @@
 //! | [`wire`]               | a peer's TCP or shared-memory connection     | hello, ack head, frame header, abort notice    |
 //! | [`store_protocol`]     | a store client (server side) or the store    | requests, replies, frame length, greeting, hello |
 //! | [`etcd_replies`]       | an etcd server (or whatever answers there)   | HTTP responses, the JSON replies              |
+//! | [`heartbeat`]          | a peer's heartbeat connection                | beats (the MAC is checked after decoding)     |
 //! | [`endpoint`]           | another rank's value in the store            | the published endpoint (JSON or `IP:PORT`)     |
 //! | [`replan_records`]     | every rank, through an all-gather            | the re-plan exchange's records                 |
 //! | [`compressed_frames`]  | every rank, through an all-gather            | int8 / int4 / 1-bit / top-k frames             |
@@ -66,6 +67,26 @@ pub fn store_protocol(data: &[u8]) {
 /// What the etcd store reads from its server.
 pub fn etcd_replies(data: &[u8]) {
     crate::store::take_any_etcd_bytes(data);
+}
+
+/// A heartbeat stream: beats one after another until the bytes run out or one is
+/// refused. A beat that decodes encodes back to the same bytes (its MAC aside) and never
+/// claims more bytes than there are.
+pub fn heartbeat(data: &[u8]) {
+    let key = crate::auth::JobKey::from_secret(b"fuzz");
+    let mut rest = data;
+    while let Ok(Some((b, used))) = crate::beat::decode(rest) {
+        assert!(used > 0 && used <= rest.len() && used <= crate::beat::MAX_BEAT);
+        let again = crate::beat::encode(&b, &key, &[0; crate::auth::NONCE_LEN]);
+        let mac = crate::auth::MAC_LEN;
+        assert_eq!(
+            again[..again.len() - mac],
+            rest[..used - mac],
+            "{b:?} re-encodes"
+        );
+        let _ = crate::beat::verify(&rest[..used], &key, &[0; crate::auth::NONCE_LEN]);
+        rest = &rest[used..];
+    }
 }
 
 /// A rank's endpoint record as read from the store.
@@ -175,6 +196,7 @@ mod tests {
             wire(d);
             store_protocol(d);
             etcd_replies(d);
+            heartbeat(d);
             endpoint(d);
             replan_records(d);
             compressed_frames(d);

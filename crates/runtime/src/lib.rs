@@ -10,16 +10,19 @@
 //! sub-communicators.
 
 pub mod auth;
+pub mod beat;
 pub mod comm;
 pub mod compressed;
 pub mod config;
 mod create;
+pub mod deadlines;
 pub mod env;
 pub mod error;
 mod exec;
 pub mod flight;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 mod live;
 mod matcher;
 pub mod metrics;
@@ -40,6 +43,7 @@ pub use config::Config;
 pub use env::LaunchInfo;
 pub use error::{Error, Result};
 pub use exec::Dtype;
+pub use health::{PeerHealth, PeerState};
 pub use nonblocking::{AsyncCommunicator, Work};
 pub use split::TimeSplit;
 pub use topoccl_plan::{Collective, CollectiveSpec, CountMatrix, DType, ReduceOp};

@@ -470,7 +470,12 @@ fn start(addr: &str) -> std::result::Result<Arc<Exporter>, String> {
         "application/json",
         Box::new(move |_| listing.links_json()),
     );
-    let addr = serve(addr, move || serving.encode(), vec![flight, links])?;
+    let health: Page = (
+        "/health",
+        "application/json",
+        Box::new(|_| crate::health::health_json()),
+    );
+    let addr = serve(addr, move || serving.encode(), vec![flight, links, health])?;
     Ok(Arc::new(Exporter { metrics, addr }))
 }
 

@@ -21,6 +21,9 @@ fn cfg(timeout_ms: u64) -> Config {
         timeout: Duration::from_millis(timeout_ms),
         init_timeout: Duration::from_millis(timeout_ms.max(2000)),
         probe: false,
+        // Several tests play rank 1 by hand (a bare address, no heartbeat listener): the
+        // data path's failures are under test here, heartbeats in `health`'s own tests.
+        heartbeat: None,
         ..Config::default()
     }
 }

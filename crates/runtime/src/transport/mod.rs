@@ -726,6 +726,11 @@ impl Transports {
         self.endpoints.get(peer as usize).map(|e| e.tcp)
     }
 
+    /// The job's key (the heartbeat's MACs are made with it too).
+    pub(crate) fn job_key(&self) -> &crate::auth::JobKey {
+        &self.id.key
+    }
+
     /// `peer`'s host key (known after the rendezvous).
     pub fn peer_host(&self, peer: Rank) -> Option<&str> {
         self.endpoints.get(peer as usize).map(|e| e.host.as_str())
