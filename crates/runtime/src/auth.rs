@@ -43,6 +43,8 @@ pub enum Use {
     PeerHello,
     PeerAck,
     StoreClient,
+    /// A replacement asking to join a running job (`crate::elastic`).
+    Join,
 }
 
 impl Use {
@@ -51,6 +53,7 @@ impl Use {
             Use::PeerHello => b"topoccl/1 peer hello",
             Use::PeerAck => b"topoccl/1 peer ack",
             Use::StoreClient => b"topoccl/1 store client",
+            Use::Join => b"topoccl/1 join request",
         }
     }
 }

@@ -22,6 +22,8 @@
 //! | `TOPOCCL_CONGESTION` | thresholds of the live links' congestion and stall detector: a JSON file, or the JSON itself when it starts with `{` (keys of `topoccl_watch::detect::CongestionConfig`: `throughput_ratio`, `utilisation_max`, `latency_max_s`, `stall_after_s`, …; those left out keep their defaults) | 0.5× baseline, 70% utilisation, 100 ms latency, 100 ms stall |
 //! | `TOPOCCL_METRICS_PEERS` | peers shown one by one in the link metrics and views (1–65536); beyond them peers are summed up per host | 64 |
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
+//! | `TOPOCCL_ELASTIC` | `1`: each communicator watches the store for another rank's revocation (a thread per communicator, a store WAIT each second), so ranks blocked on a hung peer join a `shrink` at once; `topoccl run --elastic` sets it, see [`crate::elastic`] | off |
+//! | `TOPOCCL_SHRINK_WAIT` | how long `shrink` waits for a rank that neither registered as a survivor nor is known to have failed (a hung or very late rank) before deciding without it, see [`crate::elastic`] | 10 s |
 
 use crate::auth::JobKey;
 use std::time::Duration;
@@ -68,6 +70,11 @@ pub struct Config {
     pub congestion: CongestionConfig,
     /// Peers shown one by one in the live links (`TOPOCCL_METRICS_PEERS`).
     pub metrics_peers: usize,
+    /// How long `shrink` waits for a rank neither registered nor known failed
+    /// (`TOPOCCL_SHRINK_WAIT`, [`crate::elastic`]).
+    pub shrink_wait: Duration,
+    /// Watch the store for revocations (`TOPOCCL_ELASTIC`, [`crate::elastic`]).
+    pub elastic: bool,
 }
 
 /// The default of [`Config::metrics_peers`].
@@ -100,6 +107,8 @@ impl Default for Config {
             replan: true,
             congestion: CongestionConfig::default(),
             metrics_peers: DEFAULT_METRICS_PEERS,
+            shrink_wait: Duration::from_secs(10),
+            elastic: false,
         }
     }
 }
@@ -225,6 +234,18 @@ impl Config {
         if let Some(v) = lookup("TOPOCCL_INIT_TIMEOUT") {
             c.init_timeout = duration("TOPOCCL_INIT_TIMEOUT", &v)?;
         }
+        if let Some(v) = lookup("TOPOCCL_SHRINK_WAIT") {
+            c.shrink_wait = duration("TOPOCCL_SHRINK_WAIT", &v)?;
+        }
+        c.elastic = match lookup("TOPOCCL_ELASTIC").as_deref().map(str::trim) {
+            None | Some("") | Some("0") => false,
+            Some("1") => true,
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "TOPOCCL_ELASTIC={v}: use 1 (watch for revocations, for shrink) or 0"
+                )))
+            }
+        };
         if let Some(v) = lookup("TOPOCCL_STREAMS") {
             c.streams = v
                 .trim()

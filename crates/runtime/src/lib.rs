@@ -14,6 +14,7 @@ pub mod comm;
 pub mod compressed;
 pub mod config;
 mod create;
+pub mod elastic;
 pub mod env;
 pub mod error;
 mod exec;
@@ -35,6 +36,7 @@ pub mod wire;
 
 pub use comm::Communicator;
 pub use config::Config;
+pub use elastic::Shrunk;
 pub use env::LaunchInfo;
 pub use error::{Error, Result};
 pub use exec::Dtype;
