@@ -1,6 +1,6 @@
 """Training goes on: the DDP example under ``topoccl run --elastic`` with one rank of four
-killed mid-run finishes within a percentage point of a run without failure, and admits a
-replacement; with ``--checkpoint`` it resumes after the whole job was killed, and refuses
+killed mid-run finishes within a percentage point of a run without failure (a replacement
+rejoining is tested on the runtime's loop, crates/cli/tests/elastic.rs); with ``--checkpoint`` it resumes after the whole job was killed, and refuses
 a checkpoint directory it cannot use before training."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def accuracy(path: Path) -> float:
     return float(json.loads(path.read_text())["accuracy"])
 
 
-def test_a_killed_rank_costs_under_a_point_and_a_replacement_rejoins(tmp_path: Path) -> None:
+def test_a_killed_rank_costs_under_a_point(tmp_path: Path) -> None:
     clean = tmp_path / "clean.json"
     assert run_job("--steps", STEPS, "--losses", str(clean)).returncode == 0
     failed = tmp_path / "failed.json"
@@ -58,12 +58,10 @@ def test_a_killed_rank_costs_under_a_point_and_a_replacement_rejoins(tmp_path: P
         "2",
         "--die-at-step",
         "35",
-        restarts=1,
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     assert "ranks [2] failed; 3 ranks go on" in text
-    assert "grew to 4 ranks" in text
     assert abs(accuracy(failed) - accuracy(clean)) <= 0.01, (accuracy(failed), accuracy(clean))
 
 
