@@ -11,16 +11,34 @@ with ``--losses FILE`` writes every step's loss (for comparing backends) and the
 
 ``--model wide`` has 21 M parameters (84 MB of gradients per step), so that communication
 dominates the step.
+
+Surviving failures (docs/reliability.md)::
+
+    topoccl run -n 4 --elastic --max-restarts 1 -- python examples/python/train_ddp.py \
+        --elastic --checkpoint /tmp/ckpt
+
+``--elastic`` runs on topoccl's own communicator (from ``topoccl run``'s environment): when
+a rank dies, the survivors shrink the process group, make their model and optimizer equal
+to rank 0's, wrap the model in DDP again and go on, the global batch re-sharded over the
+ranks left; every ``--grow-every`` steps they admit a replacement the launcher restarted
+(``TOPOCCL_JOIN=1``). ``--checkpoint DIR`` writes model, optimizer, step and data position
+atomically every ``--checkpoint-every`` steps and resumes from there when restarted (after
+the whole job was killed, or by torchrun's ``--max-restarts``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
-import topoccl.torch  # noqa: F401 - registers the "topoccl" backend
+import topoccl
+import topoccl.torch  # registers the "topoccl" backend
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -29,6 +47,8 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powerSGD
 from torch.nn.parallel import DistributedDataParallel
+
+CHECKPOINT = "checkpoint.pt"
 
 
 def model_for(kind: str) -> nn.Module:
@@ -45,6 +65,92 @@ def model_for(kind: str) -> nn.Module:
             nn.Linear(1024, 10),
         )
     raise SystemExit(f"--model {kind}: choose small or wide")
+
+
+def signature(kind: str, model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint must match: the model's kind and its parameters' shapes."""
+    return {"model": kind, "shapes": [list(p.shape) for p in model.parameters()]}
+
+
+def checkpoint_dir(path: str) -> Path:
+    """The checkpoint directory, made if missing; a clear error (before training) when it
+    cannot be read or written."""
+    d = Path(path)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"--checkpoint {path}: cannot create the directory: {e}") from e
+    if not d.is_dir() or not os.access(d, os.R_OK | os.W_OK | os.X_OK):
+        raise SystemExit(
+            f"--checkpoint {path}: not a directory this process can read and write; "
+            "give another one or fix its permissions"
+        )
+    return d
+
+
+def load_checkpoint(d: Path, kind: str, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Restores model and optimizer from ``d`` if it holds a checkpoint; the step to go
+    on from (0 without one)."""
+    f = d / CHECKPOINT
+    if not f.exists():
+        return 0
+    try:
+        state = torch.load(f, weights_only=True)
+    except Exception as e:  # any unreadable file gets the same answer
+        raise SystemExit(f"--checkpoint {d}: {f.name} is unreadable ({e}); remove it") from e
+    want = signature(kind, model)
+    if state.get("signature") != want:
+        raise SystemExit(
+            f"--checkpoint {d}: {f.name} is of another model ({state.get('signature')}, "
+            f"not {want}); give an empty directory or the same --model"
+        )
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def save_checkpoint(
+    d: Path, kind: str, model: nn.Module, opt: torch.optim.Optimizer, step: int
+) -> None:
+    """Writes the checkpoint atomically: a temporary file, flushed, then renamed."""
+    tmp = d / f".{CHECKPOINT}.{os.getpid()}.tmp"
+    state = {
+        "signature": signature(kind, model),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        # The data position: the batch order is replayed from the seed up to this step.
+        "step": step,
+    }
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / CHECKPOINT)
+
+
+def resync(
+    comm: topoccl.Communicator, model: nn.Module, opt: torch.optim.Optimizer, step: int
+) -> int:
+    """Makes every rank's model, optimizer state and step rank 0's (a step may have
+    completed on some ranks only before a failure; a replacement has none of them)."""
+    at = torch.tensor([step], dtype=torch.int64)
+    comm.broadcast(at, root=0)
+    for p in model.parameters():
+        comm.broadcast(p.data, root=0)
+        state = opt.state[p]
+        if "momentum_buffer" not in state or state["momentum_buffer"] is None:
+            state["momentum_buffer"] = torch.zeros_like(p.data)
+        comm.broadcast(state["momentum_buffer"], root=0)
+    return int(at.item())
+
+
+def batch_order(train: torch.Tensor, seed: int, per_epoch: int, step: int) -> torch.Tensor:
+    """The order of the epoch holding ``step``: the same shuffles replayed from the seed."""
+    shuffle = torch.Generator().manual_seed(seed)
+    order = train[torch.randperm(len(train), generator=shuffle)]
+    for _ in range(step // per_epoch):
+        order = train[torch.randperm(len(train), generator=shuffle)]
+    return order
 
 
 def main() -> None:
@@ -68,7 +174,27 @@ def main() -> None:
         "rp:R, powersgd:RANK, fp16, bf16 (error feedback on; with gloo only fp16/bf16)",
     )
     ap.add_argument("--losses", metavar="FILE", help="write every step's loss and time (JSON)")
+    ap.add_argument(
+        "--elastic",
+        action="store_true",
+        help="survive failed ranks (under `topoccl run --elastic`): shrink and go on, "
+        "admit replacements",
+    )
+    ap.add_argument("--grow-every", type=int, default=10, help="steps between admissions")
+    ap.add_argument("--checkpoint", metavar="DIR", help="checkpoint here and resume from it")
+    ap.add_argument("--checkpoint-every", type=int, default=20)
+    ap.add_argument(
+        "--die-at-step",
+        type=int,
+        help="a drill: world rank --die-rank kills itself (SIGKILL) before this step",
+    )
+    ap.add_argument("--die-rank", type=int, default=1, help="-1: every rank")
     args = ap.parse_args()
+    if args.elastic:
+        if args.hook != "none" or args.compress:
+            ap.error("--elastic trains with DDP's own all-reduce: leave out --hook/--compress")
+        elastic(args)
+        return
 
     dist.init_process_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -174,6 +300,95 @@ def main() -> None:
                     f,
                 )
     dist.destroy_process_group()
+
+
+def elastic(args: argparse.Namespace) -> None:
+    """Training that survives failed ranks on topoccl's communicator (see the module doc)."""
+    from topoccl.torch import ProcessGroupTopoccl, grow_group, shrink_group
+
+    ckpt = checkpoint_dir(args.checkpoint) if args.checkpoint else None
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+    train, test = order[:1500], order[1500:]
+    per_epoch = len(train) // args.batch
+
+    torch.manual_seed(args.seed)
+    net = model_for(args.model)
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
+    step = load_checkpoint(ckpt, args.model, net, opt) if ckpt else 0
+
+    comm = topoccl.Communicator.from_env()
+    me = comm.world_rank
+    pg = ProcessGroupTopoccl.of(comm)
+    # Every rank starts from rank 0's state (a replacement: from the members').
+    step = resync(comm, net, opt, step)
+    model = DistributedDataParallel(net, process_group=pg)
+    if comm.rank == 0:
+        print(f"elastic: {comm.world} ranks from step {step}", flush=True)
+
+    losses: dict[int, float] = {}
+    correct = 0.0
+    # The step whose grow this rank took part in (a replacement: the one it joined at).
+    grown_at = step if comm.epoch > 0 else -1
+    while step < args.steps:
+        dies = args.die_rank in (me, -1)
+        if step == args.die_at_step and dies and pg.communicator.epoch == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step and step % args.grow_every == 0 and step != grown_at:
+            grown_at = step
+            grown = grow_group(pg)
+            if grown is not None:
+                pg = grown
+                step = resync(pg.communicator, net, opt, step)
+                model = DistributedDataParallel(net, process_group=pg)
+                if pg.rank() == 0:
+                    print(f"step {step}: grew to {pg.size()} ranks", flush=True)
+        rank, world = pg.rank(), pg.size()
+        k = step % per_epoch
+        batch = batch_order(train, args.seed, per_epoch, step)[
+            k * args.batch : (k + 1) * args.batch
+        ]
+        mine = batch[rank::world]
+        try:
+            opt.zero_grad()
+            # The global batch's mean, whatever the shares: DDP averages over `world`.
+            loss = F.cross_entropy(model(x[mine]), y[mine], reduction="sum") * world / len(batch)
+            loss.backward()  # type: ignore[no-untyped-call]
+            total = loss.detach().clone()
+            pg.communicator.all_reduce(total)
+        except (topoccl.TopocclError, RuntimeError) as e:
+            print(f"step {step}: a call failed ({str(e).splitlines()[0]}); shrinking", flush=True)
+            pg, failed, epoch = shrink_group(pg)
+            step = resync(pg.communicator, net, opt, step)
+            model = DistributedDataParallel(net, process_group=pg)
+            print(
+                f"step {step}: ranks {failed} failed; {pg.size()} ranks go on (epoch {epoch})",
+                flush=True,
+            )
+            continue
+        opt.step()
+        losses[step] = total.item() / world
+        step += 1
+        if ckpt and pg.rank() == 0 and step % args.checkpoint_every == 0:
+            save_checkpoint(ckpt, args.model, net, opt, step)
+        if step % per_epoch == 0 or step == args.steps:
+            with torch.no_grad():
+                correct = (net(x[test]).argmax(1) == y[test]).float().mean().item()
+            if pg.rank() == 0:
+                print(
+                    f"epoch {step // per_epoch + (step % per_epoch > 0)}: step {step} "
+                    f"loss {losses.get(step - 1, float('nan')):.4f} "
+                    f"test accuracy {correct * 100:.2f}%",
+                    flush=True,
+                )
+    if pg.rank() == 0 and args.losses:
+        with open(args.losses, "w") as f:
+            json.dump(
+                {"world": pg.size(), "model": args.model, "losses": losses, "accuracy": correct},
+                f,
+            )
 
 
 if __name__ == "__main__":

@@ -225,6 +225,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
         timeout: s.duration.map(|d| d + Duration::from_secs(60)),
         plain_stdout: Some(0),
         dump: Some(crate::run_cmd::DUMP),
+        restarts: None,
     };
     let outcome = launch(exe.as_os_str(), &rank_args, s.ranks, &env, &opts)?;
     drop(store);

@@ -36,10 +36,39 @@ enum Internal {
         #[arg(long, default_value_t = 0)]
         compute_ms: u64,
     },
+    /// All-reduce `count` f32 ones `iters` times, checking every result; on a failed call,
+    /// shrink to the survivors (printing `shrunk failed=A,B world=N epoch=E
+    /// recovery_ms=T`, the time from the error to the end of the first call on the shrunk
+    /// communicator) and go on; every `grow_every` iterations admit waiting replacements
+    /// (`grew world=N`). With `TOPOCCL_JOIN=1`, joins a running job and goes on from
+    /// its iteration.
+    ElasticLoop {
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 1000)]
+        iters: u64,
+        #[arg(long, default_value_t = 0)]
+        grow_every: u64,
+        #[arg(long, default_value_t = 0)]
+        compute_ms: u64,
+        /// These world ranks SIGKILL themselves before iteration `--die-at` (a crash).
+        #[arg(long, value_delimiter = ',')]
+        die_rank: Vec<u32>,
+        #[arg(long, default_value_t = 0)]
+        die_at: u64,
+    },
 }
 
 pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
     match args.what {
+        Internal::ElasticLoop {
+            count,
+            iters,
+            grow_every,
+            compute_ms,
+            die_rank,
+            die_at,
+        } => elastic_loop(count, iters, grow_every, compute_ms, &die_rank, die_at),
         Internal::AllreduceLoop {
             count,
             iters,
@@ -79,4 +108,108 @@ pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The iteration every rank continues from: the furthest any rank got (a call can
+/// complete on some ranks and fail on others), or, for a replacement, the members'.
+fn agree_iteration(comm: &mut topoccl::Communicator, i: u64) -> topoccl::Result<u64> {
+    let mut v = [i as i64];
+    comm.all_reduce_in_place(&mut v, ReduceOp::Max)?;
+    Ok(v[0].max(0) as u64)
+}
+
+fn elastic_loop(
+    count: usize,
+    iters: u64,
+    grow_every: u64,
+    compute_ms: u64,
+    die_rank: &[u32],
+    die_at: u64,
+) -> Result<ExitCode, CliError> {
+    use std::io::Write;
+    use std::time::Instant;
+    let fail = |e: topoccl::Error| {
+        eprintln!("error: {e}");
+        Ok(ExitCode::from(1))
+    };
+    let mut comm = job::communicator()?;
+    println!("pid {}", std::process::id());
+    let me = comm.world_rank(comm.rank()).unwrap_or(comm.rank());
+    let joined = comm.epoch() > 0;
+    let mut i = 0;
+    // The iteration whose grow this rank took part in (a replacement: the one it joined at).
+    let mut grown_at = None;
+    if joined {
+        match agree_iteration(&mut comm, 0) {
+            Ok(at) => i = at,
+            Err(e) => return fail(e),
+        }
+        grown_at = Some(i);
+        println!(
+            "joined as rank {} of {} at iteration {i}",
+            comm.rank(),
+            comm.world()
+        );
+    }
+    let mut output = vec![0.0f32; count];
+    let input = vec![1.0f32; count];
+    while i < iters {
+        if i == die_at && die_rank.contains(&me) && !joined {
+            let _ = std::io::stdout().flush();
+            // SAFETY: kill(2) with this process's own id touches no memory.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        if grow_every > 0 && i > 0 && i % grow_every == 0 && grown_at != Some(i) {
+            grown_at = Some(i);
+            match comm.grow() {
+                Ok(Some(mut grown)) => {
+                    if let Err(e) = agree_iteration(&mut grown, i) {
+                        return fail(e);
+                    }
+                    println!("grew world={}", grown.world());
+                    comm = grown;
+                }
+                Ok(None) => {}
+                Err(e) => return fail(e),
+            }
+        }
+        if let Err(e) = comm.all_reduce(&input, &mut output, ReduceOp::Sum) {
+            let detected = Instant::now();
+            eprintln!("call failed at iteration {i}: {e}");
+            let shrunk = match comm.shrink() {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            comm = shrunk.comm;
+            // The first call on the shrunk communicator: agreeing where to go on.
+            i = match agree_iteration(&mut comm, i) {
+                Ok(at) => at,
+                Err(e) => return fail(e),
+            };
+            let failed: Vec<String> = shrunk.failed.iter().map(|r| r.to_string()).collect();
+            println!(
+                "shrunk failed={} world={} epoch={} recovery_ms={:.1}",
+                failed.join(","),
+                comm.world(),
+                shrunk.epoch,
+                detected.elapsed().as_secs_f64() * 1e3
+            );
+            continue;
+        }
+        let want = comm.world() as f32;
+        if let Some(at) = output.iter().position(|&x| x != want) {
+            eprintln!(
+                "error: iteration {i}: element {at} is {}, not {want}",
+                output[at]
+            );
+            return Ok(ExitCode::from(1));
+        }
+        println!("iteration {i} done");
+        let _ = std::io::stdout().flush();
+        if compute_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(compute_ms));
+        }
+        i += 1;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,7 @@ pub fn relaunch(
         timeout,
         plain_stdout: Some(0),
         dump: Some(crate::run_cmd::DUMP),
+        restarts: None,
     };
     let outcome = launch(exe.as_os_str(), &args, ranks, &env, &opts)?;
     if let Some(line) = outcome.summary() {

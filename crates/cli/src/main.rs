@@ -46,7 +46,7 @@ enum Command {
     /// Build a collective's schedule; print it as text, JSON or MSCCL XML.
     Plan(plan_cmd::PlanArgs),
     /// Start N local ranks of a program and supervise them (rank-prefixed output; the
-    /// first failure stops the job).
+    /// first failure stops the job, unless --elastic).
     Run(run_cmd::RunArgs),
     /// Measure collectives across N ranks (nccl-tests layout: size, count, type, redop,
     /// root, time, algbw, busbw, #wrong out of place and in place).

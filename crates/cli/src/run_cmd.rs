@@ -14,7 +14,7 @@
 //! let job = new_job()?;
 //! let store = host_store(&job)?;                   // keep it alive while the ranks run
 //! let env = job_env(Some(store.url()), &job);
-//! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0), dump: Some(DUMP) };
+//! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0), dump: Some(DUMP), restarts: None };
 //! let outcome = launch(program, &args, ranks, &env, &opts)?;
 //! if let Some(line) = outcome.summary() { eprintln!("{line}"); }
 //! std::process::ExitCode::from(outcome.exit_code())
@@ -55,6 +55,14 @@ pub struct RunArgs {
     /// etcd v3 cluster), tcp://HOST:PORT (`topoccl store`) or file:///DIR.
     #[arg(long, value_name = "URL", conflicts_with = "no_store")]
     store: Option<String>,
+    /// Elastic job: a rank that fails leaves the others running (they shrink their
+    /// communicator) instead of stopping the job; see --max-restarts.
+    #[arg(long)]
+    elastic: bool,
+    /// With --elastic: restart failed ranks as replacements that join the running job
+    /// (TOPOCCL_JOIN=1), at most N times in all (default 0).
+    #[arg(long, value_name = "N", requires = "elastic")]
+    max_restarts: Option<u32>,
     /// Do not host a rendezvous store (TOPOCCL_STORE is then not set).
     #[arg(long, hide = true)]
     no_store: bool,
@@ -92,6 +100,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         None => store.as_ref().map(JobStore::url),
     };
     let mut env = job_env(url, &job);
+    if args.elastic {
+        // Ranks blocked on a hung peer learn of a revocation through the store.
+        env.push(("TOPOCCL_ELASTIC".to_string(), "1".to_string()));
+    }
     if args.watch.metrics.is_some() {
         let Some(store) = &store else {
             return Err(CliError::usage(
@@ -105,6 +117,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         timeout,
         plain_stdout: None,
         dump: Some(DUMP),
+        restarts: args.elastic.then(|| args.max_restarts.unwrap_or(0)),
     };
     let outcome = launch(&args.program, &args.args, args.ranks, &env, &opts);
     drop(store);

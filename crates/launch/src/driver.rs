@@ -47,7 +47,13 @@ pub struct LaunchOptions {
     pub plain_stdout: Option<u32>,
     /// See [`Config::dump`](crate::supervisor::Config::dump).
     pub dump: Option<(i32, Duration)>,
+    /// Elastic: see [`Config::restarts`](crate::supervisor::Config::restarts). A restarted
+    /// rank gets [`ENV_JOIN`]`=1` besides its usual environment.
+    pub restarts: Option<u32>,
 }
+
+/// Set to `1` for a rank restarted as a replacement (elastic launches).
+pub const ENV_JOIN: &str = "TOPOCCL_JOIN";
 
 /// What the readers and the signal forwarder tell the loop.
 #[derive(Debug)]
@@ -96,6 +102,7 @@ pub fn launch(
         timeout: opts.timeout,
         plain_stdout: opts.plain_stdout,
         dump: opts.dump,
+        restarts: opts.restarts,
         ..Config::new(ranks)
     });
     let mut children: Vec<Option<Child>> = Vec::with_capacity(ranks as usize);
@@ -131,8 +138,16 @@ pub fn launch(
             break;
         }
     }
+    // Elastic launches start replacements from the loop: they need the pieces here.
+    let respawner = opts.restarts.map(|_| Respawner {
+        program,
+        args,
+        ranks,
+        extra_env,
+        events: events_tx.clone(),
+    });
     drop(events_tx);
-    let outcome = supervise(&mut sup, &mut children, events, start);
+    let outcome = supervise(&mut sup, &mut children, events, start, respawner.as_ref());
     // The event receiver is gone now, as the forwarder's drop needs.
     drop(signals);
     match error {
@@ -148,6 +163,7 @@ fn supervise(
     children: &mut [Option<Child>],
     events: Receiver<Event>,
     start: Instant,
+    respawner: Option<&Respawner<'_>>,
 ) -> LaunchOutcome {
     let mut sinks = Sinks::default();
     let mut next_look = Duration::ZERO;
@@ -165,6 +181,18 @@ fn supervise(
                     for (rank, pid) in ranks {
                         debug_assert!(children[rank as usize].is_some(), "rank {rank} reaped");
                         signal_rank(pid, signal);
+                    }
+                }
+                Action::Respawn { rank } => {
+                    let now = start.elapsed();
+                    match respawner.map(|r| r.spawn(rank)) {
+                        Some(Ok(child)) => {
+                            sup.spawned(rank, child.id(), now);
+                            if let Some(slot) = children.get_mut(rank as usize) {
+                                *slot = Some(child);
+                            }
+                        }
+                        Some(Err(_)) | None => sup.spawn_failed(rank, now),
                     }
                 }
                 Action::Finish(outcome) => return outcome,
@@ -289,6 +317,37 @@ impl Sinks {
             Stream::Stderr => io::stderr().lock().write_all(line),
         };
         self.closed[i] = written.is_err();
+    }
+}
+
+/// What an elastic launch needs to start a replacement from the loop.
+struct Respawner<'a> {
+    program: &'a OsStr,
+    args: &'a [OsString],
+    ranks: u32,
+    extra_env: &'a [(String, String)],
+    events: SyncSender<Event>,
+}
+
+impl Respawner<'_> {
+    /// Starts `rank` again with `TOPOCCL_JOIN=1`, its output read as the first one's was.
+    fn spawn(&self, rank: u32) -> Result<Child, LaunchError> {
+        let mut env = self.extra_env.to_vec();
+        env.push((ENV_JOIN.to_string(), "1".to_string()));
+        let mut child = spawn_rank(self.program, self.args, rank, self.ranks, &env)?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        for (pipe, stream) in [
+            (Box::new(stdout) as Box<dyn Read + Send>, Stream::Stdout),
+            (Box::new(stderr), Stream::Stderr),
+        ] {
+            if let Err(source) = start_reader(pipe, rank, stream, self.events.clone()) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Reader { rank, source });
+            }
+        }
+        Ok(child)
     }
 }
 

@@ -16,7 +16,7 @@
 //!
 //! ```ignore
 //! let env = vec![("TOPOCCL_STORE".to_string(), url)];
-//! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0), dump: None };
+//! let opts = LaunchOptions { timeout: Some(Duration::from_secs(600)), plain_stdout: Some(0), dump: None, restarts: None };
 //! let outcome = topoccl_launch::launch(program, &args, ranks, &env, &opts)?;
 //! if let Some(line) = outcome.summary() { eprintln!("{line}"); }
 //! std::process::ExitCode::from(outcome.exit_code())
@@ -33,7 +33,7 @@ pub mod supervisor;
 
 use std::time::Duration;
 
-pub use driver::{launch, LaunchOptions};
+pub use driver::{launch, LaunchOptions, ENV_JOIN};
 pub use outcome::{Ending, LaunchOutcome, RankStatus};
 pub use supervisor::{Action, Config, Stream, Supervisor};
 

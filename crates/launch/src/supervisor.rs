@@ -22,6 +22,13 @@
 //! 4. Once every rank is gone, their output gets `output_grace` to drain (a grandchild may
 //!    hold a pipe open); a signal ends the wait at once.
 //!
+//! Elastic jobs ([`Config::restarts`]) change step 2 for failed ranks: a rank that exits
+//! non-zero or dies by a signal leaves the others running (its survivors shrink their
+//! communicator) and, while the restart budget lasts, is started again as a replacement
+//! ([`Action::Respawn`]: the driver starts it with `TOPOCCL_JOIN=1`, and it joins at the
+//! job's next `grow`). The job ends when every rank is gone; it failed (the first loss is
+//! named) only if no rank finished successfully. The timeout and signals act as before.
+//!
 //! So with a timeout every state has a deadline: the launch finishes at the latest
 //! `timeout + kill_grace + reap_grace + output_grace` after it began. Why it finished is
 //! decided by one rule, [`Supervisor::fail`].
@@ -66,6 +73,10 @@ pub enum Action {
     /// Send `signal` to each of these ranks (its process group, so whatever it started goes
     /// too). Only ranks not reported exited, in rank order, never empty.
     Signal { signal: i32, ranks: Vec<(u32, Pid)> },
+    /// Start rank `rank` again, as a replacement that joins the running job (elastic
+    /// jobs only); the driver reports it with [`Supervisor::spawned`] or
+    /// [`Supervisor::spawn_failed`].
+    Respawn { rank: u32 },
     /// The launch is over; nothing follows.
     Finish(LaunchOutcome),
 }
@@ -89,6 +100,9 @@ pub struct Config {
     /// ranks to write their diagnostics (SIGUSR1 for topoccl's flight recorder), and how
     /// long they get before the stop signal. `None`: stop at once.
     pub dump: Option<(i32, Duration)>,
+    /// `None`: the first failure stops the job. `Some(n)`: elastic: a failed rank leaves
+    /// the others running and is restarted as a replacement, at most `n` times in all.
+    pub restarts: Option<u32>,
 }
 
 impl Config {
@@ -102,6 +116,7 @@ impl Config {
             reap_grace: REAP_GRACE,
             output_grace: OUTPUT_GRACE,
             dump: None,
+            restarts: None,
         }
     }
 }
@@ -156,6 +171,12 @@ pub struct Supervisor {
     suspended: Vec<u32>,
     drain_until: Option<Duration>,
     actions: VecDeque<Action>,
+    /// Elastic jobs: restarts left, respawns asked for and not yet reported, the first
+    /// rank lost, and whether any rank finished successfully.
+    restarts_left: u32,
+    respawning: u32,
+    first_loss: Option<Ending>,
+    succeeded: bool,
 }
 
 impl Supervisor {
@@ -163,7 +184,6 @@ impl Supervisor {
         let n = config.ranks as usize;
         Supervisor {
             width: config.ranks.saturating_sub(1).to_string().len(),
-            config,
             life: vec![Life::Waiting; n],
             open: vec![[false; 2]; n],
             open_streams: 0,
@@ -176,6 +196,11 @@ impl Supervisor {
             suspended: Vec::new(),
             drain_until: None,
             actions: VecDeque::new(),
+            restarts_left: config.restarts.unwrap_or(0),
+            respawning: 0,
+            first_loss: None,
+            succeeded: false,
+            config,
         }
     }
 
@@ -184,9 +209,23 @@ impl Supervisor {
     /// stop's signal at once.
     pub fn spawned(&mut self, rank: u32, pid: Pid, now: Duration) {
         let r = rank as usize;
-        let expected = !self.spawn_over && self.life.get(r) == Some(&Life::Waiting);
+        let waiting = self.life.get(r) == Some(&Life::Waiting);
+        let respawn = self.spawn_over && waiting && self.respawning > 0;
+        let expected = waiting && (!self.spawn_over || respawn);
         debug_assert!(expected, "rank {rank} spawned out of turn");
         if !expected || self.phase == Phase::Finished {
+            return;
+        }
+        if respawn {
+            self.respawning -= 1;
+            self.life[r] = Life::Running(pid);
+            self.open[r] = [true; 2];
+            self.open_streams += 2;
+            self.running += 1;
+            if matches!(self.phase, Phase::Stopping { .. } | Phase::Killed { .. }) {
+                self.push_signal(self.stop_signal, vec![(rank, pid)]);
+            }
+            self.advance(now);
             return;
         }
         self.life[r] = Life::Running(pid);
@@ -207,6 +246,15 @@ impl Supervisor {
     /// are killed without grace.
     pub fn spawn_failed(&mut self, rank: u32, now: Duration) {
         if self.phase == Phase::Finished {
+            return;
+        }
+        if self.spawn_over && self.respawning > 0 {
+            // A replacement that could not start: the job goes on without it.
+            self.respawning -= 1;
+            self.note(format!(
+                "[launcher] rank {rank}: its replacement could not be started"
+            ));
+            self.advance(now);
             return;
         }
         self.spawn_over = true;
@@ -281,10 +329,45 @@ impl Supervisor {
             }
             _ => true,
         });
-        if !status.success() {
+        if status.success() {
+            self.succeeded = true;
+        } else if self.config.restarts.is_some() && self.phase == Phase::Running {
+            self.lose(rank, status);
+        } else {
             self.fail(Ending::RankFailed { rank, status }, libc::SIGTERM, now);
         }
         self.advance(now);
+    }
+
+    /// An elastic job lost `rank`: the others go on; a replacement starts while the
+    /// budget lasts.
+    fn lose(&mut self, rank: u32, status: RankStatus) {
+        self.note(format!(
+            "[launcher] rank {rank} {status}; the other ranks go on (elastic)"
+        ));
+        self.first_loss
+            .get_or_insert(Ending::RankFailed { rank, status });
+        if self.restarts_left > 0 {
+            self.restarts_left -= 1;
+            self.respawning += 1;
+            self.life[rank as usize] = Life::Waiting;
+            self.note(format!(
+                "[launcher] restarting rank {rank} as a replacement that joins the job ({} \
+                 restart(s) left)",
+                self.restarts_left
+            ));
+            self.actions.push_back(Action::Respawn { rank });
+        }
+    }
+
+    /// A line of the launcher's own on its stderr.
+    fn note(&mut self, text: String) {
+        let mut line = text.into_bytes();
+        line.push(b'\n');
+        self.actions.push_back(Action::Print {
+            stream: Stream::Stderr,
+            line,
+        });
     }
 
     /// The launcher received `signal` (SIGINT, SIGTERM): forwarded to the ranks; while
@@ -427,7 +510,7 @@ impl Supervisor {
 
     /// Every rank that will run has run and is gone: only output is left.
     fn draining(&self) -> bool {
-        self.spawn_over && self.running == 0
+        self.spawn_over && self.running == 0 && self.respawning == 0
     }
 
     fn running_ranks(&self) -> impl Iterator<Item = (u32, Pid)> + '_ {
@@ -445,7 +528,13 @@ impl Supervisor {
 
     fn finish(&mut self) {
         let outcome = LaunchOutcome {
-            ending: self.ending.clone().unwrap_or(Ending::Completed),
+            ending: self
+                .ending
+                .clone()
+                .unwrap_or_else(|| match &self.first_loss {
+                    Some(loss) if !self.succeeded => loss.clone(),
+                    _ => Ending::Completed,
+                }),
             stopped: std::mem::take(&mut self.stopped),
             suspended: std::mem::take(&mut self.suspended),
             unreaped: self.running_ranks().map(|(r, _)| r).collect(),

@@ -49,6 +49,7 @@ fn ranks_ignoring_sigterm_are_killed_after_the_grace() {
         timeout: Some(Duration::from_millis(200)),
         plain_stdout: None,
         dump: None,
+        restarts: None,
     };
     // The shell ignores SIGTERM; only SIGKILL ends it.
     let outcome = sh(2, "trap '' TERM; while :; do sleep 0.05; done", &opts).unwrap();

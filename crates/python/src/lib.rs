@@ -83,6 +83,8 @@ macro_rules! typed {
 pub struct Failure {
     message: String,
     culprits: Vec<u32>,
+    /// The runtime error's kind (`topoccl::Error::kind`: `timeout`, `evicted`, …).
+    kind: &'static str,
 }
 
 impl Failure {
@@ -90,12 +92,16 @@ impl Failure {
         Failure {
             message,
             culprits: vec![],
+            kind: "other",
         }
     }
 
     fn to_py(&self, py: Python<'_>) -> PyErr {
         let err = TopocclError::new_err(self.message.clone());
         if let Err(set) = err.value(py).setattr("culprits", self.culprits.clone()) {
+            return set;
+        }
+        if let Err(set) = err.value(py).setattr("kind", self.kind) {
             return set;
         }
         err
@@ -106,6 +112,7 @@ impl From<topoccl::Error> for Failure {
     fn from(e: topoccl::Error) -> Failure {
         Failure {
             culprits: e.culprits(),
+            kind: e.kind(),
             message: e.to_string(),
         }
     }
@@ -696,6 +703,63 @@ impl Communicator {
             c.recv(unsafe { b.slice_mut::<u8>() }, peer)
         })?;
         self.dispatch(py, call, async_op)
+    }
+
+    /// After a failure: agrees with the other survivors on the failed ranks and returns
+    /// `(communicator, failed, epoch)`: a communicator of the survivors (renumbered in
+    /// their old order), the failed ranks as world ranks, and the membership epoch. Every
+    /// survivor must call it. Raises `TopocclError` (kind `evicted`) on a rank the others
+    /// decided without: it should exit or rejoin. This communicator is revoked.
+    fn shrink(&self, py: Python<'_>) -> PyResult<(Communicator, Vec<u32>, u64)> {
+        let shared = &self.shared;
+        let r = py.allow_threads(|| match shared.lock().as_mut() {
+            Some(c) => c.shrink(),
+            None => Err(topoccl::Error::CommAborted(
+                "shrink: the communicator was closed".into(),
+            )),
+        });
+        let s = r.map_err(|e| Failure::from(e).to_py(py))?;
+        Ok((Communicator::new(s.comm), s.failed, s.epoch))
+    }
+
+    /// At a step boundary, on every member: admits the replacements waiting to join
+    /// (`join` / `TOPOCCL_JOIN=1`); returns the grown communicator (members keep their
+    /// ranks, replacements follow), or `None` when nobody waits.
+    fn grow(&self, py: Python<'_>) -> PyResult<Option<Communicator>> {
+        let shared = &self.shared;
+        let r = py.allow_threads(|| match shared.lock().as_mut() {
+            Some(c) => c.grow(),
+            None => Err(topoccl::Error::CommAborted(
+                "grow: the communicator was closed".into(),
+            )),
+        });
+        Ok(r.map_err(|e| Failure::from(e).to_py(py))?
+            .map(Communicator::new))
+    }
+
+    /// The membership epoch: how many shrinks and grows led to this communicator.
+    #[getter]
+    fn epoch(&self) -> PyResult<u64> {
+        match self.shared.try_lock() {
+            Some(g) => Ok(g.as_ref().map_or(0, |c| c.epoch())),
+            None => Err(TopocclError::new_err(
+                "epoch: a call holds the communicator",
+            )),
+        }
+    }
+
+    /// This rank's number in the launcher's world (what `failed` lists name).
+    #[getter]
+    fn world_rank(&self) -> PyResult<u32> {
+        match self.shared.try_lock() {
+            Some(g) => Ok(g
+                .as_ref()
+                .and_then(|c| c.world_rank(c.rank()))
+                .unwrap_or(self.rank)),
+            None => Err(TopocclError::new_err(
+                "world_rank: a call holds the communicator",
+            )),
+        }
     }
 
     /// Ends the communicator: calls in flight on any rank fail, naming this one.

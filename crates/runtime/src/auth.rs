@@ -45,6 +45,8 @@ pub enum Use {
     PeerAck,
     StoreClient,
     Heartbeat,
+    /// A replacement asking to join a running job (`crate::elastic`).
+    Join,
 }
 
 impl Use {
@@ -54,6 +56,7 @@ impl Use {
             Use::PeerAck => b"topoccl/1 peer ack",
             Use::StoreClient => b"topoccl/1 store client",
             Use::Heartbeat => b"topoccl/1 heartbeat",
+            Use::Join => b"topoccl/1 join request",
         }
     }
 }

@@ -98,6 +98,12 @@ pub struct Communicator {
     /// With progress deadlines on: the level of the link to each rank
     /// (`crate::deadlines`).
     pub(crate) levels: Vec<Level>,
+    /// Peers a failed call found gone (closed connection, goodbye, garbage): the evidence
+    /// this rank brings to `shrink`'s agreement (`crate::elastic`). At most `world` ranks.
+    pub(crate) lost: std::collections::BTreeSet<Rank>,
+    /// With `TOPOCCL_ELASTIC=1`: the thread that aborts this communicator when another
+    /// rank revokes it through the store (`crate::elastic`).
+    pub(crate) revoke_watch: Option<crate::elastic::RevokeWatch>,
 }
 
 /// What a call passes the executor about the heartbeat monitor.
@@ -955,6 +961,9 @@ impl Communicator {
     /// A failed call breaks the communicator (its connections are mid-frame) and tells
     /// the other ranks, so they stop with the same verdict instead of timing out.
     fn fail(&mut self, e: Error, name: &str) -> Error {
+        if let Error::PeerFailed { rank, .. } = &e {
+            self.lost.insert(*rank);
+        }
         self.tr.broadcast_abort(&exec::abort_notice(self.rank, &e));
         self.broken = Some(format!("{name} failed: {e}"));
         e

@@ -24,6 +24,8 @@
 //! | `TOPOCCL_FAULTS` | faults to inject at the transport boundary (`transport::faults` has the grammar) | none |
 //! | `TOPOCCL_HEARTBEAT` | the heartbeat's period (`100ms`), `0`/`off` turns it off, see [`crate::health`] | 100 ms |
 //! | `TOPOCCL_PROGRESS_DEADLINE` | progress deadlines by level: `on`, one duration, or `host=50ms,rack=200ms,cross=500ms`; `off`, see [`crate::deadlines`] | off |
+//! | `TOPOCCL_ELASTIC` | `1`: each communicator watches the store for another rank's revocation (a thread per communicator, a store WAIT each second), so ranks blocked on a hung peer join a `shrink` at once; `topoccl run --elastic` sets it, see [`crate::elastic`] | off |
+//! | `TOPOCCL_SHRINK_WAIT` | how long `shrink` waits for a rank that neither registered as a survivor nor is known to have failed (a hung or very late rank) before deciding without it, see [`crate::elastic`] | 10 s |
 
 use crate::auth::JobKey;
 use std::time::Duration;
@@ -74,6 +76,11 @@ pub struct Config {
     pub heartbeat: Option<Duration>,
     /// Progress deadlines by level (`TOPOCCL_PROGRESS_DEADLINE`); `None`: off.
     pub progress: Option<crate::deadlines::ProgressDeadlines>,
+    /// How long `shrink` waits for a rank neither registered nor known failed
+    /// (`TOPOCCL_SHRINK_WAIT`, [`crate::elastic`]).
+    pub shrink_wait: Duration,
+    /// Watch the store for revocations (`TOPOCCL_ELASTIC`, [`crate::elastic`]).
+    pub elastic: bool,
 }
 
 /// The default of [`Config::metrics_peers`].
@@ -108,6 +115,8 @@ impl Default for Config {
             metrics_peers: DEFAULT_METRICS_PEERS,
             heartbeat: Some(crate::health::DEFAULT_PERIOD),
             progress: None,
+            shrink_wait: Duration::from_secs(10),
+            elastic: false,
         }
     }
 }
@@ -233,6 +242,18 @@ impl Config {
         if let Some(v) = lookup("TOPOCCL_INIT_TIMEOUT") {
             c.init_timeout = duration("TOPOCCL_INIT_TIMEOUT", &v)?;
         }
+        if let Some(v) = lookup("TOPOCCL_SHRINK_WAIT") {
+            c.shrink_wait = duration("TOPOCCL_SHRINK_WAIT", &v)?;
+        }
+        c.elastic = match lookup("TOPOCCL_ELASTIC").as_deref().map(str::trim) {
+            None | Some("") | Some("0") => false,
+            Some("1") => true,
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "TOPOCCL_ELASTIC={v}: use 1 (watch for revocations, for shrink) or 0"
+                )))
+            }
+        };
         if let Some(v) = lookup("TOPOCCL_STREAMS") {
             c.streams = v
                 .trim()

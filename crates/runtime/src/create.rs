@@ -28,7 +28,7 @@ use crate::wire::{self, FNV_OFFSET};
 static WORLDS: AtomicU64 = AtomicU64::new(0);
 
 /// The address to listen on: the named interface, or the one that reaches the store.
-fn listen_ip(cfg: &Config, store: &StoreAddr) -> Result<IpAddr> {
+pub(crate) fn listen_ip(cfg: &Config, store: &StoreAddr) -> Result<IpAddr> {
     if let Some(name) = &cfg.ifname {
         let ifs = if_addrs::get_if_addrs()
             .map_err(|e| Error::Config(format!("cannot list interfaces: {e}")))?;
@@ -138,8 +138,15 @@ pub(crate) fn parse_endpoint(v: &[u8]) -> Option<Endpoint> {
 impl Communicator {
     /// Creates the world communicator from the launcher's environment and `TOPOCCL_*`
     /// settings.
+    /// With `TOPOCCL_JOIN=1`, joins a running job as a replacement instead
+    /// ([`Communicator::join`]).
     pub fn from_env() -> Result<Communicator> {
-        Self::init(LaunchInfo::from_env()?, Config::from_env()?)
+        let info = LaunchInfo::from_env()?;
+        let cfg = Config::from_env()?;
+        if crate::elastic::join_requested(&|k| std::env::var(k).ok())? {
+            return Self::join(info, cfg);
+        }
+        Self::init(info, cfg)
     }
 
     /// Creates the world communicator.
@@ -266,7 +273,7 @@ impl Communicator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn rendezvous(
+    pub(crate) fn rendezvous(
         store: Arc<dyn Store>,
         server: Option<Arc<TcpStoreServer>>,
         namespace: String,
@@ -407,7 +414,10 @@ impl Communicator {
             health: None,
             comm_id: id_comm as u32,
             levels: Vec::new(),
-        })
+            lost: Default::default(),
+            revoke_watch: None,
+        }
+        .with_revoke_watch())
     }
 
     /// A world communicator's heartbeat monitor (`crate::health`), unless heartbeats are
@@ -457,7 +467,7 @@ impl Communicator {
 
     /// With metrics on: starts watching the links (`crate::live`), their baselines the
     /// links measured at creation.
-    fn watch_links(&mut self) {
+    pub(crate) fn watch_links(&mut self) {
         if let Some(meter) = &self.meter {
             // Capacities only where a topology file states them: a measured figure is what
             // one probe achieved, not what the link can carry.
@@ -554,6 +564,21 @@ impl Communicator {
             .position(|&(_, r)| r == self.rank)
             .expect("this rank passed its own color") as Rank;
         let namespace = format!("{}/split{}/color{color}", self.namespace, self.splits);
+        let mine: Vec<Rank> = members.iter().map(|&(_, r)| r).collect();
+        let child = self.successor(namespace, rank, &mine)?;
+        Ok(Some(child))
+    }
+
+    /// A communicator of `members` (ranks of this one, in their new order; this rank is
+    /// `rank` there) meeting under `namespace` in this one's store: it inherits the
+    /// settings, the measured network, and the link matrix and topology restricted to
+    /// the members (no second probe). What `split` and `shrink` make.
+    pub(crate) fn successor(
+        &self,
+        namespace: String,
+        rank: Rank,
+        members: &[Rank],
+    ) -> Result<Communicator> {
         let deadline = Instant::now() + self.cfg.init_timeout;
         let ip = self.tr.local_addr()?.ip();
         let mut child = Self::rendezvous(
@@ -566,29 +591,31 @@ impl Communicator {
             self.job,
             members
                 .iter()
-                .map(|&(_, r)| self.world_ranks[r as usize])
+                .map(|&r| self.world_ranks[r as usize])
                 .collect(),
             self.cfg.clone(),
             deadline,
         )?;
         child.selector.net = self.selector.net;
-        let mine: Vec<Rank> = members.iter().map(|&(_, r)| r).collect();
-        child.matrix = self.matrix.as_deref().map(|m| Arc::new(m.restrict(&mine)));
+        child.matrix = self
+            .matrix
+            .as_deref()
+            .map(|m| Arc::new(m.restrict(members)));
         child.watch_links();
         let topology = self
             .selector
             .topology()
-            .map(|t| t.restrict(&mine))
+            .map(|t| t.restrict(members))
             .transpose();
         child.selector.set_topology(
             topology
-                .map_err(|e| Error::Config(format!("topology of the split: {e}")))?
+                .map_err(|e| Error::Config(format!("topology of the new communicator: {e}")))?
                 .map(Arc::new),
             self.selector.overhead(),
         );
         child.health = self.health.clone();
         child.set_levels();
-        Ok(Some(child))
+        Ok(child)
     }
 }
 

@@ -108,6 +108,20 @@ pub enum Error {
 
     #[error("I/O error: {0}")]
     Io(String),
+
+    /// The survivors of a failure agreed on a communicator without this rank (it was
+    /// late, hung or cut off): it must exit, or rejoin as a replacement
+    /// (`Communicator::join`).
+    #[error(
+        "rank {rank} was left out of the communicator of epoch {epoch} (the other ranks \
+             decided without it: it was late, hung or unreachable): {reason}; exit, or \
+             rejoin with TOPOCCL_JOIN=1"
+    )]
+    Evicted {
+        rank: Rank,
+        epoch: u64,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -129,6 +143,7 @@ impl Error {
             Error::CommAborted(_) => "comm_aborted",
             Error::Busy(_) => "busy",
             Error::Io(_) => "io",
+            Error::Evicted { .. } => "evicted",
         }
     }
 

@@ -16,6 +16,7 @@ pub mod compressed;
 pub mod config;
 mod create;
 pub mod deadlines;
+pub mod elastic;
 pub mod env;
 pub mod error;
 mod exec;
@@ -40,6 +41,7 @@ pub mod wire;
 
 pub use comm::Communicator;
 pub use config::Config;
+pub use elastic::Shrunk;
 pub use env::LaunchInfo;
 pub use error::{Error, Result};
 pub use exec::Dtype;

@@ -530,6 +530,7 @@ impl World {
                         }
                     }
                 }
+                Action::Respawn { rank } => panic!("rank {rank} respawned in a job not elastic"),
                 Action::Finish(outcome) => self.outcome = Some(outcome),
             }
         }
@@ -744,4 +745,72 @@ fn the_dump_grace_ends_early_when_ranks_are_gone_or_the_launcher_is_interrupted(
     let mut s = started(config);
     s.signal(SIGINT, ms(10));
     assert_eq!(actions(&mut s), [signal(SIGINT, &[0, 1])]);
+}
+
+/// Elastic: the job's actions other than printed lines.
+fn non_print(s: &mut Supervisor) -> Vec<Action> {
+    actions(s)
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Print { .. }))
+        .collect()
+}
+
+#[test]
+fn an_elastic_job_keeps_its_survivors_and_restarts_within_its_budget() {
+    let mut s = started(Config {
+        restarts: Some(1),
+        ..Config::new(4)
+    });
+    ends(&mut s, 2, killed(SIGKILL), ms(5));
+    // Nobody is signalled; rank 2 is started again.
+    assert_eq!(non_print(&mut s), vec![Action::Respawn { rank: 2 }]);
+    s.spawned(2, pid(2) + 100, ms(6));
+    // The budget is spent: the next loss is only noted.
+    ends(&mut s, 1, killed(SIGKILL), ms(7));
+    assert_eq!(non_print(&mut s), vec![]);
+    for r in [0, 2, 3] {
+        ends(&mut s, r, Exited(0), ms(20));
+    }
+    let outcome = finished(&mut s);
+    assert_eq!(outcome.ending, Ending::Completed);
+    assert_eq!(outcome.exit_code(), 0);
+}
+
+#[test]
+fn an_elastic_job_with_no_rank_succeeding_names_its_first_loss() {
+    let mut s = started(Config {
+        restarts: Some(0),
+        ..Config::new(2)
+    });
+    ends(&mut s, 1, Exited(3), ms(5));
+    ends(&mut s, 0, Exited(4), ms(6));
+    let outcome = finished(&mut s);
+    assert_eq!(
+        outcome.ending,
+        Ending::RankFailed {
+            rank: 1,
+            status: Exited(3)
+        }
+    );
+}
+
+#[test]
+fn a_replacement_that_cannot_start_leaves_the_job_running() {
+    let mut s = started(Config {
+        restarts: Some(3),
+        ..Config::new(2)
+    });
+    ends(&mut s, 1, killed(SIGKILL), ms(5));
+    assert_eq!(non_print(&mut s), vec![Action::Respawn { rank: 1 }]);
+    s.spawn_failed(1, ms(6));
+    assert!(!s.is_finished());
+    ends(&mut s, 0, Exited(0), ms(9));
+    assert_eq!(finished(&mut s).ending, Ending::Completed);
+}
+
+#[test]
+fn without_elastic_the_first_failure_still_stops_the_job() {
+    let mut s = started(Config::new(3));
+    ends(&mut s, 1, killed(SIGKILL), ms(5));
+    assert_eq!(non_print(&mut s), vec![signal(SIGTERM, &[0, 2])]);
 }

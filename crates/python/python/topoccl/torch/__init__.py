@@ -33,7 +33,7 @@ from torch.distributed import ReduceOp
 from .._topoccl import Communicator, TopocclError
 from .._topoccl import Work as _Call
 
-__all__ = ["BACKEND", "ProcessGroupTopoccl"]
+__all__ = ["BACKEND", "ProcessGroupTopoccl", "grow_group", "shrink_group"]
 
 BACKEND = "topoccl"
 
@@ -207,6 +207,16 @@ class ProcessGroupTopoccl(dist.ProcessGroup):
             # torchrun's ranks per host speak for the world group only.
             local_world=int(local) if local and world == str(size) else None,
         )
+
+    @classmethod
+    def of(cls, comm: Communicator) -> ProcessGroupTopoccl:
+        """A process group on an existing communicator: one that ``Communicator.from_env``
+        (a replacement joining with ``TOPOCCL_JOIN=1`` included), ``shrink`` or ``grow``
+        made. Wrap a model in it with ``DistributedDataParallel(model, process_group=pg)``."""
+        pg = cls.__new__(cls)
+        dist.ProcessGroup.__init__(pg, comm.rank, comm.world)
+        pg._comm = comm
+        return pg
 
     # torch keeps a group's name and description on its C++ backends, which a Python
     # process group has none of: they live here.
@@ -387,6 +397,26 @@ class ProcessGroupTopoccl(dist.ProcessGroup):
 
     def shutdown(self) -> None:
         self._comm.close()
+
+
+def shrink_group(pg: ProcessGroupTopoccl) -> tuple[ProcessGroupTopoccl, list[int], int]:
+    """After a failed call: the survivors' process group, the failed ranks (world ranks)
+    and the membership epoch. Every survivor calls it; the old group is revoked. A rank the
+    others decided without raises ``TopocclError`` with ``kind == "evicted"``.
+
+    Wrap the model again on the new group (``DistributedDataParallel(model,
+    process_group=new_pg)``), after making every rank's model and optimizer state equal
+    (a step may have completed on some ranks only): broadcast them from rank 0.
+    """
+    comm, failed, epoch = pg.communicator.shrink()
+    return ProcessGroupTopoccl.of(comm), failed, epoch
+
+
+def grow_group(pg: ProcessGroupTopoccl) -> ProcessGroupTopoccl | None:
+    """At a step boundary, on every member: the group grown by the replacements waiting to
+    join (they keep their ranks; replacements follow), or ``None`` when nobody waits."""
+    comm = pg.communicator.grow()
+    return None if comm is None else ProcessGroupTopoccl.of(comm)
 
 
 def _where(store: Any) -> str | None:
