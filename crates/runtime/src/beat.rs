@@ -152,6 +152,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Beat, usize)>, BeatError> {
     if buf.len() < len {
         return Ok(None);
     }
+    // Without a call in flight its fields are zero, so one beat has one encoding.
+    if flags & IN_CALL == 0 && buf[32..44].iter().any(|&b| b != 0) {
+        return Err(BeatError::Reserved);
+    }
     let in_call = (flags & IN_CALL != 0).then(|| CallId {
         comm: u32_at(buf, 32),
         seq: u64_at(buf, 36),
