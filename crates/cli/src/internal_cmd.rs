@@ -36,10 +36,19 @@ enum Internal {
         #[arg(long, default_value_t = 0)]
         compute_ms: u64,
     },
+    /// The workload of `topoccl drill`: all-reduce known inputs `iters` times, checking
+    /// every element, and report each step on stdout (`crate::drill_cmd` reads it).
+    DrillRank {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        iters: u64,
+    },
 }
 
 pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
     match args.what {
+        Internal::DrillRank { count, iters } => crate::drill_rank::run(count, iters),
         Internal::AllreduceLoop {
             count,
             iters,
