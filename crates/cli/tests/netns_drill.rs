@@ -1,6 +1,6 @@
 //! The link drills on namespaced hosts (scripts/netns-drill.sh): a host's cable set down
-//! mid-run is named (rank 2, by at least one survivor) within the call deadline (1 s)
-//! + 1 s; a tbf rate drop leaves the job going, slower, with every result correct. Needs
+//! mid-run is named (rank 2, by at least one survivor) within the call deadline (1 s) plus
+//! 1 s; a tbf rate drop leaves the job going, slower, with every result correct. Needs
 //! root and iproute2; says SKIP where network namespaces cannot be made.
 
 mod common;
