@@ -57,6 +57,14 @@ enum Internal {
         #[arg(long, default_value_t = 0)]
         die_at: u64,
     },
+    /// The workload of `topoccl drill`: all-reduce known inputs `iters` times, checking
+    /// every element, and report each step on stdout (`crate::drill_cmd` reads it).
+    DrillRank {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        iters: u64,
+    },
 }
 
 pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
@@ -69,6 +77,7 @@ pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
             die_rank,
             die_at,
         } => elastic_loop(count, iters, grow_every, compute_ms, &die_rank, die_at),
+        Internal::DrillRank { count, iters } => crate::drill_rank::run(count, iters),
         Internal::AllreduceLoop {
             count,
             iters,

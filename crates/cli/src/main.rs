@@ -12,6 +12,8 @@ mod compare_cmd;
 mod console_cmd;
 mod demo_cmd;
 mod doctor_cmd;
+mod drill_cmd;
+mod drill_rank;
 mod failures_cmd;
 mod internal_cmd;
 mod job;
@@ -75,6 +77,10 @@ enum Command {
     /// A job to look at: N local ranks running a training-like loop, and the console over
     /// it (prints the URL; Ctrl-C stops everything).
     Demo(demo_cmd::DemoArgs),
+    /// Fault drills against a local job: kill or stop a rank, cut a link, add latency,
+    /// lose packets, slow a link; per drill the detection time, the culprit named,
+    /// recovery, data loss and hangs (exit 1 on a hang, a wrong result or a wrong culprit).
+    Drill(drill_cmd::DrillArgs),
     #[command(hide = true)]
     Internal(internal_cmd::InternalArgs),
 }
@@ -176,6 +182,7 @@ fn main() -> ExitCode {
         Command::Topo(cmd) => topo_cmd::run(cmd),
         Command::Console(args) => console_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),
+        Command::Drill(args) => drill_cmd::run(args),
         Command::Internal(args) => internal_cmd::run(args),
     };
     match result {

@@ -16,10 +16,13 @@
 //!                | "drop"                 the connection is cut (the peer sees it close)
 //!                | "corrupt"              a frame's header is garbled (the peer refuses it)
 //!                | "stall"                nothing more leaves (the peer waits, then times out)
+//!                | "loss=" PERCENT "%"    packet loss as TCP shows it: each frame hit is held
+//!                                         for a retransmission timeout before it leaves
 //! link           = end [ "->" end ]       from -> to; a single end is "from that rank to any"
 //! end            = "*" | "rank" N | N     ranks of the launcher's world
 //! option         = "after=" SIZE          act once this many bytes have left on the link
 //!                | "once"                 act on one frame only (delay, corrupt)
+//!                | "seed=" N              the seed of a loss rule's draws (default 0)
 //! ```
 //!
 //! Examples: `delay=5ms@rank1->rank2`, `drop@rank3:after=10MB`, `corrupt@rank0->rank1:once`,
@@ -29,6 +32,22 @@
 //!
 //! Limits: at most [`MAX_RULES`] rules; durations up to an hour; the first rule that
 //! matches a link and effect applies.
+//!
+//! # Loss
+//!
+//! TCP (and a ring in shared memory) never loses bytes: a lost packet shows up as a frame
+//! that arrives one retransmission timeout late. `loss=P%` models exactly that: each frame
+//! on the link is hit with probability P/100 and then waits [`RETRANSMIT_TIMEOUT`] (Linux's
+//! minimum RTO, 200 ms) before its first byte leaves. The draws are seeded, not random:
+//! frame k of link `from -> to` is hit when `splitmix64(seed ^ (from << 32 | to) + k)`,
+//! as a fraction of 2^64, is below P/100 — the same spec, link and traffic give the same
+//! frames hit on every run.
+//!
+//! # Reporting
+//!
+//! [`LinkFaults::take_started`] says once per rule when it starts acting on a link (its
+//! `after=` threshold reached), so the transport can log the moment a fault is injected:
+//! fault drills measure detection times from it.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -40,6 +59,9 @@ use topoccl_plan::Rank;
 pub const MAX_RULES: usize = 64;
 /// The longest delay a rule may ask for.
 const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// How long a frame hit by `loss=` is held: Linux's minimum TCP retransmission timeout
+/// (`TCP_RTO_MIN`), the least a lost segment costs on a quiet connection.
+pub const RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// What a rule does to a link.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,6 +72,9 @@ pub enum Effect {
     Drop,
     Corrupt,
     Stall,
+    /// Probability (0 < p ≤ 1) that a frame is lost once and resent after
+    /// [`RETRANSMIT_TIMEOUT`].
+    Loss(f64),
 }
 
 /// One end of a link: a rank or any.
@@ -77,6 +102,8 @@ pub struct Rule {
     /// Bytes that must have left on the link before the rule acts.
     pub after: u64,
     pub once: bool,
+    /// Seed of a loss rule's draws (`seed=`).
+    pub seed: u64,
     /// The rule as written, for error messages.
     pub text: String,
 }
@@ -148,6 +175,7 @@ fn parse_rule(text: &str, base: usize) -> Result<Rule, SpecError> {
     let (from, to) = parse_link(link_s).map_err(|(o, w)| err(at_off + o, w))?;
     let mut after = 0;
     let mut once = false;
+    let mut seed = 0;
     let mut off = at_off + link_s.len() + 1;
     for opt in pieces {
         let o = opt.trim();
@@ -160,6 +188,16 @@ fn parse_rule(text: &str, base: usize) -> Result<Rule, SpecError> {
                 ));
             }
             once = true;
+        } else if let Some(v) = o.strip_prefix("seed=") {
+            if !matches!(effect, Effect::Loss(_)) {
+                return Err(err(off + lead, "'seed=' applies to loss only".into()));
+            }
+            seed = v.trim().parse::<u64>().map_err(|_| {
+                err(
+                    off + lead + 5,
+                    format!("seed '{}' is not a whole number (0 to 2^64-1)", v.trim()),
+                )
+            })?;
         } else if let Some(v) = o.strip_prefix("after=") {
             after = if v.trim() == "0" {
                 0
@@ -169,7 +207,7 @@ fn parse_rule(text: &str, base: usize) -> Result<Rule, SpecError> {
         } else {
             return Err(err(
                 off + lead,
-                format!("unknown option '{o}'; use after=SIZE or once"),
+                format!("unknown option '{o}'; use after=SIZE, once or seed=N"),
             ));
         }
         off += opt.len() + 1;
@@ -180,6 +218,7 @@ fn parse_rule(text: &str, base: usize) -> Result<Rule, SpecError> {
         to,
         after,
         once,
+        seed,
         text: text.trim().to_string(),
     })
 }
@@ -196,15 +235,51 @@ fn parse_effect(s: &str) -> Result<Effect, String> {
     if let Some(v) = s.strip_prefix("rate=") {
         return parse_bandwidth(v).map(Effect::Rate);
     }
+    if let Some(v) = s.strip_prefix("loss=") {
+        return parse_loss(v).map(Effect::Loss);
+    }
     match s {
         "drop" => Ok(Effect::Drop),
         "corrupt" => Ok(Effect::Corrupt),
         "stall" => Ok(Effect::Stall),
         "" => Err("missing effect before '@'".into()),
         _ => Err(format!(
-            "unknown effect '{s}'; use delay=DURATION, rate=BANDWIDTH, drop, corrupt or stall"
+            "unknown effect '{s}'; use delay=DURATION, rate=BANDWIDTH, loss=PERCENT%, drop, \
+             corrupt or stall"
         )),
     }
+}
+
+/// `loss=` value: a percentage above 0 and at most 100, written with `%` (`0.5%`, `2%`).
+fn parse_loss(v: &str) -> Result<f64, String> {
+    let t = v.trim();
+    let Some(num) = t.strip_suffix('%') else {
+        return Err(format!(
+            "loss '{t}' needs a percentage with '%' (for example loss=1%)"
+        ));
+    };
+    match num.trim().parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p / 100.0),
+        _ => Err(format!(
+            "loss '{t}' must be a percentage above 0% and at most 100%"
+        )),
+    }
+}
+
+/// splitmix64: the draw of a loss rule (a fixed, documented mixing function).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Whether frame `frame` of link `from -> to` is hit by a loss rule of probability `p`
+/// and `seed` (the formula of the module doc).
+pub fn loss_hits(seed: u64, from: Rank, to: Rank, frame: u64, p: f64) -> bool {
+    let key = seed ^ ((u64::from(from) << 32) | u64::from(to));
+    let draw = splitmix64(key.wrapping_add(frame));
+    (draw as f64) < p * 18_446_744_073_709_551_616.0
 }
 
 fn parse_link(s: &str) -> Result<(End, End), (usize, String)> {
@@ -265,8 +340,14 @@ struct RuleState {
     /// Rate: when the rule started counting, and the bytes counted since.
     since: Option<Instant>,
     counted: u64,
-    /// Delay: when the current frame may start.
+    /// Delay, loss: when the current frame may start.
     hold: Option<Instant>,
+    /// Loss: the current frame was drawn; frames drawn so far.
+    drawn: bool,
+    frames: u64,
+    /// The rule has started acting on the link, and whether that was reported.
+    acting: bool,
+    reported: bool,
 }
 
 impl LinkFaults {
@@ -306,6 +387,7 @@ impl LinkFaults {
                 allow = allow.min(until.min(usize::MAX as u64) as usize);
                 continue;
             }
+            st.acting = true;
             match rule.effect {
                 Effect::Stall => return Gate::Stalled,
                 Effect::Drop => return Gate::Cut(0),
@@ -331,14 +413,33 @@ impl LinkFaults {
                     }
                     allow = allow.min(left.min(usize::MAX as u64) as usize);
                 }
+                Effect::Loss(p) => {
+                    if !frame_start {
+                        continue;
+                    }
+                    if !st.drawn {
+                        st.drawn = true;
+                        let (from, to) = self.link;
+                        if loss_hits(rule.seed, from, to, st.frames, p) {
+                            st.hold = Some(now + RETRANSMIT_TIMEOUT);
+                        }
+                        st.frames += 1;
+                    }
+                    if let Some(hold) = st.hold {
+                        if now < hold {
+                            return Gate::Wait(hold);
+                        }
+                    }
+                }
                 Effect::Corrupt => {}
             }
         }
         // A cut rule whose threshold lies inside this write: write up to it, then cut.
-        for (rule, st) in &self.rules {
+        for (rule, st) in &mut self.rules {
             if !st.spent && rule.effect == Effect::Drop && rule.after > self.sent {
                 let until = rule.after - self.sent;
                 if (allow as u64) >= until {
+                    st.acting = true;
                     return Gate::Cut(until as usize);
                 }
             }
@@ -353,6 +454,7 @@ impl LinkFaults {
         for (rule, st) in &mut self.rules {
             if rule.effect == Effect::Corrupt && !st.spent && sent >= rule.after {
                 hit = true;
+                st.acting = true;
                 st.spent |= rule.once;
             }
         }
@@ -369,13 +471,33 @@ impl LinkFaults {
                 }
             }
             if frame_done {
-                if let Effect::Delay(_) = rule.effect {
-                    if st.hold.take().is_some() {
+                match rule.effect {
+                    Effect::Delay(_) if st.hold.take().is_some() => {
                         st.spent |= rule.once;
                     }
+                    Effect::Loss(_) => {
+                        st.hold = None;
+                        st.drawn = false;
+                    }
+                    _ => {}
                 }
             }
         }
+    }
+
+    /// The first rule that started acting on this link since the last call, as a sentence
+    /// naming the rule and the link ("… acts on the link from rank 1 to rank 2 from now"):
+    /// each rule is reported once, so the caller can log the moment a fault is injected.
+    pub fn take_started(&mut self) -> Option<String> {
+        let i = self
+            .rules
+            .iter()
+            .position(|(_, st)| st.acting && !st.reported)?;
+        self.rules[i].1.reported = true;
+        Some(format!(
+            "{} from now",
+            self.blame(&self.rules[i].0, "acts on")
+        ))
     }
 
     /// The rule that cuts the link, for error messages.
@@ -393,7 +515,7 @@ impl LinkFaults {
             .iter()
             .find(|(r, st)| match r.effect {
                 Effect::Stall => self.sent >= r.after,
-                Effect::Delay(_) => st.hold.is_some(),
+                Effect::Delay(_) | Effect::Loss(_) => st.hold.is_some(),
                 Effect::Rate(_) => st.since.is_some(),
                 Effect::Drop | Effect::Corrupt => false,
             })
@@ -536,5 +658,112 @@ mod tests {
             panic!("open")
         };
         assert!((99_000..=101_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn loss_parses_with_its_seed_and_refuses_bad_values() {
+        let r = parse("loss=2.5%@rank1->rank2:after=1MB:seed=7").unwrap();
+        assert_eq!(r[0].effect, Effect::Loss(0.025));
+        assert_eq!((r[0].after, r[0].seed), (1_000_000, 7));
+        assert_eq!(parse("loss=100%@*").unwrap()[0].effect, Effect::Loss(1.0));
+        let cases = [
+            ("loss=2@*", 1, "needs a percentage with '%'"),
+            ("loss=0%@*", 1, "above 0% and at most 100%"),
+            ("loss=101%@*", 1, "above 0% and at most 100%"),
+            ("loss=x%@*", 1, "above 0% and at most 100%"),
+            ("loss=1%@*:seed=-3", 16, "is not a whole number"),
+            ("delay=1ms@*:seed=3", 13, "'seed=' applies to loss only"),
+            ("loss=1%@*:once", 11, "'once' applies to delay and corrupt"),
+        ];
+        for (spec, at, want) in cases {
+            let e = parse(spec).unwrap_err();
+            assert!(e.what.contains(want), "{spec}: {e}");
+            assert_eq!(e.at, at, "{spec}: {e}");
+        }
+    }
+
+    /// Drives a link frame by frame: for each of `frames` frames, whether it was held.
+    fn held_frames(spec: &str, frames: usize) -> Vec<bool> {
+        let t0 = Instant::now();
+        let mut f = LinkFaults::for_link(&parse(spec).unwrap(), 1, 2).unwrap();
+        (0..frames)
+            .map(|_| {
+                let held = match f.gate(t0, true, 100) {
+                    Gate::Wait(at) => {
+                        assert_eq!(at, t0 + RETRANSMIT_TIMEOUT);
+                        // Asking again while held does not draw again.
+                        assert_eq!(f.gate(t0, true, 100), Gate::Wait(at));
+                        assert!(f.holding_rule().is_some());
+                        assert_eq!(f.gate(at, true, 100), Gate::Open(100));
+                        true
+                    }
+                    Gate::Open(100) => false,
+                    g => panic!("{g:?}"),
+                };
+                f.sent(100, true);
+                held
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loss_holds_frames_for_a_retransmission_timeout_reproducibly() {
+        let a = held_frames("loss=10%@*:seed=3", 2000);
+        assert_eq!(a, held_frames("loss=10%@*:seed=3", 2000), "seeded");
+        assert_ne!(a, held_frames("loss=10%@*:seed=4", 2000), "another seed");
+        let hits = a.iter().filter(|h| **h).count();
+        assert!((150..=250).contains(&hits), "{hits} of 2000 at 10%");
+        assert!(held_frames("loss=100%@*", 5).iter().all(|h| *h));
+        // Not before its threshold.
+        let mut f = LinkFaults::for_link(&parse("loss=100%@*:after=500").unwrap(), 1, 2).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(f.gate(t0, true, 400), Gate::Open(400));
+        f.sent(400, true);
+        assert_eq!(f.gate(t0, true, 400), Gate::Open(100));
+        f.sent(100, false);
+        f.sent(300, true);
+        assert!(matches!(f.gate(t0, true, 400), Gate::Wait(_)));
+    }
+
+    #[test]
+    fn a_rule_is_reported_once_when_it_starts_acting() {
+        let t = Instant::now();
+        let mut f = LinkFaults::for_link(&parse("drop@*:after=1000").unwrap(), 3, 1).unwrap();
+        assert_eq!(f.gate(t, true, 600), Gate::Open(600));
+        assert_eq!(f.take_started(), None, "not yet");
+        f.sent(600, true);
+        assert_eq!(f.gate(t, true, 600), Gate::Cut(400));
+        assert_eq!(
+            f.take_started().as_deref(),
+            Some(
+                "TOPOCCL_FAULTS rule 'drop@*:after=1000' acts on the link from rank 3 to rank 1 \
+                 from now"
+            )
+        );
+        assert_eq!(f.take_started(), None, "once");
+        let mut d = LinkFaults::for_link(&parse("delay=50us@*").unwrap(), 0, 1).unwrap();
+        d.gate(t, true, 10);
+        assert!(d.take_started().unwrap().contains("'delay=50us@*'"));
+        let mut c = LinkFaults::for_link(&parse("corrupt@*").unwrap(), 0, 1).unwrap();
+        assert!(c.corrupt_next() && c.take_started().is_some());
+    }
+
+    proptest::proptest! {
+        /// Over many frames the share hit is the rule's probability (within 5 standard
+        /// deviations), for any seed and link.
+        #[test]
+        fn loss_share_matches_its_probability(
+            seed in proptest::prelude::any::<u64>(),
+            from in 0u32..64,
+            to in 0u32..64,
+            pct in 1u32..=60,
+        ) {
+            let p = f64::from(pct) / 100.0;
+            let n = 4000u64;
+            let hits = (0..n).filter(|&k| loss_hits(seed, from, to, k, p)).count() as f64;
+            let sd = (n as f64 * p * (1.0 - p)).sqrt();
+            proptest::prop_assert!((hits - n as f64 * p).abs() <= 5.0 * sd + 1.0,
+                "{hits} hits of {n} at {p}");
+        }
     }
 }

@@ -405,6 +405,10 @@ impl Conn {
                 // Garble the magic: the peer refuses the frame and names this rank.
                 tx.header[0] ^= 0xff;
             }
+            if let Some(started) = f.take_started() {
+                // The moment a fault is injected, for drills' detection times.
+                tracing::warn!("{started}");
+            }
         }
         let head = &tx.header[tx.header_sent..];
         let h = head.len().min(want);

@@ -1,0 +1,72 @@
+//! `topoccl drill`: a short run of every kind (one drill each on 4 ranks) must name the
+//! right culprit, return no wrong result and never hang; bad input is refused before
+//! anything starts.
+
+mod common;
+use common::topoccl;
+
+#[test]
+fn every_kind_once_names_the_culprit_without_wrong_data_or_hangs() {
+    let out = topoccl(&["drill", "--times", "1", "--seed", "3", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "every drill passes");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let drills = v["drills"].as_array().expect("drills");
+    let kinds: Vec<&str> = drills.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["kill", "stop", "cut", "latency", "loss", "slow"]);
+    for d in drills {
+        assert_eq!(d["hang"], false, "{d}");
+        assert_eq!(d["data_lost"], false, "{d}");
+        assert_eq!(d["culprit_ok"], true, "{d}");
+        assert_eq!(d["recovered"], true, "{d}");
+        let target = d["target"].as_str().unwrap();
+        let culprits: Vec<u64> = d["culprits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.as_u64())
+            .collect();
+        if d["fatal"] == true {
+            // Named, and inside the target: the rank, or an end of the link.
+            assert!(!culprits.is_empty(), "{d}");
+            let ends: Vec<u64> = target
+                .trim_start_matches("rank ")
+                .trim_start_matches("link ")
+                .split("->")
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            assert!(culprits.iter().all(|c| ends.contains(c)), "{d}");
+            // Within the call deadline (1 s) + 1 s.
+            let det = d["detection_s"].as_f64().expect("detected");
+            assert!(det < 2.0, "{d}");
+        } else {
+            assert!(culprits.is_empty(), "no one blamed: {d}");
+        }
+    }
+    assert_eq!(v["summary"]["drills"], 6);
+    assert_eq!(v["summary"]["failures"], 0);
+}
+
+#[test]
+fn bad_kinds_ranks_and_links_are_refused_before_anything_starts() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["drill", "--kinds", "kill,flood"],
+            "unknown kind 'flood'; use kill, stop",
+        ),
+        (
+            &["drill", "--rank", "4"],
+            "rank 4 is not in the job; use 0 to 3",
+        ),
+        (
+            &["drill", "--link", "0->2"],
+            "'0->2' is not a link of the drill's ring",
+        ),
+        (&["drill", "--ranks", "1"], "use 2 to 64"),
+    ];
+    for (args, want) in cases {
+        let out = topoccl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
