@@ -39,6 +39,10 @@ pub const KINDS: [&str; 6] = ["kill", "stop", "cut", "latency", "loss", "slow"];
 pub const MAX_DRILLS: u32 = 10_000;
 /// Each call's deadline in the drills' jobs (`TOPOCCL_TIMEOUT`).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// The heartbeat's period in the drills' jobs (`TOPOCCL_HEARTBEAT`): a stopped rank is
+/// judged hung after 10 silent periods, within the call deadline, so the survivors'
+/// errors blame it rather than the ranks waiting on it.
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
 /// A drill's own bound: past it the job is killed and the drill is a hang.
 pub const DRILL_BOUND: Duration = Duration::from_secs(30);
 const COUNT: usize = 16384;
@@ -298,6 +302,10 @@ fn one(
         (
             "TOPOCCL_TIMEOUT".into(),
             format!("{}ms", CALL_TIMEOUT.as_millis()),
+        ),
+        (
+            "TOPOCCL_HEARTBEAT".into(),
+            format!("{}ms", HEARTBEAT.as_millis()),
         ),
         ("TOPOCCL_PROBE".into(), "0".into()),
         ("TOPOCCL_ALGO".into(), "allreduce:ring".into()),

@@ -630,6 +630,7 @@ impl Exec<'_> {
         if what.is_empty() {
             what.push("no transfer was posted (a local dependency never completed)".into());
         }
+        self.blame_by_heartbeat(&mut ranks, &mut what);
         Error::Timeout {
             op: self.call.name.to_string(),
             after: self.deadline.timeout,
@@ -641,6 +642,38 @@ impl Exec<'_> {
             ),
             ranks,
         }
+    }
+
+    /// With heartbeats on, a peer this call waits on may itself be waiting, on a rank
+    /// that hung or died: the monitor tells them apart. Ranks it judges dead or stopped
+    /// are named first; while any is, peers it still hears from as alive are not blamed.
+    fn blame_by_heartbeat(&self, ranks: &mut Vec<Rank>, what: &mut Vec<String>) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        let health = w.monitor.peer_health(w.world_ranks);
+        let failed: Vec<&crate::PeerHealth> = health
+            .iter()
+            .filter(|h| h.state.is_dead() || h.state == crate::PeerState::HungStopped)
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        let alive = |r: Rank| {
+            health
+                .get(r as usize)
+                .is_some_and(|h| h.state == crate::PeerState::Alive)
+        };
+        let mut blamed: Vec<Rank> = failed.iter().map(|h| h.rank).collect();
+        for &r in ranks.iter() {
+            if !alive(r) && !blamed.contains(&r) {
+                blamed.push(r);
+            }
+        }
+        for h in failed {
+            what.push(format!("heartbeats: rank {} is {}", h.rank, h.state));
+        }
+        *ranks = blamed;
     }
 
     /// Writes and reads what it can on connection `c`.
