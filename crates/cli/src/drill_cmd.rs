@@ -71,6 +71,10 @@ pub struct DrillArgs {
     /// Print the drills and summary as JSON.
     #[arg(long)]
     json: bool,
+    /// An elastic job (`TOPOCCL_ELASTIC=1`): after a fatal fault the survivors shrink
+    /// and finish the run; "recovered" then means they all did, with correct results.
+    #[arg(long)]
+    elastic: bool,
 }
 
 /// One drill's result.
@@ -195,7 +199,7 @@ pub fn run(args: DrillArgs) -> Result<ExitCode, CliError> {
             // The moment: an iteration in the second quarter of the run.
             let at_iter = ITERS / 4 + splitmix(&mut rng) % (ITERS / 4);
             let seed = splitmix(&mut rng);
-            let d = one(&exe, kind, args.ranks, rank, l, at_iter, seed)?;
+            let d = one(&exe, kind, args.ranks, rank, l, at_iter, seed, args.elastic)?;
             if !args.json {
                 println!(
                     "{:<8} {:<10} detect {:>9} culprits {:<6} {} recovered {} data_lost {} hang {}{}",
@@ -270,6 +274,7 @@ enum Event {
 }
 
 /// Runs one drill.
+#[allow(clippy::too_many_arguments)]
 fn one(
     exe: &std::path::Path,
     kind: &str,
@@ -278,6 +283,7 @@ fn one(
     (a, b): (u32, u32),
     at_iter: u64,
     seed: u64,
+    elastic: bool,
 ) -> Result<Drill, CliError> {
     let fatal = matches!(kind, "kill" | "stop" | "cut");
     // Bytes a ring link carries per iteration: 2 (N-1)/N of the buffer.
@@ -310,6 +316,7 @@ fn one(
         ("TOPOCCL_PROBE".into(), "0".into()),
         ("TOPOCCL_ALGO".into(), "allreduce:ring".into()),
         ("TOPOCCL_FAULTS".into(), rule),
+        ("TOPOCCL_ELASTIC".into(), u8::from(elastic).to_string()),
         ("TOPOCCL_WORLD_SIZE".into(), n.to_string()),
         ("TOPOCCL_LOCAL_WORLD_SIZE".into(), n.to_string()),
     ]);
@@ -446,7 +453,17 @@ fn one(
     } else {
         [a, b].into()
     };
-    let named: BTreeSet<u32> = errors.iter().flat_map(|e| e.2.clone()).collect();
+    // What the survivors said: a killed or stopped rank's own view is no evidence.
+    let named: BTreeSet<u32> = errors
+        .iter()
+        .filter(|e| !(matches!(kind, "kill" | "stop") && e.0 == rank))
+        .flat_map(|e| e.2.clone())
+        .collect();
+    let survivors = if matches!(kind, "kill" | "stop") {
+        n - 1
+    } else {
+        n
+    };
     let (detection_s, culprit_ok, recovered) = if fatal {
         let first = errors.iter().map(|e| e.1).min();
         let det = match (injected, first) {
@@ -454,7 +471,8 @@ fn one(
             _ => None,
         };
         let ok = !named.is_empty() && named.is_subset(&victim);
-        (det, ok, ok && !hang)
+        // Elastic: the survivors finished every iteration on the shrunk communicator.
+        (det, ok, ok && !hang && (!elastic || done >= survivors))
     } else {
         let det = injected.and_then(|t0| {
             let mut before: Vec<u64> = iters.iter().filter(|i| i.0 < t0).map(|i| i.1).collect();

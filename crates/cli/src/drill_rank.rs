@@ -8,11 +8,15 @@
 //! it K END_NS DUR_NS                       iteration K finished, correct
 //! drill-error at=NS culprits=A,B msg=…     a call failed (culprits may be empty)
 //! drill-wrong iter=K elem=I got=X want=Y   a result was wrong: data lost
+//! drill-shrunk at=NS failed=A,B world=N      survivors agreed and go on (elastic jobs)
 //! drill-done iters=N                       the loop finished
 //! ```
 //!
-//! On a failure the rank goes to [`recover`], the one place where an elastic mode
-//! (`Communicator::shrink()`, survivors going on) plugs in; today it stops the rank.
+//! On a failure the rank goes to [`recover`]: in an elastic job (`TOPOCCL_ELASTIC=1`)
+//! the survivors shrink the communicator, agree on the earliest iteration any of them
+//! still owes (the failed call may have completed on some ranks), and go on from there
+//! on the new communicator (inputs and the expected sums follow the new ranks and world);
+//! otherwise the rank stops.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -43,27 +47,51 @@ pub fn expected(world: u32, i: usize, k: u64) -> f32 {
     (world * (world + 1) / 2 * (((i as u64 + k) % 7) as u32 + 1)) as f32
 }
 
+/// The most times one rank shrinks in a drill: a fault that acts again on the new
+/// communicator's connections (a cut link) must not loop.
+const MAX_SHRINKS: u32 = 3;
+
 /// What a rank does after a failed call.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Recovery {
     /// Stop with the error (exit 1): the job ends, the culprit named.
     Stop,
+    /// Go on with the survivors' communicator.
+    Continue(Communicator),
 }
 
-/// The recovery path after `err`: where survivors will shrink the communicator and go on
-/// once `Communicator::shrink()` exists. Today every failure stops the rank.
-pub fn recover(_comm: &mut Communicator, _err: &topoccl::Error) -> Recovery {
-    Recovery::Stop
+/// The recovery path after a failed call: in an elastic job, shrink to the survivors
+/// (printing `drill-shrunk`); a rank the others left out, or any other job, stops.
+pub fn recover(comm: &mut Communicator) -> Recovery {
+    if !comm.config().elastic {
+        return Recovery::Stop;
+    }
+    match comm.shrink() {
+        Ok(s) => {
+            let failed: Vec<String> = s.failed.iter().map(|r| r.to_string()).collect();
+            println!(
+                "drill-shrunk at={} failed={} world={}",
+                monotonic_ns(),
+                failed.join(","),
+                s.comm.world()
+            );
+            Recovery::Continue(s.comm)
+        }
+        Err(e) => {
+            eprintln!("shrink failed: {e}");
+            Recovery::Stop
+        }
+    }
 }
 
 /// Runs the loop; exit 0 when every iteration was correct, 1 on a failure or wrong data.
 pub fn run(count: usize, iters: u64) -> Result<ExitCode, CliError> {
     let mut comm = job::communicator()?;
-    let (rank, world) = (comm.rank(), comm.world());
+    let (mut rank, mut world) = (comm.rank(), comm.world());
     let mut inp = vec![0f32; count];
     let mut out = vec![0f32; count];
     let stdout = std::io::stdout();
-    for k in 0..iters {
+    let (mut k, mut shrinks) = (0, 0);
+    while k < iters {
         for (i, x) in inp.iter_mut().enumerate() {
             *x = input(rank, i, k);
         }
@@ -74,8 +102,22 @@ pub fn run(count: usize, iters: u64) -> Result<ExitCode, CliError> {
             let mut o = stdout.lock();
             let _ = writeln!(o, "drill-error at={at} culprits={} msg={e}", c.join(","));
             let _ = o.flush();
-            match recover(&mut comm, &e) {
-                Recovery::Stop => return Ok(ExitCode::from(1)),
+            drop(o);
+            match recover(&mut comm) {
+                Recovery::Continue(c) if shrinks < MAX_SHRINKS => {
+                    comm = c;
+                    (rank, world) = (comm.rank(), comm.world());
+                    shrinks += 1;
+                    // The failed call may have completed on some ranks and not on others:
+                    // go on together from the earliest iteration any survivor still owes.
+                    let mut at = [k as f64];
+                    if comm.all_reduce_in_place(&mut at, ReduceOp::Min).is_err() {
+                        return Ok(ExitCode::from(1));
+                    }
+                    k = at[0] as u64;
+                    continue;
+                }
+                _ => return Ok(ExitCode::from(1)),
             }
         }
         let t1 = monotonic_ns();
@@ -93,6 +135,7 @@ pub fn run(count: usize, iters: u64) -> Result<ExitCode, CliError> {
         let mut o = stdout.lock();
         let _ = writeln!(o, "it {k} {t1} {}", t1 - t0);
         let _ = o.flush();
+        k += 1;
     }
     println!("drill-done iters={iters}");
     Ok(ExitCode::SUCCESS)
