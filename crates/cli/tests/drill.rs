@@ -1,6 +1,6 @@
 //! `topoccl drill`: a short run of every kind (one drill each on 4 ranks) must name the
 //! right culprit, return no wrong result and never hang; bad input is refused before
-//! anything starts.
+//! anything starts. With `--elastic`, the survivors of a kill or a stop finish the run.
 
 mod common;
 use common::topoccl;
@@ -69,4 +69,31 @@ fn bad_kinds_ranks_and_links_are_refused_before_anything_starts() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+/// Elastic: after a kill or a stop the survivors shrink and finish every iteration with
+/// correct results; the culprit is still the one named.
+#[test]
+fn elastic_survivors_of_a_kill_and_a_stop_finish_the_run() {
+    let out = topoccl(&[
+        "drill",
+        "--kinds",
+        "kill,stop",
+        "--times",
+        "2",
+        "--seed",
+        "5",
+        "--elastic",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let drills = v["drills"].as_array().expect("drills");
+    assert_eq!(drills.len(), 4);
+    for d in drills {
+        assert_eq!(d["hang"], false, "{d}");
+        assert_eq!(d["data_lost"], false, "{d}");
+        assert_eq!(d["culprit_ok"], true, "{d}");
+        assert_eq!(d["recovered"], true, "the survivors finished: {d}");
+    }
+    assert_eq!(out.status.code(), Some(0));
 }

@@ -285,6 +285,10 @@ fn a_replacement_rejoins_at_a_grow() {
     assert_eq!(grew, 3, "every member should see the grown world");
     let last = last_iteration(&lines);
     for r in 0..4 {
-        assert_eq!(last.get(&r), Some(&1499), "rank {r} did not finish the loop");
+        assert_eq!(
+            last.get(&r),
+            Some(&1499),
+            "rank {r} did not finish the loop"
+        );
     }
 }
