@@ -56,7 +56,7 @@ pub enum Recovery {
     /// Stop with the error (exit 1): the job ends, the culprit named.
     Stop,
     /// Go on with the survivors' communicator.
-    Continue(Communicator),
+    Continue(Box<Communicator>),
 }
 
 /// The recovery path after a failed call: in an elastic job, shrink to the survivors
@@ -74,7 +74,7 @@ pub fn recover(comm: &mut Communicator) -> Recovery {
                 failed.join(","),
                 s.comm.world()
             );
-            Recovery::Continue(s.comm)
+            Recovery::Continue(Box::new(s.comm))
         }
         Err(e) => {
             eprintln!("shrink failed: {e}");
@@ -105,7 +105,7 @@ pub fn run(count: usize, iters: u64) -> Result<ExitCode, CliError> {
             drop(o);
             match recover(&mut comm) {
                 Recovery::Continue(c) if shrinks < MAX_SHRINKS => {
-                    comm = c;
+                    comm = *c;
                     (rank, world) = (comm.rank(), comm.world());
                     shrinks += 1;
                     // The failed call may have completed on some ranks and not on others:
