@@ -357,6 +357,11 @@ impl Communicator {
     /// the same ranks: it inherits settings, measured network, link matrix and topology
     /// restricted to the survivors, as [`Communicator::split`] does.
     ///
+    /// The call that failed may have completed on some ranks and not on others: before
+    /// going on, the survivors must agree on where they are (for example an all-reduce
+    /// of their step with [`crate::ReduceOp::Min`] on the new communicator), or they would
+    /// combine different steps' data.
+    ///
     /// Errors: [`Error::Evicted`] when the others decided without this rank;
     /// [`Error::Timeout`] when no decision came within the rounds' deadlines.
     pub fn shrink(&mut self) -> Result<Shrunk> {
