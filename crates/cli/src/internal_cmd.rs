@@ -99,12 +99,7 @@ pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
                     eprintln!("culprits: {}", blamed.join(","));
                     return Ok(ExitCode::from(1));
                 }
-                let want = comm.world() as f32;
-                if let Some(at) = output.iter().position(|&x| x != want) {
-                    eprintln!(
-                        "error: iteration {i}: element {at} is {}, not {want}",
-                        output[at]
-                    );
+                if !sums_of_ones(&output, comm.world(), i) {
                     return Ok(ExitCode::from(1));
                 }
                 println!("iteration {i} done");
@@ -205,12 +200,7 @@ fn elastic_loop(
             );
             continue;
         }
-        let want = comm.world() as f32;
-        if let Some(at) = output.iter().position(|&x| x != want) {
-            eprintln!(
-                "error: iteration {i}: element {at} is {}, not {want}",
-                output[at]
-            );
+        if !sums_of_ones(&output, comm.world(), i) {
             return Ok(ExitCode::from(1));
         }
         println!("iteration {i} done");
@@ -221,4 +211,20 @@ fn elastic_loop(
         i += 1;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether every element of an all-reduce of ones over `world` ranks is `world`; else
+/// prints the first wrong element of iteration `i`.
+fn sums_of_ones(output: &[f32], world: u32, i: u64) -> bool {
+    let want = world as f32;
+    match output.iter().position(|&x| x != want) {
+        Some(at) => {
+            eprintln!(
+                "error: iteration {i}: element {at} is {}, not {want}",
+                output[at]
+            );
+            false
+        }
+        None => true,
+    }
 }
