@@ -1,28 +1,14 @@
 //! The ring's hot path allocates nothing once the ring is full: recording, starting and
 //! completing a call with static names only overwrite a slot. Counted with a global
-//! allocator (this file holds a single test, so no other thread allocates meanwhile).
+//! allocator, on the test's thread only.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "alloc_support.rs"]
+mod alloc_support;
+
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use alloc_support::{allocations_in, Counting};
 use topoccl_watch::flight::{Call, Peers, Ring};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -45,16 +31,17 @@ fn full_ring_records_without_allocating() {
     for seq in 0..64 {
         step(&mut ring, seq);
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for seq in 64..10_064 {
-        step(&mut ring, seq);
-    }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
-    assert_eq!(after - before, 0, "allocations on the hot path");
+    let ((), allocations) = allocations_in(|| {
+        for seq in 64..10_064 {
+            step(&mut ring, seq);
+        }
+    });
+    assert_eq!(allocations, 0, "allocations on the hot path");
     assert_eq!(ring.len(), 64);
     // The counter works: a failure's owned text allocates.
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    let id = ring.record_start(Call::new(1, "topoccl:barrier", "u8", 0, 0), 0);
-    ring.mark_failed(id, 1, format!("peer {} lost", 3));
-    assert!(ALLOCATIONS.load(Ordering::Relaxed) > before);
+    let ((), allocations) = allocations_in(|| {
+        let id = ring.record_start(Call::new(1, "topoccl:barrier", "u8", 0, 0), 0);
+        ring.mark_failed(id, 1, format!("peer {} lost", 3));
+    });
+    assert!(allocations > 0);
 }
