@@ -58,13 +58,16 @@ pub const ENV_JOIN: &str = "TOPOCCL_JOIN";
 /// What the readers and the signal forwarder tell the loop.
 #[derive(Debug)]
 pub(crate) enum Event {
+    /// `life`: which process of the rank (`Supervisor::life`) wrote it.
     Line {
         rank: u32,
+        life: u32,
         stream: Stream,
         line: Vec<u8>,
     },
     Closed {
         rank: u32,
+        life: u32,
         stream: Stream,
     },
     Signal(i32),
@@ -120,10 +123,10 @@ pub fn launch(
         let stderr = child.stderr.take().expect("stderr is piped");
         sup.spawned(rank, child.id(), start.elapsed());
         children.push(Some(child));
-        let readers = start_reader(stdout, rank, Stream::Stdout, events_tx.clone())
+        let readers = start_reader(stdout, (rank, 0), Stream::Stdout, events_tx.clone())
             .map_err(|e| (Stream::Stdout, e))
             .and_then(|()| {
-                start_reader(stderr, rank, Stream::Stderr, events_tx.clone())
+                start_reader(stderr, (rank, 0), Stream::Stderr, events_tx.clone())
                     .map_err(|e| (Stream::Stderr, e))
             });
         if let Err((stream, source)) = readers {
@@ -185,7 +188,8 @@ fn supervise(
                 }
                 Action::Respawn { rank } => {
                     let now = start.elapsed();
-                    match respawner.map(|r| r.spawn(rank)) {
+                    let life = sup.life(rank) + 1;
+                    match respawner.map(|r| r.spawn(rank, life)) {
                         Some(Ok(child)) => {
                             sup.spawned(rank, child.id(), now);
                             if let Some(slot) = children.get_mut(rank as usize) {
@@ -224,11 +228,16 @@ fn supervise(
             };
             let now = start.elapsed();
             match e {
-                Event::Line { rank, stream, line } => sup.output(rank, stream, &line, now),
-                Event::Closed { rank, stream } => {
+                Event::Line {
+                    rank,
+                    life,
+                    stream,
+                    line,
+                } => sup.output_of(rank, life, stream, &line, now),
+                Event::Closed { rank, life, stream } => {
                     // A closed pipe usually means its rank has exited: look now.
                     next_look = Duration::ZERO;
-                    sup.closed(rank, stream, now);
+                    sup.closed_of(rank, life, stream, now);
                 }
                 Event::Signal(signal) => sup.signal(signal, now),
             }
@@ -330,8 +339,9 @@ struct Respawner<'a> {
 }
 
 impl Respawner<'_> {
-    /// Starts `rank` again with `TOPOCCL_JOIN=1`, its output read as the first one's was.
-    fn spawn(&self, rank: u32) -> Result<Child, LaunchError> {
+    /// Starts `rank` again with `TOPOCCL_JOIN=1`, its output read as the first one's was
+    /// and tagged as its process `life`.
+    fn spawn(&self, rank: u32, life: u32) -> Result<Child, LaunchError> {
         let mut env = self.extra_env.to_vec();
         env.push((ENV_JOIN.to_string(), "1".to_string()));
         let mut child = spawn_rank(self.program, self.args, rank, self.ranks, &env)?;
@@ -341,7 +351,7 @@ impl Respawner<'_> {
             (Box::new(stdout) as Box<dyn Read + Send>, Stream::Stdout),
             (Box::new(stderr), Stream::Stderr),
         ] {
-            if let Err(source) = start_reader(pipe, rank, stream, self.events.clone()) {
+            if let Err(source) = start_reader(pipe, (rank, life), stream, self.events.clone()) {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(LaunchError::Reader { rank, source });
@@ -382,7 +392,7 @@ fn spawn_rank(
 /// ended. Once the loop is gone the rest is read and dropped.
 fn start_reader(
     src: impl Read + Send + 'static,
-    rank: u32,
+    (rank, life): (u32, u32),
     stream: Stream,
     events: SyncSender<Event>,
 ) -> io::Result<()> {
@@ -395,10 +405,16 @@ fn start_reader(
             let _ = read_lines(src, |line| {
                 if listening {
                     let line = line.to_vec();
-                    listening = events.send(Event::Line { rank, stream, line }).is_ok();
+                    let e = Event::Line {
+                        rank,
+                        life,
+                        stream,
+                        line,
+                    };
+                    listening = events.send(e).is_ok();
                 }
             });
-            let _ = events.send(Event::Closed { rank, stream });
+            let _ = events.send(Event::Closed { rank, life, stream });
         })
         .map(drop)
 }

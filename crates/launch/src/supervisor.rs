@@ -155,8 +155,15 @@ pub struct Supervisor {
     /// Width of the rank numbers in prefixes.
     width: usize,
     life: Vec<Life>,
-    /// Per rank, whether stdout and stderr are still open.
+    /// Per rank, whether its current process's stdout and stderr are still open.
     open: Vec<[bool; 2]>,
+    /// Per rank, which process is its current one (0 for the first; a replacement of an
+    /// elastic job counts up): a stream's events say which process they come from.
+    lives: Vec<u32>,
+    /// Streams of earlier processes of a rank still open when it was started again
+    /// (rank, life, open): their last lines may come after the replacement's first.
+    stale: Vec<(u32, u32, [bool; 2])>,
+    /// Open streams in all, stale ones included.
     open_streams: usize,
     running: usize,
     /// Every rank that will ever run has been spawned.
@@ -186,6 +193,8 @@ impl Supervisor {
             width: config.ranks.saturating_sub(1).to_string().len(),
             life: vec![Life::Waiting; n],
             open: vec![[false; 2]; n],
+            lives: vec![0; n],
+            stale: Vec::new(),
             open_streams: 0,
             running: 0,
             spawn_over: n == 0,
@@ -219,6 +228,10 @@ impl Supervisor {
         if respawn {
             self.respawning -= 1;
             self.life[r] = Life::Running(pid);
+            if self.open[r] != [false; 2] {
+                self.stale.push((rank, self.lives[r], self.open[r]));
+            }
+            self.lives[r] += 1;
             self.open[r] = [true; 2];
             self.open_streams += 2;
             self.running += 1;
@@ -265,11 +278,32 @@ impl Supervisor {
         self.advance(now);
     }
 
-    /// Rank `rank` wrote `line` (without its newline) to `stream`.
+    /// Which process of `rank` is its current one: 0 for the first, one more for each
+    /// replacement started ([`Supervisor::output_of`]).
+    pub fn life(&self, rank: u32) -> u32 {
+        self.lives.get(rank as usize).copied().unwrap_or(0)
+    }
+
+    /// The open flags of `rank`'s process `life`, if it has streams still tracked.
+    fn streams_of(&mut self, rank: u32, life: u32) -> Option<&mut [bool; 2]> {
+        if self.lives.get(rank as usize) == Some(&life) {
+            return self.open.get_mut(rank as usize);
+        }
+        self.stale
+            .iter_mut()
+            .find(|(r, l, _)| *r == rank && *l == life)
+            .map(|(_, _, open)| open)
+    }
+
+    /// Rank `rank`'s current process wrote `line` (without its newline) to `stream`.
     pub fn output(&mut self, rank: u32, stream: Stream, line: &[u8], now: Duration) {
+        self.output_of(rank, self.life(rank), stream, line, now);
+    }
+
+    /// Process `life` of rank `rank` wrote `line` (without its newline) to `stream`.
+    pub fn output_of(&mut self, rank: u32, life: u32, stream: Stream, line: &[u8], now: Duration) {
         let open = self
-            .open
-            .get(rank as usize)
+            .streams_of(rank, life)
             .is_some_and(|o| o[stream.index()]);
         if open && self.phase != Phase::Finished {
             let mut text = Vec::with_capacity(self.width + 4 + line.len());
@@ -285,13 +319,21 @@ impl Supervisor {
         self.advance(now);
     }
 
-    /// Rank `rank`'s `stream` ended (the pipe closed, or reading it failed).
+    /// Rank `rank`'s current process's `stream` ended (the pipe closed, or reading it
+    /// failed).
     pub fn closed(&mut self, rank: u32, stream: Stream, now: Duration) {
-        if let Some(open) = self.open.get_mut(rank as usize) {
+        self.closed_of(rank, self.life(rank), stream, now);
+    }
+
+    /// Process `life` of rank `rank` ended `stream`. The end of a replaced process's
+    /// stream never closes its replacement's.
+    pub fn closed_of(&mut self, rank: u32, life: u32, stream: Stream, now: Duration) {
+        if let Some(open) = self.streams_of(rank, life) {
             if std::mem::replace(&mut open[stream.index()], false) {
                 self.open_streams -= 1;
             }
         }
+        self.stale.retain(|(_, _, open)| *open != [false; 2]);
         self.advance(now);
     }
 

@@ -777,6 +777,43 @@ fn an_elastic_job_keeps_its_survivors_and_restarts_within_its_budget() {
 }
 
 #[test]
+fn a_replaced_process_closing_its_pipes_late_does_not_silence_its_replacement() {
+    let mut s = started(Config {
+        restarts: Some(1),
+        ..Config::new(2)
+    });
+    // Rank 1 is reaped and started again before its first process's pipes are seen to
+    // close (the readers' events come after the exit's).
+    s.exited(1, killed(SIGKILL), ms(5));
+    assert_eq!(non_print(&mut s), vec![Action::Respawn { rank: 1 }]);
+    assert_eq!(s.life(1), 0);
+    s.spawned(1, pid(1) + 100, ms(6));
+    assert_eq!(s.life(1), 1);
+    s.output_of(1, 0, Stream::Stdout, b"last words", ms(7));
+    s.closed_of(1, 0, Stream::Stdout, ms(7));
+    s.closed_of(1, 0, Stream::Stderr, ms(7));
+    s.output_of(1, 1, Stream::Stdout, b"joined", ms(8));
+    let printed: Vec<Vec<u8>> = actions(&mut s)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Print { line, .. } => Some(line),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        printed.contains(&b"[1] last words\n".to_vec()),
+        "{printed:?}"
+    );
+    assert!(printed.contains(&b"[1] joined\n".to_vec()), "{printed:?}");
+    // The job ends once the replacement's own streams close.
+    ends(&mut s, 0, Exited(0), ms(20));
+    s.exited(1, Exited(0), ms(21));
+    s.closed_of(1, 1, Stream::Stdout, ms(21));
+    s.closed_of(1, 1, Stream::Stderr, ms(21));
+    assert_eq!(finished(&mut s).ending, Ending::Completed);
+}
+
+#[test]
 fn an_elastic_job_with_no_rank_succeeding_names_its_first_loss() {
     let mut s = started(Config {
         restarts: Some(0),
