@@ -89,6 +89,10 @@ pub struct Drill {
     pub culprits: Vec<u32>,
     pub culprit_ok: bool,
     pub recovered: bool,
+    /// Elastic jobs: the fewest ranks a survivor went on with after its shrink.
+    pub continued_with: Option<u32>,
+    /// Elastic jobs: links the survivors found dead and routed around (`A-B`).
+    pub routed_around: Vec<String>,
     pub data_lost: bool,
     pub hang: bool,
     pub failed: bool,
@@ -202,7 +206,7 @@ pub fn run(args: DrillArgs) -> Result<ExitCode, CliError> {
             let d = one(&exe, kind, args.ranks, rank, l, at_iter, seed, args.elastic)?;
             if !args.json {
                 println!(
-                    "{:<8} {:<10} detect {:>9} culprits {:<6} {} recovered {} data_lost {} hang {}{}",
+                    "{:<8} {:<10} detect {:>9} culprits {:<6} {} recovered {}{} data_lost {} hang {}{}",
                     d.kind,
                     d.target,
                     d.detection_s
@@ -214,6 +218,13 @@ pub fn run(args: DrillArgs) -> Result<ExitCode, CliError> {
                         .join(","),
                     if d.culprit_ok { "right" } else { "WRONG" },
                     d.recovered,
+                    match (d.continued_with, d.routed_around.is_empty()) {
+                        (Some(w), true) => format!(" (on {w} ranks)"),
+                        (Some(w), false) => {
+                            format!(" (on {w} ranks, around {})", d.routed_around.join(","))
+                        }
+                        (None, _) => String::new(),
+                    },
                     d.data_lost,
                     d.hang,
                     if d.failed { "  FAIL" } else { "" }
@@ -371,6 +382,8 @@ fn one(
     let mut iters: Vec<(u64, u64)> = Vec::new(); // (end, duration)
     let mut data_lost = false;
     let mut done = 0u32;
+    let mut continued_with: Option<u32> = None;
+    let mut routed_around: BTreeSet<String> = BTreeSet::new();
     let mut exited = vec![false; n as usize];
     let mut hang = false;
     loop {
@@ -408,6 +421,16 @@ fn one(
                         .map(|c| c.split(',').filter_map(|x| x.parse().ok()).collect())
                         .unwrap_or_default();
                     errors.push((r, at, culprits));
+                } else if let Some(rest) = l.strip_prefix("drill-shrunk ") {
+                    for field in rest.split(' ') {
+                        if let Some(w) = field.strip_prefix("world=").and_then(|w| w.parse().ok()) {
+                            continued_with = Some(continued_with.map_or(w, |c: u32| c.min(w)));
+                        }
+                        if let Some(d) = field.strip_prefix("dead=") {
+                            routed_around
+                                .extend(d.split(',').filter(|x| !x.is_empty()).map(String::from));
+                        }
+                    }
                 } else if l.starts_with("drill-wrong") {
                     data_lost = true;
                 } else if l.starts_with("drill-done") {
@@ -471,8 +494,14 @@ fn one(
             _ => None,
         };
         let ok = !named.is_empty() && named.is_subset(&victim);
-        // Elastic: the survivors finished every iteration on the shrunk communicator.
-        (det, ok, ok && !hang && (!elastic || done >= survivors))
+        // Elastic: the survivors finished every iteration on the shrunk communicator
+        // (for a cut link: all of them, around the link).
+        let kept = continued_with.is_none_or(|w| w >= survivors);
+        (
+            det,
+            ok,
+            ok && !hang && (!elastic || (done >= survivors && kept)),
+        )
     } else {
         let det = injected.and_then(|t0| {
             let mut before: Vec<u64> = iters.iter().filter(|i| i.0 < t0).map(|i| i.1).collect();
@@ -496,6 +525,8 @@ fn one(
         culprits: named.into_iter().collect(),
         culprit_ok,
         recovered,
+        continued_with,
+        routed_around: routed_around.into_iter().collect(),
         data_lost,
         hang,
         failed,

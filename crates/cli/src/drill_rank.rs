@@ -8,7 +8,8 @@
 //! it K END_NS DUR_NS                       iteration K finished, correct
 //! drill-error at=NS culprits=A,B msg=…     a call failed (culprits may be empty)
 //! drill-wrong iter=K elem=I got=X want=Y   a result was wrong: data lost
-//! drill-shrunk at=NS failed=A,B world=N      survivors agreed and go on (elastic jobs)
+//! drill-shrunk at=NS failed=A,B world=N dead=A-B,…  survivors agreed and go on (elastic
+//!                                              jobs), avoiding the dead links
 //! drill-done iters=N                       the loop finished
 //! ```
 //!
@@ -68,11 +69,17 @@ pub fn recover(comm: &mut Communicator) -> Recovery {
     match comm.shrink() {
         Ok(s) => {
             let failed: Vec<String> = s.failed.iter().map(|r| r.to_string()).collect();
+            let dead: Vec<String> = s
+                .dead_links
+                .iter()
+                .map(|(a, b)| format!("{a}-{b}"))
+                .collect();
             println!(
-                "drill-shrunk at={} failed={} world={}",
+                "drill-shrunk at={} failed={} world={} dead={}",
                 monotonic_ns(),
                 failed.join(","),
-                s.comm.world()
+                s.comm.world(),
+                dead.join(",")
             );
             Recovery::Continue(Box::new(s.comm))
         }

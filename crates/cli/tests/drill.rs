@@ -1,6 +1,7 @@
 //! `topoccl drill`: a short run of every kind (one drill each on 4 ranks) must name the
 //! right culprit, return no wrong result and never hang; bad input is refused before
-//! anything starts. With `--elastic`, the survivors of a kill or a stop finish the run.
+//! anything starts. With `--elastic`, the survivors of a kill or a stop finish the run, and
+//! a cut link is routed around with every rank kept.
 
 mod common;
 use common::topoccl;
@@ -74,11 +75,11 @@ fn bad_kinds_ranks_and_links_are_refused_before_anything_starts() {
 /// Elastic: after a kill or a stop the survivors shrink and finish every iteration with
 /// correct results; the culprit is still the one named.
 #[test]
-fn elastic_survivors_of_a_kill_and_a_stop_finish_the_run() {
+fn elastic_survivors_of_a_kill_and_a_stop_finish_the_run_and_a_cut_link_is_routed_around() {
     let out = topoccl(&[
         "drill",
         "--kinds",
-        "kill,stop",
+        "kill,stop,cut",
         "--times",
         "2",
         "--seed",
@@ -88,12 +89,23 @@ fn elastic_survivors_of_a_kill_and_a_stop_finish_the_run() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let drills = v["drills"].as_array().expect("drills");
-    assert_eq!(drills.len(), 4);
+    assert_eq!(drills.len(), 6);
     for d in drills {
         assert_eq!(d["hang"], false, "{d}");
         assert_eq!(d["data_lost"], false, "{d}");
         assert_eq!(d["culprit_ok"], true, "{d}");
         assert_eq!(d["recovered"], true, "the survivors finished: {d}");
+        if d["kind"] == "cut" {
+            // Both ends live on: all four ranks go on, around the cut link.
+            assert_eq!(d["continued_with"], 4, "{d}");
+            let link = d["target"].as_str().unwrap().trim_start_matches("link ");
+            let (a, b) = link.split_once("->").unwrap();
+            let (a, b): (u32, u32) = (a.parse().unwrap(), b.parse().unwrap());
+            let around = format!("{}-{}", a.min(b), a.max(b));
+            assert_eq!(d["routed_around"], serde_json::json!([around]), "{d}");
+        } else {
+            assert_eq!(d["continued_with"], 3, "{d}");
+        }
     }
     assert_eq!(out.status.code(), Some(0));
 }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod algo;
+pub mod avoid;
 pub mod compiled;
 pub mod cost;
 pub mod error;

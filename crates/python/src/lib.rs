@@ -737,6 +737,18 @@ impl Communicator {
             .map(Communicator::new))
     }
 
+    /// Links the plans avoid because a shrink found them dead with both ends alive (world
+    /// ranks, lower first).
+    #[getter]
+    fn dead_links(&self) -> PyResult<Vec<(u32, u32)>> {
+        match self.shared.try_lock() {
+            Some(g) => Ok(g.as_ref().map_or_else(Vec::new, |c| c.dead_links())),
+            None => Err(TopocclError::new_err(
+                "dead_links: a call holds the communicator",
+            )),
+        }
+    }
+
     /// The membership epoch: how many shrinks and grows led to this communicator.
     #[getter]
     fn epoch(&self) -> PyResult<u64> {

@@ -298,6 +298,13 @@ impl Communicator {
             .map_or_else(Vec::new, |m| m.peer_health(&self.world_ranks))
     }
 
+    /// Links this communicator's plans avoid because a shrink found them dead while both
+    /// ends lived on (world ranks, lower first; `crate::elastic`).
+    pub fn dead_links(&self) -> Vec<(Rank, Rank)> {
+        let w = |r: Rank| self.world_ranks[r as usize];
+        self.selector.dead_links().map(w).iter().collect()
+    }
+
     /// The ranks of this communicator believed dead or hung right now, in order (empty
     /// while heartbeats are off).
     pub fn failed_peers(&self) -> Vec<Rank> {

@@ -613,6 +613,9 @@ impl Communicator {
                 .map(Arc::new),
             self.selector.overhead(),
         );
+        child
+            .selector
+            .set_dead_links(self.selector.dead_links().restrict(members));
         child.health = self.health.clone();
         child.set_levels();
         Ok(child)

@@ -28,6 +28,10 @@
 //! 6. **Continue.** Survivors renumber in their old order and meet under a new namespace
 //!    (`ROOT/elastic/EPOCH-ATTEMPT`); a rank that finds itself in the failed set gets
 //!    [`Error::Evicted`].
+//! 7. **Around dead links.** A survivor registered as gone by another survivor is alive:
+//!    the link between them is dead ([`dead_between_survivors`]). The decision carries
+//!    those links; the new communicator's plans avoid them and every link found dead
+//!    before (`crate::select`, `topoccl_plan::avoid`); nobody is left out for them.
 //!
 //! Limits: the store must outlive the failure (a launcher-hosted or standalone store; a
 //! store hosted by a rank dies with it). A decider that dies between its fence and its
@@ -55,6 +59,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use topoccl_plan::avoid::DeadLinks;
 use topoccl_plan::cost::UniformNetwork;
 use topoccl_plan::Rank;
 
@@ -128,6 +133,9 @@ const JOIN_COUNT: &str = "topoccl/join/count";
 pub struct Shrunk {
     pub comm: Communicator,
     pub failed: Vec<Rank>,
+    /// Links between survivors found dead in this shrink (world ranks, lower first): the
+    /// new communicator's plans avoid them, and those found earlier.
+    pub dead_links: Vec<(Rank, Rank)>,
     pub epoch: u64,
 }
 
@@ -142,6 +150,10 @@ struct Registration {
 struct Decision {
     /// Ranks of the old communicator left out, ascending.
     failed: Vec<Rank>,
+    /// Links between survivors that a survivor found gone (ranks of the old
+    /// communicator, lower first): both ends live on, the plans avoid the link.
+    #[serde(default)]
+    dead_links: Vec<(Rank, Rank)>,
     decider: Rank,
     round: u32,
 }
@@ -168,6 +180,9 @@ enum Verdict {
         /// per-peer overhead: every rank must pick the same plans.
         net: [u64; 3],
         overhead: u64,
+        /// Links the members' plans avoid (ranks of the grown communicator).
+        #[serde(default)]
+        dead_links: Vec<(Rank, Rank)>,
     },
     Refused {
         reason: String,
@@ -204,22 +219,25 @@ fn epoch_namespace(root: &str, epoch: u64, attempt: u64) -> String {
     format!("{root}/elastic/{epoch}-{attempt}")
 }
 
-/// The failure evidence the agreement may act on before its wait is over: the peers the
-/// registered survivors found gone. This is the one function where the heartbeat
-/// monitor's verdicts (`Communicator::failed_peers`) join the evidence.
+/// The failure evidence the agreement may act on before its wait is over. This is the one
+/// function where the heartbeat monitor's verdicts (`Communicator::failed_peers`) join the
+/// evidence.
 ///
-/// From the monitor only `dead` and `hung (stopped)` count: a rank seen stuck inside a
-/// call may be waiting on a straggler and register in a moment. Evidence only ends the
-/// wait early: a rank that registers survives whatever is said about it.
+/// With heartbeats on, only the monitor's verdicts count, and from them only `dead` and
+/// `hung (stopped)`: a rank seen stuck inside a call may be waiting on a straggler and
+/// register in a moment, and a peer a survivor lost may be alive behind a dead link (it
+/// must get the time to register, or the link's end would be left out). With heartbeats
+/// off, the peers the registered survivors found gone count instead. Evidence only ends
+/// the wait early: a rank that registers survives whatever is said about it.
 fn known_failed(comm: &Communicator, regs: &BTreeMap<Rank, Registration>) -> BTreeSet<Rank> {
-    let mut known: BTreeSet<Rank> = regs.values().flat_map(|r| r.lost.iter().copied()).collect();
-    known.extend(
-        comm.peer_health()
-            .into_iter()
-            .filter(|h| h.state.is_dead() || h.state == crate::PeerState::HungStopped)
-            .map(|h| h.rank),
-    );
-    known
+    if comm.health.is_none() {
+        return regs.values().flat_map(|r| r.lost.iter().copied()).collect();
+    }
+    comm.peer_health()
+        .into_iter()
+        .filter(|h| h.state.is_dead() || h.state == crate::PeerState::HungStopped)
+        .map(|h| h.rank)
+        .collect()
 }
 
 /// The decision, if the decider may make it now: once every rank of `world` registered
@@ -242,6 +260,26 @@ fn decide(
             .filter(|r| !registered.contains(r) || passed.contains(r))
             .collect(),
     )
+}
+
+/// The links a decision keeps dead: every pair of survivors where one registered the
+/// other as lost (a cut connection, not a failed process: both registered). Pure.
+fn dead_between_survivors(
+    regs: &BTreeMap<Rank, Registration>,
+    failed: &[Rank],
+) -> Vec<(Rank, Rank)> {
+    let survives = |r: &Rank| regs.contains_key(r) && !failed.contains(r);
+    let dead: DeadLinks = regs
+        .iter()
+        .filter(|(r, _)| survives(r))
+        .flat_map(|(&r, reg)| {
+            reg.lost
+                .iter()
+                .filter(|p| survives(p))
+                .map(move |&p| (r, p))
+        })
+        .collect();
+    dead.iter().collect()
 }
 
 /// The decider of a round: the lowest registered rank that did not decide an earlier one.
@@ -396,6 +434,24 @@ impl Communicator {
         let survivors: Vec<Rank> = (0..self.world)
             .filter(|r| !decision.failed.contains(r))
             .collect();
+        let dead_world: Vec<(Rank, Rank)> = decision
+            .dead_links
+            .iter()
+            .map(|&(a, b)| (self.world_ranks[a as usize], self.world_ranks[b as usize]))
+            .collect();
+        if !dead_world.is_empty() {
+            tracing::warn!(
+                "shrink: the links {} are dead (both ends live on); the plans avoid them",
+                dead_world
+                    .iter()
+                    .map(|(a, b)| format!("{a}<->{b}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        for &(a, b) in &decision.dead_links {
+            self.selector.avoid_link(a, b);
+        }
         let rank = survivors
             .iter()
             .position(|&r| r == self.rank)
@@ -411,6 +467,7 @@ impl Communicator {
         Ok(Shrunk {
             comm,
             failed: failed_world,
+            dead_links: dead_world,
             epoch,
         })
     }
@@ -452,6 +509,7 @@ impl Communicator {
                         // Exactly one decision per attempt: the fence's first add wins.
                         if self.store.add(&format!("{base}/fence"), 1)? == 1 {
                             let d = Decision {
+                                dead_links: dead_between_survivors(&regs, &failed),
                                 failed,
                                 decider: self.rank,
                                 round,
@@ -530,6 +588,7 @@ impl Communicator {
                         net.gamma_s_per_byte.to_bits(),
                     ],
                     overhead: self.selector.overhead().to_bits(),
+                    dead_links: self.selector.dead_links().iter().collect(),
                 };
                 self.store.set(
                     &format!("topoccl/join/{}/verdict", msg[1 + 2 * i]),
@@ -553,6 +612,10 @@ impl Communicator {
         )?;
         child.selector.net = self.selector.net;
         child.selector.set_topology(None, self.selector.overhead());
+        // Members keep their numbers: their dead links stay as they are.
+        child
+            .selector
+            .set_dead_links(self.selector.dead_links().clone());
         child.watch_links();
         tracing::info!("grow: {joiners} replacement(s) admitted; {world} ranks from epoch {epoch}");
         Ok(Some(child))
@@ -691,7 +754,7 @@ impl Communicator {
             })?;
         let verdict: Verdict = serde_json::from_slice(&v)
             .map_err(|e| Error::Rendezvous(format!("the join verdict is unreadable: {e}")))?;
-        let (namespace, rank, world, world_ranks, net, overhead) = match verdict {
+        let (namespace, rank, world, world_ranks, net, overhead, dead_links) = match verdict {
             Verdict::Refused { reason } => {
                 return Err(Error::Handshake {
                     rank: launch_rank,
@@ -705,7 +768,16 @@ impl Communicator {
                 world_ranks,
                 net,
                 overhead,
-            } => (namespace, rank, world, world_ranks, net, overhead),
+                dead_links,
+            } => (
+                namespace,
+                rank,
+                world,
+                world_ranks,
+                net,
+                overhead,
+                dead_links,
+            ),
         };
         let job = wire::fnv1a(job_id.as_bytes(), FNV_OFFSET);
         let deadline = Instant::now() + cfg.init_timeout;
@@ -727,6 +799,8 @@ impl Communicator {
             gamma_s_per_byte: f64::from_bits(net[2]),
         };
         comm.selector.set_topology(None, f64::from_bits(overhead));
+        comm.selector
+            .set_dead_links(dead_links.into_iter().collect());
         comm.watch_links();
         Ok(comm)
     }
@@ -741,6 +815,7 @@ impl Communicator {
 mod tests {
     use super::*;
     use crate::store::MemStore;
+    use crate::transport::faults;
     use proptest::prelude::*;
     use topoccl_plan::ReduceOp;
 
@@ -893,6 +968,8 @@ mod tests {
                         }
                     }
                     let result = comm.shrink().and_then(|s| {
+                        // Crashes and hangs kill no link between survivors.
+                        assert!(s.dead_links.is_empty(), "{:?}", s.dead_links);
                         let mut c = s.comm;
                         let mut data = inputs(r as Rank);
                         c.all_reduce_in_place(&mut data, ReduceOp::Sum)?;
@@ -966,6 +1043,85 @@ mod tests {
                 [0, 1, 3].iter().position(|&w| w == o.world_rank).unwrap() as Rank
             );
             assert_eq!(bits(&data), bits(&fresh), "rank {}", o.world_rank);
+        }
+    }
+
+    #[test]
+    fn a_cut_link_keeps_every_rank_and_the_plans_go_around_it() {
+        use topoccl_plan::avoid::first_used;
+        use topoccl_plan::{Collective, CollectiveSpec};
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let handles: Vec<_> = (0..4u32)
+            .map(|r| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut c = cfg(2000);
+                    // Rank 0 cuts its link to rank 1 once 64 KiB have left on it.
+                    c.algo = Some("ring".into());
+                    if r == 0 {
+                        c.faults = faults::parse("drop@0->1:after=64KB").unwrap();
+                    }
+                    let mut comm = Communicator::with_store(store, r, 4, "cut1", "w", c).unwrap();
+                    let mut buf = vec![1.0f32; 64 << 10];
+                    let mut failed = false;
+                    for _ in 0..4 {
+                        if comm.all_reduce_in_place(&mut buf, ReduceOp::Sum).is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    assert!(failed, "rank {r}: the cut never failed a call");
+                    let s = comm.shrink().unwrap();
+                    let mut c = s.comm;
+                    let mut data = inputs(r);
+                    c.all_reduce_in_place(&mut data, ReduceOp::Sum).unwrap();
+                    let mut big = vec![r as f32; 1 << 20];
+                    c.all_reduce_in_place(&mut big, ReduceOp::Sum).unwrap();
+                    assert!(big.iter().all(|&x| x == 6.0), "rank {r}");
+                    assert_eq!(c.dead_links(), vec![(0, 1)], "rank {r}");
+                    let spec = CollectiveSpec::new(Collective::AllReduce, 4, 1 << 20);
+                    let plan = c.plan_for(&spec).unwrap();
+                    (
+                        s.failed,
+                        s.dead_links,
+                        c.world(),
+                        data,
+                        plan,
+                        c.tr.connected(1),
+                    )
+                })
+            })
+            .collect();
+        let out: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let mut dead = topoccl_plan::avoid::DeadLinks::new();
+        dead.insert(0, 1);
+        let exact: Vec<f64> = (0..1000)
+            .map(|i| (0..4).map(|r| f64::from(inputs(r)[i])).sum())
+            .collect();
+        for (r, (failed, dead_links, world, data, plan, connected_to_1)) in out.iter().enumerate() {
+            assert!(failed.is_empty(), "rank {r}: {failed:?}");
+            assert_eq!(dead_links, &vec![(0, 1)], "rank {r}");
+            assert_eq!(*world, 4);
+            assert_eq!(
+                first_used(plan, &dead),
+                None,
+                "rank {r}: {}",
+                plan.algorithm().label()
+            );
+            // Every rank holds the same bits, and the sum is right.
+            assert_eq!(bits(data), bits(&out[0].3), "rank {r}");
+            for (x, e) in data.iter().zip(&exact) {
+                assert!(
+                    (f64::from(*x) - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{x} vs {e}"
+                );
+            }
+            if r == 0 {
+                assert!(
+                    !connected_to_1,
+                    "rank 0 connected to rank 1 over the dead link"
+                );
+            }
         }
     }
 

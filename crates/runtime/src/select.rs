@@ -27,9 +27,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use topoccl_plan::avoid::{self, DeadLinks};
 use topoccl_plan::cost::{uniform_cost, UniformNetwork};
 use topoccl_plan::{
-    algo, build, AlgoKind, Algorithm, Collective, CollectiveSpec, Plan, PlanParams,
+    algo, build, AlgoKind, Algorithm, Collective, CollectiveSpec, Plan, PlanParams, Rank,
 };
 use topoccl_topo::plans::{self, is_topology_label};
 use topoccl_topo::{Endpoints, Pricer, Topology};
@@ -90,6 +91,9 @@ pub struct Selector {
     topology: Option<Arc<Topology>>,
     /// Software cost of each further message a rank sends in one round.
     overhead_s: f64,
+    /// Links between ranks of this communicator that plans must not use (found dead by
+    /// a shrink's agreement: `crate::elastic`).
+    dead: DeadLinks,
 }
 
 /// Plans of worlds up to this size are verified before their first use (the check is
@@ -110,7 +114,22 @@ impl Selector {
             rules: Vec::new(),
             topology: None,
             overhead_s: 0.0,
+            dead: DeadLinks::new(),
         }
+    }
+
+    /// Plans from now on avoid `dead` (ranks of this communicator).
+    pub fn set_dead_links(&mut self, dead: DeadLinks) {
+        self.dead = dead;
+    }
+
+    /// Adds one link to avoid.
+    pub fn avoid_link(&mut self, a: Rank, b: Rank) {
+        self.dead.insert(a, b);
+    }
+
+    pub fn dead_links(&self) -> &DeadLinks {
+        &self.dead
     }
 
     /// Prices plans on `t` from now on (its ranks are this communicator's), charging
@@ -345,8 +364,104 @@ impl Selector {
         Ok(None)
     }
 
-    /// The plan for a call.
+    /// The plan for a call: the one the rules, `TOPOCCL_ALGO` or the cost choose, unless
+    /// it uses a dead link; then the cheapest plan that avoids them all.
     pub fn plan(&self, spec: &CollectiveSpec) -> Result<Plan> {
+        let chosen = self.chosen_plan(spec);
+        if self.dead.is_empty() {
+            return chosen;
+        }
+        let used = match &chosen {
+            Ok(plan) => match avoid::first_used(plan, &self.dead) {
+                None => return chosen,
+                Some(link) => Some((plan.algorithm().label(), link)),
+            },
+            Err(_) => None,
+        };
+        let plan = self.plan_avoiding(spec)?;
+        if let Some((label, (a, b))) = used {
+            tracing::debug!(
+                "{} of {} B: {label} would use the dead link {a}<->{b}; running {} instead",
+                spec.collective,
+                spec.size_bytes(),
+                plan.algorithm().label()
+            );
+        }
+        Ok(plan)
+    }
+
+    /// The cheapest plan for `spec` that uses no dead link: the ordinary candidates that
+    /// avoid them, and the detours the core builds around them (`avoid::detours`, the ring
+    /// in the topology's order where there is a topology), priced on the topology or the
+    /// uniform network and verified (worlds up to [`VERIFY_MAX_RANKS`]).
+    fn plan_avoiding(&self, spec: &CollectiveSpec) -> Result<Plan> {
+        let bytes = spec.size_bytes();
+        let topology = self.topology.as_ref().filter(|t| t.world() == spec.world);
+        let mut pricer = topology.map(|t| self.pricer(t));
+        let preferred = match pricer.as_mut() {
+            Some(p) => Some(plans::ring_order(p.router()).map_err(topo_error)?),
+            None => None,
+        };
+        let mut algorithms = algo::flat(spec);
+        algorithms.extend(avoid::detours(spec, &self.dead, preferred.as_deref()));
+        let mut plans_tried = Vec::new();
+        for params in self.param_options(spec, bytes) {
+            for a in &algorithms {
+                plans_tried.extend(build(spec.clone(), a.clone(), params).ok());
+            }
+            if let Some(p) = pricer.as_mut() {
+                let aware = plans::candidates(p, spec, params).map_err(topo_error)?;
+                plans_tried.extend(
+                    aware
+                        .into_iter()
+                        .filter(|c| c.topology_aware)
+                        .map(|c| c.plan),
+                );
+            }
+        }
+        let mut best: Option<(f64, Plan)> = None;
+        for plan in plans_tried {
+            if avoid::first_used(&plan, &self.dead).is_some() {
+                continue;
+            }
+            let cost = match pricer.as_mut() {
+                Some(p) => p.cost(&plan).map_err(topo_error)?.total_s,
+                None => uniform_cost(&plan, &self.net).total_s,
+            };
+            if best.as_ref().is_some_and(|(b, _)| *b <= cost) {
+                continue;
+            }
+            if spec.world <= VERIFY_MAX_RANKS {
+                if let Err(e) = topoccl_plan::verify(&plan) {
+                    tracing::warn!(
+                        "plan {} around dead links rejected: {e}",
+                        plan.algorithm().label()
+                    );
+                    continue;
+                }
+            }
+            best = Some((cost, plan));
+        }
+        best.map(|(_, plan)| plan).ok_or_else(|| {
+            let links: Vec<String> = self
+                .dead
+                .iter()
+                .map(|(a, b)| format!("{a}<->{b}"))
+                .collect();
+            Error::Config(format!(
+                "no plan for {} of {} ranks avoids the dead links {} (a ring needs every rank \
+                 to keep two live links, a tree one path to each; all-to-all, gather, scatter \
+                 and barrier have no detours yet): repair the links, or shrink without one \
+                 of their ranks",
+                spec.collective,
+                spec.world,
+                links.join(", ")
+            ))
+        })
+    }
+
+    /// The plan the rules, `TOPOCCL_ALGO` or the cost choose, dead links aside.
+    fn chosen_plan(&self, spec: &CollectiveSpec) -> Result<Plan> {
         let bytes = spec.size_bytes();
         if let Some(r) = self.rule_for(spec, bytes) {
             let mut params = PlanParams::default();
@@ -417,6 +532,44 @@ mod tests {
 
     fn net() -> UniformNetwork {
         UniformNetwork::new(20e-6, 2e9, 1.0 / 5e9)
+    }
+
+    #[test]
+    fn dead_links_are_avoided_by_every_choice_or_named_when_nothing_can() {
+        use topoccl_plan::avoid::first_used;
+        let mut s = Selector::new(net(), 1).with_algo_env("ring").unwrap();
+        s.avoid_link(2, 3);
+        s.avoid_link(5, 4);
+        for c in [
+            Collective::AllReduce,
+            Collective::AllGather,
+            Collective::ReduceScatter,
+            Collective::Broadcast,
+            Collective::Reduce,
+        ] {
+            for count in [8 * 2, 8 << 20] {
+                let spec = CollectiveSpec::new(c, 8, count).with_root(3);
+                let plan = s.plan(&spec).unwrap();
+                assert_eq!(
+                    first_used(&plan, s.dead_links()),
+                    None,
+                    "{c} of {count}: {}",
+                    plan.algorithm().label()
+                );
+            }
+        }
+        // Without dead links the forced ring stays.
+        let free = Selector::new(net(), 1).with_algo_env("ring").unwrap();
+        let spec = CollectiveSpec::new(Collective::AllReduce, 8, 8 << 20);
+        assert_eq!(free.plan(&spec).unwrap().algorithm().name(), "ring");
+        // Every all-to-all plan of 4 ranks uses every pair: the error names the link.
+        let mut s = Selector::new(net(), 1);
+        s.avoid_link(0, 1);
+        let e = s
+            .plan(&CollectiveSpec::new(Collective::AllToAll, 4, 16))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("avoids the dead links 0<->1"), "{e}");
     }
 
     #[test]
