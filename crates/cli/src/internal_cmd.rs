@@ -47,6 +47,12 @@ enum Internal {
         count: usize,
         #[arg(long, default_value_t = 1000)]
         iters: u64,
+        /// Past `iters`, go on while the world is smaller than this (waiting for a
+        /// replacement to join), up to `--max-iters` in all.
+        #[arg(long, default_value_t = 0)]
+        until_world: u32,
+        #[arg(long, default_value_t = 0)]
+        max_iters: u64,
         #[arg(long, default_value_t = 0)]
         grow_every: u64,
         #[arg(long, default_value_t = 0)]
@@ -72,11 +78,20 @@ pub fn run(args: InternalArgs) -> Result<ExitCode, CliError> {
         Internal::ElasticLoop {
             count,
             iters,
+            until_world,
+            max_iters,
             grow_every,
             compute_ms,
             die_rank,
             die_at,
-        } => elastic_loop(count, iters, grow_every, compute_ms, &die_rank, die_at),
+        } => elastic_loop(
+            count,
+            (iters, until_world, max_iters.max(iters)),
+            grow_every,
+            compute_ms,
+            &die_rank,
+            die_at,
+        ),
         Internal::DrillRank { count, iters } => crate::drill_rank::run(count, iters),
         Internal::AllreduceLoop {
             count,
@@ -122,9 +137,10 @@ fn agree_iteration(comm: &mut topoccl::Communicator, i: u64) -> topoccl::Result<
     Ok(v[0].max(0) as u64)
 }
 
+/// `(iters, until_world, max_iters)`: see `Internal::ElasticLoop`.
 fn elastic_loop(
     count: usize,
-    iters: u64,
+    (iters, until_world, max_iters): (u64, u32, u64),
     grow_every: u64,
     compute_ms: u64,
     die_rank: &[u32],
@@ -157,7 +173,8 @@ fn elastic_loop(
     }
     let mut output = vec![0.0f32; count];
     let input = vec![1.0f32; count];
-    while i < iters {
+    // Every member sees the same world after a grow, so all stop at the same iteration.
+    while i < iters || (comm.world() < until_world && i < max_iters) {
         if i == die_at && die_rank.contains(&me) && !joined {
             let _ = std::io::stdout().flush();
             // SAFETY: kill(2) with this process's own id touches no memory.

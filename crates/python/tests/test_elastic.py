@@ -1,7 +1,8 @@
 """Training goes on: the DDP example under ``topoccl run --elastic`` with one rank of four
-killed mid-run finishes within a percentage point of a run without failure (a replacement
-rejoining is tested on the runtime's loop, crates/cli/tests/elastic.rs); with ``--checkpoint`` it resumes after the whole job was killed, and refuses
-a checkpoint directory it cannot use before training."""
+killed mid-run finishes within a percentage point of a run without failure, on three
+ranks or with a replacement the launcher restarted rejoining at the next step boundary;
+with ``--checkpoint`` it resumes after the whole job was killed, and refuses a checkpoint
+directory it cannot use before training."""
 
 from __future__ import annotations
 
@@ -45,9 +46,15 @@ def accuracy(path: Path) -> float:
     return float(json.loads(path.read_text())["accuracy"])
 
 
-def test_a_killed_rank_costs_under_a_point(tmp_path: Path) -> None:
-    clean = tmp_path / "clean.json"
+@pytest.fixture(scope="module")
+def clean_accuracy(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The test accuracy of the same run without a failure."""
+    clean = tmp_path_factory.mktemp("clean") / "clean.json"
     assert run_job("--steps", STEPS, "--losses", str(clean)).returncode == 0
+    return accuracy(clean)
+
+
+def test_a_killed_rank_costs_under_a_point(tmp_path: Path, clean_accuracy: float) -> None:
     failed = tmp_path / "failed.json"
     out = run_job(
         "--steps",
@@ -62,7 +69,33 @@ def test_a_killed_rank_costs_under_a_point(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     assert "ranks [2] failed; 3 ranks go on" in text
-    assert abs(accuracy(failed) - accuracy(clean)) <= 0.01, (accuracy(failed), accuracy(clean))
+    assert abs(accuracy(failed) - clean_accuracy) <= 0.01, (accuracy(failed), clean_accuracy)
+
+
+def test_a_replacement_rejoins_and_training_ends_on_four(
+    tmp_path: Path, clean_accuracy: float
+) -> None:
+    # Rank 2 dies at step 35; the launcher starts it again with TOPOCCL_JOIN=1 and the
+    # members admit it at their grow of step 40.
+    rejoined = tmp_path / "rejoined.json"
+    out = run_job(
+        "--steps",
+        STEPS,
+        "--losses",
+        str(rejoined),
+        "--die-rank",
+        "2",
+        "--die-at-step",
+        "35",
+        restarts=1,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert "ranks [2] failed; 3 ranks go on" in text
+    grew = [line for line in text.splitlines() if "grew to 4 ranks" in line]
+    assert grew, "the replacement never joined"
+    assert json.loads(rejoined.read_text())["world"] == 4
+    assert abs(accuracy(rejoined) - clean_accuracy) <= 0.01, (accuracy(rejoined), clean_accuracy)
 
 
 def test_checkpoint_resumes_after_the_whole_job_is_killed(tmp_path: Path) -> None:
