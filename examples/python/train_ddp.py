@@ -21,7 +21,8 @@ Surviving failures (docs/reliability.md)::
 a rank dies, the survivors shrink the process group, make their model and optimizer equal
 to rank 0's, wrap the model in DDP again and go on, the global batch re-sharded over the
 ranks left; every ``--grow-every`` steps they admit a replacement the launcher restarted
-(``TOPOCCL_JOIN=1``). ``--checkpoint DIR`` writes model, optimizer, step and data position
+(``TOPOCCL_JOIN=1``), waiting up to ``--rejoin-wait`` seconds for one while the world is
+smaller than it started (rank 0 decides, so every member calls ``grow`` as often). ``--checkpoint DIR`` writes model, optimizer, step and data position
 atomically every ``--checkpoint-every`` steps and resumes from there when restarted (after
 the whole job was killed, or by torchrun's ``--max-restarts``).
 """
@@ -181,6 +182,13 @@ def main() -> None:
         "admit replacements",
     )
     ap.add_argument("--grow-every", type=int, default=10, help="steps between admissions")
+    ap.add_argument(
+        "--rejoin-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="at an admission, wait this long for a replacement while ranks are missing",
+    )
     ap.add_argument("--checkpoint", metavar="DIR", help="checkpoint here and resume from it")
     ap.add_argument("--checkpoint-every", type=int, default=20)
     ap.add_argument(
@@ -302,9 +310,29 @@ def main() -> None:
     dist.destroy_process_group()
 
 
+def admit(pg: Any, start_world: int, wait_s: float) -> Any:
+    """Admits the replacements waiting to join (``grow_group``); while the world is smaller
+    than ``start_world``, tries again for up to ``wait_s`` seconds. Rank 0's clock decides
+    when to stop, told to all with an all-reduce, so every member calls ``grow`` equally
+    often (it is collective)."""
+    from topoccl.torch import grow_group
+
+    since = time.monotonic()
+    while True:
+        grown = grow_group(pg)
+        if grown is not None:
+            return grown
+        more = pg.size() < start_world and time.monotonic() - since < wait_s
+        flag = torch.tensor([1.0 if pg.rank() == 0 and more else 0.0])
+        pg.communicator.all_reduce(flag)
+        if flag.item() == 0.0:
+            return None
+        time.sleep(0.1)
+
+
 def elastic(args: argparse.Namespace) -> None:
     """Training that survives failed ranks on topoccl's communicator (see the module doc)."""
-    from topoccl.torch import ProcessGroupTopoccl, grow_group, shrink_group
+    from topoccl.torch import ProcessGroupTopoccl, shrink_group
 
     ckpt = checkpoint_dir(args.checkpoint) if args.checkpoint else None
     digits = load_digits()
@@ -321,6 +349,8 @@ def elastic(args: argparse.Namespace) -> None:
 
     comm = topoccl.Communicator.from_env()
     me = comm.world_rank
+    # The world to wait for replacements up to (a replacement: the grown one it joined).
+    start_world = comm.world
     pg = ProcessGroupTopoccl.of(comm)
     # Every rank starts from rank 0's state (a replacement: from the members').
     step = resync(comm, net, opt, step)
@@ -338,7 +368,7 @@ def elastic(args: argparse.Namespace) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if step and step % args.grow_every == 0 and step != grown_at:
             grown_at = step
-            grown = grow_group(pg)
+            grown = admit(pg, start_world, args.rejoin_wait)
             if grown is not None:
                 pg = grown
                 step = resync(pg.communicator, net, opt, step)

@@ -36,7 +36,7 @@ use buffer::{Buffer, Raw, Take};
 use work::{Call, Queue, Run, Shared, Work};
 
 create_exception!(
-    _topoccl,
+    topoccl,
     TopocclError,
     PyRuntimeError,
     "A collective, or creating a communicator, failed; `culprits` lists the ranks blamed."

@@ -62,3 +62,18 @@ def test_ranks_that_disagree_raise_naming_each_other() -> None:
         # A disagreement has no single culprit: the message names both calls' ranks.
         assert "mismatched collectives" in line, line
         assert "rank 0 entered" in line or "rank 1 entered" in line, line
+
+
+def test_the_error_survives_pickling_with_its_culprits() -> None:
+    # torch's futures pickle the exception a failed call raises (DDP's error path): it
+    # must name an importable class (it was `_topoccl.TopocclError`, which is not).
+    import pickle
+
+    import topoccl
+
+    e = topoccl.TopocclError("allreduce #3: rank 2 failed")
+    e.culprits = [2]
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is topoccl.TopocclError
+    assert str(back) == str(e)
+    assert back.culprits == [2]

@@ -76,7 +76,8 @@ def test_a_replacement_rejoins_and_training_ends_on_four(
     tmp_path: Path, clean_accuracy: float
 ) -> None:
     # Rank 2 dies at step 35; the launcher starts it again with TOPOCCL_JOIN=1 and the
-    # members admit it at their grow of step 40.
+    # members admit it at their grow of step 40, waiting for it there (its Python and torch
+    # take seconds to start on a loaded machine).
     rejoined = tmp_path / "rejoined.json"
     out = run_job(
         "--steps",
@@ -87,7 +88,10 @@ def test_a_replacement_rejoins_and_training_ends_on_four(
         "2",
         "--die-at-step",
         "35",
+        "--rejoin-wait",
+        "120",
         restarts=1,
+        timeout=360,
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr

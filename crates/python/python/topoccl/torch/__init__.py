@@ -57,6 +57,42 @@ def _op(reduce_op: Any) -> str:
     return name
 
 
+class _Outcome:
+    """A ``torch.futures.Future`` that C++ readers (DDP's reducer) see failed as an error.
+
+    ``Future.set_exception`` stores the exception as the future's *value* (with a Python
+    function that raises it on ``wait``): DDP's reducer then reads that value as tensors,
+    and crashed the process (SIGSEGV in backward) once ``TopocclError`` could be pickled.
+    Here a source future completes with ``None`` and the returned future is chained from it
+    with a callback that raises the failure, which torch records as an error of the future
+    (a ``RuntimeError`` naming ``TopocclError`` and its message, as for any backend's).
+    """
+
+    def __init__(self) -> None:
+        self._source: torch.futures.Future[None] = torch.futures.Future()
+        self._failure: BaseException | None = None
+        self._value: Any = None
+        self.future: torch.futures.Future[Any] = self._source.then(self._outcome)
+
+    def _outcome(self, source: torch.futures.Future[None]) -> Any:
+        source.value()
+        if self._failure is not None:
+            raise self._failure
+        return self._value
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def set_result(self, value: Any) -> None:
+        self._value = value
+        self._source.set_result(None)
+
+    def set_exception(self, failure: BaseException) -> None:
+        self._failure = failure
+        self._source.set_result(None)
+
+
 class _Work(dist.Work):
     """Calls started on the progress thread, done when all of them are.
 
@@ -75,7 +111,8 @@ class _Work(dist.Work):
         self._calls = [c for c in calls if c is not None]
         self._result = result
         self._finish = finish
-        self._future: torch.futures.Future[list[torch.Tensor]] = torch.futures.Future()
+        self._outcome = _Outcome()
+        self._future: torch.futures.Future[list[torch.Tensor]] = self._outcome.future
         # Finishing threads and the waiter may race (the GIL switches between bytecodes).
         self._lock = threading.Lock()
         self._left = len(self._calls)
@@ -100,15 +137,15 @@ class _Work(dist.Work):
         for c in self._calls:
             failure = c.exception()
             if failure is not None:
-                self._future.set_exception(failure)  # type: ignore[arg-type]
+                self._outcome.set_exception(failure)
                 return
         try:
             if self._finish is not None:
                 self._finish()
         except Exception as e:  # noqa: BLE001 - handed to whoever waits
-            self._future.set_exception(e)  # type: ignore[arg-type]
+            self._outcome.set_exception(e)
             return
-        self._future.set_result(self._result)
+        self._outcome.set_result(self._result)
 
     def wait(self, timeout: timedelta = timedelta(0)) -> bool:
         seconds = timeout.total_seconds() if timeout else None
@@ -117,6 +154,9 @@ class _Work(dist.Work):
             # run right here when nothing else is pending.
             c.wait(seconds)
         self._complete()
+        if self._outcome.failure is not None:
+            # The failure itself (the future holds torch's RuntimeError wrapping it).
+            raise self._outcome.failure
         self._future.wait()
         return True
 

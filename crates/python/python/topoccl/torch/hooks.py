@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .._topoccl import Compression
-from . import ProcessGroupTopoccl
+from . import ProcessGroupTopoccl, _Outcome
 
 __all__ = ["CompressionState", "compression_hook"]
 
@@ -91,7 +91,7 @@ def compression_hook(
         return _plain(state, buf, world)
     backend = _backend(state.process_group)
     if isinstance(backend, ProcessGroupTopoccl):
-        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        outcome = _Outcome()
         work = backend.communicator.all_reduce_compressed(
             buf, state._compression, key=bucket.index(), async_op=True
         )
@@ -100,11 +100,12 @@ def compression_hook(
         def done() -> None:
             error = work.exception()
             if error is not None:
-                fut.set_exception(error)  # type: ignore[arg-type]  # torch stub: too narrow
+                outcome.set_exception(error)
             else:
-                fut.set_result(buf.div_(world))
+                outcome.set_result(buf.div_(world))
 
         work.add_done_callback(done)
+        fut: torch.futures.Future[torch.Tensor] = outcome.future
         return fut
     cast = _CASTS.get(state._compression.codec)
     if cast is None:
