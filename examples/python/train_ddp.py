@@ -217,7 +217,15 @@ def main() -> None:
     per_epoch = len(train) // args.batch
 
     torch.manual_seed(args.seed)
-    model = DistributedDataParallel(model_for(args.model))
+    net = model_for(args.model)
+    ckpt = checkpoint_dir(args.checkpoint) if args.checkpoint else None
+    # Every rank reads the same checkpoint; the optimizer is made on the plain module
+    # so that its state loads before DDP wraps it.
+    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
+    first = load_checkpoint(ckpt, args.model, net, opt) if ckpt else 0
+    if rank == 0 and first:
+        print(f"resumed from step {first} ({ckpt})", flush=True)
+    model = DistributedDataParallel(net)
     if args.hook in ("fp16", "bf16"):
         hook = (
             default_hooks.fp16_compress_hook
@@ -238,7 +246,6 @@ def main() -> None:
 
         compression = CompressionState(args.compress)
         model.register_comm_hook(compression, compression_hook)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     params = sum(p.numel() for p in model.parameters())
     if rank == 0:
         print(
@@ -249,12 +256,16 @@ def main() -> None:
 
     losses: list[float] = []
     times: list[float] = []
-    shuffle = torch.Generator().manual_seed(args.seed)
-    epoch_order = train[torch.randperm(len(train), generator=shuffle)]
-    for step in range(args.steps):
+    epoch_order = batch_order(train, args.seed, per_epoch, first)
+    # torchrun counts its restarts: a drill's rank dies in the first attempt only.
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    correct = 0.0
+    for step in range(first, args.steps):
         k = step % per_epoch
-        if k == 0 and step:
-            epoch_order = train[torch.randperm(len(train), generator=shuffle)]
+        if k == 0 and step > first:
+            epoch_order = batch_order(train, args.seed, per_epoch, step)
+        if step == args.die_at_step and args.die_rank in (rank, -1) and attempt == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
         batch = epoch_order[k * args.batch : (k + 1) * args.batch]
         mine = batch[rank::world]
         start = time.perf_counter()
@@ -267,6 +278,8 @@ def main() -> None:
         total = loss.detach().clone()
         dist.all_reduce(total)
         losses.append(total.item() / world)
+        if ckpt and rank == 0 and (step + 1) % args.checkpoint_every == 0:
+            save_checkpoint(ckpt, args.model, net, opt, step + 1)
         if k == per_epoch - 1 or step == args.steps - 1:
             with torch.no_grad():
                 correct = (model.module(x[test]).argmax(1) == y[test]).float().mean().item()

@@ -1,8 +1,8 @@
 """Training goes on: the DDP example under ``topoccl run --elastic`` with one rank of four
 killed mid-run finishes within a percentage point of a run without failure, on three
 ranks or with a replacement the launcher restarted rejoining at the next step boundary;
-with ``--checkpoint`` it resumes after the whole job was killed, and refuses a checkpoint
-directory it cannot use before training."""
+with ``--checkpoint`` it resumes after the whole job was killed (or torchrun's agent
+restarted the group), and refuses a checkpoint directory it cannot use before training."""
 
 from __future__ import annotations
 
@@ -123,6 +123,32 @@ def test_checkpoint_resumes_after_the_whole_job_is_killed(tmp_path: Path) -> Non
     assert again.returncode == 0
     assert "elastic: 2 ranks from step 40" in again.stdout
     assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"] == 80
+
+
+def test_torchrun_restarts_the_group_and_training_resumes_from_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    # torchrun's elastic agent, not topoccl's: rank 1 dies at step 50 in the first attempt;
+    # the agent restarts both workers, which resume from the checkpoint of step 40.
+    ckpt = tmp_path / "ckpt"
+    dump = tmp_path / "losses.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        + ["--max-restarts=1", str(EXAMPLE), "--backend", "topoccl", "--steps", "80"]
+        + ["--checkpoint", str(ckpt), "--die-rank", "1", "--die-at-step", "50"]
+        + ["--losses", str(dump)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOPOCCL_PROBE": "0", "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        check=False,
+    )
+    print(out.stdout, out.stderr, sep="\n")
+    assert out.returncode == 0, out.stderr
+    assert "resumed from step 40" in out.stdout
+    assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"] == 80
+    # The restarted attempt trained steps 40..79 only.
+    assert len(json.loads(dump.read_text())["losses"]) == 40
 
 
 def test_an_unusable_checkpoint_is_refused_before_training(tmp_path: Path) -> None:
