@@ -8,9 +8,15 @@
 # 2. rate drop: once the job runs, the tbf of rank 1's host cable drops from HOST_RATE to
 #    SLOW_RATE; the job must finish with every result correct, slower.
 #
+# 3. around a dead route (elastic): `ip route add unreachable` between the hosts of ranks 1
+#    and 2, both ways, once the job runs; the ranks shrink, keep all four, and finish
+#    around the link.
+#
 # Prints a RESULT line: detect_ms (cable down → first error seen), named (1 when every
 # survivor named rank 2 and no one else), named_any (1 when one did), slowdown (iteration time after / before the
-# rate drop), rate_ok (1 when the job finished correct).
+# rate drop), rate_ok (1 when the job finished correct), around_ok (1 when all four ranks
+# of the elastic job finished correct), around_dead (1 when rank 0 went on with 4 ranks
+# and the link 1-2 dead).
 # Usage: scripts/netns-drill.sh TOPOCCL_BINARY [WORKDIR]
 # Exit 77 (skip) when network namespaces cannot be made here; needs root and iproute2.
 set -euo pipefail
@@ -28,12 +34,14 @@ netns_store
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# drill_job NAME ITERS: the rank program on every host, in the background (pids in `pids`).
+# drill_job NAME ITERS [ENV…]: the rank program on every host, in the background (pids in
+# `pids`), with the extra environment given.
 drill_job() {
   local name=$1 iters=$2 r
+  shift 2
   pids=()
   for r in 0 1 2 3; do
-    ip netns exec "$(ns "h${hosts[$r]}")" env TOPOCCL_STORE=tcp://10.77.0.1:29400 \
+    ip netns exec "$(ns "h${hosts[$r]}")" env "$@" TOPOCCL_STORE=tcp://10.77.0.1:29400 \
       TOPOCCL_JOB_ID="$name-$$" TOPOCCL_RANK="$r" TOPOCCL_WORLD_SIZE=4 TOPOCCL_LOCAL_RANK=0 \
       TOPOCCL_LOCAL_WORLD_SIZE=1 TOPOCCL_TIMEOUT=1s TOPOCCL_ALGO=allreduce:ring TOPOCCL_PROBE=0 \
       "$bin" internal drill-rank --count 65536 --iters "$iters" \
@@ -92,5 +100,29 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 before=$(awk '$1 == "it" && $2 < 100 { print $4 / 1000 }' "$work/slow.0.txt" | median)
 after=$(awk '$1 == "it" && $2 >= 300 { print $4 / 1000 }' "$work/slow.0.txt" | median)
 slowdown=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a / b }')
+
+# 3. Elastic: the route between the hosts of ranks 1 and 2 becomes unreachable both ways
+#    (each host still reaches the others and the store). The survivors shrink, keep all
+#    four ranks with the link 1-2 dead, and finish around it.
+drill_job around 400 TOPOCCL_ELASTIC=1 TOPOCCL_HEARTBEAT=50ms
+wait_iter around 100
+ip1=10.77.0.$((hosts[1] + 1)) ip2=10.77.0.$((hosts[2] + 1))
+ip -n "$(ns "h${hosts[1]}")" route add unreachable "$ip2/32"
+ip -n "$(ns "h${hosts[2]}")" route add unreachable "$ip1/32"
+around_failed=0
+for p in "${pids[@]}"; do wait "$p" || around_failed=1; done
+ip -n "$(ns "h${hosts[1]}")" route del unreachable "$ip2/32"
+ip -n "$(ns "h${hosts[2]}")" route del unreachable "$ip1/32"
+around_ok=0
+if [ $around_failed = 0 ] && [ "$(cat "$work"/around.*.txt | grep -c '^drill-done')" = 4 ] \
+  && ! grep -q '^drill-wrong' "$work"/around.*.txt; then
+  around_ok=1
+fi
+around_dead=0
+if grep -q '^drill-shrunk .*world=4 dead=1-2' "$work/around.0.txt"; then around_dead=1; fi
+for r in 0 1 2 3; do
+  echo "around, rank $r: $(grep '^drill-shrunk' "$work/around.$r.txt" | tr '\n' ' ')$(grep -c '^drill-done' "$work/around.$r.txt") done"
+done
+
 echo "cable down: first error after ${detect_ms:-never} ms; rate drop $host_rate -> $slow_rate: ${before} µs -> ${after} µs per iteration"
-echo "RESULT detect_ms=${detect_ms:--1} named=$named named_any=$named_any slowdown=$slowdown rate_ok=$rate_ok"
+echo "RESULT detect_ms=${detect_ms:--1} named=$named named_any=$named_any slowdown=$slowdown rate_ok=$rate_ok around_ok=$around_ok around_dead=$around_dead"

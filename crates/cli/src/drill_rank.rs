@@ -90,6 +90,15 @@ pub fn recover(comm: &mut Communicator) -> Recovery {
     }
 }
 
+/// Prints a failed call's `drill-error` line.
+fn report(stdout: &std::io::Stdout, e: &topoccl::Error) {
+    let at = monotonic_ns();
+    let c: Vec<String> = e.culprits().iter().map(|r| r.to_string()).collect();
+    let mut o = stdout.lock();
+    let _ = writeln!(o, "drill-error at={at} culprits={} msg={e}", c.join(","));
+    let _ = o.flush();
+}
+
 /// Runs the loop; exit 0 when every iteration was correct, 1 on a failure or wrong data.
 pub fn run(count: usize, iters: u64) -> Result<ExitCode, CliError> {
     let mut comm = job::communicator()?;
@@ -104,28 +113,29 @@ pub fn run(count: usize, iters: u64) -> Result<ExitCode, CliError> {
         }
         let t0 = monotonic_ns();
         if let Err(e) = comm.all_reduce(&inp, &mut out, ReduceOp::Sum) {
-            let at = monotonic_ns();
-            let c: Vec<String> = e.culprits().iter().map(|r| r.to_string()).collect();
-            let mut o = stdout.lock();
-            let _ = writeln!(o, "drill-error at={at} culprits={} msg={e}", c.join(","));
-            let _ = o.flush();
-            drop(o);
-            match recover(&mut comm) {
-                Recovery::Continue(c) if shrinks < MAX_SHRINKS => {
-                    comm = *c;
-                    (rank, world) = (comm.rank(), comm.world());
-                    shrinks += 1;
-                    // The failed call may have completed on some ranks and not on others:
-                    // go on together from the earliest iteration any survivor still owes.
-                    let mut at = [k as f64];
-                    if comm.all_reduce_in_place(&mut at, ReduceOp::Min).is_err() {
-                        return Ok(ExitCode::from(1));
+            report(&stdout, &e);
+            // Shrink, then agree where to go on; a failure of that agreement (the new
+            // communicator met the fault too) shrinks again, up to MAX_SHRINKS in all.
+            loop {
+                let c = match recover(&mut comm) {
+                    Recovery::Continue(c) if shrinks < MAX_SHRINKS => c,
+                    _ => return Ok(ExitCode::from(1)),
+                };
+                comm = *c;
+                (rank, world) = (comm.rank(), comm.world());
+                shrinks += 1;
+                // The failed call may have completed on some ranks and not on others:
+                // go on together from the earliest iteration any survivor still owes.
+                let mut at = [k as f64];
+                match comm.all_reduce_in_place(&mut at, ReduceOp::Min) {
+                    Ok(()) => {
+                        k = at[0] as u64;
+                        break;
                     }
-                    k = at[0] as u64;
-                    continue;
+                    Err(e) => report(&stdout, &e),
                 }
-                _ => return Ok(ExitCode::from(1)),
             }
+            continue;
         }
         let t1 = monotonic_ns();
         if let Some(i) = (0..count).find(|&i| out[i] != expected(world, i, k)) {

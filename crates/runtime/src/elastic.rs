@@ -29,7 +29,9 @@
 //!    (`ROOT/elastic/EPOCH-ATTEMPT`); a rank that finds itself in the failed set gets
 //!    [`Error::Evicted`].
 //! 7. **Around dead links.** A survivor registered as gone by another survivor is alive:
-//!    the link between them is dead ([`dead_between_survivors`]). The decision carries
+//!    the link between them is dead ([`dead_between_survivors`]); so is one registered as
+//!    silent (its beats stopped reaching the registering rank) while a third survivor
+//!    still heard it. The decision carries
 //!    those links; the new communicator's plans avoid them and every link found dead
 //!    before (`crate::select`, `topoccl_plan::avoid`); nobody is left out for them.
 //!
@@ -143,6 +145,9 @@ pub struct Shrunk {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Registration {
     lost: Vec<Rank>,
+    /// Watched peers whose beats stopped reaching this rank (its own heartbeat view).
+    #[serde(default)]
+    silent: Vec<Rank>,
 }
 
 /// The one published answer of a shrink attempt.
@@ -262,23 +267,30 @@ fn decide(
     )
 }
 
-/// The links a decision keeps dead: every pair of survivors where one registered the
-/// other as lost (a cut connection, not a failed process: both registered). Pure.
+/// The links a decision keeps dead, between survivors (both registered): where one
+/// registered the other as lost (its connection was cut, closed or refused), and where one
+/// registered the other as silent (its beats stopped) while some other survivor did not
+/// (a paused process falls silent to every watcher at once; a dead link to one). Pure.
 fn dead_between_survivors(
     regs: &BTreeMap<Rank, Registration>,
     failed: &[Rank],
 ) -> Vec<(Rank, Rank)> {
     let survives = |r: &Rank| regs.contains_key(r) && !failed.contains(r);
-    let dead: DeadLinks = regs
-        .iter()
-        .filter(|(r, _)| survives(r))
-        .flat_map(|(&r, reg)| {
-            reg.lost
-                .iter()
-                .filter(|p| survives(p))
-                .map(move |&p| (r, p))
-        })
-        .collect();
+    let heard_by_another = |w: Rank, x: Rank| {
+        regs.iter()
+            .any(|(&o, reg)| o != w && o != x && survives(&o) && !reg.silent.contains(&x))
+    };
+    let mut dead = DeadLinks::new();
+    for (&r, reg) in regs.iter().filter(|(r, _)| survives(r)) {
+        for &p in reg.lost.iter().filter(|p| survives(p)) {
+            dead.insert(r, p);
+        }
+        for &p in reg.silent.iter().filter(|p| survives(p)) {
+            if heard_by_another(r, p) {
+                dead.insert(r, p);
+            }
+        }
+    }
     dead.iter().collect()
 }
 
@@ -410,6 +422,10 @@ impl Communicator {
         let entered = Instant::now();
         let mine = Registration {
             lost: self.lost.iter().copied().collect(),
+            silent: self
+                .health
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.silent_of(&self.world_ranks)),
         };
         self.store
             .set(&format!("{base}/reg/{}", self.rank), &json(&mine))?;
@@ -1044,6 +1060,46 @@ mod tests {
             );
             assert_eq!(bits(&data), bits(&fresh), "rank {}", o.world_rank);
         }
+    }
+
+    #[test]
+    fn dead_links_need_both_ends_alive_and_a_silence_heard_by_others() {
+        let reg = |lost: &[Rank], silent: &[Rank]| Registration {
+            lost: lost.to_vec(),
+            silent: silent.to_vec(),
+        };
+        // Rank 1 lost rank 2; rank 3 lost rank 4, which did not register (failed).
+        let regs: BTreeMap<Rank, Registration> = [
+            (0, reg(&[], &[])),
+            (1, reg(&[2], &[])),
+            (2, reg(&[], &[])),
+            (3, reg(&[4], &[])),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(dead_between_survivors(&regs, &[4]), vec![(1, 2)]);
+        // A decider's earlier-round failure: no link to a rank left out.
+        assert_eq!(dead_between_survivors(&regs, &[2, 4]), vec![]);
+        // Ranks 0 and 3 stopped hearing each other; ranks 1 and 2 still hear both.
+        let regs: BTreeMap<Rank, Registration> = [
+            (0, reg(&[], &[3])),
+            (1, reg(&[], &[])),
+            (2, reg(&[], &[])),
+            (3, reg(&[], &[0])),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(dead_between_survivors(&regs, &[]), vec![(0, 3)]);
+        // Everyone stopped hearing rank 2 (it was paused, then registered): no dead link.
+        let regs: BTreeMap<Rank, Registration> = [
+            (0, reg(&[], &[2])),
+            (1, reg(&[], &[2])),
+            (2, reg(&[], &[])),
+            (3, reg(&[], &[2])),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(dead_between_survivors(&regs, &[]), vec![]);
     }
 
     #[test]

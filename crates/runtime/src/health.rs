@@ -351,6 +351,27 @@ impl Monitor {
             .collect()
     }
 
+    /// The positions in `world_ranks` of the watched peers whose beats no longer reach
+    /// this rank, in its own judgement (hung (stopped) or dead (unreachable); not what
+    /// others relayed): if such a peer is alive after all, the link between them is dead
+    /// (`crate::elastic`).
+    pub(crate) fn silent_of(&self, world_ranks: &[Rank]) -> Vec<Rank> {
+        let h = self.shared.lock();
+        let watched = h.watched();
+        world_ranks
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| watched.contains(w))
+            .filter(|(_, &w)| {
+                matches!(
+                    h.verdict(w).state,
+                    PeerState::HungStopped | PeerState::DeadUnreachable
+                )
+            })
+            .map(|(r, _)| r as Rank)
+            .collect()
+    }
+
     /// The positions in `world_ranks` of those believed dead or hung.
     pub(crate) fn failed_of(&self, world_ranks: &[Rank]) -> Vec<Rank> {
         let failed = self.shared.lock().failed();
