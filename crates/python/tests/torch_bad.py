@@ -2,6 +2,7 @@
 rank prints "raised rank R: TYPE: MESSAGE" for what it raised, or "no error rank R"."""
 
 import os
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -47,6 +48,10 @@ def case(name: str, rank: int) -> None:
 
 
 def main() -> None:
+    # Ctrl-C as at a terminal even when the test command runs with SIGINT ignored (nohup,
+    # a background job of a non-interactive shell): children inherit that, and topoccl
+    # leaves a program that ignores SIGINT ignoring it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     timeout = float(os.environ.get("TIMEOUT", "60"))
     dist.init_process_group("topoccl", timeout=timedelta(seconds=timeout))
     rank = dist.get_rank()
