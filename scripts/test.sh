@@ -8,6 +8,15 @@
 # (torch with its dependencies is several GB; later runs reuse the environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The console's page first, so that the test build embeds it and the browser test below
+# uses the binary the tests built (no second build of the CLI).
+browser=0
+if command -v chromium >/dev/null && command -v npm >/dev/null; then
+  scripts/build-console.sh
+  browser=1
+fi
+
 cargo test --workspace
 
 # Every decoder of bytes from another process, fuzzed for a bounded time from the
@@ -16,9 +25,7 @@ scripts/fuzz.sh "${TOPOCCL_FUZZ_SECONDS:-10}"
 
 # The console's page in a real browser (Debian's chromium, playwright-core): built and
 # embedded first; SKIP only without chromium or npm.
-if command -v chromium >/dev/null && command -v npm >/dev/null; then
-  scripts/build-console.sh
-  cargo build -p topoccl-cli
+if [ "$browser" = 1 ]; then
   (cd console/web && TOPOCCL_BIN="$PWD/../../target/debug/topoccl" node test/browser.mjs)
   # Live, on namespaced hosts (needs root and iproute2): a throttled trunk turns red in
   # the page within 5 s. Exit 77 is a skip, its reason printed by the script.
