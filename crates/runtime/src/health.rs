@@ -874,6 +874,54 @@ mod tests {
         drop(quiet);
     }
 
+    /// A host that cannot be reached is dead (unreachable), whether the network says so at
+    /// once (rank 1 at the broadcast address: `connect` fails with `ENETUNREACH`) or
+    /// nothing ever answers the dial (rank 2: a listener whose accept queue is full drops
+    /// the SYNs, as a host behind a dead route does; dead once the sockets' user timeout
+    /// has passed).
+    #[test]
+    fn a_host_that_cannot_be_reached_is_dead_unreachable() {
+        use socket2::{Domain, Socket, Type};
+        let full = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        full.listen(0).unwrap();
+        let silent = full.local_addr().unwrap().as_socket().unwrap();
+        // Fill the accept queue (one connection for a backlog of 0); the dial that finds
+        // it full gets no answer.
+        let queued: Vec<TcpStream> = (0..2)
+            .filter_map(|_| TcpStream::connect_timeout(&silent, Duration::from_millis(200)).ok())
+            .collect();
+        assert!(!queued.is_empty());
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let period = Duration::from_millis(20);
+        let unroutable: SocketAddr = "255.255.255.255:9".parse().unwrap();
+        for (rank, addr) in [(1, unroutable), (2, silent)] {
+            store
+                .set(
+                    &format!("topoccl/t/world/hb/{rank}"),
+                    &serde_json::to_vec(&Published {
+                        addr,
+                        nonce: [0; NONCE_LEN],
+                    })
+                    .unwrap(),
+                )
+                .unwrap();
+        }
+        let m0 = start(&store, 0, 3, period);
+        wait_for("rank 1 dead (unreachable)", || {
+            m0.peer_health(&[0, 1, 2])[1].state == PeerState::DeadUnreachable
+        });
+        wait_for("rank 2 dead (unreachable)", || {
+            m0.peer_health(&[0, 1, 2])[2].state == PeerState::DeadUnreachable
+        });
+        let h = m0.peer_health(&[0, 1, 2]);
+        assert_eq!(h[2].state.to_string(), "dead (unreachable)");
+        assert!(h[2].detail.contains("not acknowledged"), "{}", h[2].detail);
+        assert_eq!(m0.failed_of(&[0, 1, 2]), vec![1, 2]);
+        drop(full);
+    }
+
     /// Rank 1 is played by hand: a beat under the job's key makes it alive, its
     /// connection closing makes it dead; a stranger's beats (another key) are refused.
     #[test]
