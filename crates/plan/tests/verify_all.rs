@@ -83,7 +83,9 @@ all_worlds!(alltoallv_worlds_1_to_64, Collective::AllToAllV);
 all_worlds!(barrier_worlds_1_to_64, Collective::Barrier);
 
 /// Large worlds, one uneven shape each. At 1,000 ranks `direct` is left out: it sends p²
-/// messages by design and is covered at 97 and 128.
+/// messages by design and is covered at 97 and 128. So is `rings` (three channels): the
+/// verifier took 69 s for its all-reduce at 1,000 ranks (a single ring takes 9 s), most of
+/// this test's time; it is covered at 97 and 128 too.
 fn large(collective: Collective, worlds: &[u32]) {
     let mut failures = Vec::new();
     for &p in worlds {
@@ -96,7 +98,7 @@ fn large(collective: Collective, worlds: &[u32]) {
             3
         };
         for algorithm in common::algorithms(collective, p, p / 3) {
-            if p >= 1000 && algorithm == Algorithm::Direct {
+            if p >= 1000 && matches!(algorithm, Algorithm::Direct | Algorithm::Rings { .. }) {
                 continue;
             }
             let spec = common::spec(collective, p, count, p / 3);
