@@ -775,6 +775,20 @@ mod tests {
         }
     }
 
+    /// Publishes `addr` as `rank`'s heartbeat address, as a rank played by hand would.
+    fn publish(store: &Arc<dyn Store>, rank: Rank, addr: SocketAddr) {
+        let published = Published {
+            addr,
+            nonce: [0; NONCE_LEN],
+        };
+        store
+            .set(
+                &format!("topoccl/t/world/hb/{rank}"),
+                &serde_json::to_vec(&published).unwrap(),
+            )
+            .unwrap();
+    }
+
     #[test]
     fn the_period_setting_is_checked() {
         assert_eq!(parse_period("off").unwrap(), None);
@@ -835,29 +849,11 @@ mod tests {
         let period = Duration::from_millis(20);
         // Rank 1 is a listener that accepts and then closes (its process exits).
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        store
-            .set(
-                "topoccl/t/world/hb/1",
-                &serde_json::to_vec(&Published {
-                    addr: l.local_addr().unwrap(),
-                    nonce: [0; NONCE_LEN],
-                })
-                .unwrap(),
-            )
-            .unwrap();
+        publish(&store, 1, l.local_addr().unwrap());
         drop(l);
         // Rank 2 publishes a listener that never beats (stopped).
         let quiet = TcpListener::bind("127.0.0.1:0").unwrap();
-        store
-            .set(
-                "topoccl/t/world/hb/2",
-                &serde_json::to_vec(&Published {
-                    addr: quiet.local_addr().unwrap(),
-                    nonce: [0; NONCE_LEN],
-                })
-                .unwrap(),
-            )
-            .unwrap();
+        publish(&store, 2, quiet.local_addr().unwrap());
         let m0 = start(&store, 0, 3, period);
         wait_for("rank 1 dead (refused)", || {
             m0.peer_health(&[0, 1, 2])[1].state == PeerState::DeadExited
@@ -897,16 +893,7 @@ mod tests {
         let period = Duration::from_millis(20);
         let unroutable: SocketAddr = "255.255.255.255:9".parse().unwrap();
         for (rank, addr) in [(1, unroutable), (2, silent)] {
-            store
-                .set(
-                    &format!("topoccl/t/world/hb/{rank}"),
-                    &serde_json::to_vec(&Published {
-                        addr,
-                        nonce: [0; NONCE_LEN],
-                    })
-                    .unwrap(),
-                )
-                .unwrap();
+            publish(&store, rank, addr);
         }
         let m0 = start(&store, 0, 3, period);
         wait_for("rank 1 dead (unreachable)", || {
@@ -930,16 +917,7 @@ mod tests {
         let period = Duration::from_millis(20);
         let fake = TcpListener::bind("127.0.0.1:0").unwrap();
         for r in [1, 2] {
-            store
-                .set(
-                    &format!("topoccl/t/world/hb/{r}"),
-                    &serde_json::to_vec(&Published {
-                        addr: fake.local_addr().unwrap(),
-                        nonce: [0; NONCE_LEN],
-                    })
-                    .unwrap(),
-                )
-                .unwrap();
+            publish(&store, r, fake.local_addr().unwrap());
         }
         let m0 = start(&store, 0, 3, period);
         let at: Published =
